@@ -1,0 +1,217 @@
+//! The fabric guest SDK: write tasks in Rust, build them to a WebAssembly
+//! component with `cargo build --target wasm32-wasip2 --release`, and run them
+//! with `fabric submit`.
+//!
+//! ```ignore
+//! #[fabric::task]
+//! fn add(a: i64, b: i64) -> i64 { a + b }
+//!
+//! #[fabric::task]
+//! fn main(n: i64) -> fabric::Result<i64> {
+//!     let refs = (0..n).map(|i| add.remote(i, i)).collect::<fabric::Result<Vec<_>>>()?;
+//!     Ok(fabric::get_all(&refs)?.into_iter().sum())
+//! }
+//! ```
+//!
+//! - [`task`] turns a function into a task with `remote`, `remote_with` and
+//!   `local` handles, and registers it in this component's dispatch table.
+//! - [`ObjectRef`] is a typed reference to an object in the fabric's store: a
+//!   task's future result, or a value [`put`] there. References serialize, so
+//!   they can be passed to other tasks or stored inside objects.
+//! - [`ArrayRef`] stores a slice of numbers as raw little-endian bytes, so a
+//!   task can read a sub-range without copying the whole array in.
+//! - Arguments from the command line or HTTP are JSON; between tasks they use
+//!   postcard, a compact binary encoding.
+#![warn(missing_docs)]
+
+#[allow(missing_docs)]
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "fabric:core/task",
+        generate_all,
+    });
+}
+
+mod error;
+mod object;
+
+pub use error::{Error, Result};
+pub use fabric_sdk_macros::task;
+pub use object::{get_all, put, put_array, wait, ArrayRef, Element, ObjectId, ObjectRef};
+
+use bindings::fabric::core::{log as wit_log, tasks as wit_tasks};
+use std::time::Duration;
+
+/// Options for one submitted task; unset fields take the host's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct TaskOptions {
+    /// Run a function of another component (sha256 hex) instead of this one.
+    pub component: Option<String>,
+    /// Wall-clock limit.
+    pub timeout: Option<Duration>,
+    /// CPU budget of guest execution.
+    pub cpu: Option<Duration>,
+    /// Linear memory cap in bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+impl TaskOptions {
+    /// Sets the wall-clock limit.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+    /// Sets the CPU budget.
+    pub fn cpu(mut self, cpu: Duration) -> Self {
+        self.cpu = Some(cpu);
+        self
+    }
+    /// Sets the memory cap.
+    pub fn memory_bytes(mut self, bytes: u64) -> Self {
+        self.memory_bytes = Some(bytes);
+        self
+    }
+    /// Runs the function from another component, named by its sha256 hex.
+    pub fn component(mut self, sha256: impl Into<String>) -> Self {
+        self.component = Some(sha256.into());
+        self
+    }
+}
+
+/// What the calling task is part of.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The tenant the job runs for.
+    pub tenant: String,
+    /// The job's id.
+    pub job: String,
+    /// sha256 hex of this component.
+    pub component: String,
+}
+
+/// The tenant, job and component of the calling task.
+pub fn context() -> Context {
+    let c = wit_tasks::context();
+    Context {
+        tenant: c.tenant,
+        job: c.job,
+        component: c.component,
+    }
+}
+
+/// Log levels for [`log`].
+pub use wit_log::Level;
+
+/// Writes a line to the job's log. (`println!` goes there too.)
+pub fn log(level: Level, message: impl AsRef<str>) {
+    wit_log::log(level, message.as_ref());
+}
+
+/// Machinery the `#[task]` macro expands to; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::bindings::fabric::core::types::Encoding;
+    pub use inventory;
+    pub use serde;
+
+    use crate::{bindings, Error, ObjectRef, Result, TaskOptions};
+    use serde::{de::DeserializeOwned, Serialize};
+
+    /// One registered task.
+    pub struct TaskEntry {
+        /// The name it is dispatched by.
+        pub name: &'static str,
+        /// Decodes arguments, runs, encodes the result.
+        pub dispatch: fn(&[u8], Encoding) -> Result<Vec<u8>>,
+    }
+    inventory::collect!(TaskEntry);
+
+    /// Decodes a task's argument struct from either encoding.
+    pub fn decode_args<A: DeserializeOwned>(task: &str, bytes: &[u8], encoding: Encoding) -> Result<A> {
+        let decoded = match encoding {
+            Encoding::Json => {
+                let text = std::str::from_utf8(bytes).map_err(|e| {
+                    Error::InvalidArgument(format!("arguments of `{task}` are not UTF-8: {e}"))
+                })?;
+                let text = text.trim();
+                // No arguments at all means "no parameters".
+                let text = if text.is_empty() || text == "null" { "{}" } else { text };
+                serde_json::from_str(text).map_err(|e| e.to_string())
+            }
+            Encoding::Binary => postcard::from_bytes(bytes).map_err(|e| e.to_string()),
+        };
+        decoded.map_err(|e| Error::InvalidArgument(format!("bad arguments for `{task}`: {e}")))
+    }
+
+    /// Encodes a task's result in the encoding its arguments came in.
+    pub fn encode_result<T: Serialize>(value: &T, encoding: Encoding) -> Result<Vec<u8>> {
+        match encoding {
+            Encoding::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
+            Encoding::Binary => postcard::to_stdvec(value).map_err(|e| e.to_string()),
+        }
+        .map_err(|e| Error::Internal(format!("cannot encode the result: {e}")))
+    }
+
+    /// Submits a registered task of this (or another) component.
+    pub fn submit<A: Serialize, T>(name: &str, args: &A, options: &TaskOptions) -> Result<ObjectRef<T>> {
+        let bytes = postcard::to_stdvec(args)
+            .map_err(|e| Error::InvalidArgument(format!("cannot encode arguments of `{name}`: {e}")))?;
+        let wit_options = bindings::fabric::core::tasks::TaskOptions {
+            component: options.component.clone(),
+            timeout_ms: options.timeout.map(|d| d.as_millis() as u64),
+            cpu_ms: options.cpu.map(|d| d.as_millis() as u64),
+            memory_bytes: options.memory_bytes,
+        };
+        let id = bindings::fabric::core::tasks::submit(name, &bytes, &wit_options)?;
+        Ok(ObjectRef::from_id(id.into()))
+    }
+
+    /// Turns what a task returned as its error into a fabric error: an
+    /// [`Error`] passes through unchanged (a child's trap stays a trap), any
+    /// other error becomes [`Error::Failed`] with its message.
+    pub fn to_error<E: std::fmt::Display + 'static>(err: E) -> Error {
+        match (&err as &dyn std::any::Any).downcast_ref::<Error>() {
+            Some(fabric_error) => fabric_error.clone(),
+            None => Error::Failed(err.to_string()),
+        }
+    }
+}
+
+struct Dispatcher;
+
+impl bindings::Guest for Dispatcher {
+    fn dispatch(
+        name: String,
+        args: Vec<u8>,
+        encoding: bindings::fabric::core::types::Encoding,
+    ) -> std::result::Result<Vec<u8>, bindings::fabric::core::types::Error> {
+        let entry = inventory::iter::<__private::TaskEntry>
+            .into_iter()
+            .find(|entry| entry.name == name);
+        match entry {
+            Some(entry) => (entry.dispatch)(&args, encoding).map_err(Into::into),
+            None => {
+                let mut known: Vec<&str> = inventory::iter::<__private::TaskEntry>
+                    .into_iter()
+                    .map(|e| e.name)
+                    .collect();
+                known.sort_unstable();
+                Err(Error::NotFound(format!(
+                    "this component has no task `{name}` (it has: {})",
+                    known.join(", ")
+                ))
+                .into())
+            }
+        }
+    }
+
+    fn functions() -> Vec<String> {
+        inventory::iter::<__private::TaskEntry>
+            .into_iter()
+            .map(|e| e.name.to_string())
+            .collect()
+    }
+}
+
+bindings::export!(Dispatcher with_types_in bindings);

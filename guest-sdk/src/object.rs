@@ -1,0 +1,201 @@
+//! Typed references to objects in the fabric's store.
+
+use crate::bindings::fabric::core::{objects, tasks, types::ObjectId as WitObjectId};
+use crate::{Error, Result};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::marker::PhantomData;
+use std::time::Duration;
+
+/// The id of an object: 128 bits, unique across a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectId {
+    /// High 64 bits.
+    pub hi: u64,
+    /// Low 64 bits.
+    pub lo: u64,
+}
+
+impl From<WitObjectId> for ObjectId {
+    fn from(id: WitObjectId) -> Self {
+        ObjectId { hi: id.hi, lo: id.lo }
+    }
+}
+
+impl From<ObjectId> for WitObjectId {
+    fn from(id: ObjectId) -> Self {
+        WitObjectId { hi: id.hi, lo: id.lo }
+    }
+}
+
+impl std::fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}{:016x}", self.hi, self.lo)
+    }
+}
+
+/// A typed reference to an object: a task's (future) result or a [`put`] value.
+/// It serializes as its id, so it can be passed to tasks and stored in objects.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ObjectRef<T> {
+    id: ObjectId,
+    #[serde(skip)]
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for ObjectRef<T> {}
+
+impl<T> std::fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectRef({})", self.id)
+    }
+}
+
+impl<T> ObjectRef<T> {
+    /// A reference from a raw id; the caller vouches for the type.
+    pub fn from_id(id: ObjectId) -> Self {
+        ObjectRef { id, _type: PhantomData }
+    }
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+    /// The object's size in bytes, waiting until it is ready.
+    pub fn size(&self) -> Result<u64> {
+        Ok(objects::size(self.id.into())?)
+    }
+    /// The object's raw bytes, waiting until it is ready.
+    pub fn get_bytes(&self) -> Result<Vec<u8>> {
+        Ok(objects::get(self.id.into())?)
+    }
+}
+
+impl<T: DeserializeOwned> ObjectRef<T> {
+    /// The value, waiting until it is ready; a failed task gives its error.
+    pub fn get(&self) -> Result<T> {
+        let bytes = self.get_bytes()?;
+        postcard::from_bytes(&bytes)
+            .map_err(|e| Error::InvalidArgument(format!("object {} does not decode as the expected type: {e}", self.id)))
+    }
+}
+
+/// Stores a value in the object store and returns a reference to it.
+pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
+    let bytes = postcard::to_stdvec(value)
+        .map_err(|e| Error::InvalidArgument(format!("cannot encode the value: {e}")))?;
+    Ok(ObjectRef::from_id(objects::put(&bytes)?.into()))
+}
+
+/// Waits for every reference and returns their values in order.
+pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    refs.iter().map(ObjectRef::get).collect()
+}
+
+/// Waits until `num_ready` of `refs` are ready or `timeout` passes; returns
+/// `(ready, pending)`, each in the order given.
+pub fn wait<T>(
+    refs: &[ObjectRef<T>],
+    num_ready: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    let ids: Vec<WitObjectId> = refs.iter().map(|r| r.id.into()).collect();
+    let ready = tasks::wait(&ids, num_ready.min(u32::MAX as usize) as u32, timeout.map(|d| d.as_millis() as u64))?;
+    let ready: std::collections::HashSet<ObjectId> = ready.into_iter().map(ObjectId::from).collect();
+    Ok(refs.iter().partition(|r| ready.contains(&r.id)))
+}
+
+/// A number type an [`ArrayRef`] can hold: stored raw, little-endian.
+pub trait Element: Copy + 'static {
+    /// Bytes per element.
+    const SIZE: usize;
+    /// Appends the little-endian bytes of `self`.
+    fn write_le(self, out: &mut Vec<u8>);
+    /// Reads one element from exactly `SIZE` bytes.
+    fn read_le(bytes: &[u8]) -> Self;
+}
+
+macro_rules! element {
+    ($($t:ty),*) => {$(
+        impl Element for $t {
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn write_le(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn read_le(bytes: &[u8]) -> Self {
+                let mut raw = [0u8; std::mem::size_of::<$t>()];
+                raw.copy_from_slice(bytes);
+                <$t>::from_le_bytes(raw)
+            }
+        }
+    )*};
+}
+element!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
+
+/// A reference to an array of numbers stored raw, so a task can read any
+/// sub-range without the rest crossing into its memory.
+#[derive(Serialize, Deserialize)]
+pub struct ArrayRef<T> {
+    id: ObjectId,
+    len: u64,
+    #[serde(skip)]
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for ArrayRef<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for ArrayRef<T> {}
+
+impl<T> std::fmt::Debug for ArrayRef<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ArrayRef({}, len {})", self.id, self.len)
+    }
+}
+
+/// Stores `values` as a raw array object.
+pub fn put_array<T: Element>(values: &[T]) -> Result<ArrayRef<T>> {
+    let mut bytes = Vec::with_capacity(values.len() * T::SIZE);
+    for v in values {
+        v.write_le(&mut bytes);
+    }
+    let id = objects::put(&bytes)?.into();
+    Ok(ArrayRef { id, len: values.len() as u64, _type: PhantomData })
+}
+
+impl<T: Element> ArrayRef<T> {
+    /// Number of elements.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    /// Whether the array is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+    /// Reads elements `range`; only those bytes cross into this instance.
+    pub fn slice(&self, range: std::ops::Range<u64>) -> Result<Vec<T>> {
+        if range.start > range.end || range.end > self.len {
+            return Err(Error::InvalidArgument(format!(
+                "slice {}..{} is out of bounds for an array of {} elements",
+                range.start, range.end, self.len
+            )));
+        }
+        let size = T::SIZE as u64;
+        let bytes = objects::read(self.id.into(), range.start * size, (range.end - range.start) * size)?;
+        Ok(bytes.chunks_exact(T::SIZE).map(T::read_le).collect())
+    }
+    /// Reads the whole array.
+    pub fn get(&self) -> Result<Vec<T>> {
+        self.slice(0..self.len)
+    }
+}

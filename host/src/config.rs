@@ -1,0 +1,61 @@
+//! What a host is configured with; every field has a default that suits one
+//! machine, so `fabric up` needs no flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Limits applied to every task unless the job or task asks for less.
+#[derive(Clone, Debug)]
+pub struct DefaultLimits {
+    /// Wall-clock limit per task.
+    pub timeout: Duration,
+    /// CPU budget per task (guest execution time, counted in epoch ticks).
+    pub cpu: Duration,
+    /// Linear memory cap per instance.
+    pub memory_bytes: u64,
+}
+
+impl Default for DefaultLimits {
+    fn default() -> Self {
+        DefaultLimits {
+            timeout: Duration::from_secs(15 * 60),
+            cpu: Duration::from_secs(15 * 60),
+            memory_bytes: 2 << 30,
+        }
+    }
+}
+
+/// A host's configuration.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Where components, the compile cache, logs and the registry live.
+    pub data_dir: PathBuf,
+    /// Keep job records and logs on disk (`fabric up`); off for `fabric run`,
+    /// which keeps them in memory and shares only the compile cache.
+    pub persist: bool,
+    /// Tasks that may run at once; the rest queue. Defaults to the CPU count.
+    pub slots: usize,
+    /// Instances that may exist at once (running or blocked on children).
+    pub max_instances: u32,
+    /// Limits for tasks that do not set their own.
+    pub limits: DefaultLimits,
+    /// Largest single object, in bytes.
+    pub max_object_bytes: u64,
+    /// Copy guest stdout/stderr to this process's stderr as well as the job log.
+    pub echo_logs: bool,
+}
+
+impl HostConfig {
+    /// Defaults for a host whose state lives in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        HostConfig {
+            data_dir: data_dir.into(),
+            persist: true,
+            slots: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            max_instances: 1000,
+            limits: DefaultLimits::default(),
+            max_object_bytes: 3 << 30,
+            echo_logs: false,
+        }
+    }
+}

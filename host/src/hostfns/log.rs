@@ -1,0 +1,18 @@
+//! `fabric:core/log`: lines into the job's log.
+
+use super::bindings::fabric::core::log::{Host, Level};
+use crate::sandbox::TaskState;
+
+impl Host for TaskState {
+    async fn log(&mut self, level: Level, message: String) {
+        let level = match level {
+            Level::Trace => "TRACE",
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        };
+        let line = format!("[{level}] {}\n", message.trim_end());
+        self.task.job.log.append(line.as_bytes());
+    }
+}

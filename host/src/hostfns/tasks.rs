@@ -1,0 +1,80 @@
+//! `fabric:core/tasks`: sub-tasks submitted from inside a guest, and waits.
+
+use super::bindings::fabric::core::tasks::{Host, TaskContext as WitTaskContext, TaskOptions};
+use super::{Encoding, WitError, WitObjectId};
+use crate::runtime::TaskSpec;
+use crate::sandbox::TaskState;
+use fabric_proto::TaskLimits;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+impl Host for TaskState {
+    async fn submit(&mut self, function: String, args: Vec<u8>, options: TaskOptions) -> Result<WitObjectId, WitError> {
+        let task = &self.task;
+        let component = match options.component {
+            None => task.component.clone(),
+            Some(sha256) => task.host.components.get(&task.job.tenant, &sha256).await?,
+        };
+        // A child inherits its job's limits unless it asks for its own.
+        let inherited = &task.job.limits;
+        let limits = TaskLimits {
+            timeout_ms: options.timeout_ms.or(inherited.timeout_ms),
+            cpu_ms: options.cpu_ms.or(inherited.cpu_ms),
+            memory_bytes: options.memory_bytes.or(inherited.memory_bytes),
+        };
+        let spec = TaskSpec { component, function, args, encoding: Encoding::Binary, limits };
+        Ok(task.host.spawn_task(&task.job, spec).into())
+    }
+
+    async fn wait(
+        &mut self,
+        ids: Vec<WitObjectId>,
+        num_ready: u32,
+        timeout_ms: Option<u64>,
+    ) -> Result<Vec<WitObjectId>, WitError> {
+        let objects = &self.task.host.objects;
+        let tenant = &self.task.job.tenant;
+        let cells = ids
+            .iter()
+            .map(|id| objects.cell(tenant, (*id).into()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let wanted = (num_ready as usize).min(cells.len());
+        let ready_count = || cells.iter().filter(|c| c.peek().is_some()).count();
+        if ready_count() < wanted {
+            let mut pending: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = cells
+                .iter()
+                .filter(|c| c.peek().is_none())
+                .map(|c| {
+                    let cell = c.clone();
+                    Box::pin(async move {
+                        cell.ready().await;
+                    }) as Pin<Box<dyn Future<Output = ()> + Send>>
+                })
+                .collect();
+            // Done once `needed` more of the pending objects are ready.
+            let needed = wanted - ready_count();
+            let initially_pending = pending.len();
+            let enough = std::future::poll_fn(move |cx| {
+                pending.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+                if initially_pending - pending.len() >= needed {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            });
+            let timeout = timeout_ms.map(Duration::from_millis).unwrap_or(Duration::MAX);
+            let _ = self.task.blocking(tokio::time::timeout(timeout, enough)).await?;
+        }
+        Ok(ids.into_iter().zip(&cells).filter(|(_, c)| c.peek().is_some()).map(|(id, _)| id).collect())
+    }
+
+    async fn context(&mut self) -> WitTaskContext {
+        WitTaskContext {
+            tenant: self.task.job.tenant.to_string(),
+            job: self.task.job.id.to_string(),
+            component: self.task.component.sha256.clone(),
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! One fabric node.
+//!
+//! A guide to the crate, following a job through it:
+//!
+//! - [`server`] accepts a client's QUIC streams and turns each request into a
+//!   call on [`Host`]. `fabric run` calls the same [`Host`] methods
+//!   in-process, so the daemon and the one-shot path cannot drift apart.
+//! - [`components`] stores a job's component content-addressed, compiles it
+//!   once (cached on disk) and keeps it pre-linked for fast instantiation.
+//! - [`Host::submit`] records the job in the [`registry`], then runs its
+//!   entry task through [`runtime`], which takes a CPU slot from the
+//!   [`scheduler`] and instantiates the component in the [`sandbox`].
+//! - Guest code reaches the host through [`hostfns`] (one module per WIT
+//!   interface): sub-tasks go back through [`runtime`]; results and `put`
+//!   values live in the [`objects`] store; output goes to the job's
+//!   [`joblog`].
+//! - When the entry task ends, the [`jobs`] machinery cancels stragglers,
+//!   frees the job's objects and writes its final record.
+//!
+//! Everything is keyed by tenant: components, objects, jobs and logs.
+#![warn(missing_docs)]
+
+pub mod components;
+pub mod config;
+pub mod hostfns;
+pub mod joblog;
+pub mod jobs;
+pub mod objects;
+pub mod registry;
+pub mod runtime;
+pub mod sandbox;
+pub mod scheduler;
+pub mod server;
+pub mod tls;
+
+pub use config::{DefaultLimits, HostConfig};
+pub use fabric_proto::{ErrorKind, FabricError, JobRecord, JobState, SubmitRequest, TaskLimits};
+
+use components::Components;
+use hostfns::Encoding;
+use joblog::JobLog;
+use jobs::{now_ms, Job, JobHandle};
+use objects::{ObjectId, ObjectStore};
+use registry::Registry;
+use runtime::{run_task, TaskSpec};
+use scheduler::Slots;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{broadcast, watch};
+
+/// A running node; cheap to clone.
+#[derive(Clone)]
+pub struct Host(Arc<HostInner>);
+
+/// The node's shared state, reached by tasks through their context.
+pub struct HostInner {
+    pub(crate) config: HostConfig,
+    id: String,
+    pub(crate) engine: wasmtime::Engine,
+    pub(crate) components: Components,
+    pub(crate) objects: ObjectStore,
+    pub(crate) slots: Arc<Slots>,
+    registry: Box<dyn Registry>,
+    live: Mutex<HashMap<(String, String), LiveJob>>,
+    _ticker: sandbox::EpochTicker,
+}
+
+struct LiveJob {
+    job: Arc<Job>,
+    done: watch::Receiver<Option<JobRecord>>,
+}
+
+/// A job's log as `fabric logs` reads it.
+pub struct LogFollow {
+    /// Everything written so far.
+    pub snapshot: Vec<u8>,
+    /// For a live job: what comes next, and its end.
+    pub live: Option<(broadcast::Receiver<bytes::Bytes>, watch::Receiver<Option<JobRecord>>)>,
+}
+
+impl HostInner {
+    /// Queues `spec` as a task of `job`; returns the id of its result object.
+    pub(crate) fn spawn_task(self: &Arc<Self>, job: &Arc<Job>, spec: TaskSpec) -> ObjectId {
+        let (id, cell) = self.objects.reserve(&job.tenant, &job.id);
+        let host = self.clone();
+        let job = job.clone();
+        tokio::spawn(async move {
+            let outcome = run_task(&host, &job, spec).await;
+            host.objects.fill(&cell, outcome);
+        });
+        id
+    }
+
+    fn live(&self) -> MutexGuard<'_, HashMap<(String, String), LiveJob>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn wasm_error(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+/// Tenant names become directory names: keep them plain.
+fn validate_name(what: &str, name: &str) -> Result<(), FabricError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(FabricError::new(
+            ErrorKind::InvalidArgument,
+            format!("invalid {what} `{name}`: use 1-64 letters, digits, '-', '_' or '.'"),
+        ))
+    }
+}
+
+impl Host {
+    /// Starts a node with `config`. Must be called within a tokio runtime.
+    pub fn new(config: HostConfig) -> anyhow::Result<Host> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let engine = sandbox::engine(config.max_instances).map_err(wasm_error)?;
+        let mut linker = wasmtime::component::Linker::new(&engine);
+        hostfns::add_to_linker(&mut linker).map_err(wasm_error)?;
+        let components = Components::new(engine.clone(), linker, &config.data_dir, config.persist)?;
+        let registry: Box<dyn Registry> = if config.persist {
+            Box::new(registry::embedded::Embedded::open(&config.data_dir.join("registry.redb"))?)
+        } else {
+            Box::new(registry::embedded::Embedded::in_memory()?)
+        };
+        let node: u64 = rand::random();
+        let host = Host(Arc::new(HostInner {
+            id: format!("{node:016x}"),
+            objects: ObjectStore::new(node, config.max_object_bytes),
+            slots: Slots::new(config.slots),
+            _ticker: sandbox::EpochTicker::start(engine.clone())?,
+            engine,
+            components,
+            registry,
+            live: Mutex::new(HashMap::new()),
+            config,
+        }));
+        host.fail_interrupted_jobs()?;
+        Ok(host)
+    }
+
+    /// Jobs a previous run of this host left unfinished did not survive it.
+    fn fail_interrupted_jobs(&self) -> Result<(), FabricError> {
+        for mut record in self.0.registry.jobs(None)? {
+            if !record.state.is_terminal() {
+                record.state = JobState::Failed;
+                record.finished_ms = Some(now_ms());
+                record.error = Some(FabricError::new(
+                    ErrorKind::Unavailable,
+                    "the host stopped while the job was running",
+                ));
+                self.0.registry.put_job(&record)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &HostConfig {
+        &self.0.config
+    }
+
+    /// The node's object store (for host-side access and benchmarks).
+    pub fn objects(&self) -> &ObjectStore {
+        &self.0.objects
+    }
+
+    /// Whether `tenant` has component `sha256` here.
+    pub fn has_component(&self, tenant: &str, sha256: &str) -> bool {
+        validate_name("tenant", tenant).is_ok() && self.0.components.has(tenant, sha256)
+    }
+
+    /// Checks, compiles and stores a component for `tenant`; returns its
+    /// sha256. `claimed` is the hash the uploader computed.
+    pub async fn add_component(&self, tenant: &str, bytes: Vec<u8>, claimed: Option<&str>) -> Result<String, FabricError> {
+        validate_name("tenant", tenant)?;
+        Ok(self.0.components.add(tenant, bytes, claimed).await?.sha256.clone())
+    }
+
+    /// Runs a job: records it, starts its entry task, returns at once.
+    pub async fn submit(&self, tenant: &str, request: SubmitRequest) -> Result<JobHandle, FabricError> {
+        validate_name("tenant", tenant)?;
+        let inner = &self.0;
+        let component = inner.components.get(tenant, &request.component).await?;
+        let id = format!("job-{:012x}", rand::random::<u64>() >> 16);
+        let log_path = inner.config.persist.then(|| inner.config.data_dir.join("logs").join(tenant).join(format!("{id}.log")));
+        let log = JobLog::new(log_path, inner.config.echo_logs)
+            .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create the job log: {e}")))?;
+        let job = Job::new(&id, tenant, request.limits.clone(), log.clone());
+        let mut record = JobRecord {
+            id: id.clone(),
+            tenant: tenant.to_string(),
+            component: component.sha256.clone(),
+            function: request.function.clone(),
+            state: JobState::Queued,
+            submitted_ms: now_ms(),
+            started_ms: None,
+            finished_ms: None,
+            result: None,
+            error: None,
+        };
+        inner.registry.put_job(&record)?;
+        let (done_tx, done_rx) = watch::channel(None);
+        let (_, log_rx) = log.subscribe();
+        inner.live().insert((tenant.to_string(), id.clone()), LiveJob { job: job.clone(), done: done_rx.clone() });
+
+        let host = self.0.clone();
+        tokio::spawn(async move {
+            record.state = JobState::Running;
+            record.started_ms = Some(now_ms());
+            let _ = host.registry.put_job(&record);
+            let spec = TaskSpec {
+                component,
+                function: request.function,
+                args: request.args.into_bytes(),
+                encoding: Encoding::Json,
+                limits: request.limits,
+            };
+            let outcome = run_task(&host, &job, spec).await;
+            // Stragglers stop and the job's objects go with it.
+            job.cancel(FabricError::new(ErrorKind::Cancelled, "the job ended"));
+            host.objects.drop_job(&job.tenant, &job.id);
+            record.finished_ms = Some(now_ms());
+            match outcome {
+                Ok(bytes) => {
+                    record.state = JobState::Succeeded;
+                    record.result = Some(String::from_utf8_lossy(&bytes).into_owned());
+                }
+                Err(error) => {
+                    record.state =
+                        if error.kind == ErrorKind::Cancelled { JobState::Stopped } else { JobState::Failed };
+                    record.error = Some(error);
+                }
+            }
+            if let Err(e) = host.registry.put_job(&record) {
+                tracing::error!(job = %record.id, "cannot record the job's end: {e}");
+            }
+            host.live().remove(&(record.tenant.clone(), record.id.clone()));
+            let _ = done_tx.send(Some(record));
+        });
+        Ok(JobHandle { id, log: log_rx, done: done_rx })
+    }
+
+    /// The tenant's jobs, newest first.
+    pub fn jobs(&self, tenant: &str) -> Result<Vec<JobRecord>, FabricError> {
+        validate_name("tenant", tenant)?;
+        self.0.registry.jobs(Some(tenant))
+    }
+
+    /// One job's record.
+    pub fn status(&self, tenant: &str, job: &str) -> Result<JobRecord, FabricError> {
+        validate_name("tenant", tenant)?;
+        self.0
+            .registry
+            .job(tenant, job)?
+            .ok_or_else(|| FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no job `{job}`")))
+    }
+
+    /// A job's log so far, and for a live job the rest as it comes.
+    pub fn logs(&self, tenant: &str, job: &str) -> Result<LogFollow, FabricError> {
+        let record = self.status(tenant, job)?;
+        if let Some(live) = self.0.live().get(&(tenant.to_string(), job.to_string())) {
+            let (snapshot, rx) = live.job.log.subscribe();
+            return Ok(LogFollow { snapshot, live: Some((rx, live.done.clone())) });
+        }
+        validate_name("job", &record.id)?;
+        let path = self.0.config.data_dir.join("logs").join(tenant).join(format!("{}.log", record.id));
+        Ok(LogFollow { snapshot: std::fs::read(path).unwrap_or_default(), live: None })
+    }
+
+    /// Stops a job and waits for its final record.
+    pub async fn stop(&self, tenant: &str, job: &str) -> Result<JobRecord, FabricError> {
+        let record = self.status(tenant, job)?;
+        let live = self.0.live().get(&(tenant.to_string(), job.to_string())).map(|l| (l.job.clone(), l.done.clone()));
+        let Some((live_job, mut done)) = live else { return Ok(record) };
+        live_job.cancel(FabricError::new(ErrorKind::Cancelled, "stopped by request"));
+        let finished = done.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
+        Ok(finished.unwrap_or(record))
+    }
+
+    /// Stops every live job (the host is shutting down) and waits for their
+    /// records to be written.
+    pub async fn shutdown(&self) {
+        let live: Vec<_> = self.0.live().values().map(|l| (l.job.clone(), l.done.clone())).collect();
+        for (job, mut done) in live {
+            job.cancel(FabricError::new(ErrorKind::Unavailable, "the host is shutting down"));
+            let _ = done.wait_for(Option::is_some).await;
+        }
+    }
+}

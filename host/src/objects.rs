@@ -1,0 +1,263 @@
+//! The local object store: immutable byte objects keyed by tenant and id.
+//!
+//! An object is either a value a task `put`, or the result slot of a task,
+//! which is created pending when the task is submitted and filled with the
+//! task's encoded result or its error when it ends. Readers wait on the slot.
+//!
+//! Bytes are kept as [`Bytes`] whose start is 16-byte aligned, so an rkyv
+//! archive stored as an object can be accessed in place; host-side reads hand
+//! out a reference-counted view and never copy. Objects belong to the job
+//! that created them and are freed when it ends (reference counting across
+//! tasks and hosts comes with the distributed store).
+
+use bytes::Bytes;
+use fabric_proto::{ErrorKind, FabricError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use tokio::sync::Notify;
+
+/// Alignment guaranteed for the start of every object's bytes.
+pub const OBJECT_ALIGN: usize = 16;
+
+/// An object's id: the host that minted it in the high half, a counter in
+/// the low half, so ids are unique across a cluster without coordination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId {
+    /// The minting host's random id.
+    pub hi: u64,
+    /// A per-host counter.
+    pub lo: u64,
+}
+
+impl std::fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}{:016x}", self.hi, self.lo)
+    }
+}
+
+/// What reading an object yields: its bytes, or the error of the task that
+/// was to produce it.
+pub type ObjectResult = Result<Bytes, FabricError>;
+
+/// One object: pending until filled once.
+#[derive(Debug, Default)]
+pub struct Cell {
+    value: OnceLock<ObjectResult>,
+    filled: Notify,
+}
+
+impl Cell {
+    /// The value if it is there.
+    pub fn peek(&self) -> Option<&ObjectResult> {
+        self.value.get()
+    }
+
+    /// Waits until the object is filled.
+    pub async fn ready(&self) -> &ObjectResult {
+        loop {
+            if let Some(value) = self.value.get() {
+                return value;
+            }
+            let notified = self.filled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(value) = self.value.get() {
+                return value;
+            }
+            notified.await;
+        }
+    }
+
+    /// Sets the value unless already set; says whether it was set.
+    fn fill(&self, value: ObjectResult) -> bool {
+        let set = self.value.set(value).is_ok();
+        if set {
+            self.filled.notify_waiters();
+        }
+        set
+    }
+}
+
+type JobKey = (Arc<str>, Arc<str>);
+
+/// A host's objects.
+#[derive(Debug)]
+pub struct ObjectStore {
+    node: u64,
+    counter: AtomicU64,
+    max_object_bytes: u64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// tenant -> id -> object; nested so a lookup by `&str` needs no allocation.
+    objects: HashMap<Arc<str>, HashMap<ObjectId, Arc<Cell>>>,
+    count: usize,
+    by_job: HashMap<JobKey, Vec<ObjectId>>,
+    bytes: u64,
+}
+
+impl ObjectStore {
+    /// A store whose ids carry `node` in their high half.
+    pub fn new(node: u64, max_object_bytes: u64) -> Self {
+        ObjectStore {
+            node,
+            counter: AtomicU64::new(1),
+            max_object_bytes,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates a pending object owned by `job` (a task's result slot).
+    pub fn reserve(&self, tenant: &Arc<str>, job: &Arc<str>) -> (ObjectId, Arc<Cell>) {
+        let id = ObjectId { hi: self.node, lo: self.counter.fetch_add(1, Ordering::Relaxed) };
+        let cell = Arc::new(Cell::default());
+        let mut inner = self.lock();
+        inner.objects.entry(tenant.clone()).or_default().insert(id, cell.clone());
+        inner.count += 1;
+        inner.by_job.entry((tenant.clone(), job.clone())).or_default().push(id);
+        (id, cell)
+    }
+
+    /// Stores `data` as a new object owned by `job`.
+    pub fn put(&self, tenant: &Arc<str>, job: &Arc<str>, data: Vec<u8>) -> Result<ObjectId, FabricError> {
+        let data = self.check_size(data)?;
+        let (id, cell) = self.reserve(tenant, job);
+        self.fill_ok(&cell, data);
+        Ok(id)
+    }
+
+    /// Fills a reserved object with a task's outcome. Filling twice keeps the
+    /// first outcome; filling a freed object does nothing.
+    pub fn fill(&self, cell: &Cell, outcome: Result<Vec<u8>, FabricError>) {
+        match outcome.and_then(|data| self.check_size(data)) {
+            Ok(data) => self.fill_ok(cell, data),
+            Err(err) => {
+                cell.fill(Err(err));
+            }
+        }
+    }
+
+    /// Fills under the lock, so a concurrent `drop_job` either sees the bytes
+    /// (and uncounts them) or has already filled the cell (and they are never
+    /// counted).
+    fn fill_ok(&self, cell: &Cell, data: Bytes) {
+        let mut inner = self.lock();
+        let len = data.len() as u64;
+        if cell.fill(Ok(data)) {
+            inner.bytes += len;
+        }
+    }
+
+    /// The object `id` of `tenant`, ready or not.
+    pub fn cell(&self, tenant: &str, id: ObjectId) -> Result<Arc<Cell>, FabricError> {
+        let inner = self.lock();
+        inner
+            .objects
+            .get(tenant)
+            .and_then(|objects| objects.get(&id))
+            .cloned()
+            .ok_or_else(|| FabricError::new(ErrorKind::NotFound, format!("no object {id} for tenant `{tenant}`")))
+    }
+
+    /// Waits for object `id` and returns its bytes without copying them.
+    pub async fn get(&self, tenant: &str, id: ObjectId) -> ObjectResult {
+        let cell = self.cell(tenant, id)?;
+        cell.ready().await.clone()
+    }
+
+    /// Frees every object `job` created.
+    pub fn drop_job(&self, tenant: &Arc<str>, job: &Arc<str>) {
+        let mut inner = self.lock();
+        let Some(ids) = inner.by_job.remove(&(tenant.clone(), job.clone())) else { return };
+        let Inner { objects, count, bytes, .. } = &mut *inner;
+        let Some(tenant_objects) = objects.get_mut(tenant) else { return };
+        for id in ids {
+            if let Some(cell) = tenant_objects.remove(&id) {
+                *count -= 1;
+                if let Some(Ok(data)) = cell.peek() {
+                    *bytes = bytes.saturating_sub(data.len() as u64);
+                }
+                // Wake anyone still waiting: the object is gone for good.
+                cell.fill(Err(FabricError::new(ErrorKind::Cancelled, format!("object {id} was freed: its job ended"))));
+            }
+        }
+    }
+
+    /// (objects, bytes) held now.
+    pub fn usage(&self) -> (usize, u64) {
+        let inner = self.lock();
+        (inner.count, inner.bytes)
+    }
+
+    fn check_size(&self, data: Vec<u8>) -> Result<Bytes, FabricError> {
+        if data.len() as u64 > self.max_object_bytes {
+            return Err(FabricError::new(
+                ErrorKind::ResourceLimit,
+                format!("object of {} bytes exceeds the limit of {} bytes", data.len(), self.max_object_bytes),
+            ));
+        }
+        Ok(aligned(data))
+    }
+}
+
+/// Takes ownership of `data` without copying when its start is aligned (the
+/// system allocator gives 16-byte alignment on the platforms fabric runs on),
+/// and copies once into an aligned buffer otherwise.
+fn aligned(data: Vec<u8>) -> Bytes {
+    if data.as_ptr() as usize % OBJECT_ALIGN == 0 {
+        return Bytes::from(data);
+    }
+    let mut buf = rkyv::util::AlignedVec::<OBJECT_ALIGN>::with_capacity(data.len());
+    buf.extend_from_slice(&data);
+    Bytes::from_owner(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn objects_are_tenant_scoped_and_freed_with_their_job() {
+        let store = ObjectStore::new(7, 1 << 20);
+        let (a, b, job): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "j".into());
+        let id = store.put(&a, &job, vec![1, 2, 3]).unwrap();
+        assert_eq!(&store.get("a", id).await.unwrap()[..], &[1, 2, 3]);
+        assert_eq!(store.get("b", id).await.unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(store.usage(), (1, 3));
+        store.drop_job(&b, &job);
+        assert_eq!(store.usage(), (1, 3));
+        store.drop_job(&a, &job);
+        assert_eq!(store.usage(), (0, 0));
+        assert_eq!(store.get("a", id).await.unwrap_err().kind, ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn readers_wait_for_a_pending_object() {
+        let store = Arc::new(ObjectStore::new(1, 1 << 20));
+        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let (id, cell) = store.reserve(&t, &j);
+        let reader = {
+            let store = store.clone();
+            tokio::spawn(async move { store.get("t", id).await })
+        };
+        tokio::task::yield_now().await;
+        store.fill(&cell, Ok(vec![9; 100]));
+        let bytes = reader.await.unwrap().unwrap();
+        assert_eq!(bytes.len(), 100);
+        assert_eq!(bytes.as_ptr() as usize % OBJECT_ALIGN, 0);
+    }
+
+    #[test]
+    fn oversized_objects_are_refused() {
+        let store = ObjectStore::new(1, 10);
+        let err = store.put(&"t".into(), &"j".into(), vec![0; 11]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::ResourceLimit);
+    }
+}

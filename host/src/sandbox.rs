@@ -1,0 +1,211 @@
+//! The wasmtime sandbox every task runs in.
+//!
+//! - One [`Engine`] per host: component model, async (guests suspend while a
+//!   host call waits, without holding an OS thread), the pooling allocator
+//!   (an instance costs microseconds: its memory slot is reused), and epoch
+//!   interruption for CPU bounds.
+//! - An epoch ticker on a dedicated OS thread: as a tokio task it would never
+//!   run once every worker is inside guest code.
+//! - Per instance ([`TaskState`]): a memory cap enforced by [`MemoryCap`], a
+//!   CPU budget counted in epoch ticks in which the guest actually ran (the
+//!   deadline callback fires only while guest code executes, so time spent
+//!   suspended in host calls is not charged), and a yield at every tick so a
+//!   spinning guest cannot hog a tokio worker or ignore cancellation.
+//! - WASI p2 with nothing granted: no preopened directories, no network, no
+//!   environment or arguments. Stdout and stderr go to the job's log.
+//!
+//! [`classify`] turns whatever a call failed with into a typed
+//! [`FabricError`] for the caller.
+
+use crate::hostfns::TaskContext;
+use crate::joblog::LogStream;
+use fabric_proto::{ErrorKind, FabricError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// How often the epoch advances: the granularity of CPU budgets and of
+/// yielding to other tasks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// The largest linear memory any instance may have (the wasm32 maximum).
+const MAX_MEMORY: usize = 4 << 30;
+
+/// Builds the host's engine.
+pub fn engine(max_instances: u32) -> wasmtime::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    let instances = max_instances.max(16);
+    pool.total_component_instances(instances)
+        // A Rust component has a few core instances (its module, WASI adapter
+        // shims); leave room for more.
+        .total_core_instances(instances * 8)
+        .total_memories(instances * 2)
+        .total_tables(instances * 4)
+        .total_stacks(instances)
+        .max_memory_size(MAX_MEMORY)
+        .max_core_instances_per_component(64)
+        .max_memories_per_component(8)
+        .max_component_instance_size(1 << 20)
+        .max_core_instance_size(1 << 20)
+        // Keep a little of each freed memory resident so the next instance
+        // does not fault its stack and data pages back in.
+        .linear_memory_keep_resident(64 << 10)
+        .table_keep_resident(16 << 10);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .max_wasm_stack(1 << 20)
+        .async_stack_size(2 << 20);
+    Engine::new(&config)
+}
+
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] until dropped.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    /// Starts the ticker thread.
+    pub fn start(engine: Engine) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new().name("fabric-epoch".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })?
+        };
+        Ok(EpochTicker { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Caps an instance's linear memory (and table) growth.
+pub struct MemoryCap {
+    /// Bytes any one memory may grow to.
+    pub memory_bytes: u64,
+}
+
+/// Raised when a guest tries to grow past its memory cap.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit exceeded: the task tried to grow its memory to {desired} bytes; its cap is {cap} bytes")]
+pub struct MemoryLimitExceeded {
+    desired: usize,
+    cap: u64,
+}
+
+/// Raised from the epoch callback when a task's CPU budget is spent.
+#[derive(Debug, thiserror::Error)]
+#[error("CPU budget of {budget:?} exhausted")]
+pub struct CpuBudgetExhausted {
+    /// The budget that ran out.
+    pub budget: Duration,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired as u64 > self.memory_bytes {
+            // An error (not `Ok(false)`) traps at once with this message,
+            // instead of the guest's allocator aborting with `unreachable`.
+            return Err(MemoryLimitExceeded { desired, cap: self.memory_bytes }.into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// The data of one instance's store.
+pub struct TaskState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) cap: MemoryCap,
+    pub(crate) cpu_ticks: u64,
+    pub(crate) cpu_budget_ticks: u64,
+    pub(crate) task: TaskContext,
+}
+
+impl WasiView for TaskState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl TaskState {
+    /// A store's data for `task`, whose stdout/stderr go to `stdout`/`stderr`.
+    pub fn new(task: TaskContext, memory_bytes: u64, cpu: Duration, stdout: LogStream, stderr: LogStream) -> Self {
+        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+        wasi.stdout(stdout).stderr(stderr);
+        let ticks = (cpu.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
+        TaskState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            cap: MemoryCap { memory_bytes },
+            cpu_ticks: 0,
+            cpu_budget_ticks: ticks,
+            task,
+        }
+    }
+}
+
+/// Configures `store` for a task: limits, CPU accounting and yielding.
+pub fn arm(store: &mut wasmtime::Store<TaskState>, cpu_budget: Duration) {
+    store.limiter(|state| &mut state.cap);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |mut ctx| {
+        let state = ctx.data_mut();
+        state.cpu_ticks += 1;
+        if state.cpu_ticks > state.cpu_budget_ticks {
+            return Err(CpuBudgetExhausted { budget: cpu_budget }.into());
+        }
+        Ok(wasmtime::UpdateDeadline::Yield(1))
+    });
+}
+
+/// Turns the error a guest call failed with into a typed error. `stderr_tail`
+/// is the end of what the task wrote to stderr (a panic message).
+pub fn classify(err: wasmtime::Error, stderr_tail: &str) -> FabricError {
+    if let Some(e) = err.downcast_ref::<MemoryLimitExceeded>() {
+        return FabricError::new(ErrorKind::ResourceLimit, e.to_string());
+    }
+    if let Some(e) = err.downcast_ref::<CpuBudgetExhausted>() {
+        return FabricError::new(ErrorKind::TimedOut, e.to_string());
+    }
+    if let Some(e) = err.downcast_ref::<FabricError>() {
+        return e.clone();
+    }
+    if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
+        let what = match trap {
+            wasmtime::Trap::StackOverflow => "stack overflow".to_string(),
+            wasmtime::Trap::UnreachableCodeReached => "the guest aborted (unreachable; a Rust panic ends here)".to_string(),
+            wasmtime::Trap::MemoryOutOfBounds => "out-of-bounds memory access".to_string(),
+            wasmtime::Trap::IntegerDivisionByZero => "integer division by zero".to_string(),
+            other => other.to_string(),
+        };
+        let tail = stderr_tail.trim();
+        let message = if tail.is_empty() { what } else { format!("{what}; stderr: {tail}") };
+        return FabricError::new(ErrorKind::Trapped, message);
+    }
+    if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return FabricError::new(ErrorKind::Trapped, format!("the guest called exit({})", exit.0));
+    }
+    FabricError::new(ErrorKind::Trapped, format!("{err:#}"))
+}

@@ -1,0 +1,411 @@
+//! The wire protocol between fabric clients and hosts.
+//!
+//! Every message is an rkyv archive in a length-prefixed frame:
+//! `u32 little-endian length | archive bytes`. A reader checks the length
+//! against a limit before allocating, then validates the archive with
+//! bytecheck before it touches a field: a malformed or hostile frame is an
+//! [`WireError`], never a panic. Bulk bytes (a component upload) follow their
+//! header frame raw on the same stream, which is a stream of its own, so a
+//! large transfer never delays small requests on other streams.
+//!
+//! Each request opens one bidirectional QUIC stream: the client writes one
+//! [`Request`] frame (plus raw bytes for an upload) and reads [`Response`]
+//! frames until the one that ends the exchange.
+#![warn(missing_docs)]
+
+use rkyv::{rancor, Archive, Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// ALPN protocol name clients and hosts agree on; bump on breaking changes.
+pub const ALPN: &[u8] = b"fabric/0";
+
+/// The tenant used when a request names none.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Largest control frame accepted (requests and responses other than bulk).
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Largest component accepted for upload.
+pub const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// What kind of failure an error is; mirrors `fabric:core/types.error`.
+#[derive(
+    Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The thing named does not exist for this tenant.
+    NotFound,
+    /// Guest code trapped.
+    Trapped,
+    /// Wall-clock timeout or CPU budget ran out.
+    TimedOut,
+    /// A memory cap, size limit or quota was hit.
+    ResourceLimit,
+    /// Bad arguments or input.
+    InvalidArgument,
+    /// The host cannot serve this now.
+    Unavailable,
+    /// The job was stopped.
+    Cancelled,
+    /// The task returned an error of its own.
+    Failed,
+    /// A failure inside the host.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The kebab-case name used in messages and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::Trapped => "trapped",
+            ErrorKind::TimedOut => "timed-out",
+            ErrorKind::ResourceLimit => "resource-limit",
+            ErrorKind::InvalidArgument => "invalid-argument",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Failed => "failed",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// An error as it crosses the wire and is stored in job records.
+#[derive(
+    Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+pub struct FabricError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+impl FabricError {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        FabricError { kind, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for FabricError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for FabricError {}
+
+/// Where a job is in its life.
+#[derive(
+    Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    /// Accepted, waiting for a slot.
+    Queued,
+    /// Its entry task is running.
+    Running,
+    /// Finished with a result.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Stopped by `fabric stop`.
+    Stopped,
+}
+
+impl JobState {
+    /// Whether the job has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Stopped)
+    }
+    /// The kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Stopped => "stopped",
+        }
+    }
+}
+
+/// Limits for a job's tasks; unset fields take the host's defaults.
+#[derive(
+    Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+pub struct TaskLimits {
+    /// Wall-clock limit per task, milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// CPU budget per task, milliseconds.
+    pub cpu_ms: Option<u64>,
+    /// Linear memory cap per instance, bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+/// The durable record of a job.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobRecord {
+    /// The job's id.
+    pub id: String,
+    /// The tenant it runs for.
+    pub tenant: String,
+    /// sha256 hex of its component.
+    pub component: String,
+    /// The entry function.
+    pub function: String,
+    /// Where it is in its life.
+    pub state: JobState,
+    /// Unix milliseconds when submitted.
+    pub submitted_ms: u64,
+    /// Unix milliseconds when its entry task started.
+    pub started_ms: Option<u64>,
+    /// Unix milliseconds when it ended.
+    pub finished_ms: Option<u64>,
+    /// The entry function's JSON result, when it succeeded.
+    pub result: Option<String>,
+    /// The error, when it failed or was stopped.
+    pub error: Option<FabricError>,
+}
+
+/// A job to run.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SubmitRequest {
+    /// sha256 hex of the component (uploaded before, or asked for).
+    pub component: String,
+    /// The entry function.
+    pub function: String,
+    /// JSON arguments.
+    pub args: String,
+    /// Limits for the job's tasks.
+    pub limits: TaskLimits,
+    /// Return once accepted instead of streaming the log and result.
+    pub detach: bool,
+}
+
+pub use messages::{Request, Response};
+
+/// The request and response enums. rkyv's derive generates resolver types
+/// whose fields cannot carry docs, hence the allowance on this module only.
+#[allow(missing_docs)]
+mod messages {
+    use super::*;
+
+    /// A client's request: one per stream.
+    #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+    pub enum Request {
+        /// Is the host up? Answered with [`Response::Pong`].
+        Ping,
+        /// Upload a component: `len` raw bytes follow this frame.
+        Upload {
+            /// Tenant that owns the upload.
+            tenant: String,
+            /// sha256 hex the bytes must hash to.
+            sha256: String,
+            /// Number of bytes that follow.
+            len: u64,
+        },
+        /// Run a job.
+        Submit {
+            /// Tenant to run for.
+            tenant: String,
+            /// The job.
+            job: SubmitRequest,
+        },
+        /// List the tenant's jobs.
+        Jobs {
+            /// Whose jobs.
+            tenant: String,
+        },
+        /// One job's record.
+        Status {
+            /// Whose job.
+            tenant: String,
+            /// Which job.
+            job: String,
+        },
+        /// A job's log; with `follow`, until the job ends.
+        Logs {
+            /// Whose job.
+            tenant: String,
+            /// Which job.
+            job: String,
+            /// Keep streaming until the job ends.
+            follow: bool,
+        },
+        /// Stop a job.
+        Stop {
+            /// Whose job.
+            tenant: String,
+            /// Which job.
+            job: String,
+        },
+    }
+
+    /// A host's response frames.
+    #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+    pub enum Response {
+        /// Answer to [`Request::Ping`].
+        Pong {
+            /// The host's id.
+            host: String,
+        },
+        /// The component was stored (or already there).
+        Uploaded,
+        /// The host lacks this component: upload it, then submit again.
+        NeedComponent,
+        /// The job was accepted; log and end frames follow unless detached.
+        Accepted {
+            /// The new job's id.
+            job: String,
+        },
+        /// A chunk of the job's log.
+        Log(Vec<u8>),
+        /// The job's record (ends a submit, status, stop or follow).
+        Job(JobRecord),
+        /// Records, newest first.
+        Jobs(Vec<JobRecord>),
+        /// End of a non-following log read.
+        End,
+        /// The request failed.
+        Error(FabricError),
+    }
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The stream failed or ended early.
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer announced a frame over the limit.
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The bytes are not a valid archive of the expected message.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Writes one message as a frame.
+pub async fn write_frame<W, T>(writer: &mut W, message: &T) -> Result<(), WireError>
+where
+    W: AsyncWrite + Unpin,
+    T: for<'a> Serialize<rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>>,
+{
+    let bytes = rkyv::to_bytes::<rancor::Error>(message).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| WireError::TooLarge { len: bytes.len(), limit: u32::MAX as usize })?;
+    writer.write_all(&len.to_le_bytes()).await?;
+    writer.write_all(&bytes).await?;
+    Ok(())
+}
+
+/// Reads one frame and validates it as a `T`; `Ok(None)` at a clean end of
+/// stream before any byte of a frame.
+pub async fn read_frame<R, T>(reader: &mut R, limit: usize) -> Result<Option<T>, WireError>
+where
+    R: AsyncRead + Unpin,
+    T: Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+        + Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len[..1]).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    reader.read_exact(&mut len[1..]).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > limit {
+        return Err(WireError::TooLarge { len, limit });
+    }
+    let mut buf = rkyv::util::AlignedVec::<16>::with_capacity(len);
+    buf.resize(len, 0);
+    reader.read_exact(&mut buf).await?;
+    decode(&buf).map(Some)
+}
+
+/// Validates and deserializes an archive of `T`.
+pub fn decode<T>(bytes: &[u8]) -> Result<T, WireError>
+where
+    T: Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+        + Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    if bytes.as_ptr() as usize % 16 != 0 {
+        // rkyv requires aligned input; copy a misaligned caller's bytes once.
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        return rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(|e| WireError::Malformed(e.to_string()));
+    }
+    rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+/// Archives `T` (for storing records, not for the wire).
+pub fn encode<T>(value: &T) -> Result<Vec<u8>, WireError>
+where
+    T: for<'a> Serialize<rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>>,
+{
+    rkyv::to_bytes::<rancor::Error>(value)
+        .map(|v| v.to_vec())
+        .map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let req = Request::Submit {
+            tenant: "t".into(),
+            job: SubmitRequest {
+                component: "ab".into(),
+                function: "main".into(),
+                args: "{}".into(),
+                limits: TaskLimits { timeout_ms: Some(5), ..Default::default() },
+                detach: true,
+            },
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &req).await.unwrap();
+        let mut reader = &buf[..];
+        let back: Request = read_frame(&mut reader, MAX_FRAME).await.unwrap().unwrap();
+        assert_eq!(back, req);
+        let end: Option<Request> = read_frame(&mut reader, MAX_FRAME).await.unwrap();
+        assert!(end.is_none());
+    }
+
+    #[tokio::test]
+    async fn hostile_frames_are_errors() {
+        // Garbage of a plausible length.
+        let mut buf = 12u32.to_le_bytes().to_vec();
+        buf.extend_from_slice(&[0xff; 12]);
+        let r: Result<Option<Request>, _> = read_frame(&mut &buf[..], MAX_FRAME).await;
+        assert!(matches!(r, Err(WireError::Malformed(_))), "{r:?}");
+        // An announced length over the limit is refused before allocating.
+        let buf = u32::MAX.to_le_bytes();
+        let r: Result<Option<Request>, _> = read_frame(&mut &buf[..], MAX_FRAME).await;
+        assert!(matches!(r, Err(WireError::TooLarge { .. })), "{r:?}");
+        // A frame cut short.
+        let mut buf = 100u32.to_le_bytes().to_vec();
+        buf.extend_from_slice(&[0; 10]);
+        let r: Result<Option<Request>, _> = read_frame(&mut &buf[..], MAX_FRAME).await;
+        assert!(matches!(r, Err(WireError::Io(_))), "{r:?}");
+        // Every truncation of a valid frame fails cleanly.
+        let mut good = Vec::new();
+        write_frame(&mut good, &Request::Jobs { tenant: "default".into() }).await.unwrap();
+        for cut in 1..good.len() {
+            let r: Result<Option<Request>, _> = read_frame(&mut &good[..cut], MAX_FRAME).await;
+            assert!(r.is_err(), "cut at {cut}");
+        }
+    }
+}
