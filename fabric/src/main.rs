@@ -1,1 +1,397 @@
-fn main(){}
+//! `fabric`: run a node, submit jobs, inspect them.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fabric::client::{addr_file, resolve_addr, Client, HostError, Submitted};
+use fabric::output::{error_json, job_json, job_line, result_text};
+use fabric_host::{Host, HostConfig, JobRecord, JobState, SubmitRequest, TaskLimits};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "fabric",
+    version,
+    about = "A WebAssembly-sandboxed compute fabric"
+)]
+struct Cli {
+    /// Where hosts keep their state and clients find them.
+    #[arg(long, global = true, env = "FABRIC_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The tenant to act for.
+    #[arg(long, global = true, env = "FABRIC_TENANT", default_value = fabric_proto::DEFAULT_TENANT)]
+    tenant: String,
+    /// The host to talk to (default: the one `fabric up` recorded in the data dir).
+    #[arg(long, global = true, env = "FABRIC_HOST")]
+    host: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a one-host fabric with the embedded registry, serving clients over QUIC.
+    Up(UpArgs),
+    /// Submit a job to a running host; stream its log and print its result.
+    Submit(SubmitArgs),
+    /// Run a job in this process, with no daemon (same code path as a host).
+    Run(JobArgs),
+    /// List the tenant's jobs.
+    Jobs(OutputArgs),
+    /// Show one job.
+    Status {
+        /// The job's id.
+        job: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Print a job's log.
+    Logs {
+        /// The job's id.
+        job: String,
+        /// Keep printing until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Stop a job.
+    Stop {
+        /// The job's id.
+        job: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Address to serve clients on.
+    #[arg(long, default_value = fabric::client::DEFAULT_ADDR)]
+    listen: String,
+    /// Tasks that may run at once (default: CPU count).
+    #[arg(long)]
+    slots: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum, Default)]
+enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct OutputArgs {
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct JobArgs {
+    /// The component (.wasm) to run.
+    wasm: PathBuf,
+    /// The function to call.
+    #[arg(long = "fn", default_value = "main")]
+    function: String,
+    /// JSON arguments: an object keyed by parameter name, or an array.
+    #[arg(long, default_value = "{}")]
+    args: String,
+    /// Wall-clock limit per task, in seconds.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// CPU budget per task, in seconds.
+    #[arg(long)]
+    cpu: Option<f64>,
+    /// Memory cap per task instance, in MiB.
+    #[arg(long)]
+    memory: Option<u64>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    #[command(flatten)]
+    job: JobArgs,
+    /// Return once the job is accepted.
+    #[arg(long)]
+    detach: bool,
+}
+
+impl JobArgs {
+    fn limits(&self) -> TaskLimits {
+        let ms = |s: f64| (s * 1000.0).round().max(1.0) as u64;
+        TaskLimits {
+            timeout_ms: self.timeout.map(ms),
+            cpu_ms: self.cpu.map(ms),
+            memory_bytes: self.memory.map(|mib| mib << 20),
+        }
+    }
+
+    fn read_wasm(&self) -> anyhow::Result<Vec<u8>> {
+        std::fs::read(&self.wasm).with_context(|| format!("cannot read {}", self.wasm.display()))
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("fabric")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FABRIC_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let output = match &cli.command {
+        Command::Submit(a) => a.job.output.output,
+        Command::Run(a) => a.output.output,
+        Command::Jobs(o) | Command::Status { output: o, .. } | Command::Stop { output: o, .. } => {
+            o.output
+        }
+        _ => Output::Text,
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            // A job that never started still answers in the promised shape.
+            let host_error = err.downcast_ref::<HostError>().map(|e| e.0.clone());
+            match (output, host_error) {
+                (Output::Json, Some(e)) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "job": null, "state": "rejected", "error": error_json(&e) })
+                    )
+                }
+                (Output::Json, None) => println!(
+                    "{}",
+                    serde_json::json!({ "job": null, "state": "rejected", "error": { "kind": "client", "message": format!("{err:#}") } })
+                ),
+                (Output::Text, _) => eprintln!("error: {err:#}"),
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
+    match cli.command {
+        Command::Up(args) => up(&data_dir, args).await,
+        Command::Run(args) => run_local(&data_dir, &cli.tenant, args).await,
+        command => {
+            let addr = resolve_addr(cli.host.as_deref(), &data_dir)?;
+            let client = Client::connect(&data_dir, addr, &cli.tenant).await?;
+            remote(&client, command).await
+        }
+    }
+}
+
+async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
+    let addr = args
+        .listen
+        .parse()
+        .with_context(|| format!("invalid --listen address `{}`", args.listen))?;
+    let mut config = HostConfig::new(data_dir);
+    if let Some(slots) = args.slots {
+        config.slots = slots.max(1);
+    }
+    let host = Host::new(config).map_err(|e| {
+        e.context(format!(
+            "cannot start a host on {} (is another `fabric up` using it?)",
+            data_dir.display()
+        ))
+    })?;
+    let endpoint = fabric_host::server::bind(data_dir, addr)?;
+    let local = endpoint.local_addr()?;
+    fabric_host::components::write_atomic(&addr_file(data_dir), local.to_string().as_bytes())?;
+    eprintln!(
+        "fabric: host {} listening on {local} (data dir {})",
+        host.id(),
+        data_dir.display()
+    );
+    let server = tokio::spawn(fabric_host::server::serve(host.clone(), endpoint.clone()));
+    shutdown_signal().await;
+    eprintln!("fabric: shutting down");
+    host.shutdown().await;
+    endpoint.close(0u32.into(), b"host shutting down");
+    server.abort();
+    let _ = std::fs::remove_file(addr_file(data_dir));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// `fabric run`: a host in this process, in memory but for the compile cache.
+async fn run_local(data_dir: &Path, tenant: &str, args: JobArgs) -> anyhow::Result<ExitCode> {
+    let wasm = args.read_wasm()?;
+    let mut config = HostConfig::new(data_dir);
+    config.persist = false;
+    let host = Host::new(config)?;
+    let sha256 = host
+        .add_component(tenant, wasm, None)
+        .await
+        .map_err(HostError)?;
+    let request = SubmitRequest {
+        component: sha256,
+        function: args.function.clone(),
+        args: args.args.clone(),
+        limits: args.limits(),
+        detach: false,
+    };
+    let handle = host.submit(tenant, request).await.map_err(HostError)?;
+    let record = handle
+        .finish(print_log)
+        .await
+        .context("the job ended without a record")?;
+    Ok(finish(&record, args.output.output))
+}
+
+fn print_log(chunk: &[u8]) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_all(chunk);
+    let _ = stderr.flush();
+}
+
+/// Prints a finished job; a failed one exits non-zero.
+fn finish(record: &JobRecord, output: Output) -> ExitCode {
+    match output {
+        Output::Json => println!("{}", job_json(record)),
+        Output::Text => match (&record.state, result_text(record), &record.error) {
+            (JobState::Succeeded, Some(result), _) => println!("{result}"),
+            (_, _, Some(error)) => {
+                eprintln!("job {} {}: {error}", record.id, record.state.as_str())
+            }
+            _ => eprintln!("job {} {}", record.id, record.state.as_str()),
+        },
+    }
+    match record.state {
+        JobState::Succeeded => ExitCode::SUCCESS,
+        JobState::Queued | JobState::Running => ExitCode::SUCCESS,
+        JobState::Failed | JobState::Stopped => ExitCode::from(1),
+    }
+}
+
+async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Submit(args) => {
+            let wasm = args.job.read_wasm()?;
+            let submitted = client
+                .submit(
+                    &wasm,
+                    &args.job.function,
+                    &args.job.args,
+                    args.job.limits(),
+                    args.detach,
+                    print_log,
+                )
+                .await?;
+            match submitted {
+                Submitted::Accepted(job) => {
+                    match args.job.output.output {
+                        Output::Json => {
+                            println!("{}", serde_json::json!({ "job": job, "state": "queued" }))
+                        }
+                        Output::Text => println!("{job}"),
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Submitted::Finished(record) => Ok(finish(&record, args.job.output.output)),
+            }
+        }
+        Command::Jobs(output) => {
+            let jobs = client.jobs().await?;
+            match output.output {
+                Output::Json => {
+                    println!(
+                        "{}",
+                        serde_json::Value::Array(jobs.iter().map(job_json).collect())
+                    )
+                }
+                Output::Text => {
+                    println!(
+                        "{:<18} {:<10} {:<16} {:<12} {:>9}",
+                        "JOB", "STATE", "FUNCTION", "COMPONENT", "TOOK"
+                    );
+                    for job in &jobs {
+                        println!("{}", job_line(job));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { job, output } => {
+            let record = client.status(&job).await?;
+            print_record(&record, output.output);
+            Ok(ExitCode::from(if record.state == JobState::Failed {
+                1
+            } else {
+                0
+            }))
+        }
+        Command::Stop { job, output } => {
+            let record = client.stop(&job).await?;
+            print_record(&record, output.output);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { job, follow } => {
+            client.logs(&job, follow, print_log).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up(_) | Command::Run(_) => unreachable!("handled before connecting"),
+    }
+}
+
+fn print_record(record: &JobRecord, output: Output) {
+    match output {
+        Output::Json => println!("{}", job_json(record)),
+        Output::Text => {
+            println!("job:       {}", record.id);
+            println!("state:     {}", record.state.as_str());
+            println!("function:  {}", record.function);
+            println!("component: {}", record.component);
+            if let Some(result) = result_text(record) {
+                println!("result:    {result}");
+            }
+            if let Some(error) = &record.error {
+                println!("error:     {error}");
+            }
+        }
+    }
+}

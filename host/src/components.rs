@@ -56,13 +56,26 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 impl Components {
     /// Components for `engine`, stored under `data_dir` when `persist`.
-    pub fn new(engine: Engine, linker: Linker<TaskState>, data_dir: &Path, persist: bool) -> std::io::Result<Self> {
+    pub fn new(
+        engine: Engine,
+        linker: Linker<TaskState>,
+        data_dir: &Path,
+        persist: bool,
+    ) -> std::io::Result<Self> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        let cache_dir = data_dir.join("cache").join(format!("{:016x}", hasher.finish()));
+        let cache_dir = data_dir
+            .join("cache")
+            .join(format!("{:016x}", hasher.finish()));
         std::fs::create_dir_all(&cache_dir)?;
         let store_dir = persist.then(|| data_dir.join("components"));
-        Ok(Components { engine, linker, store_dir, cache_dir, state: Mutex::new(State::default()) })
+        Ok(Components {
+            engine,
+            linker,
+            store_dir,
+            cache_dir,
+            state: Mutex::new(State::default()),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -70,7 +83,9 @@ impl Components {
     }
 
     fn stored_path(&self, tenant: &str, sha256: &str) -> Option<PathBuf> {
-        self.store_dir.as_ref().map(|dir| dir.join(tenant).join(format!("{sha256}.wasm")))
+        self.store_dir
+            .as_ref()
+            .map(|dir| dir.join(tenant).join(format!("{sha256}.wasm")))
     }
 
     /// Whether `tenant` has component `sha256`.
@@ -78,7 +93,11 @@ impl Components {
         if !is_sha256(sha256) {
             return false;
         }
-        if self.lock().owners.contains(&(tenant.to_string(), sha256.to_string())) {
+        if self
+            .lock()
+            .owners
+            .contains(&(tenant.to_string(), sha256.to_string()))
+        {
             return true;
         }
         self.stored_path(tenant, sha256).is_some_and(|p| p.exists())
@@ -86,7 +105,12 @@ impl Components {
 
     /// Checks, compiles and stores `bytes` for `tenant`; `claimed` is the
     /// sha256 the uploader says they hash to.
-    pub async fn add(&self, tenant: &str, bytes: Vec<u8>, claimed: Option<&str>) -> Result<Arc<LoadedComponent>, FabricError> {
+    pub async fn add(
+        &self,
+        tenant: &str,
+        bytes: Vec<u8>,
+        claimed: Option<&str>,
+    ) -> Result<Arc<LoadedComponent>, FabricError> {
         let sha256 = sha256_hex(&bytes);
         if let Some(claimed) = claimed {
             if claimed != sha256 {
@@ -99,14 +123,19 @@ impl Components {
         check_header(&bytes)?;
         let loaded = self.load(&sha256, Some(&bytes)).await?;
         if let Some(path) = self.stored_path(tenant, &sha256) {
-            write_atomic(&path, &bytes).map_err(|e| internal(format!("cannot store component: {e}")))?;
+            write_atomic(&path, &bytes)
+                .map_err(|e| internal(format!("cannot store component: {e}")))?;
         }
         self.lock().owners.insert((tenant.to_string(), sha256));
         Ok(loaded)
     }
 
     /// Component `sha256` of `tenant`, loading it if needed.
-    pub async fn get(&self, tenant: &str, sha256: &str) -> Result<Arc<LoadedComponent>, FabricError> {
+    pub async fn get(
+        &self,
+        tenant: &str,
+        sha256: &str,
+    ) -> Result<Arc<LoadedComponent>, FabricError> {
         if !self.has(tenant, sha256) {
             return Err(FabricError::new(
                 ErrorKind::NotFound,
@@ -117,14 +146,21 @@ impl Components {
             return Ok(loaded.clone());
         }
         let bytes = match self.stored_path(tenant, sha256) {
-            Some(path) => Some(std::fs::read(&path).map_err(|e| internal(format!("cannot read component: {e}")))?),
+            Some(path) => Some(
+                std::fs::read(&path)
+                    .map_err(|e| internal(format!("cannot read component: {e}")))?,
+            ),
             None => None,
         };
         self.load(sha256, bytes.as_deref()).await
     }
 
     /// From memory, the disk cache, or by compiling `bytes`.
-    async fn load(&self, sha256: &str, bytes: Option<&[u8]>) -> Result<Arc<LoadedComponent>, FabricError> {
+    async fn load(
+        &self,
+        sha256: &str,
+        bytes: Option<&[u8]>,
+    ) -> Result<Arc<LoadedComponent>, FabricError> {
         if let Some(loaded) = self.lock().loaded.get(sha256) {
             return Ok(loaded.clone());
         }
@@ -132,7 +168,9 @@ impl Components {
         let component = match self.deserialize(&cached).await {
             Some(component) => component,
             None => {
-                let bytes = bytes.ok_or_else(|| internal(format!("component {sha256} is neither cached nor stored")))?;
+                let bytes = bytes.ok_or_else(|| {
+                    internal(format!("component {sha256} is neither cached nor stored"))
+                })?;
                 let component = self.compile(bytes.to_vec()).await?;
                 if let Ok(artifact) = component.serialize() {
                     // A failed cache write only costs a recompile next time.
@@ -153,8 +191,13 @@ impl Components {
                 format!("the component does not target the fabric:core/task world (build it with the fabric SDK): {e:#}"),
             )
         })?;
-        let loaded = Arc::new(LoadedComponent { sha256: sha256.to_string(), pre });
-        self.lock().loaded.insert(sha256.to_string(), loaded.clone());
+        let loaded = Arc::new(LoadedComponent {
+            sha256: sha256.to_string(),
+            pre,
+        });
+        self.lock()
+            .loaded
+            .insert(sha256.to_string(), loaded.clone());
         Ok(loaded)
     }
 
@@ -168,7 +211,10 @@ impl Components {
         // with `Component::serialize`, under a directory keyed by the engine's
         // compatibility hash; a damaged file fails to deserialize and is
         // recompiled.
-        let result = tokio::task::spawn_blocking(move || unsafe { Component::deserialize_file(&engine, &path) }).await;
+        let result = tokio::task::spawn_blocking(move || unsafe {
+            Component::deserialize_file(&engine, &path)
+        })
+        .await;
         result.ok().and_then(Result::ok)
     }
 
@@ -177,7 +223,12 @@ impl Components {
         tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
             .await
             .map_err(|e| internal(format!("compiler task failed: {e}")))?
-            .map_err(|e| FabricError::new(ErrorKind::InvalidArgument, format!("invalid WebAssembly component: {e:#}")))
+            .map_err(|e| {
+                FabricError::new(
+                    ErrorKind::InvalidArgument,
+                    format!("invalid WebAssembly component: {e:#}"),
+                )
+            })
     }
 }
 
@@ -198,7 +249,9 @@ fn check_header(bytes: &[u8]) -> Result<(), FabricError> {
 }
 
 fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 fn internal(message: String) -> FabricError {
@@ -206,7 +259,7 @@ fn internal(message: String) -> FabricError {
 }
 
 /// Writes via a temporary file and a rename, so readers never see half a file.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

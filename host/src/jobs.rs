@@ -6,9 +6,10 @@
 //! objects are freed, and its record is written in its final state.
 
 use crate::joblog::JobLog;
+use bytes::Bytes;
 use fabric_proto::{ErrorKind, FabricError, JobRecord, TaskLimits};
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 /// What the tasks of one job share.
 #[derive(Debug)]
@@ -27,7 +28,13 @@ pub struct Job {
 impl Job {
     /// A new, running job.
     pub fn new(id: &str, tenant: &str, limits: TaskLimits, log: Arc<JobLog>) -> Arc<Self> {
-        Arc::new(Job { id: id.into(), tenant: tenant.into(), limits, log, cancel: watch::channel(None).0 })
+        Arc::new(Job {
+            id: id.into(),
+            tenant: tenant.into(),
+            limits,
+            log,
+            cancel: watch::channel(None).0,
+        })
     }
 
     /// Stops every task of the job with `reason` (the first reason wins).
@@ -46,7 +53,11 @@ impl Job {
     pub async fn cancelled(&self) -> FabricError {
         let mut rx = self.cancel.subscribe();
         // The sender lives as long as `self`, so the wait cannot fail.
-        let reason = rx.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
+        let reason = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|r| r.clone());
         reason.unwrap_or_else(stopped)
     }
 }
@@ -55,21 +66,88 @@ fn stopped() -> FabricError {
     FabricError::new(ErrorKind::Cancelled, "the job was stopped")
 }
 
-/// A live job as its submitter sees it.
+/// A live job as a follower sees it: its log as it is written, then its end.
 pub struct JobHandle {
     /// The job's id.
     pub id: String,
-    /// The log so far at submission (empty) and what follows.
-    pub log: tokio::sync::broadcast::Receiver<bytes::Bytes>,
-    /// Becomes `Some(record)` when the job ends.
-    pub done: watch::Receiver<Option<JobRecord>>,
+    log: broadcast::Receiver<Bytes>,
+    log_open: bool,
+    done: watch::Receiver<Option<JobRecord>>,
+    ended: bool,
+    record: Option<JobRecord>,
+}
+
+/// What happens next to a followed job.
+#[derive(Debug)]
+pub enum JobEvent {
+    /// A chunk of its log.
+    Log(Bytes),
+    /// The follower fell behind and this many chunks were dropped.
+    Dropped(u64),
+    /// The job ended (with its final record; `None` if the host stopped
+    /// first). Every log chunk written before the end comes before this.
+    Done(Option<JobRecord>),
 }
 
 impl JobHandle {
-    /// Waits for the job's final record.
-    pub async fn finished(&mut self) -> Option<JobRecord> {
-        self.done.wait_for(Option::is_some).await.ok().and_then(|r| r.clone())
+    /// Follows job `id` from these receivers.
+    pub fn new(
+        id: String,
+        log: broadcast::Receiver<Bytes>,
+        done: watch::Receiver<Option<JobRecord>>,
+    ) -> Self {
+        JobHandle {
+            id,
+            log,
+            log_open: true,
+            done,
+            ended: false,
+            record: None,
+        }
     }
+
+    /// The next event; after `Done`, `Done(None)` forever.
+    pub async fn next_event(&mut self) -> JobEvent {
+        use broadcast::error::{RecvError, TryRecvError};
+        loop {
+            if self.ended {
+                // Everything logged before the end is in the channel already.
+                return match self.log.try_recv() {
+                    Ok(chunk) => JobEvent::Log(chunk),
+                    Err(TryRecvError::Lagged(n)) => JobEvent::Dropped(n),
+                    Err(_) => JobEvent::Done(self.record.take()),
+                };
+            }
+            let done = &mut self.done;
+            tokio::select! {
+                chunk = self.log.recv(), if self.log_open => match chunk {
+                    Ok(chunk) => return JobEvent::Log(chunk),
+                    Err(RecvError::Lagged(n)) => return JobEvent::Dropped(n),
+                    Err(RecvError::Closed) => self.log_open = false,
+                },
+                record = async { done.wait_for(Option::is_some).await.ok().and_then(|r| r.clone()) } => {
+                    self.ended = true;
+                    self.record = record;
+                }
+            }
+        }
+    }
+
+    /// Follows to the end, handing log chunks to `on_log`.
+    pub async fn finish(mut self, mut on_log: impl FnMut(&[u8])) -> Option<JobRecord> {
+        loop {
+            match self.next_event().await {
+                JobEvent::Log(chunk) => on_log(&chunk),
+                JobEvent::Dropped(n) => on_log(dropped_note(n).as_bytes()),
+                JobEvent::Done(record) => return record,
+            }
+        }
+    }
+}
+
+/// What a follower is told when it fell behind.
+pub fn dropped_note(chunks: u64) -> String {
+    format!("\n[fabric: {chunks} log chunks dropped: the reader fell behind]\n")
 }
 
 /// Unix time in milliseconds.

@@ -4,8 +4,8 @@
 
 use crate::components::LoadedComponent;
 use crate::hostfns::{Encoding, TaskContext};
-use crate::jobs::Job;
 use crate::joblog::LogStream;
+use crate::jobs::Job;
 use crate::sandbox::{self, TaskState};
 use crate::HostInner;
 use fabric_proto::{ErrorKind, FabricError, TaskLimits};
@@ -27,7 +27,11 @@ pub struct TaskSpec {
 }
 
 /// Runs `spec` for `job` to its end: its encoded result or a typed error.
-pub async fn run_task(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> Result<Vec<u8>, FabricError> {
+pub async fn run_task(
+    host: &Arc<HostInner>,
+    job: &Arc<Job>,
+    spec: TaskSpec,
+) -> Result<Vec<u8>, FabricError> {
     tokio::select! {
         biased;
         reason = job.cancelled() => Err(reason),
@@ -35,24 +39,58 @@ pub async fn run_task(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> 
     }
 }
 
-async fn execute(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> Result<Vec<u8>, FabricError> {
+async fn execute(
+    host: &Arc<HostInner>,
+    job: &Arc<Job>,
+    spec: TaskSpec,
+) -> Result<Vec<u8>, FabricError> {
     let defaults = &host.config.limits;
-    let timeout = spec.limits.timeout_ms.map(Duration::from_millis).unwrap_or(defaults.timeout);
-    let cpu = spec.limits.cpu_ms.map(Duration::from_millis).unwrap_or(defaults.cpu);
+    let timeout = spec
+        .limits
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(defaults.timeout);
+    let cpu = spec
+        .limits
+        .cpu_ms
+        .map(Duration::from_millis)
+        .unwrap_or(defaults.cpu);
     let memory_bytes = spec.limits.memory_bytes.unwrap_or(defaults.memory_bytes);
 
     let slot = host.slots.acquire(&job.tenant).await;
     let (stderr, stderr_tail) = LogStream::with_tail(job.log.clone());
-    let context = TaskContext { host: host.clone(), job: job.clone(), component: spec.component.clone(), slot: Some(slot) };
-    let state = TaskState::new(context, memory_bytes, cpu, LogStream::new(job.log.clone()), stderr);
+    let context = TaskContext {
+        host: host.clone(),
+        job: job.clone(),
+        component: spec.component.clone(),
+        slot: Some(slot),
+    };
+    let state = TaskState::new(
+        context,
+        memory_bytes,
+        cpu,
+        LogStream::new(job.log.clone()),
+        stderr,
+    );
     let mut store = wasmtime::Store::new(&host.engine, state);
     sandbox::arm(&mut store, cpu);
 
     let call = async {
-        let instance = spec.component.pre.instantiate_async(&mut store).await.map_err(|e| {
-            FabricError::new(ErrorKind::ResourceLimit, format!("cannot start an instance: {e:#}"))
-        })?;
-        match instance.call_dispatch(&mut store, &spec.function, &spec.args, spec.encoding).await {
+        let instance = spec
+            .component
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| {
+                FabricError::new(
+                    ErrorKind::ResourceLimit,
+                    format!("cannot start an instance: {e:#}"),
+                )
+            })?;
+        match instance
+            .call_dispatch(&mut store, &spec.function, &spec.args, spec.encoding)
+            .await
+        {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(guest_error)) => Err(FabricError::from(guest_error)),
             Err(err) => Err(sandbox::classify(err, &stderr_tail.text())),
@@ -62,7 +100,10 @@ async fn execute(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> Resul
         Ok(outcome) => outcome,
         Err(_) => Err(FabricError::new(
             ErrorKind::TimedOut,
-            format!("task `{}` exceeded its wall-clock timeout of {timeout:?}", spec.function),
+            format!(
+                "task `{}` exceeded its wall-clock timeout of {timeout:?}",
+                spec.function
+            ),
         )),
     }
 }

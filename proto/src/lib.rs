@@ -30,7 +30,16 @@ pub const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
 
 /// What kind of failure an error is; mirrors `fabric:core/types.error`.
 #[derive(
-    Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorKind {
@@ -73,7 +82,15 @@ impl ErrorKind {
 
 /// An error as it crosses the wire and is stored in job records.
 #[derive(
-    Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 pub struct FabricError {
     /// What kind of failure.
@@ -85,7 +102,10 @@ pub struct FabricError {
 impl FabricError {
     /// An error of `kind` saying `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        FabricError { kind, message: message.into() }
+        FabricError {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -99,7 +119,16 @@ impl std::error::Error for FabricError {}
 
 /// Where a job is in its life.
 #[derive(
-    Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum JobState {
@@ -118,7 +147,10 @@ pub enum JobState {
 impl JobState {
     /// Whether the job has ended.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Stopped)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Stopped
+        )
     }
     /// The kebab-case name.
     pub fn as_str(self) -> &'static str {
@@ -134,7 +166,16 @@ impl JobState {
 
 /// Limits for a job's tasks; unset fields take the host's defaults.
 #[derive(
-    Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 pub struct TaskLimits {
     /// Wall-clock limit per task, milliseconds.
@@ -146,7 +187,9 @@ pub struct TaskLimits {
 }
 
 /// The durable record of a job.
-#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Archive, Serialize, Deserialize, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize,
+)]
 pub struct JobRecord {
     /// The job's id.
     pub id: String,
@@ -297,11 +340,20 @@ pub enum WireError {
 pub async fn write_frame<W, T>(writer: &mut W, message: &T) -> Result<(), WireError>
 where
     W: AsyncWrite + Unpin,
-    T: for<'a> Serialize<rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>>,
+    T: for<'a> Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rancor::Error,
+        >,
+    >,
 {
-    let bytes = rkyv::to_bytes::<rancor::Error>(message).map_err(|e| WireError::Malformed(e.to_string()))?;
-    let len = u32::try_from(bytes.len())
-        .map_err(|_| WireError::TooLarge { len: bytes.len(), limit: u32::MAX as usize })?;
+    let bytes = rkyv::to_bytes::<rancor::Error>(message)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let len = u32::try_from(bytes.len()).map_err(|_| WireError::TooLarge {
+        len: bytes.len(),
+        limit: u32::MAX as usize,
+    })?;
     writer.write_all(&len.to_le_bytes()).await?;
     writer.write_all(&bytes).await?;
     Ok(())
@@ -344,7 +396,8 @@ where
         // rkyv requires aligned input; copy a misaligned caller's bytes once.
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
-        return rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(|e| WireError::Malformed(e.to_string()));
+        return rkyv::from_bytes::<T, rancor::Error>(&aligned)
+            .map_err(|e| WireError::Malformed(e.to_string()));
     }
     rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(|e| WireError::Malformed(e.to_string()))
 }
@@ -352,7 +405,13 @@ where
 /// Archives `T` (for storing records, not for the wire).
 pub fn encode<T>(value: &T) -> Result<Vec<u8>, WireError>
 where
-    T: for<'a> Serialize<rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>>,
+    T: for<'a> Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rancor::Error,
+        >,
+    >,
 {
     rkyv::to_bytes::<rancor::Error>(value)
         .map(|v| v.to_vec())
@@ -371,7 +430,10 @@ mod tests {
                 component: "ab".into(),
                 function: "main".into(),
                 args: "{}".into(),
-                limits: TaskLimits { timeout_ms: Some(5), ..Default::default() },
+                limits: TaskLimits {
+                    timeout_ms: Some(5),
+                    ..Default::default()
+                },
                 detach: true,
             },
         };
@@ -402,7 +464,14 @@ mod tests {
         assert!(matches!(r, Err(WireError::Io(_))), "{r:?}");
         // Every truncation of a valid frame fails cleanly.
         let mut good = Vec::new();
-        write_frame(&mut good, &Request::Jobs { tenant: "default".into() }).await.unwrap();
+        write_frame(
+            &mut good,
+            &Request::Jobs {
+                tenant: "default".into(),
+            },
+        )
+        .await
+        .unwrap();
         for cut in 1..good.len() {
             let r: Result<Option<Request>, _> = read_frame(&mut &good[..cut], MAX_FRAME).await;
             assert!(r.is_err(), "cut at {cut}");

@@ -1,0 +1,260 @@
+//! A client of a fabric host over QUIC: what every CLI command (but `up` and
+//! `run`) uses, and what tests and benchmarks drive hosts with.
+
+use anyhow::{bail, Context};
+use fabric_proto::{
+    read_frame, write_frame, FabricError, JobRecord, Request, Response, SubmitRequest, TaskLimits,
+    MAX_FRAME,
+};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The address `fabric up` listens on by default.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7480";
+
+/// The file in which `fabric up` records the address it listens on.
+pub fn addr_file(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("host.addr")
+}
+
+/// The host to talk to: `explicit`, else the one recorded in `data_dir`,
+/// else the default address.
+pub fn resolve_addr(explicit: Option<&str>, data_dir: &Path) -> anyhow::Result<SocketAddr> {
+    let text = match explicit {
+        Some(addr) => addr.to_string(),
+        None => std::fs::read_to_string(addr_file(data_dir))
+            .unwrap_or_else(|_| DEFAULT_ADDR.to_string()),
+    };
+    text.trim()
+        .parse()
+        .with_context(|| format!("invalid host address `{}`", text.trim()))
+}
+
+/// How a submission ended, from the client's side.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Detached: the job's id.
+    Accepted(String),
+    /// The job ran to its end.
+    Finished(JobRecord),
+}
+
+/// A connection to one host, for one tenant.
+pub struct Client {
+    _endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    tenant: String,
+}
+
+/// An error the host answered with.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HostError(pub FabricError);
+
+impl Client {
+    /// Connects to the host at `addr`, trusting the certificate in `data_dir`.
+    pub async fn connect(
+        data_dir: &Path,
+        addr: SocketAddr,
+        tenant: &str,
+    ) -> anyhow::Result<Client> {
+        let config = fabric_host::tls::client_config(data_dir)?;
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::1]:0".parse()?
+        } else {
+            "127.0.0.1:0".parse()?
+        };
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        endpoint.set_default_client_config(config);
+        let connection = endpoint
+            .connect(addr, fabric_host::tls::SERVER_NAME)?
+            .await
+            .with_context(|| {
+                format!("cannot reach a fabric host at {addr} (is `fabric up` running?)")
+            })?;
+        Ok(Client {
+            _endpoint: endpoint,
+            connection,
+            tenant: tenant.to_string(),
+        })
+    }
+
+    /// The tenant this client acts for.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    async fn open(
+        &self,
+        request: &Request,
+    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+        let (mut send, recv) = self
+            .connection
+            .open_bi()
+            .await
+            .context("opening a stream to the host")?;
+        write_frame(&mut send, request).await?;
+        Ok((send, recv))
+    }
+
+    async fn next(recv: &mut quinn::RecvStream) -> anyhow::Result<Response> {
+        match read_frame::<_, Response>(recv, MAX_FRAME).await? {
+            Some(Response::Error(e)) => Err(HostError(e).into()),
+            Some(response) => Ok(response),
+            None => bail!("the host closed the stream without answering"),
+        }
+    }
+
+    async fn call(&self, request: &Request) -> anyhow::Result<Response> {
+        let (mut send, mut recv) = self.open(request).await?;
+        let _ = send.finish();
+        Self::next(&mut recv).await
+    }
+
+    /// The host's id, if it answers.
+    pub async fn ping(&self) -> anyhow::Result<String> {
+        match self.call(&Request::Ping).await? {
+            Response::Pong { host } => Ok(host),
+            other => bail!("unexpected answer to ping: {other:?}"),
+        }
+    }
+
+    /// Uploads a component whose sha256 is `sha256`.
+    pub async fn upload(&self, wasm: &[u8], sha256: &str) -> anyhow::Result<()> {
+        let request = Request::Upload {
+            tenant: self.tenant.clone(),
+            sha256: sha256.to_string(),
+            len: wasm.len() as u64,
+        };
+        let (mut send, mut recv) = self.open(&request).await?;
+        send.write_all(wasm)
+            .await
+            .context("uploading the component")?;
+        let _ = send.finish();
+        match Self::next(&mut recv).await? {
+            Response::Uploaded => Ok(()),
+            other => bail!("unexpected answer to an upload: {other:?}"),
+        }
+    }
+
+    /// Runs `function` of `wasm` with JSON `args`. The component is uploaded
+    /// only if the host lacks it. Log chunks go to `on_log` as they arrive.
+    pub async fn submit(
+        &self,
+        wasm: &[u8],
+        function: &str,
+        args: &str,
+        limits: TaskLimits,
+        detach: bool,
+        mut on_log: impl FnMut(&[u8]),
+    ) -> anyhow::Result<Submitted> {
+        let sha256 = fabric_host::components::sha256_hex(wasm);
+        let request = Request::Submit {
+            tenant: self.tenant.clone(),
+            job: SubmitRequest {
+                component: sha256.clone(),
+                function: function.to_string(),
+                args: args.to_string(),
+                limits,
+                detach,
+            },
+        };
+        let mut uploaded = false;
+        loop {
+            let (mut send, mut recv) = self.open(&request).await?;
+            let _ = send.finish();
+            match Self::next(&mut recv).await? {
+                Response::NeedComponent if !uploaded => {
+                    self.upload(wasm, &sha256).await?;
+                    uploaded = true;
+                }
+                Response::Accepted { job } if detach => return Ok(Submitted::Accepted(job)),
+                Response::Accepted { .. } => {
+                    return Ok(Submitted::Finished(
+                        Self::follow(&mut recv, &mut on_log).await?,
+                    ));
+                }
+                other => bail!("unexpected answer to a submit: {other:?}"),
+            }
+        }
+    }
+
+    async fn follow(
+        recv: &mut quinn::RecvStream,
+        on_log: &mut impl FnMut(&[u8]),
+    ) -> anyhow::Result<JobRecord> {
+        loop {
+            match Self::next(recv).await? {
+                Response::Log(chunk) => on_log(&chunk),
+                Response::Job(record) => return Ok(record),
+                other => bail!("unexpected frame while following a job: {other:?}"),
+            }
+        }
+    }
+
+    /// The tenant's jobs, newest first.
+    pub async fn jobs(&self) -> anyhow::Result<Vec<JobRecord>> {
+        match self
+            .call(&Request::Jobs {
+                tenant: self.tenant.clone(),
+            })
+            .await?
+        {
+            Response::Jobs(jobs) => Ok(jobs),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// One job's record.
+    pub async fn status(&self, job: &str) -> anyhow::Result<JobRecord> {
+        match self
+            .call(&Request::Status {
+                tenant: self.tenant.clone(),
+                job: job.to_string(),
+            })
+            .await?
+        {
+            Response::Job(record) => Ok(record),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// Stops a job; returns its final record.
+    pub async fn stop(&self, job: &str) -> anyhow::Result<JobRecord> {
+        match self
+            .call(&Request::Stop {
+                tenant: self.tenant.clone(),
+                job: job.to_string(),
+            })
+            .await?
+        {
+            Response::Job(record) => Ok(record),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// A job's log into `on_log`; with `follow`, until the job ends (then its
+    /// final record is returned).
+    pub async fn logs(
+        &self,
+        job: &str,
+        follow: bool,
+        mut on_log: impl FnMut(&[u8]),
+    ) -> anyhow::Result<Option<JobRecord>> {
+        let request = Request::Logs {
+            tenant: self.tenant.clone(),
+            job: job.to_string(),
+            follow,
+        };
+        let (mut send, mut recv) = self.open(&request).await?;
+        let _ = send.finish();
+        loop {
+            match Self::next(&mut recv).await? {
+                Response::Log(chunk) => on_log(&chunk),
+                Response::End => return Ok(None),
+                Response::Job(record) => return Ok(Some(record)),
+                other => bail!("unexpected frame in a log: {other:?}"),
+            }
+        }
+    }
+}
