@@ -1,1 +1,181 @@
+//! Helpers for end-to-end tests: start real `fabric up` processes in temp
+//! data directories on loopback, run the real `fabric` CLI against them.
+//!
+//! Guests must be built first (`scripts/build-guests.sh`; the test script
+//! does it), and the `fabric` binary next to the test executable (the test
+//! script builds it; `FABRIC_BIN` overrides).
 
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The `fabric` binary under test.
+pub fn fabric_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("FABRIC_BIN") {
+        return bin.into();
+    }
+    // target/<profile>/deps/e2e-<hash> -> target/<profile>/fabric
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("fabric");
+    assert!(bin.exists(), "{} is missing: build it with `cargo build --release -p fabric`", bin.display());
+    bin
+}
+
+fn guest(dir: &str, name: &str) -> PathBuf {
+    let path = repo_root().join(dir).join("target/wasm32-wasip2/release").join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run scripts/build-guests.sh", path.display());
+    path
+}
+
+/// An example's component.
+pub fn example(name: &str) -> PathBuf {
+    guest("examples", name)
+}
+
+/// The test guest with misbehaving and measuring tasks.
+pub fn testkit() -> PathBuf {
+    guest("tests/guests", "testkit")
+}
+
+/// What a CLI run printed.
+#[derive(Debug)]
+pub struct Out {
+    /// Exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Out {
+    /// Standard output as one JSON value.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+/// Runs the CLI with `args`.
+pub fn fabric(args: &[&str]) -> Out {
+    let output = Command::new(fabric_bin())
+        .args(args)
+        .env_remove("FABRIC_DATA_DIR")
+        .env_remove("FABRIC_HOST")
+        .env_remove("FABRIC_TENANT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run fabric");
+    Out {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A `fabric up` process with its own data directory on a free loopback port.
+pub struct Up {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Up {
+    /// Starts a host.
+    pub fn start() -> Up {
+        Self::start_with(&[])
+    }
+
+    /// Starts a host with extra `fabric up` flags.
+    pub fn start_with(extra: &[&str]) -> Up {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut up = Up { dir, child: None, extra: extra.iter().map(|s| s.to_string()).collect() };
+        up.launch();
+        up
+    }
+
+    /// The host's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn launch(&mut self) {
+        let addr_file = self.data_dir().join("host.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::File::create(self.data_dir().join("up.log")).expect("up log");
+        let child = Command::new(fabric_bin())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn fabric up");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !addr_file.exists() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("fabric up exited with {status}: {}", self.up_log());
+            }
+            assert!(Instant::now() < deadline, "fabric up did not start: {}", self.up_log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// What `fabric up` printed.
+    pub fn up_log(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("up.log")).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this host (as tenant `default` unless `args` say).
+    pub fn fabric(&self, args: &[&str]) -> Out {
+        let dir = self.data_dir().to_string_lossy().into_owned();
+        let mut all = vec!["--data-dir", dir.as_str()];
+        all.extend_from_slice(args);
+        fabric(&all)
+    }
+
+    /// `fabric submit WASM ARGS... --output json`.
+    pub fn submit(&self, wasm: &Path, args: &[&str]) -> Out {
+        let wasm = wasm.to_string_lossy().into_owned();
+        let mut all = vec!["submit", wasm.as_str(), "--output", "json"];
+        all.extend_from_slice(args);
+        self.fabric(&all)
+    }
+
+    /// Stops the host gracefully (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops and starts the host on the same data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

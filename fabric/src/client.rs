@@ -3,8 +3,7 @@
 
 use anyhow::{bail, Context};
 use fabric_proto::{
-    read_frame, write_frame, FabricError, JobRecord, Request, Response, SubmitRequest, TaskLimits,
-    MAX_FRAME,
+    read_frame, write_frame, FabricError, JobRecord, Request, Response, SubmitRequest, TaskLimits, MAX_FRAME,
 };
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,12 +21,9 @@ pub fn addr_file(data_dir: &Path) -> std::path::PathBuf {
 pub fn resolve_addr(explicit: Option<&str>, data_dir: &Path) -> anyhow::Result<SocketAddr> {
     let text = match explicit {
         Some(addr) => addr.to_string(),
-        None => std::fs::read_to_string(addr_file(data_dir))
-            .unwrap_or_else(|_| DEFAULT_ADDR.to_string()),
+        None => std::fs::read_to_string(addr_file(data_dir)).unwrap_or_else(|_| DEFAULT_ADDR.to_string()),
     };
-    text.trim()
-        .parse()
-        .with_context(|| format!("invalid host address `{}`", text.trim()))
+    text.trim().parse().with_context(|| format!("invalid host address `{}`", text.trim()))
 }
 
 /// How a submission ended, from the client's side.
@@ -53,30 +49,16 @@ pub struct HostError(pub FabricError);
 
 impl Client {
     /// Connects to the host at `addr`, trusting the certificate in `data_dir`.
-    pub async fn connect(
-        data_dir: &Path,
-        addr: SocketAddr,
-        tenant: &str,
-    ) -> anyhow::Result<Client> {
+    pub async fn connect(data_dir: &Path, addr: SocketAddr, tenant: &str) -> anyhow::Result<Client> {
         let config = fabric_host::tls::client_config(data_dir)?;
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::1]:0".parse()?
-        } else {
-            "127.0.0.1:0".parse()?
-        };
+        let bind: SocketAddr = if addr.is_ipv6() { "[::1]:0".parse()? } else { "127.0.0.1:0".parse()? };
         let mut endpoint = quinn::Endpoint::client(bind)?;
         endpoint.set_default_client_config(config);
         let connection = endpoint
             .connect(addr, fabric_host::tls::SERVER_NAME)?
             .await
-            .with_context(|| {
-                format!("cannot reach a fabric host at {addr} (is `fabric up` running?)")
-            })?;
-        Ok(Client {
-            _endpoint: endpoint,
-            connection,
-            tenant: tenant.to_string(),
-        })
+            .with_context(|| format!("cannot reach a fabric host at {addr} (is `fabric up` running?)"))?;
+        Ok(Client { _endpoint: endpoint, connection, tenant: tenant.to_string() })
     }
 
     /// The tenant this client acts for.
@@ -84,15 +66,14 @@ impl Client {
         &self.tenant
     }
 
-    async fn open(
-        &self,
-        request: &Request,
-    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
-        let (mut send, recv) = self
-            .connection
-            .open_bi()
-            .await
-            .context("opening a stream to the host")?;
+    /// A bare request stream, for tools and tests that speak the protocol
+    /// themselves.
+    pub async fn open_raw(&self) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+        Ok(self.connection.open_bi().await?)
+    }
+
+    async fn open(&self, request: &Request) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+        let (mut send, recv) = self.connection.open_bi().await.context("opening a stream to the host")?;
         write_frame(&mut send, request).await?;
         Ok((send, recv))
     }
@@ -121,15 +102,10 @@ impl Client {
 
     /// Uploads a component whose sha256 is `sha256`.
     pub async fn upload(&self, wasm: &[u8], sha256: &str) -> anyhow::Result<()> {
-        let request = Request::Upload {
-            tenant: self.tenant.clone(),
-            sha256: sha256.to_string(),
-            len: wasm.len() as u64,
-        };
+        let request =
+            Request::Upload { tenant: self.tenant.clone(), sha256: sha256.to_string(), len: wasm.len() as u64 };
         let (mut send, mut recv) = self.open(&request).await?;
-        send.write_all(wasm)
-            .await
-            .context("uploading the component")?;
+        send.write_all(wasm).await.context("uploading the component")?;
         let _ = send.finish();
         match Self::next(&mut recv).await? {
             Response::Uploaded => Ok(()),
@@ -138,7 +114,8 @@ impl Client {
     }
 
     /// Runs `function` of `wasm` with JSON `args`. The component is uploaded
-    /// only if the host lacks it. Log chunks go to `on_log` as they arrive.
+    /// only if the host lacks it (the returned flag says whether it was).
+    /// Log chunks go to `on_log` as they arrive.
     pub async fn submit(
         &self,
         wasm: &[u8],
@@ -147,7 +124,7 @@ impl Client {
         limits: TaskLimits,
         detach: bool,
         mut on_log: impl FnMut(&[u8]),
-    ) -> anyhow::Result<Submitted> {
+    ) -> anyhow::Result<(Submitted, bool)> {
         let sha256 = fabric_host::components::sha256_hex(wasm);
         let request = Request::Submit {
             tenant: self.tenant.clone(),
@@ -168,21 +145,17 @@ impl Client {
                     self.upload(wasm, &sha256).await?;
                     uploaded = true;
                 }
-                Response::Accepted { job } if detach => return Ok(Submitted::Accepted(job)),
+                Response::Accepted { job } if detach => return Ok((Submitted::Accepted(job), uploaded)),
                 Response::Accepted { .. } => {
-                    return Ok(Submitted::Finished(
-                        Self::follow(&mut recv, &mut on_log).await?,
-                    ));
+                    let record = Self::follow(&mut recv, &mut on_log).await?;
+                    return Ok((Submitted::Finished(record), uploaded));
                 }
                 other => bail!("unexpected answer to a submit: {other:?}"),
             }
         }
     }
 
-    async fn follow(
-        recv: &mut quinn::RecvStream,
-        on_log: &mut impl FnMut(&[u8]),
-    ) -> anyhow::Result<JobRecord> {
+    async fn follow(recv: &mut quinn::RecvStream, on_log: &mut impl FnMut(&[u8])) -> anyhow::Result<JobRecord> {
         loop {
             match Self::next(recv).await? {
                 Response::Log(chunk) => on_log(&chunk),
@@ -194,12 +167,7 @@ impl Client {
 
     /// The tenant's jobs, newest first.
     pub async fn jobs(&self) -> anyhow::Result<Vec<JobRecord>> {
-        match self
-            .call(&Request::Jobs {
-                tenant: self.tenant.clone(),
-            })
-            .await?
-        {
+        match self.call(&Request::Jobs { tenant: self.tenant.clone() }).await? {
             Response::Jobs(jobs) => Ok(jobs),
             other => bail!("unexpected answer: {other:?}"),
         }
@@ -207,13 +175,7 @@ impl Client {
 
     /// One job's record.
     pub async fn status(&self, job: &str) -> anyhow::Result<JobRecord> {
-        match self
-            .call(&Request::Status {
-                tenant: self.tenant.clone(),
-                job: job.to_string(),
-            })
-            .await?
-        {
+        match self.call(&Request::Status { tenant: self.tenant.clone(), job: job.to_string() }).await? {
             Response::Job(record) => Ok(record),
             other => bail!("unexpected answer: {other:?}"),
         }
@@ -221,13 +183,7 @@ impl Client {
 
     /// Stops a job; returns its final record.
     pub async fn stop(&self, job: &str) -> anyhow::Result<JobRecord> {
-        match self
-            .call(&Request::Stop {
-                tenant: self.tenant.clone(),
-                job: job.to_string(),
-            })
-            .await?
-        {
+        match self.call(&Request::Stop { tenant: self.tenant.clone(), job: job.to_string() }).await? {
             Response::Job(record) => Ok(record),
             other => bail!("unexpected answer: {other:?}"),
         }
@@ -241,11 +197,7 @@ impl Client {
         follow: bool,
         mut on_log: impl FnMut(&[u8]),
     ) -> anyhow::Result<Option<JobRecord>> {
-        let request = Request::Logs {
-            tenant: self.tenant.clone(),
-            job: job.to_string(),
-            follow,
-        };
+        let request = Request::Logs { tenant: self.tenant.clone(), job: job.to_string(), follow };
         let (mut send, mut recv) = self.open(&request).await?;
         let _ = send.finish();
         loop {

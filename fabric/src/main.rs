@@ -10,11 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "fabric",
-    version,
-    about = "A WebAssembly-sandboxed compute fabric"
-)]
+#[command(name = "fabric", version, about = "A WebAssembly-sandboxed compute fabric")]
 struct Cli {
     /// Where hosts keep their state and clients find them.
     #[arg(long, global = true, env = "FABRIC_DATA_DIR")]
@@ -135,24 +131,16 @@ impl JobArgs {
 }
 
 fn default_data_dir() -> PathBuf {
-    dirs::data_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("fabric")
+    dirs::data_dir().unwrap_or_else(std::env::temp_dir).join("fabric")
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FABRIC_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FABRIC_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -162,9 +150,7 @@ fn main() -> ExitCode {
     let output = match &cli.command {
         Command::Submit(a) => a.job.output.output,
         Command::Run(a) => a.output.output,
-        Command::Jobs(o) | Command::Status { output: o, .. } | Command::Stop { output: o, .. } => {
-            o.output
-        }
+        Command::Jobs(o) | Command::Status { output: o, .. } | Command::Stop { output: o, .. } => o.output,
         _ => Output::Text,
     };
     match runtime.block_on(run(cli)) {
@@ -174,10 +160,7 @@ fn main() -> ExitCode {
             let host_error = err.downcast_ref::<HostError>().map(|e| e.0.clone());
             match (output, host_error) {
                 (Output::Json, Some(e)) => {
-                    println!(
-                        "{}",
-                        serde_json::json!({ "job": null, "state": "rejected", "error": error_json(&e) })
-                    )
+                    println!("{}", serde_json::json!({ "job": null, "state": "rejected", "error": error_json(&e) }))
                 }
                 (Output::Json, None) => println!(
                     "{}",
@@ -204,28 +187,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
-    let addr = args
-        .listen
-        .parse()
-        .with_context(|| format!("invalid --listen address `{}`", args.listen))?;
+    let addr = args.listen.parse().with_context(|| format!("invalid --listen address `{}`", args.listen))?;
     let mut config = HostConfig::new(data_dir);
     if let Some(slots) = args.slots {
         config.slots = slots.max(1);
     }
     let host = Host::new(config).map_err(|e| {
-        e.context(format!(
-            "cannot start a host on {} (is another `fabric up` using it?)",
-            data_dir.display()
-        ))
+        e.context(format!("cannot start a host on {} (is another `fabric up` using it?)", data_dir.display()))
     })?;
     let endpoint = fabric_host::server::bind(data_dir, addr)?;
     let local = endpoint.local_addr()?;
     fabric_host::components::write_atomic(&addr_file(data_dir), local.to_string().as_bytes())?;
-    eprintln!(
-        "fabric: host {} listening on {local} (data dir {})",
-        host.id(),
-        data_dir.display()
-    );
+    eprintln!("fabric: host {} listening on {local} (data dir {})", host.id(), data_dir.display());
     let server = tokio::spawn(fabric_host::server::serve(host.clone(), endpoint.clone()));
     shutdown_signal().await;
     eprintln!("fabric: shutting down");
@@ -264,10 +237,7 @@ async fn run_local(data_dir: &Path, tenant: &str, args: JobArgs) -> anyhow::Resu
     let mut config = HostConfig::new(data_dir);
     config.persist = false;
     let host = Host::new(config)?;
-    let sha256 = host
-        .add_component(tenant, wasm, None)
-        .await
-        .map_err(HostError)?;
+    let sha256 = host.add_component(tenant, wasm, None).await.map_err(HostError)?;
     let request = SubmitRequest {
         component: sha256,
         function: args.function.clone(),
@@ -276,10 +246,7 @@ async fn run_local(data_dir: &Path, tenant: &str, args: JobArgs) -> anyhow::Resu
         detach: false,
     };
     let handle = host.submit(tenant, request).await.map_err(HostError)?;
-    let record = handle
-        .finish(print_log)
-        .await
-        .context("the job ended without a record")?;
+    let record = handle.finish(print_log).await.context("the job ended without a record")?;
     Ok(finish(&record, args.output.output))
 }
 
@@ -312,16 +279,12 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Submit(args) => {
             let wasm = args.job.read_wasm()?;
-            let submitted = client
-                .submit(
-                    &wasm,
-                    &args.job.function,
-                    &args.job.args,
-                    args.job.limits(),
-                    args.detach,
-                    print_log,
-                )
+            let (submitted, uploaded) = client
+                .submit(&wasm, &args.job.function, &args.job.args, args.job.limits(), args.detach, print_log)
                 .await?;
+            if uploaded {
+                eprintln!("fabric: uploaded component ({} bytes)", wasm.len());
+            }
             match submitted {
                 Submitted::Accepted(job) => {
                     match args.job.output.output {
@@ -339,16 +302,10 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
             let jobs = client.jobs().await?;
             match output.output {
                 Output::Json => {
-                    println!(
-                        "{}",
-                        serde_json::Value::Array(jobs.iter().map(job_json).collect())
-                    )
+                    println!("{}", serde_json::Value::Array(jobs.iter().map(job_json).collect()))
                 }
                 Output::Text => {
-                    println!(
-                        "{:<18} {:<10} {:<16} {:<12} {:>9}",
-                        "JOB", "STATE", "FUNCTION", "COMPONENT", "TOOK"
-                    );
+                    println!("{:<18} {:<10} {:<16} {:<12} {:>9}", "JOB", "STATE", "FUNCTION", "COMPONENT", "TOOK");
                     for job in &jobs {
                         println!("{}", job_line(job));
                     }
@@ -359,11 +316,7 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { job, output } => {
             let record = client.status(&job).await?;
             print_record(&record, output.output);
-            Ok(ExitCode::from(if record.state == JobState::Failed {
-                1
-            } else {
-                0
-            }))
+            Ok(ExitCode::from(if record.state == JobState::Failed { 1 } else { 0 }))
         }
         Command::Stop { job, output } => {
             let record = client.stop(&job).await?;

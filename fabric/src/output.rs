@@ -17,8 +17,7 @@ pub fn job_json(record: &JobRecord) -> Value {
     });
     if let Some(result) = &record.result {
         // A result that is not valid JSON is kept as a string.
-        value["result"] =
-            serde_json::from_str(result).unwrap_or_else(|_| Value::String(result.clone()));
+        value["result"] = serde_json::from_str(result).unwrap_or_else(|_| Value::String(result.clone()));
     }
     if let Some(error) = &record.error {
         value["error"] = error_json(error);
@@ -47,12 +46,5 @@ pub fn job_line(record: &JobRecord) -> String {
         _ => "-".to_string(),
     };
     let component: String = record.component.chars().take(12).collect();
-    format!(
-        "{:<18} {:<10} {:<16} {:<12} {:>9}",
-        record.id,
-        record.state.as_str(),
-        record.function,
-        component,
-        took
-    )
+    format!("{:<18} {:<10} {:<16} {:<12} {:>9}", record.id, record.state.as_str(), record.function, component, took)
 }

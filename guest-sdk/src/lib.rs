@@ -38,7 +38,7 @@ mod object;
 
 pub use error::{Error, Result};
 pub use fabric_sdk_macros::task;
-pub use object::{get_all, put, put_array, wait, ArrayRef, Element, ObjectId, ObjectRef};
+pub use object::{get_all, put, put_array, put_bytes, wait, ArrayRef, Element, ObjectId, ObjectRef, ReadyAndPending};
 
 use bindings::fabric::core::{log as wit_log, tasks as wit_tasks};
 use std::time::Duration;
@@ -93,11 +93,7 @@ pub struct Context {
 /// The tenant, job and component of the calling task.
 pub fn context() -> Context {
     let c = wit_tasks::context();
-    Context {
-        tenant: c.tenant,
-        job: c.job,
-        component: c.component,
-    }
+    Context { tenant: c.tenant, job: c.job, component: c.component }
 }
 
 /// Log levels for [`log`].
@@ -131,9 +127,8 @@ pub mod __private {
     pub fn decode_args<A: DeserializeOwned>(task: &str, bytes: &[u8], encoding: Encoding) -> Result<A> {
         let decoded = match encoding {
             Encoding::Json => {
-                let text = std::str::from_utf8(bytes).map_err(|e| {
-                    Error::InvalidArgument(format!("arguments of `{task}` are not UTF-8: {e}"))
-                })?;
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|e| Error::InvalidArgument(format!("arguments of `{task}` are not UTF-8: {e}")))?;
                 let text = text.trim();
                 // No arguments at all means "no parameters".
                 let text = if text.is_empty() || text == "null" { "{}" } else { text };
@@ -186,31 +181,21 @@ impl bindings::Guest for Dispatcher {
         args: Vec<u8>,
         encoding: bindings::fabric::core::types::Encoding,
     ) -> std::result::Result<Vec<u8>, bindings::fabric::core::types::Error> {
-        let entry = inventory::iter::<__private::TaskEntry>
-            .into_iter()
-            .find(|entry| entry.name == name);
+        let entry = inventory::iter::<__private::TaskEntry>.into_iter().find(|entry| entry.name == name);
         match entry {
             Some(entry) => (entry.dispatch)(&args, encoding).map_err(Into::into),
             None => {
-                let mut known: Vec<&str> = inventory::iter::<__private::TaskEntry>
-                    .into_iter()
-                    .map(|e| e.name)
-                    .collect();
+                let mut known: Vec<&str> =
+                    inventory::iter::<__private::TaskEntry>.into_iter().map(|e| e.name).collect();
                 known.sort_unstable();
-                Err(Error::NotFound(format!(
-                    "this component has no task `{name}` (it has: {})",
-                    known.join(", ")
-                ))
-                .into())
+                Err(Error::NotFound(format!("this component has no task `{name}` (it has: {})", known.join(", ")))
+                    .into())
             }
         }
     }
 
     fn functions() -> Vec<String> {
-        inventory::iter::<__private::TaskEntry>
-            .into_iter()
-            .map(|e| e.name.to_string())
-            .collect()
+        inventory::iter::<__private::TaskEntry>.into_iter().map(|e| e.name.to_string()).collect()
     }
 }
 

@@ -79,15 +79,16 @@ impl<T: DeserializeOwned> ObjectRef<T> {
     /// The value, waiting until it is ready; a failed task gives its error.
     pub fn get(&self) -> Result<T> {
         let bytes = self.get_bytes()?;
-        postcard::from_bytes(&bytes)
-            .map_err(|e| Error::InvalidArgument(format!("object {} does not decode as the expected type: {e}", self.id)))
+        postcard::from_bytes(&bytes).map_err(|e| {
+            Error::InvalidArgument(format!("object {} does not decode as the expected type: {e}", self.id))
+        })
     }
 }
 
 /// Stores a value in the object store and returns a reference to it.
 pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
-    let bytes = postcard::to_stdvec(value)
-        .map_err(|e| Error::InvalidArgument(format!("cannot encode the value: {e}")))?;
+    let bytes =
+        postcard::to_stdvec(value).map_err(|e| Error::InvalidArgument(format!("cannot encode the value: {e}")))?;
     Ok(ObjectRef::from_id(objects::put(&bytes)?.into()))
 }
 
@@ -96,13 +97,12 @@ pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
     refs.iter().map(ObjectRef::get).collect()
 }
 
+/// What [`wait`] returns: `(ready, pending)`.
+pub type ReadyAndPending<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
 /// Waits until `num_ready` of `refs` are ready or `timeout` passes; returns
 /// `(ready, pending)`, each in the order given.
-pub fn wait<T>(
-    refs: &[ObjectRef<T>],
-    num_ready: usize,
-    timeout: Option<Duration>,
-) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+pub fn wait<T>(refs: &[ObjectRef<T>], num_ready: usize, timeout: Option<Duration>) -> Result<ReadyAndPending<T>> {
     let ids: Vec<WitObjectId> = refs.iter().map(|r| r.id.into()).collect();
     let ready = tasks::wait(&ids, num_ready.min(u32::MAX as usize) as u32, timeout.map(|d| d.as_millis() as u64))?;
     let ready: std::collections::HashSet<ObjectId> = ready.into_iter().map(ObjectId::from).collect();
@@ -157,6 +157,12 @@ impl<T> std::fmt::Debug for ArrayRef<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ArrayRef({}, len {})", self.id, self.len)
     }
+}
+
+/// Stores raw bytes as an object, without copying them first.
+pub fn put_bytes(bytes: &[u8]) -> Result<ArrayRef<u8>> {
+    let id = objects::put(bytes)?.into();
+    Ok(ArrayRef { id, len: bytes.len() as u64, _type: PhantomData })
 }
 
 /// Stores `values` as a raw array object.

@@ -56,26 +56,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 impl Components {
     /// Components for `engine`, stored under `data_dir` when `persist`.
-    pub fn new(
-        engine: Engine,
-        linker: Linker<TaskState>,
-        data_dir: &Path,
-        persist: bool,
-    ) -> std::io::Result<Self> {
+    pub fn new(engine: Engine, linker: Linker<TaskState>, data_dir: &Path, persist: bool) -> std::io::Result<Self> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        let cache_dir = data_dir
-            .join("cache")
-            .join(format!("{:016x}", hasher.finish()));
+        let cache_dir = data_dir.join("cache").join(format!("{:016x}", hasher.finish()));
         std::fs::create_dir_all(&cache_dir)?;
         let store_dir = persist.then(|| data_dir.join("components"));
-        Ok(Components {
-            engine,
-            linker,
-            store_dir,
-            cache_dir,
-            state: Mutex::new(State::default()),
-        })
+        Ok(Components { engine, linker, store_dir, cache_dir, state: Mutex::new(State::default()) })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -83,9 +70,7 @@ impl Components {
     }
 
     fn stored_path(&self, tenant: &str, sha256: &str) -> Option<PathBuf> {
-        self.store_dir
-            .as_ref()
-            .map(|dir| dir.join(tenant).join(format!("{sha256}.wasm")))
+        self.store_dir.as_ref().map(|dir| dir.join(tenant).join(format!("{sha256}.wasm")))
     }
 
     /// Whether `tenant` has component `sha256`.
@@ -93,11 +78,7 @@ impl Components {
         if !is_sha256(sha256) {
             return false;
         }
-        if self
-            .lock()
-            .owners
-            .contains(&(tenant.to_string(), sha256.to_string()))
-        {
+        if self.lock().owners.contains(&(tenant.to_string(), sha256.to_string())) {
             return true;
         }
         self.stored_path(tenant, sha256).is_some_and(|p| p.exists())
@@ -123,44 +104,29 @@ impl Components {
         check_header(&bytes)?;
         let loaded = self.load(&sha256, Some(&bytes)).await?;
         if let Some(path) = self.stored_path(tenant, &sha256) {
-            write_atomic(&path, &bytes)
-                .map_err(|e| internal(format!("cannot store component: {e}")))?;
+            write_atomic(&path, &bytes).map_err(|e| internal(format!("cannot store component: {e}")))?;
         }
         self.lock().owners.insert((tenant.to_string(), sha256));
         Ok(loaded)
     }
 
     /// Component `sha256` of `tenant`, loading it if needed.
-    pub async fn get(
-        &self,
-        tenant: &str,
-        sha256: &str,
-    ) -> Result<Arc<LoadedComponent>, FabricError> {
+    pub async fn get(&self, tenant: &str, sha256: &str) -> Result<Arc<LoadedComponent>, FabricError> {
         if !self.has(tenant, sha256) {
-            return Err(FabricError::new(
-                ErrorKind::NotFound,
-                format!("tenant `{tenant}` has no component {sha256}"),
-            ));
+            return Err(FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no component {sha256}")));
         }
         if let Some(loaded) = self.lock().loaded.get(sha256) {
             return Ok(loaded.clone());
         }
         let bytes = match self.stored_path(tenant, sha256) {
-            Some(path) => Some(
-                std::fs::read(&path)
-                    .map_err(|e| internal(format!("cannot read component: {e}")))?,
-            ),
+            Some(path) => Some(std::fs::read(&path).map_err(|e| internal(format!("cannot read component: {e}")))?),
             None => None,
         };
         self.load(sha256, bytes.as_deref()).await
     }
 
     /// From memory, the disk cache, or by compiling `bytes`.
-    async fn load(
-        &self,
-        sha256: &str,
-        bytes: Option<&[u8]>,
-    ) -> Result<Arc<LoadedComponent>, FabricError> {
+    async fn load(&self, sha256: &str, bytes: Option<&[u8]>) -> Result<Arc<LoadedComponent>, FabricError> {
         if let Some(loaded) = self.lock().loaded.get(sha256) {
             return Ok(loaded.clone());
         }
@@ -168,9 +134,8 @@ impl Components {
         let component = match self.deserialize(&cached).await {
             Some(component) => component,
             None => {
-                let bytes = bytes.ok_or_else(|| {
-                    internal(format!("component {sha256} is neither cached nor stored"))
-                })?;
+                let bytes =
+                    bytes.ok_or_else(|| internal(format!("component {sha256} is neither cached nor stored")))?;
                 let component = self.compile(bytes.to_vec()).await?;
                 if let Ok(artifact) = component.serialize() {
                     // A failed cache write only costs a recompile next time.
@@ -188,16 +153,13 @@ impl Components {
         let pre = TaskPre::new(pre).map_err(|e| {
             FabricError::new(
                 ErrorKind::InvalidArgument,
-                format!("the component does not target the fabric:core/task world (build it with the fabric SDK): {e:#}"),
+                format!(
+                    "the component does not target the fabric:core/task world (build it with the fabric SDK): {e:#}"
+                ),
             )
         })?;
-        let loaded = Arc::new(LoadedComponent {
-            sha256: sha256.to_string(),
-            pre,
-        });
-        self.lock()
-            .loaded
-            .insert(sha256.to_string(), loaded.clone());
+        let loaded = Arc::new(LoadedComponent { sha256: sha256.to_string(), pre });
+        self.lock().loaded.insert(sha256.to_string(), loaded.clone());
         Ok(loaded)
     }
 
@@ -211,10 +173,7 @@ impl Components {
         // with `Component::serialize`, under a directory keyed by the engine's
         // compatibility hash; a damaged file fails to deserialize and is
         // recompiled.
-        let result = tokio::task::spawn_blocking(move || unsafe {
-            Component::deserialize_file(&engine, &path)
-        })
-        .await;
+        let result = tokio::task::spawn_blocking(move || unsafe { Component::deserialize_file(&engine, &path) }).await;
         result.ok().and_then(Result::ok)
     }
 
@@ -223,12 +182,7 @@ impl Components {
         tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
             .await
             .map_err(|e| internal(format!("compiler task failed: {e}")))?
-            .map_err(|e| {
-                FabricError::new(
-                    ErrorKind::InvalidArgument,
-                    format!("invalid WebAssembly component: {e:#}"),
-                )
-            })
+            .map_err(|e| FabricError::new(ErrorKind::InvalidArgument, format!("invalid WebAssembly component: {e:#}")))
     }
 }
 
@@ -249,9 +203,7 @@ fn check_header(bytes: &[u8]) -> Result<(), FabricError> {
 }
 
 fn is_sha256(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 fn internal(message: String) -> FabricError {

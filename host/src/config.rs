@@ -51,9 +51,7 @@ impl HostConfig {
         HostConfig {
             data_dir: data_dir.into(),
             persist: true,
-            slots: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
+            slots: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             max_instances: 1000,
             limits: DefaultLimits::default(),
             max_object_bytes: 3 << 30,

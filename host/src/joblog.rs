@@ -46,29 +46,19 @@ impl JobLog {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)?;
+                let f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
                 Some((path, f))
             }
             None => None,
         };
         Ok(Arc::new(JobLog {
-            inner: Mutex::new(Inner {
-                memory: Vec::new(),
-                truncated: false,
-                file,
-                echo,
-            }),
+            inner: Mutex::new(Inner { memory: Vec::new(), truncated: false, file, echo }),
             updates: broadcast::channel(1024).0,
         }))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Appends `bytes`.
@@ -135,13 +125,7 @@ impl LogStream {
     /// [`StderrTail::text`].
     pub fn with_tail(log: Arc<JobLog>) -> (Self, StderrTail) {
         let tail = Arc::new(Mutex::new(Vec::new()));
-        (
-            LogStream {
-                log,
-                tail: Some(tail.clone()),
-            },
-            StderrTail(tail),
-        )
+        (LogStream { log, tail: Some(tail.clone()) }, StderrTail(tail))
     }
 
     fn write_bytes(&self, bytes: &[u8]) {
@@ -206,11 +190,7 @@ impl Pollable for LogStream {
 }
 
 impl tokio::io::AsyncWrite for LogStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.write_bytes(buf);
         Poll::Ready(Ok(buf.len()))
     }

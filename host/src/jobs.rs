@@ -28,13 +28,7 @@ pub struct Job {
 impl Job {
     /// A new, running job.
     pub fn new(id: &str, tenant: &str, limits: TaskLimits, log: Arc<JobLog>) -> Arc<Self> {
-        Arc::new(Job {
-            id: id.into(),
-            tenant: tenant.into(),
-            limits,
-            log,
-            cancel: watch::channel(None).0,
-        })
+        Arc::new(Job { id: id.into(), tenant: tenant.into(), limits, log, cancel: watch::channel(None).0 })
     }
 
     /// Stops every task of the job with `reason` (the first reason wins).
@@ -53,11 +47,7 @@ impl Job {
     pub async fn cancelled(&self) -> FabricError {
         let mut rx = self.cancel.subscribe();
         // The sender lives as long as `self`, so the wait cannot fail.
-        let reason = rx
-            .wait_for(Option::is_some)
-            .await
-            .ok()
-            .and_then(|r| r.clone());
+        let reason = rx.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
         reason.unwrap_or_else(stopped)
     }
 }
@@ -91,19 +81,8 @@ pub enum JobEvent {
 
 impl JobHandle {
     /// Follows job `id` from these receivers.
-    pub fn new(
-        id: String,
-        log: broadcast::Receiver<Bytes>,
-        done: watch::Receiver<Option<JobRecord>>,
-    ) -> Self {
-        JobHandle {
-            id,
-            log,
-            log_open: true,
-            done,
-            ended: false,
-            record: None,
-        }
+    pub fn new(id: String, log: broadcast::Receiver<Bytes>, done: watch::Receiver<Option<JobRecord>>) -> Self {
+        JobHandle { id, log, log_open: true, done, ended: false, record: None }
     }
 
     /// The next event; after `Done`, `Done(None)` forever.
@@ -152,8 +131,5 @@ pub fn dropped_note(chunks: u64) -> String {
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -105,9 +105,7 @@ fn validate_name(what: &str, name: &str) -> Result<(), FabricError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -127,9 +125,7 @@ impl Host {
         hostfns::add_to_linker(&mut linker).map_err(wasm_error)?;
         let components = Components::new(engine.clone(), linker, &config.data_dir, config.persist)?;
         let registry: Box<dyn Registry> = if config.persist {
-            Box::new(registry::embedded::Embedded::open(
-                &config.data_dir.join("registry.redb"),
-            )?)
+            Box::new(registry::embedded::Embedded::open(&config.data_dir.join("registry.redb"))?)
         } else {
             Box::new(registry::embedded::Embedded::in_memory()?)
         };
@@ -155,10 +151,8 @@ impl Host {
             if !record.state.is_terminal() {
                 record.state = JobState::Failed;
                 record.finished_ms = Some(now_ms());
-                record.error = Some(FabricError::new(
-                    ErrorKind::Unavailable,
-                    "the host stopped while the job was running",
-                ));
+                record.error =
+                    Some(FabricError::new(ErrorKind::Unavailable, "the host stopped while the job was running"));
                 self.0.registry.put_job(&record)?;
             }
         }
@@ -194,39 +188,19 @@ impl Host {
         claimed: Option<&str>,
     ) -> Result<String, FabricError> {
         validate_name("tenant", tenant)?;
-        Ok(self
-            .0
-            .components
-            .add(tenant, bytes, claimed)
-            .await?
-            .sha256
-            .clone())
+        Ok(self.0.components.add(tenant, bytes, claimed).await?.sha256.clone())
     }
 
     /// Runs a job: records it, starts its entry task, returns at once.
-    pub async fn submit(
-        &self,
-        tenant: &str,
-        request: SubmitRequest,
-    ) -> Result<JobHandle, FabricError> {
+    pub async fn submit(&self, tenant: &str, request: SubmitRequest) -> Result<JobHandle, FabricError> {
         validate_name("tenant", tenant)?;
         let inner = &self.0;
         let component = inner.components.get(tenant, &request.component).await?;
         let id = format!("job-{:012x}", rand::random::<u64>() >> 16);
-        let log_path = inner.config.persist.then(|| {
-            inner
-                .config
-                .data_dir
-                .join("logs")
-                .join(tenant)
-                .join(format!("{id}.log"))
-        });
-        let log = JobLog::new(log_path, inner.config.echo_logs).map_err(|e| {
-            FabricError::new(
-                ErrorKind::Internal,
-                format!("cannot create the job log: {e}"),
-            )
-        })?;
+        let log_path =
+            inner.config.persist.then(|| inner.config.data_dir.join("logs").join(tenant).join(format!("{id}.log")));
+        let log = JobLog::new(log_path, inner.config.echo_logs)
+            .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create the job log: {e}")))?;
         let job = Job::new(&id, tenant, request.limits.clone(), log.clone());
         let mut record = JobRecord {
             id: id.clone(),
@@ -243,13 +217,7 @@ impl Host {
         inner.registry.put_job(&record)?;
         let (done_tx, done_rx) = watch::channel(None);
         let (_, log_rx) = log.subscribe();
-        inner.live().insert(
-            (tenant.to_string(), id.clone()),
-            LiveJob {
-                job: job.clone(),
-                done: done_rx.clone(),
-            },
-        );
+        inner.live().insert((tenant.to_string(), id.clone()), LiveJob { job: job.clone(), done: done_rx.clone() });
 
         let host = self.0.clone();
         tokio::spawn(async move {
@@ -274,19 +242,15 @@ impl Host {
                     record.result = Some(String::from_utf8_lossy(&bytes).into_owned());
                 }
                 Err(error) => {
-                    record.state = if error.kind == ErrorKind::Cancelled {
-                        JobState::Stopped
-                    } else {
-                        JobState::Failed
-                    };
+                    record.state =
+                        if error.kind == ErrorKind::Cancelled { JobState::Stopped } else { JobState::Failed };
                     record.error = Some(error);
                 }
             }
             if let Err(e) = host.registry.put_job(&record) {
                 tracing::error!(job = %record.id, "cannot record the job's end: {e}");
             }
-            host.live()
-                .remove(&(record.tenant.clone(), record.id.clone()));
+            host.live().remove(&(record.tenant.clone(), record.id.clone()));
             let _ = done_tx.send(Some(record));
         });
         Ok(JobHandle::new(id, log_rx, done_rx))
@@ -301,12 +265,10 @@ impl Host {
     /// One job's record.
     pub fn status(&self, tenant: &str, job: &str) -> Result<JobRecord, FabricError> {
         validate_name("tenant", tenant)?;
-        self.0.registry.job(tenant, job)?.ok_or_else(|| {
-            FabricError::new(
-                ErrorKind::NotFound,
-                format!("tenant `{tenant}` has no job `{job}`"),
-            )
-        })
+        self.0
+            .registry
+            .job(tenant, job)?
+            .ok_or_else(|| FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no job `{job}`")))
     }
 
     /// A job's log so far, and for a live job the rest as it comes.
@@ -314,59 +276,31 @@ impl Host {
         let record = self.status(tenant, job)?;
         if let Some(live) = self.0.live().get(&(tenant.to_string(), job.to_string())) {
             let (snapshot, rx) = live.job.log.subscribe();
-            return Ok(LogFollow {
-                snapshot,
-                live: Some(JobHandle::new(job.to_string(), rx, live.done.clone())),
-            });
+            return Ok(LogFollow { snapshot, live: Some(JobHandle::new(job.to_string(), rx, live.done.clone())) });
         }
         validate_name("job", &record.id)?;
-        let path = self
-            .0
-            .config
-            .data_dir
-            .join("logs")
-            .join(tenant)
-            .join(format!("{}.log", record.id));
-        Ok(LogFollow {
-            snapshot: std::fs::read(path).unwrap_or_default(),
-            live: None,
-        })
+        let path = self.0.config.data_dir.join("logs").join(tenant).join(format!("{}.log", record.id));
+        Ok(LogFollow { snapshot: std::fs::read(path).unwrap_or_default(), live: None })
     }
 
     /// Stops a job and waits for its final record.
     pub async fn stop(&self, tenant: &str, job: &str) -> Result<JobRecord, FabricError> {
         let record = self.status(tenant, job)?;
-        let live = self
-            .0
-            .live()
-            .get(&(tenant.to_string(), job.to_string()))
-            .map(|l| (l.job.clone(), l.done.clone()));
+        let live = self.0.live().get(&(tenant.to_string(), job.to_string())).map(|l| (l.job.clone(), l.done.clone()));
         let Some((live_job, mut done)) = live else {
             return Ok(record);
         };
         live_job.cancel(FabricError::new(ErrorKind::Cancelled, "stopped by request"));
-        let finished = done
-            .wait_for(Option::is_some)
-            .await
-            .ok()
-            .and_then(|r| r.clone());
+        let finished = done.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
         Ok(finished.unwrap_or(record))
     }
 
     /// Stops every live job (the host is shutting down) and waits for their
     /// records to be written.
     pub async fn shutdown(&self) {
-        let live: Vec<_> = self
-            .0
-            .live()
-            .values()
-            .map(|l| (l.job.clone(), l.done.clone()))
-            .collect();
+        let live: Vec<_> = self.0.live().values().map(|l| (l.job.clone(), l.done.clone())).collect();
         for (job, mut done) in live {
-            job.cancel(FabricError::new(
-                ErrorKind::Unavailable,
-                "the host is shutting down",
-            ));
+            job.cancel(FabricError::new(ErrorKind::Unavailable, "the host is shutting down"));
             let _ = done.wait_for(Option::is_some).await;
         }
     }

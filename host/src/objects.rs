@@ -102,49 +102,26 @@ struct Inner {
 impl ObjectStore {
     /// A store whose ids carry `node` in their high half.
     pub fn new(node: u64, max_object_bytes: u64) -> Self {
-        ObjectStore {
-            node,
-            counter: AtomicU64::new(1),
-            max_object_bytes,
-            inner: Mutex::new(Inner::default()),
-        }
+        ObjectStore { node, counter: AtomicU64::new(1), max_object_bytes, inner: Mutex::new(Inner::default()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Creates a pending object owned by `job` (a task's result slot).
     pub fn reserve(&self, tenant: &Arc<str>, job: &Arc<str>) -> (ObjectId, Arc<Cell>) {
-        let id = ObjectId {
-            hi: self.node,
-            lo: self.counter.fetch_add(1, Ordering::Relaxed),
-        };
+        let id = ObjectId { hi: self.node, lo: self.counter.fetch_add(1, Ordering::Relaxed) };
         let cell = Arc::new(Cell::default());
         let mut inner = self.lock();
-        inner
-            .objects
-            .entry(tenant.clone())
-            .or_default()
-            .insert(id, cell.clone());
+        inner.objects.entry(tenant.clone()).or_default().insert(id, cell.clone());
         inner.count += 1;
-        inner
-            .by_job
-            .entry((tenant.clone(), job.clone()))
-            .or_default()
-            .push(id);
+        inner.by_job.entry((tenant.clone(), job.clone())).or_default().push(id);
         (id, cell)
     }
 
     /// Stores `data` as a new object owned by `job`.
-    pub fn put(
-        &self,
-        tenant: &Arc<str>,
-        job: &Arc<str>,
-        data: Vec<u8>,
-    ) -> Result<ObjectId, FabricError> {
+    pub fn put(&self, tenant: &Arc<str>, job: &Arc<str>, data: Vec<u8>) -> Result<ObjectId, FabricError> {
         let data = self.check_size(data)?;
         let (id, cell) = self.reserve(tenant, job);
         self.fill_ok(&cell, data);
@@ -181,12 +158,7 @@ impl ObjectStore {
             .get(tenant)
             .and_then(|objects| objects.get(&id))
             .cloned()
-            .ok_or_else(|| {
-                FabricError::new(
-                    ErrorKind::NotFound,
-                    format!("no object {id} for tenant `{tenant}`"),
-                )
-            })
+            .ok_or_else(|| FabricError::new(ErrorKind::NotFound, format!("no object {id} for tenant `{tenant}`")))
     }
 
     /// Waits for object `id` and returns its bytes without copying them.
@@ -201,12 +173,7 @@ impl ObjectStore {
         let Some(ids) = inner.by_job.remove(&(tenant.clone(), job.clone())) else {
             return;
         };
-        let Inner {
-            objects,
-            count,
-            bytes,
-            ..
-        } = &mut *inner;
+        let Inner { objects, count, bytes, .. } = &mut *inner;
         let Some(tenant_objects) = objects.get_mut(tenant) else {
             return;
         };
@@ -217,10 +184,7 @@ impl ObjectStore {
                     *bytes = bytes.saturating_sub(data.len() as u64);
                 }
                 // Wake anyone still waiting: the object is gone for good.
-                cell.fill(Err(FabricError::new(
-                    ErrorKind::Cancelled,
-                    format!("object {id} was freed: its job ended"),
-                )));
+                cell.fill(Err(FabricError::new(ErrorKind::Cancelled, format!("object {id} was freed: its job ended"))));
             }
         }
     }
@@ -235,11 +199,7 @@ impl ObjectStore {
         if data.len() as u64 > self.max_object_bytes {
             return Err(FabricError::new(
                 ErrorKind::ResourceLimit,
-                format!(
-                    "object of {} bytes exceeds the limit of {} bytes",
-                    data.len(),
-                    self.max_object_bytes
-                ),
+                format!("object of {} bytes exceeds the limit of {} bytes", data.len(), self.max_object_bytes),
             ));
         }
         Ok(aligned(data))
@@ -250,7 +210,7 @@ impl ObjectStore {
 /// system allocator gives 16-byte alignment on the platforms fabric runs on),
 /// and copies once into an aligned buffer otherwise.
 fn aligned(data: Vec<u8>) -> Bytes {
-    if data.as_ptr() as usize % OBJECT_ALIGN == 0 {
+    if (data.as_ptr() as usize).is_multiple_of(OBJECT_ALIGN) {
         return Bytes::from(data);
     }
     let mut buf = rkyv::util::AlignedVec::<OBJECT_ALIGN>::with_capacity(data.len());
@@ -268,19 +228,13 @@ mod tests {
         let (a, b, job): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "j".into());
         let id = store.put(&a, &job, vec![1, 2, 3]).unwrap();
         assert_eq!(&store.get("a", id).await.unwrap()[..], &[1, 2, 3]);
-        assert_eq!(
-            store.get("b", id).await.unwrap_err().kind,
-            ErrorKind::NotFound
-        );
+        assert_eq!(store.get("b", id).await.unwrap_err().kind, ErrorKind::NotFound);
         assert_eq!(store.usage(), (1, 3));
         store.drop_job(&b, &job);
         assert_eq!(store.usage(), (1, 3));
         store.drop_job(&a, &job);
         assert_eq!(store.usage(), (0, 0));
-        assert_eq!(
-            store.get("a", id).await.unwrap_err().kind,
-            ErrorKind::NotFound
-        );
+        assert_eq!(store.get("a", id).await.unwrap_err().kind, ErrorKind::NotFound);
     }
 
     #[tokio::test]
@@ -302,9 +256,7 @@ mod tests {
     #[test]
     fn oversized_objects_are_refused() {
         let store = ObjectStore::new(1, 10);
-        let err = store
-            .put(&"t".into(), &"j".into(), vec![0; 11])
-            .unwrap_err();
+        let err = store.put(&"t".into(), &"j".into(), vec![0; 11]).unwrap_err();
         assert_eq!(err.kind, ErrorKind::ResourceLimit);
     }
 }

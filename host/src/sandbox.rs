@@ -24,9 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::ResourceTable;
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// How often the epoch advances: the granularity of CPU budgets and of
@@ -78,19 +76,14 @@ impl EpochTicker {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("fabric-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
-                })?
+            std::thread::Builder::new().name("fabric-epoch".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })?
         };
-        Ok(EpochTicker {
-            stop,
-            thread: Some(thread),
-        })
+        Ok(EpochTicker { stop, thread: Some(thread) })
     }
 }
 
@@ -126,30 +119,16 @@ pub struct CpuBudgetExhausted {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired as u64 > self.memory_bytes {
             // An error (not `Ok(false)`) traps at once with this message,
             // instead of the guest's allocator aborting with `unreachable`.
-            return Err(MemoryLimitExceeded {
-                desired,
-                cap: self.memory_bytes,
-            }
-            .into());
+            return Err(MemoryLimitExceeded { desired, cap: self.memory_bytes }.into());
         }
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -166,22 +145,13 @@ pub struct TaskState {
 
 impl WasiView for TaskState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
 impl TaskState {
     /// A store's data for `task`, whose stdout/stderr go to `stdout`/`stderr`.
-    pub fn new(
-        task: TaskContext,
-        memory_bytes: u64,
-        cpu: Duration,
-        stdout: LogStream,
-        stderr: LogStream,
-    ) -> Self {
+    pub fn new(task: TaskContext, memory_bytes: u64, cpu: Duration, stdout: LogStream, stderr: LogStream) -> Self {
         let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
         wasi.stdout(stdout).stderr(stderr);
         let ticks = (cpu.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
@@ -233,18 +203,18 @@ pub fn classify(err: wasmtime::Error, stderr_tail: &str) -> FabricError {
             other => other.to_string(),
         };
         let tail = stderr_tail.trim();
-        let message = if tail.is_empty() {
-            what
-        } else {
-            format!("{what}; stderr: {tail}")
-        };
+        let message = if tail.is_empty() { what } else { format!("{what}; stderr: {tail}") };
         return FabricError::new(ErrorKind::Trapped, message);
     }
     if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return FabricError::new(ErrorKind::Trapped, format!("the guest called exit({})", exit.0));
+    }
+    let message = format!("{err:#}");
+    if message.contains("fuel allocated for hostcalls") {
         return FabricError::new(
-            ErrorKind::Trapped,
-            format!("the guest called exit({})", exit.0),
+            ErrorKind::ResourceLimit,
+            "a host call tried to copy more data out of the guest than the host allows for one object",
         );
     }
-    FabricError::new(ErrorKind::Trapped, format!("{err:#}"))
+    FabricError::new(ErrorKind::Trapped, message)
 }

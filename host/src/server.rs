@@ -7,8 +7,7 @@
 use crate::jobs::{dropped_note, JobEvent, JobHandle};
 use crate::Host;
 use fabric_proto::{
-    read_frame, write_frame, ErrorKind, FabricError, Request, Response, MAX_COMPONENT_BYTES,
-    MAX_FRAME,
+    read_frame, write_frame, ErrorKind, FabricError, Request, Response, MAX_COMPONENT_BYTES, MAX_FRAME,
 };
 use std::net::SocketAddr;
 use std::path::Path;
@@ -40,10 +39,7 @@ async fn handle_stream(host: Host, mut send: quinn::SendStream, mut recv: quinn:
     let outcome = match read_frame::<_, Request>(&mut recv, MAX_FRAME).await {
         Ok(Some(request)) => respond(&host, request, &mut send, &mut recv).await,
         Ok(None) => Ok(()),
-        Err(e) => Err(FabricError::new(
-            ErrorKind::InvalidArgument,
-            format!("bad request frame: {e}"),
-        )),
+        Err(e) => Err(FabricError::new(ErrorKind::InvalidArgument, format!("bad request frame: {e}"))),
     };
     if let Err(error) = outcome {
         let _ = write_frame(&mut send, &Response::Error(error)).await;
@@ -66,35 +62,18 @@ async fn respond(
     recv: &mut quinn::RecvStream,
 ) -> Result<(), FabricError> {
     match request {
-        Request::Ping => {
-            reply(
-                send,
-                &Response::Pong {
-                    host: host.id().to_string(),
-                },
-            )
-            .await
-        }
-        Request::Upload {
-            tenant,
-            sha256,
-            len,
-        } => {
+        Request::Ping => reply(send, &Response::Pong { host: host.id().to_string() }).await,
+        Request::Upload { tenant, sha256, len } => {
             if len > MAX_COMPONENT_BYTES {
                 return Err(FabricError::new(
                     ErrorKind::ResourceLimit,
-                    format!(
-                        "component of {len} bytes exceeds the limit of {MAX_COMPONENT_BYTES} bytes"
-                    ),
+                    format!("component of {len} bytes exceeds the limit of {MAX_COMPONENT_BYTES} bytes"),
                 ));
             }
             let mut bytes = vec![0u8; len as usize];
-            recv.read_exact(&mut bytes).await.map_err(|e| {
-                FabricError::new(
-                    ErrorKind::InvalidArgument,
-                    format!("upload ended early: {e}"),
-                )
-            })?;
+            recv.read_exact(&mut bytes)
+                .await
+                .map_err(|e| FabricError::new(ErrorKind::InvalidArgument, format!("upload ended early: {e}")))?;
             host.add_component(&tenant, bytes, Some(&sha256)).await?;
             reply(send, &Response::Uploaded).await
         }
@@ -104,30 +83,16 @@ async fn respond(
             }
             let detach = job.detach;
             let mut handle = host.submit(&tenant, job).await?;
-            reply(
-                send,
-                &Response::Accepted {
-                    job: handle.id.clone(),
-                },
-            )
-            .await?;
+            reply(send, &Response::Accepted { job: handle.id.clone() }).await?;
             if detach {
                 return Ok(());
             }
             stream_until_done(send, &mut handle).await
         }
         Request::Jobs { tenant } => reply(send, &Response::Jobs(host.jobs(&tenant)?)).await,
-        Request::Status { tenant, job } => {
-            reply(send, &Response::Job(host.status(&tenant, &job)?)).await
-        }
-        Request::Stop { tenant, job } => {
-            reply(send, &Response::Job(host.stop(&tenant, &job).await?)).await
-        }
-        Request::Logs {
-            tenant,
-            job,
-            follow,
-        } => {
+        Request::Status { tenant, job } => reply(send, &Response::Job(host.status(&tenant, &job)?)).await,
+        Request::Stop { tenant, job } => reply(send, &Response::Job(host.stop(&tenant, &job).await?)).await,
+        Request::Logs { tenant, job, follow } => {
             let follow_state = host.logs(&tenant, &job)?;
             reply(send, &Response::Log(follow_state.snapshot)).await?;
             match (follow, follow_state.live) {
@@ -139,22 +104,14 @@ async fn respond(
 }
 
 /// Forwards log chunks until the job ends, then its final record.
-async fn stream_until_done(
-    send: &mut quinn::SendStream,
-    job: &mut JobHandle,
-) -> Result<(), FabricError> {
+async fn stream_until_done(send: &mut quinn::SendStream, job: &mut JobHandle) -> Result<(), FabricError> {
     loop {
         match job.next_event().await {
             JobEvent::Log(chunk) => reply(send, &Response::Log(chunk.to_vec())).await?,
-            JobEvent::Dropped(n) => {
-                reply(send, &Response::Log(dropped_note(n).into_bytes())).await?
-            }
+            JobEvent::Dropped(n) => reply(send, &Response::Log(dropped_note(n).into_bytes())).await?,
             JobEvent::Done(Some(record)) => return reply(send, &Response::Job(record)).await,
             JobEvent::Done(None) => {
-                return Err(FabricError::new(
-                    ErrorKind::Unavailable,
-                    "the host stopped before the job ended",
-                ))
+                return Err(FabricError::new(ErrorKind::Unavailable, "the host stopped before the job ended"))
             }
         }
     }

@@ -28,24 +28,17 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// The host's certificate and key, made on first use.
-pub fn load_or_create(
-    data_dir: &Path,
-) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
+pub fn load_or_create(data_dir: &Path) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
     let (cert, key) = (cert_path(data_dir), key_path(data_dir));
     if !cert.exists() || !key.exists() {
-        let made = rcgen::generate_simple_self_signed(vec![
-            SERVER_NAME.to_string(),
-            "127.0.0.1".to_string(),
-        ])
-        .context("generating a certificate")?;
+        let made = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string(), "127.0.0.1".to_string()])
+            .context("generating a certificate")?;
         std::fs::create_dir_all(cert.parent().unwrap_or(data_dir))?;
         crate::components::write_atomic(&key, made.signing_key.serialize_pem().as_bytes())?;
         crate::components::write_atomic(&cert, made.cert.pem().as_bytes())?;
     }
-    let cert_der = CertificateDer::from_pem_file(&cert)
-        .with_context(|| format!("reading {}", cert.display()))?;
-    let key_der =
-        PrivateKeyDer::from_pem_file(&key).with_context(|| format!("reading {}", key.display()))?;
+    let cert_der = CertificateDer::from_pem_file(&cert).with_context(|| format!("reading {}", cert.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(&key).with_context(|| format!("reading {}", key.display()))?;
     Ok((cert_der, key_der))
 }
 
@@ -61,11 +54,8 @@ pub fn server_config(
     tls.alpn_protocols = vec![fabric_proto::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let transport =
-        Arc::get_mut(&mut config.transport).context("fresh transport config is shared")?;
-    transport
-        .max_concurrent_bidi_streams(1024u32.into())
-        .keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+    let transport = Arc::get_mut(&mut config.transport).context("fresh transport config is shared")?;
+    transport.max_concurrent_bidi_streams(1024u32.into()).keep_alive_interval(Some(std::time::Duration::from_secs(5)));
     Ok(config)
 }
 
@@ -73,10 +63,7 @@ pub fn server_config(
 pub fn client_config(data_dir: &Path) -> anyhow::Result<quinn::ClientConfig> {
     let path = cert_path(data_dir);
     let cert = CertificateDer::from_pem_file(&path).with_context(|| {
-        format!(
-            "no host certificate at {} (is `fabric up` running with this --data-dir?)",
-            path.display()
-        )
+        format!("no host certificate at {} (is `fabric up` running with this --data-dir?)", path.display())
     })?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert)?;

@@ -29,18 +29,7 @@ pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 pub const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
 
 /// What kind of failure an error is; mirrors `fabric:core/types.error`.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorKind {
     /// The thing named does not exist for this tenant.
@@ -81,17 +70,7 @@ impl ErrorKind {
 }
 
 /// An error as it crosses the wire and is stored in job records.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Clone,
-    Debug,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FabricError {
     /// What kind of failure.
     pub kind: ErrorKind,
@@ -102,10 +81,7 @@ pub struct FabricError {
 impl FabricError {
     /// An error of `kind` saying `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        FabricError {
-            kind,
-            message: message.into(),
-        }
+        FabricError { kind, message: message.into() }
     }
 }
 
@@ -118,18 +94,7 @@ impl std::fmt::Display for FabricError {
 impl std::error::Error for FabricError {}
 
 /// Where a job is in its life.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobState {
     /// Accepted, waiting for a slot.
@@ -147,10 +112,7 @@ pub enum JobState {
 impl JobState {
     /// Whether the job has ended.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Failed | JobState::Stopped
-        )
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Stopped)
     }
     /// The kebab-case name.
     pub fn as_str(self) -> &'static str {
@@ -166,16 +128,7 @@ impl JobState {
 
 /// Limits for a job's tasks; unset fields take the host's defaults.
 #[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Clone,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
+    Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize,
 )]
 pub struct TaskLimits {
     /// Wall-clock limit per task, milliseconds.
@@ -187,9 +140,7 @@ pub struct TaskLimits {
 }
 
 /// The durable record of a job.
-#[derive(
-    Archive, Serialize, Deserialize, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JobRecord {
     /// The job's id.
     pub id: String,
@@ -341,19 +292,12 @@ pub async fn write_frame<W, T>(writer: &mut W, message: &T) -> Result<(), WireEr
 where
     W: AsyncWrite + Unpin,
     T: for<'a> Serialize<
-        rkyv::api::high::HighSerializer<
-            rkyv::util::AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            rancor::Error,
-        >,
+        rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
     >,
 {
-    let bytes = rkyv::to_bytes::<rancor::Error>(message)
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
-    let len = u32::try_from(bytes.len()).map_err(|_| WireError::TooLarge {
-        len: bytes.len(),
-        limit: u32::MAX as usize,
-    })?;
+    let bytes = rkyv::to_bytes::<rancor::Error>(message).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let len =
+        u32::try_from(bytes.len()).map_err(|_| WireError::TooLarge { len: bytes.len(), limit: u32::MAX as usize })?;
     writer.write_all(&len.to_le_bytes()).await?;
     writer.write_all(&bytes).await?;
     Ok(())
@@ -392,12 +336,11 @@ where
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
         + Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
 {
-    if bytes.as_ptr() as usize % 16 != 0 {
+    if !(bytes.as_ptr() as usize).is_multiple_of(16) {
         // rkyv requires aligned input; copy a misaligned caller's bytes once.
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
-        return rkyv::from_bytes::<T, rancor::Error>(&aligned)
-            .map_err(|e| WireError::Malformed(e.to_string()));
+        return rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(|e| WireError::Malformed(e.to_string()));
     }
     rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(|e| WireError::Malformed(e.to_string()))
 }
@@ -406,16 +349,10 @@ where
 pub fn encode<T>(value: &T) -> Result<Vec<u8>, WireError>
 where
     T: for<'a> Serialize<
-        rkyv::api::high::HighSerializer<
-            rkyv::util::AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            rancor::Error,
-        >,
+        rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
     >,
 {
-    rkyv::to_bytes::<rancor::Error>(value)
-        .map(|v| v.to_vec())
-        .map_err(|e| WireError::Malformed(e.to_string()))
+    rkyv::to_bytes::<rancor::Error>(value).map(|v| v.to_vec()).map_err(|e| WireError::Malformed(e.to_string()))
 }
 
 #[cfg(test)]
@@ -430,10 +367,7 @@ mod tests {
                 component: "ab".into(),
                 function: "main".into(),
                 args: "{}".into(),
-                limits: TaskLimits {
-                    timeout_ms: Some(5),
-                    ..Default::default()
-                },
+                limits: TaskLimits { timeout_ms: Some(5), ..Default::default() },
                 detach: true,
             },
         };
@@ -464,14 +398,7 @@ mod tests {
         assert!(matches!(r, Err(WireError::Io(_))), "{r:?}");
         // Every truncation of a valid frame fails cleanly.
         let mut good = Vec::new();
-        write_frame(
-            &mut good,
-            &Request::Jobs {
-                tenant: "default".into(),
-            },
-        )
-        .await
-        .unwrap();
+        write_frame(&mut good, &Request::Jobs { tenant: "default".into() }).await.unwrap();
         for cut in 1..good.len() {
             let r: Result<Option<Request>, _> = read_frame(&mut &good[..cut], MAX_FRAME).await;
             assert!(r.is_err(), "cut at {cut}");

@@ -40,9 +40,7 @@ fn sample(seed: u64, samples: u64) -> u64 {
 fn main(tasks: Option<u64>, samples: Option<u64>) -> fabric::Result<Estimate> {
     let tasks = tasks.unwrap_or(1000);
     let samples = samples.unwrap_or(10_000);
-    let refs = (0..tasks)
-        .map(|seed| sample.remote(seed, samples))
-        .collect::<fabric::Result<Vec<_>>>()?;
+    let refs = (0..tasks).map(|seed| sample.remote(seed, samples)).collect::<fabric::Result<Vec<_>>>()?;
     let inside: u64 = fabric::get_all(&refs)?.into_iter().sum();
     let total = tasks * samples;
     println!("{tasks} tasks sampled {total} points");

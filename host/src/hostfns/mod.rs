@@ -42,10 +42,7 @@ impl TaskContext {
     /// Runs `wait` with this task's slot lent to others, and ends it early
     /// if the job is stopped. Cheap when the result is already there: call
     /// only when a wait is needed.
-    pub(crate) async fn blocking<T>(
-        &mut self,
-        wait: impl std::future::Future<Output = T>,
-    ) -> Result<T, FabricError> {
+    pub(crate) async fn blocking<T>(&mut self, wait: impl std::future::Future<Output = T>) -> Result<T, FabricError> {
         if let Some(slot) = &mut self.slot {
             slot.block();
         }
@@ -96,28 +93,20 @@ impl From<WitError> for FabricError {
 
 impl From<WitObjectId> for crate::objects::ObjectId {
     fn from(id: WitObjectId) -> Self {
-        crate::objects::ObjectId {
-            hi: id.hi,
-            lo: id.lo,
-        }
+        crate::objects::ObjectId { hi: id.hi, lo: id.lo }
     }
 }
 
 impl From<crate::objects::ObjectId> for WitObjectId {
     fn from(id: crate::objects::ObjectId) -> Self {
-        WitObjectId {
-            hi: id.hi,
-            lo: id.lo,
-        }
+        WitObjectId { hi: id.hi, lo: id.lo }
     }
 }
 
 impl bindings::fabric::core::types::Host for crate::sandbox::TaskState {}
 
 /// Adds the `fabric:core` interfaces and WASI p2 to `linker`.
-pub fn add_to_linker(
-    linker: &mut wasmtime::component::Linker<crate::sandbox::TaskState>,
-) -> wasmtime::Result<()> {
+pub fn add_to_linker(linker: &mut wasmtime::component::Linker<crate::sandbox::TaskState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     bindings::Task::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |state| state)?;
     Ok(())

@@ -11,12 +11,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 impl Host for TaskState {
-    async fn submit(
-        &mut self,
-        function: String,
-        args: Vec<u8>,
-        options: TaskOptions,
-    ) -> Result<WitObjectId, WitError> {
+    async fn submit(&mut self, function: String, args: Vec<u8>, options: TaskOptions) -> Result<WitObjectId, WitError> {
         let task = &self.task;
         let component = match options.component {
             None => task.component.clone(),
@@ -29,13 +24,7 @@ impl Host for TaskState {
             cpu_ms: options.cpu_ms.or(inherited.cpu_ms),
             memory_bytes: options.memory_bytes.or(inherited.memory_bytes),
         };
-        let spec = TaskSpec {
-            component,
-            function,
-            args,
-            encoding: Encoding::Binary,
-            limits,
-        };
+        let spec = TaskSpec { component, function, args, encoding: Encoding::Binary, limits };
         Ok(task.host.spawn_task(&task.job, spec).into())
     }
 
@@ -47,10 +36,7 @@ impl Host for TaskState {
     ) -> Result<Vec<WitObjectId>, WitError> {
         let objects = &self.task.host.objects;
         let tenant = &self.task.job.tenant;
-        let cells = ids
-            .iter()
-            .map(|id| objects.cell(tenant, (*id).into()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let cells = ids.iter().map(|id| objects.cell(tenant, (*id).into())).collect::<Result<Vec<_>, _>>()?;
         let wanted = (num_ready as usize).min(cells.len());
         let ready_count = || cells.iter().filter(|c| c.peek().is_some()).count();
         if ready_count() < wanted {
@@ -75,20 +61,10 @@ impl Host for TaskState {
                     Poll::Pending
                 }
             });
-            let timeout = timeout_ms
-                .map(Duration::from_millis)
-                .unwrap_or(Duration::MAX);
-            let _ = self
-                .task
-                .blocking(tokio::time::timeout(timeout, enough))
-                .await?;
+            let timeout = timeout_ms.map(Duration::from_millis).unwrap_or(Duration::MAX);
+            let _ = self.task.blocking(tokio::time::timeout(timeout, enough)).await?;
         }
-        Ok(ids
-            .into_iter()
-            .zip(&cells)
-            .filter(|(_, c)| c.peek().is_some())
-            .map(|(id, _)| id)
-            .collect())
+        Ok(ids.into_iter().zip(&cells).filter(|(_, c)| c.peek().is_some()).map(|(id, _)| id).collect())
     }
 
     async fn context(&mut self) -> WitTaskContext {

@@ -27,19 +27,14 @@ impl Embedded {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, FabricError> {
         let db = Database::create(path).map_err(|e| {
-            FabricError::new(
-                ErrorKind::Unavailable,
-                format!("cannot open the registry at {}: {e}", path.display()),
-            )
+            FabricError::new(ErrorKind::Unavailable, format!("cannot open the registry at {}: {e}", path.display()))
         })?;
         Self::init(db)
     }
 
     /// A registry that lives in memory only.
     pub fn in_memory() -> Result<Self, FabricError> {
-        let db = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(storage)?;
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(storage)?;
         Self::init(db)
     }
 
@@ -57,9 +52,7 @@ impl Registry for Embedded {
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut table = txn.open_table(JOBS).map_err(storage)?;
-            table
-                .insert(key(&record.tenant, &record.id).as_str(), value.as_slice())
-                .map_err(storage)?;
+            table.insert(key(&record.tenant, &record.id).as_str(), value.as_slice()).map_err(storage)?;
         }
         txn.commit().map_err(storage)
     }
@@ -70,9 +63,7 @@ impl Registry for Embedded {
         let Some(value) = table.get(key(tenant, id).as_str()).map_err(storage)? else {
             return Ok(None);
         };
-        fabric_proto::decode(value.value())
-            .map(Some)
-            .map_err(storage)
+        fabric_proto::decode(value.value()).map(Some).map_err(storage)
     }
 
     fn jobs(&self, tenant: Option<&str>) -> Result<Vec<JobRecord>, FabricError> {
@@ -87,11 +78,7 @@ impl Registry for Embedded {
             }
             out.push(fabric_proto::decode::<JobRecord>(v.value()).map_err(storage)?);
         }
-        out.sort_by(|a, b| {
-            b.submitted_ms
-                .cmp(&a.submitted_ms)
-                .then_with(|| b.id.cmp(&a.id))
-        });
+        out.sort_by(|a, b| b.submitted_ms.cmp(&a.submitted_ms).then_with(|| b.id.cmp(&a.id)));
         Ok(out)
     }
 }
@@ -127,12 +114,7 @@ mod tests {
             reg.put_job(&record("ab", "j3", 3)).unwrap();
         }
         let reg = Embedded::open(&path).unwrap();
-        let ids: Vec<_> = reg
-            .jobs(Some("a"))
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
+        let ids: Vec<_> = reg.jobs(Some("a")).unwrap().into_iter().map(|r| r.id).collect();
         assert_eq!(ids, vec!["j2", "j1"]);
         assert!(reg.job("ab", "j1").unwrap().is_none());
         assert_eq!(reg.job("a", "j1").unwrap().unwrap(), record("a", "j1", 1));

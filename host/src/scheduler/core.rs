@@ -153,10 +153,7 @@ mod tests {
     use super::*;
 
     fn request(s: &mut SlotScheduler, id: WaiterId, tenant: &str) -> Vec<WaiterId> {
-        s.handle(Event::Request {
-            id,
-            tenant: tenant.into(),
-        })
+        s.handle(Event::Request { id, tenant: tenant.into() })
     }
 
     #[test]

@@ -42,19 +42,14 @@ impl Slots {
     /// `slots` concurrent tasks.
     pub fn new(slots: usize) -> Arc<Self> {
         Arc::new(Slots {
-            inner: Mutex::new(Inner {
-                core: SlotScheduler::new(slots),
-                wakers: HashMap::new(),
-            }),
+            inner: Mutex::new(Inner { core: SlotScheduler::new(slots), wakers: HashMap::new() }),
             next_id: AtomicU64::new(1),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // The state stays consistent across a panic elsewhere; keep serving.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// (held, waiting) slots now.
@@ -66,19 +61,8 @@ impl Slots {
     /// Waits for a slot for a new task of `tenant`.
     pub async fn acquire(self: &Arc<Self>, tenant: &str) -> SlotGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.wait(
-            id,
-            Event::Request {
-                id,
-                tenant: tenant.to_string(),
-            },
-        )
-        .await;
-        SlotGuard {
-            slots: self.clone(),
-            id,
-            held: true,
-        }
+        self.wait(id, Event::Request { id, tenant: tenant.to_string() }).await;
+        SlotGuard { slots: self.clone(), id, held: true }
     }
 
     async fn wait(self: &Arc<Self>, id: WaiterId, event: Event) {
@@ -92,11 +76,7 @@ impl Slots {
             inner.apply(event);
             rx
         };
-        let mut waiter = Waiter {
-            slots: self,
-            id,
-            granted: false,
-        };
+        let mut waiter = Waiter { slots: self, id, granted: false };
         // The sender lives until granted; an error cannot happen while we wait.
         let _ = rx.await;
         waiter.granted = true;
@@ -148,9 +128,7 @@ impl SlotGuard {
     /// Takes a slot back after [`block`](Self::block), ahead of queued tasks.
     pub async fn unblock(&mut self) {
         if !self.held {
-            self.slots
-                .wait(self.id, Event::Resume { id: self.id })
-                .await;
+            self.slots.wait(self.id, Event::Resume { id: self.id }).await;
             self.held = true;
         }
     }

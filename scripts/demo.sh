@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds fabric and the examples, starts a one-host fabric (`fabric up`, with
+# the embedded registry) in a temporary data directory, submits the examples
+# to it, prints their results, and stops it.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+scripts/build-guests.sh examples
+cargo build --quiet --release -p fabric
+fabric="${CARGO_TARGET_DIR:-$root/target}/release/fabric"
+guests="$root/examples/target/wasm32-wasip2/release"
+
+data="$(mktemp -d)"
+"$fabric" --data-dir "$data" up --listen 127.0.0.1:0 &
+up=$!
+trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$data"' EXIT
+for _ in $(seq 200); do [ -f "$data/host.addr" ] && break; sleep 0.05; done
+
+echo "\$ fabric submit hello.wasm --args '{\"name\": \"fabric\"}'"
+"$fabric" --data-dir "$data" submit "$guests/hello.wasm" --args '{"name": "fabric"}'
+echo "\$ fabric submit fanout.wasm --args '{\"tasks\": 1000, \"samples\": 10000}'"
+"$fabric" --data-dir "$data" submit "$guests/fanout.wasm" --args '{"tasks": 1000, "samples": 10000}'
+echo "\$ fabric submit objects.wasm --args '{\"mib\": 64, \"slices\": 64}'"
+"$fabric" --data-dir "$data" submit "$guests/objects.wasm" --args '{"mib": 64, "slices": 64}'
+echo "\$ fabric jobs"
+"$fabric" --data-dir "$data" jobs

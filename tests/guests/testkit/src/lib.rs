@@ -1,0 +1,195 @@
+//! Tasks for tests and benchmarks: ones that misbehave on purpose, and ones
+//! that measure the fabric from inside a guest.
+
+use fabric::{ObjectId, ObjectRef};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// Does nothing: the unit of task overhead.
+#[fabric::task]
+fn noop() {}
+
+/// Adds two numbers.
+#[fabric::task]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+/// Panics with `message`.
+#[fabric::task]
+fn trap(message: String) -> u32 {
+    eprintln!("about to fail: {message}");
+    panic!("{message}")
+}
+
+/// Returns an error of its own.
+#[fabric::task]
+fn fail(message: String) -> Result<u32, String> {
+    Err(message)
+}
+
+/// Never returns.
+#[fabric::task]
+fn spin() -> u64 {
+    let mut x = 0u64;
+    loop {
+        x = black_box(x.wrapping_add(1));
+    }
+}
+
+/// Allocates (and touches) memory until something stops it.
+#[fabric::task]
+fn membomb() -> usize {
+    let mut hoard = Vec::new();
+    loop {
+        hoard.push(vec![1u8; 16 << 20]);
+        black_box(&hoard);
+    }
+}
+
+/// Recurses `depth` levels (a large depth overflows the stack).
+#[fabric::task]
+fn recurse(depth: u64) -> u64 {
+    fn down(n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            black_box(down(black_box(n - 1)) + 1)
+        }
+    }
+    down(depth)
+}
+
+/// Sleeps `ms` milliseconds (suspended in the host, not spinning).
+#[fabric::task]
+fn sleep(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Submits a task that traps and returns what getting its result gave.
+#[fabric::task]
+fn child_trap() -> fabric::Result<u32> {
+    trap.remote("child boom".to_string())?.get()
+}
+
+/// A chain of `depth` tasks each waiting on the next: runs on a host with a
+/// single slot only if waiting parents lend their slot.
+#[fabric::task]
+fn nested(depth: u32) -> fabric::Result<u32> {
+    if depth == 0 {
+        return Ok(0);
+    }
+    Ok(nested.remote(depth - 1)?.get()? + 1)
+}
+
+/// Fans out `n` adds and sums them through `wait` (in completion order).
+#[fabric::task]
+fn wait_all(n: i64) -> fabric::Result<i64> {
+    let mut pending: Vec<ObjectRef<i64>> = (0..n).map(|i| add.remote(i, 1)).collect::<fabric::Result<_>>()?;
+    let mut total = 0;
+    while !pending.is_empty() {
+        let (ready, rest) = fabric::wait(&pending, 1, Some(Duration::from_secs(30)))?;
+        for r in ready {
+            total += r.get()?;
+        }
+        pending = rest;
+    }
+    Ok(total)
+}
+
+/// Puts a value and returns its id, then keeps the job alive `hold_ms`.
+#[fabric::task]
+fn put_and_hold(hold_ms: u64) -> fabric::Result<String> {
+    let r = fabric::put(&"secret".to_string())?;
+    println!("object {}", r.id());
+    std::thread::sleep(Duration::from_millis(hold_ms));
+    Ok(r.id().to_string())
+}
+
+/// Tries to read another job's object by its id.
+#[fabric::task]
+fn read_object(hex: String) -> fabric::Result<String> {
+    let bad = || fabric::Error::InvalidArgument(format!("not an object id: {hex}"));
+    let hi = u64::from_str_radix(hex.get(..16).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    let lo = u64::from_str_radix(hex.get(16..).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    ObjectRef::<String>::from_id(ObjectId { hi, lo }).get()
+}
+
+/// The tenant and job this task runs in.
+#[fabric::task]
+fn whoami() -> (String, String) {
+    let c = fabric::context();
+    (c.tenant, c.job)
+}
+
+/// Percentiles of a set of durations, in microseconds.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Timing {
+    pub n: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub total_s: f64,
+}
+
+fn timing(mut samples: Vec<Duration>, total: Duration) -> Timing {
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    Timing { n: samples.len() as u64, p50_us: at(0.5), p99_us: at(0.99), total_s: total.as_secs_f64() }
+}
+
+/// Sequential round trips: submit a no-op and wait for it, `n` times.
+#[fabric::task]
+fn bench_rtt(n: u64) -> fabric::Result<Timing> {
+    let start = Instant::now();
+    let mut samples = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        noop.remote()?.get()?;
+        samples.push(t.elapsed());
+    }
+    Ok(timing(samples, start.elapsed()))
+}
+
+/// Throughput: submit `n` no-ops, then wait for all.
+#[fabric::task]
+fn bench_async(n: u64) -> fabric::Result<Timing> {
+    let start = Instant::now();
+    let refs = (0..n).map(|_| noop.remote()).collect::<fabric::Result<Vec<_>>>()?;
+    for r in &refs {
+        r.get()?;
+    }
+    let total = start.elapsed();
+    Ok(Timing { n, p50_us: 0.0, p99_us: 0.0, total_s: total.as_secs_f64() })
+}
+
+/// Put then get `mib` MiB from inside a guest, `rounds` times.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PutGet {
+    pub bytes: u64,
+    pub put_s: Vec<f64>,
+    pub get_s: Vec<f64>,
+}
+
+/// Puts and gets a `mib` MiB object `rounds` times, timing each.
+#[fabric::task]
+fn bench_put_get(mib: u64, rounds: u32) -> fabric::Result<PutGet> {
+    let data = vec![7u8; (mib << 20) as usize];
+    let mut out = PutGet { bytes: data.len() as u64, put_s: Vec::new(), get_s: Vec::new() };
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let r = fabric::put_bytes(&data)?;
+        out.put_s.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let back = ObjectRef::<()>::from_id(r.id()).get_bytes()?;
+        out.get_s.push(t.elapsed().as_secs_f64());
+        if back.len() != data.len() {
+            return Err(fabric::Error::Internal("size mismatch".into()));
+        }
+        drop(back);
+    }
+    Ok(out)
+}
