@@ -369,3 +369,31 @@ fn malformed_protocol_frames_get_errors_and_the_host_keeps_serving() {
     });
     assert_serving(&up);
 }
+
+#[test]
+fn instances_are_reused_only_after_clean_calls_and_only_within_a_tenant() {
+    // One slot, so exactly one warm instance per (tenant, component, cap).
+    let up = Up::start_with(&["--slots", "1"]);
+    let calls = |tenant: &str| {
+        let wasm = testkit();
+        let out = up.fabric(&[
+            "--tenant",
+            tenant,
+            "submit",
+            wasm.to_str().unwrap(),
+            "--fn",
+            "instance_calls",
+            "--output",
+            "json",
+        ]);
+        out.json()["result"].as_u64().unwrap_or_else(|| panic!("{out:?}"))
+    };
+    assert_eq!(calls("default"), 1);
+    assert_eq!(calls("default"), 2, "a clean instance is reused");
+    assert_eq!(calls("other"), 1, "another tenant never gets this tenant's instance");
+    expect_failure(&up, &["--fn", "trap", "--args", r#"["x"]"#]);
+    assert_eq!(calls("default"), 1, "a trapped instance is never reused");
+    // A different memory cap gets its own instance.
+    let capped = up.submit(&testkit(), &["--fn", "instance_calls", "--memory", "32"]).json();
+    assert_eq!(capped["result"], 1);
+}

@@ -1,1 +1,300 @@
-fn main() {}
+//! fabric's benchmarks. `fabric-bench [SUITE...] [--json]`; run through
+//! `bench/run.sh`, which builds what they need first.
+//!
+//! Suites:
+//! - `core`: instance start, task round trips and throughput, object put/get
+//!   against memcpy, `fabric submit` end to end, and `fabric up` start time.
+//!
+//! Every figure prints as a table row, or with `--json` as one JSON line:
+//! `{"suite", "name", "unit", "p50", "p99", "n"}` for latencies, or
+//! `{"suite", "name", "unit", "value"[, "limit", "limit_name"]}` for rates,
+//! where `limit` is a reference measured in the same run.
+//! Each measurement bounds its own iteration count and runs on loopback only.
+
+use anyhow::{bail, Context};
+use fabric_host::{Host, HostConfig, TaskLimits};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SUITES: &[&str] = &["core"];
+
+struct Report {
+    json: bool,
+}
+
+impl Report {
+    fn latency(&self, suite: &str, name: &str, mut samples: Vec<Duration>, goal: &str) {
+        samples.sort_unstable();
+        let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
+        let (p50, p99) = (pick(0.5), pick(0.99));
+        let (unit, scale) = if p50 >= 10_000.0 { ("ms", 1e-3) } else { ("us", 1.0) };
+        self.latency_us(suite, name, unit, p50 * scale, p99 * scale, samples.len(), goal);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn latency_us(&self, suite: &str, name: &str, unit: &str, p50: f64, p99: f64, n: usize, goal: &str) {
+        if self.json {
+            println!(
+                "{}",
+                json!({"suite": suite, "name": name, "unit": unit, "p50": round(p50), "p99": round(p99), "n": n})
+            );
+        } else {
+            println!("{suite:<6} {name:<28} p50 {p50:>10.1} {unit:<3} p99 {p99:>10.1} {unit:<3} n={n:<7} {goal}");
+        }
+    }
+
+    fn rate(&self, suite: &str, name: &str, unit: &str, value: f64, limit: Option<(f64, &str)>, goal: &str) {
+        if self.json {
+            let mut line = json!({"suite": suite, "name": name, "unit": unit, "value": round(value)});
+            if let Some((limit, limit_name)) = limit {
+                line["limit"] = json!(round(limit));
+                line["limit_name"] = json!(limit_name);
+            }
+            println!("{line}");
+        } else {
+            let reference = limit.map(|(l, n)| format!("vs {n} {l:.2} {unit} ({:.2}x)", value / l)).unwrap_or_default();
+            println!("{suite:<6} {name:<28} {value:>14.2} {unit:<8} {reference} {goal}");
+        }
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn guest(dir: &str, name: &str) -> anyhow::Result<PathBuf> {
+    let path = repo_root().join(dir).join("target/wasm32-wasip2/release").join(format!("{name}.wasm"));
+    if !path.exists() {
+        bail!("{} is missing: run scripts/build-guests.sh", path.display());
+    }
+    Ok(path)
+}
+
+fn fabric_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.parent().context("exe dir")?.join("fabric");
+    if !bin.exists() {
+        bail!("{} is missing: build it with `cargo build --release -p fabric`", bin.display());
+    }
+    Ok(bin)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let report = Report { json: args.iter().any(|a| a == "--json") };
+    let mut suites: Vec<&str> = args.iter().filter(|a| !a.starts_with("--")).map(String::as_str).collect();
+    if suites.is_empty() {
+        suites = SUITES.to_vec();
+    }
+    for suite in suites {
+        match suite {
+            "core" => core(&report)?,
+            other => bail!("unknown suite `{other}` (have: {})", SUITES.join(", ")),
+        }
+    }
+    Ok(())
+}
+
+fn core(report: &Report) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let data = tempfile::tempdir()?;
+    let mut config = HostConfig::new(data.path());
+    config.persist = false;
+    let testkit = std::fs::read(guest("tests/guests", "testkit")?)?;
+    runtime.block_on(async {
+        let host = Host::new(config)?;
+        let sha = host.add_component("default", testkit, None).await?;
+        let call = |function: &'static str, args: String, limits: TaskLimits| {
+            let host = host.clone();
+            let sha = sha.clone();
+            async move {
+                let out = host.call("default", &sha, function, &args, limits).await?;
+                anyhow::Ok(serde_json::from_slice::<Value>(&out)?)
+            }
+        };
+
+        // 1. Instantiate a cached component and call a no-op, from the host.
+        for _ in 0..1000 {
+            call("noop", "{}".into(), TaskLimits::default()).await?;
+        }
+        let mut samples = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while samples.len() < 20_000 && Instant::now() < deadline {
+            let t = Instant::now();
+            call("noop", "{}".into(), TaskLimits::default()).await?;
+            samples.push(t.elapsed());
+        }
+        report.latency("core", "instantiate_call_noop", samples, "(goal <= 10 us)");
+
+        // 2. Sequential no-op task round trip, submitted and awaited by a guest
+        //    (timed inside the guest).
+        let rtt = call("bench_rtt", "[20000]".into(), TaskLimits::default()).await?;
+        report.latency_us(
+            "core",
+            "task_rtt_seq",
+            "us",
+            rtt["p50_us"].as_f64().unwrap_or(0.0),
+            rtt["p99_us"].as_f64().unwrap_or(0.0),
+            rtt["n"].as_u64().unwrap_or(0) as usize,
+            "(goal <= 20 us; Ray 2.60 ~1900 us)",
+        );
+
+        // 3. 100,000 no-ops submitted asynchronously, then all awaited.
+        let n = 100_000u64;
+        let thr = call("bench_async", format!("[{n}]"), TaskLimits::default()).await?;
+        let secs = thr["total_s"].as_f64().unwrap_or(f64::INFINITY);
+        report.rate("core", "task_async_throughput", "tasks/s", n as f64 / secs, None, "(goal >= 100000; Ray ~1600)");
+
+        // 4. put/get of 1 GiB from a guest, against memcpy of the same size.
+        let memcpy = memcpy_gbps(1 << 30, 3);
+        let limits = TaskLimits { memory_bytes: Some(3 << 30), ..Default::default() };
+        let pg = call("bench_put_get", "[1024, 3]".into(), limits).await?;
+        let bytes = pg["bytes"].as_f64().unwrap_or(0.0);
+        let best = |key: &str| {
+            pg[key].as_array().into_iter().flatten().filter_map(Value::as_f64).fold(f64::INFINITY, f64::min)
+        };
+        report.rate(
+            "core",
+            "put_1gib",
+            "GB/s",
+            bytes / best("put_s") / 1e9,
+            Some((memcpy, "memcpy")),
+            "(goal >= 0.8x)",
+        );
+        report.rate(
+            "core",
+            "get_1gib",
+            "GB/s",
+            bytes / best("get_s") / 1e9,
+            Some((memcpy, "memcpy")),
+            "(goal >= 0.8x)",
+        );
+        // Host-side reads hand out a view: time one and compare.
+        let tenant: std::sync::Arc<str> = "default".into();
+        let job: std::sync::Arc<str> = "bench".into();
+        let id = host.objects().put(&tenant, &job, vec![1u8; 1 << 30])?;
+        let t = Instant::now();
+        let view = host.objects().get("default", id).await?;
+        let took = t.elapsed().as_secs_f64();
+        report.rate(
+            "core",
+            "host_get_1gib",
+            "GB/s",
+            view.len() as f64 / took / 1e9,
+            Some((memcpy, "memcpy")),
+            "(no copy)",
+        );
+        drop(view);
+        host.objects().drop_job(&tenant, &job);
+        anyhow::Ok(())
+    })?;
+
+    // 5. `fabric submit hello` end to end from a new CLI process.
+    let fabric = fabric_bin()?;
+    let hello = guest("examples", "hello")?;
+    let up_dir = tempfile::tempdir()?;
+    let mut up = Command::new(&fabric)
+        .arg("--data-dir")
+        .arg(up_dir.path())
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let submit_result = (|| {
+        wait_for_file(&up_dir.path().join("host.addr"), Duration::from_secs(30))?;
+        let submit = || {
+            let status = Command::new(&fabric)
+                .arg("--data-dir")
+                .arg(up_dir.path())
+                .args(["submit"])
+                .arg(&hello)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?;
+            if !status.success() {
+                bail!("fabric submit failed: {status}");
+            }
+            anyhow::Ok(())
+        };
+        submit()?; // uploads and compiles once
+        let mut samples = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while samples.len() < 200 && Instant::now() < deadline {
+            let t = Instant::now();
+            submit()?;
+            samples.push(t.elapsed());
+        }
+        report.latency("core", "submit_hello_e2e", samples, "(goal <= 30 ms)");
+        anyhow::Ok(())
+    })();
+    let _ = up.kill();
+    let _ = up.wait();
+    submit_result?;
+
+    // 6. `fabric up` from process start to answering a client.
+    let mut samples = Vec::new();
+    for _ in 0..10 {
+        samples.push(up_start_time(&fabric)?);
+    }
+    report.latency("core", "up_start_to_ready", samples, "(goal <= 200 ms; Ray ~3.5 s)");
+    Ok(())
+}
+
+/// Best-of-`rounds` memcpy throughput for `size` bytes, in GB/s.
+fn memcpy_gbps(size: usize, rounds: usize) -> f64 {
+    let src = vec![3u8; size];
+    let mut dst = vec![0u8; size];
+    dst.copy_from_slice(&src); // fault the pages in first
+    let mut best = f64::INFINITY;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        dst.copy_from_slice(std::hint::black_box(&src));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&dst);
+    size as f64 / best / 1e9
+}
+
+fn wait_for_file(path: &Path, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            bail!("{} did not appear", path.display());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+/// Starts `fabric up` on a fresh data directory and times until a client's
+/// ping is answered.
+fn up_start_time(fabric: &Path) -> anyhow::Result<Duration> {
+    let dir = tempfile::tempdir()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let start = Instant::now();
+    let mut child = Command::new(fabric)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let outcome = (|| {
+        wait_for_file(&dir.path().join("host.addr"), Duration::from_secs(30))?;
+        runtime.block_on(async {
+            let addr = fabric::client::resolve_addr(None, dir.path())?;
+            let client = fabric::client::Client::connect(dir.path(), addr, "default").await?;
+            client.ping().await?;
+            anyhow::Ok(start.elapsed())
+        })
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome
+}

@@ -41,6 +41,10 @@ pub struct HostConfig {
     pub limits: DefaultLimits,
     /// Largest single object, in bytes.
     pub max_object_bytes: u64,
+    /// Reuse a cleanly finished task's instance for the next task of the same
+    /// tenant and component (see `instances`); off gives every task a fresh
+    /// instance.
+    pub reuse_instances: bool,
     /// Copy guest stdout/stderr to this process's stderr as well as the job log.
     pub echo_logs: bool,
 }
@@ -55,6 +59,7 @@ impl HostConfig {
             max_instances: 1000,
             limits: DefaultLimits::default(),
             max_object_bytes: 3 << 30,
+            reuse_instances: true,
             echo_logs: false,
         }
     }

@@ -108,48 +108,62 @@ fn snapshot(inner: &Inner) -> Vec<u8> {
     out
 }
 
-/// A guest's stdout or stderr, writing into its job's log.
+/// A guest's stdout or stderr, writing into the log of the job its instance
+/// currently runs for. An instance reused for another job's task is
+/// re-attached, so its output always lands in the right log.
 #[derive(Clone)]
 pub struct LogStream {
-    log: Arc<JobLog>,
-    tail: Option<Arc<Mutex<Vec<u8>>>>,
+    sink: Arc<Mutex<Sink>>,
+}
+
+struct Sink {
+    log: Option<Arc<JobLog>>,
+    /// The end of what was written since the last attach, when kept.
+    tail: Option<Vec<u8>>,
 }
 
 impl LogStream {
-    /// A stream into `log`.
-    pub fn new(log: Arc<JobLog>) -> Self {
-        LogStream { log, tail: None }
+    /// A detached stream; `keep_tail` remembers the last bytes written
+    /// (for stderr, to explain a trap).
+    pub fn new(keep_tail: bool) -> Self {
+        LogStream { sink: Arc::new(Mutex::new(Sink { log: None, tail: keep_tail.then(Vec::new) })) }
     }
 
-    /// A stream into `log` that also remembers its last bytes, read back with
-    /// [`StderrTail::text`].
-    pub fn with_tail(log: Arc<JobLog>) -> (Self, StderrTail) {
-        let tail = Arc::new(Mutex::new(Vec::new()));
-        (LogStream { log, tail: Some(tail.clone()) }, StderrTail(tail))
+    fn lock(&self) -> MutexGuard<'_, Sink> {
+        self.sink.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends what follows to `log`, forgetting the remembered tail.
+    pub fn attach(&self, log: Arc<JobLog>) {
+        let mut sink = self.lock();
+        sink.log = Some(log);
+        if let Some(tail) = &mut sink.tail {
+            tail.clear();
+        }
+    }
+
+    /// Stops writing anywhere (the instance is idle).
+    pub fn detach(&self) {
+        self.lock().log = None;
+    }
+
+    /// The remembered end of the output since the last attach.
+    pub fn tail_text(&self) -> String {
+        String::from_utf8_lossy(self.lock().tail.as_deref().unwrap_or_default()).into_owned()
     }
 
     fn write_bytes(&self, bytes: &[u8]) {
-        self.log.append(bytes);
-        if let Some(tail) = &self.tail {
-            let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sink = self.lock();
+        if let Some(log) = &sink.log {
+            log.append(bytes);
+        }
+        if let Some(tail) = &mut sink.tail {
             tail.extend_from_slice(bytes);
             if tail.len() > TAIL_LIMIT {
                 let cut = tail.len() - TAIL_LIMIT;
                 tail.drain(..cut);
             }
         }
-    }
-}
-
-/// The end of a task's stderr.
-#[derive(Clone, Default)]
-pub struct StderrTail(Arc<Mutex<Vec<u8>>>);
-
-impl StderrTail {
-    /// The remembered bytes as text.
-    pub fn text(&self) -> String {
-        let tail = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        String::from_utf8_lossy(&tail).into_owned()
     }
 }
 

@@ -23,6 +23,7 @@
 pub mod components;
 pub mod config;
 pub mod hostfns;
+pub mod instances;
 pub mod joblog;
 pub mod jobs;
 pub mod objects;
@@ -60,6 +61,7 @@ pub struct HostInner {
     pub(crate) components: Components,
     pub(crate) objects: ObjectStore,
     pub(crate) slots: Arc<Slots>,
+    pub(crate) instances: instances::InstancePool,
     registry: Box<dyn Registry>,
     live: Mutex<HashMap<(String, String), LiveJob>>,
     _ticker: sandbox::EpochTicker,
@@ -134,6 +136,7 @@ impl Host {
             id: format!("{node:016x}"),
             objects: ObjectStore::new(node, config.max_object_bytes),
             slots: Slots::new(config.slots),
+            instances: instances::InstancePool::new(config.slots * 4, (config.max_instances / 4) as usize),
             _ticker: sandbox::EpochTicker::start(engine.clone())?,
             engine,
             components,
@@ -256,6 +259,36 @@ impl Host {
         Ok(JobHandle::new(id, log_rx, done_rx))
     }
 
+    /// Calls `function` of a component once with JSON `args` and returns its
+    /// JSON result, without a job record: the path for request/response
+    /// callers (and the benchmarks). Sub-tasks it submits end with it.
+    pub async fn call(
+        &self,
+        tenant: &str,
+        sha256: &str,
+        function: &str,
+        args: &str,
+        limits: TaskLimits,
+    ) -> Result<Vec<u8>, FabricError> {
+        validate_name("tenant", tenant)?;
+        let component = self.0.components.get(tenant, sha256).await?;
+        let log = JobLog::new(None, self.0.config.echo_logs)
+            .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create a log: {e}")))?;
+        let id = format!("call-{:012x}", rand::random::<u64>() >> 16);
+        let job = Job::new(&id, tenant, limits.clone(), log);
+        let spec = TaskSpec {
+            component,
+            function: function.to_string(),
+            args: args.as_bytes().to_vec(),
+            encoding: Encoding::Json,
+            limits,
+        };
+        let outcome = run_task(&self.0, &job, spec).await;
+        job.cancel(FabricError::new(ErrorKind::Cancelled, "the call ended"));
+        self.0.objects.drop_job(&job.tenant, &job.id);
+        outcome
+    }
+
     /// The tenant's jobs, newest first.
     pub fn jobs(&self, tenant: &str) -> Result<Vec<JobRecord>, FabricError> {
         validate_name("tenant", tenant)?;
@@ -303,5 +336,7 @@ impl Host {
             job.cancel(FabricError::new(ErrorKind::Unavailable, "the host is shutting down"));
             let _ = done.wait_for(Option::is_some).await;
         }
+        // Give idle instances' memory back now rather than at exit.
+        self.0.instances.clear();
     }
 }

@@ -1,10 +1,10 @@
-//! Running one task: take a slot, instantiate, call `dispatch`, classify the
-//! outcome. The same path serves a job's entry task (JSON) and every
-//! sub-task (binary).
+//! Running one task: take a slot, get an instance (warm from the pool or
+//! fresh), call `dispatch`, classify the outcome. The same path serves a
+//! job's entry task (JSON) and every sub-task (binary).
 
 use crate::components::LoadedComponent;
 use crate::hostfns::{Encoding, TaskContext};
-use crate::joblog::LogStream;
+use crate::instances::Warm;
 use crate::jobs::Job;
 use crate::sandbox::{self, TaskState};
 use crate::HostInner;
@@ -35,6 +35,38 @@ pub async fn run_task(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> 
     }
 }
 
+async fn instantiate(
+    host: &Arc<HostInner>,
+    component: &LoadedComponent,
+    memory_bytes: u64,
+    cpu: Duration,
+) -> Result<Warm, FabricError> {
+    let mut state = TaskState::new();
+    // Instantiation allocates memory and may run start functions: the
+    // task's limits apply already.
+    state.set_limits(memory_bytes, cpu);
+    let mut store = wasmtime::Store::new(&host.engine, state);
+    sandbox::arm(&mut store);
+    // What one host call may copy out of the guest: enough for the largest
+    // object, so `put` fails on the object limit with a clear message.
+    store
+        .set_hostcall_fuel(usize::try_from(host.config.max_object_bytes).unwrap_or(usize::MAX).saturating_add(1 << 20));
+    match component.pre.instantiate_async(&mut store).await {
+        Ok(instance) => Ok(Warm::new(store, instance)),
+        Err(first) => {
+            if first.downcast_ref::<sandbox::MemoryLimitExceeded>().is_some() {
+                return Err(sandbox::classify(first, ""));
+            }
+            // Idle instances hold pooling-allocator slots: free them, retry once.
+            host.instances.clear();
+            let instance = component.pre.instantiate_async(&mut store).await.map_err(|_| {
+                FabricError::new(ErrorKind::ResourceLimit, format!("cannot start an instance: {first:#}"))
+            })?;
+            Ok(Warm::new(store, instance))
+        }
+    }
+}
+
 async fn execute(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> Result<Vec<u8>, FabricError> {
     let defaults = &host.config.limits;
     let timeout = spec.limits.timeout_ms.map(Duration::from_millis).unwrap_or(defaults.timeout);
@@ -42,34 +74,32 @@ async fn execute(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> Resul
     let memory_bytes = spec.limits.memory_bytes.unwrap_or(defaults.memory_bytes);
 
     let slot = host.slots.acquire(&job.tenant).await;
-    let (stderr, stderr_tail) = LogStream::with_tail(job.log.clone());
+    let reuse = host.config.reuse_instances;
+    let warm = if reuse { host.instances.take(&job.tenant, &spec.component, memory_bytes) } else { None };
+    let mut warm = match warm {
+        Some(warm) => warm,
+        None => instantiate(host, &spec.component, memory_bytes, cpu).await?,
+    };
     let context =
         TaskContext { host: host.clone(), job: job.clone(), component: spec.component.clone(), slot: Some(slot) };
-    let state = TaskState::new(context, memory_bytes, cpu, LogStream::new(job.log.clone()), stderr);
-    let mut store = wasmtime::Store::new(&host.engine, state);
-    sandbox::arm(&mut store, cpu);
-    // What one host call may copy out of the guest: enough for the largest
-    // object, so `put` fails on the object limit with a clear message.
-    store
-        .set_hostcall_fuel(usize::try_from(host.config.max_object_bytes).unwrap_or(usize::MAX).saturating_add(1 << 20));
+    warm.store.data_mut().attach(context, memory_bytes, cpu);
+    warm.store.set_epoch_deadline(1);
 
-    let call =
-        async {
-            let instance =
-                spec.component.pre.instantiate_async(&mut store).await.map_err(|e| {
-                    FabricError::new(ErrorKind::ResourceLimit, format!("cannot start an instance: {e:#}"))
-                })?;
-            match instance.call_dispatch(&mut store, &spec.function, &spec.args, spec.encoding).await {
-                Ok(Ok(bytes)) => Ok(bytes),
-                Ok(Err(guest_error)) => Err(FabricError::from(guest_error)),
-                Err(err) => Err(sandbox::classify(err, &stderr_tail.text())),
-            }
-        };
-    match tokio::time::timeout(timeout, call).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(FabricError::new(
-            ErrorKind::TimedOut,
-            format!("task `{}` exceeded its wall-clock timeout of {timeout:?}", spec.function),
-        )),
+    let Warm { store, instance, .. } = &mut warm;
+    let call = instance.call_dispatch(&mut *store, &spec.function, &spec.args, spec.encoding);
+    let outcome = match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(returned)) => returned.map_err(FabricError::from),
+        Ok(Err(err)) => return Err(sandbox::classify(err, &warm.store.data().stderr_tail())),
+        Err(_) => {
+            return Err(FabricError::new(
+                ErrorKind::TimedOut,
+                format!("task `{}` exceeded its wall-clock timeout of {timeout:?}", spec.function),
+            ))
+        }
+    };
+    // The call returned normally: the instance is sound and can be reused.
+    if reuse {
+        host.instances.give_back(&job.tenant, &spec.component, memory_bytes, warm);
     }
+    outcome
 }

@@ -140,7 +140,10 @@ pub struct TaskState {
     pub(crate) cap: MemoryCap,
     pub(crate) cpu_ticks: u64,
     pub(crate) cpu_budget_ticks: u64,
-    pub(crate) task: TaskContext,
+    /// The task the instance runs now; `None` while it idles in the pool.
+    pub(crate) task: Option<TaskContext>,
+    pub(crate) stdout: LogStream,
+    pub(crate) stderr: LogStream,
 }
 
 impl WasiView for TaskState {
@@ -149,32 +152,77 @@ impl WasiView for TaskState {
     }
 }
 
-impl TaskState {
-    /// A store's data for `task`, whose stdout/stderr go to `stdout`/`stderr`.
-    pub fn new(task: TaskContext, memory_bytes: u64, cpu: Duration, stdout: LogStream, stderr: LogStream) -> Self {
-        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
-        wasi.stdout(stdout).stderr(stderr);
-        let ticks = (cpu.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
-        TaskState {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            cap: MemoryCap { memory_bytes },
-            cpu_ticks: 0,
-            cpu_budget_ticks: ticks,
-            task,
-        }
+impl Default for TaskState {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
-/// Configures `store` for a task: limits, CPU accounting and yielding.
-pub fn arm(store: &mut wasmtime::Store<TaskState>, cpu_budget: Duration) {
+impl TaskState {
+    /// A store's data for a new instance (attached to a task before use).
+    pub fn new() -> Self {
+        let (stdout, stderr) = (LogStream::new(false), LogStream::new(true));
+        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        TaskState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            cap: MemoryCap { memory_bytes: 0 },
+            cpu_ticks: 0,
+            cpu_budget_ticks: 0,
+            task: None,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Points the instance at `task` with fresh limits: output to its job's
+    /// log, a full CPU budget, its memory cap.
+    pub fn attach(&mut self, task: TaskContext, memory_bytes: u64, cpu: Duration) {
+        self.stdout.attach(task.job.log.clone());
+        self.stderr.attach(task.job.log.clone());
+        self.task = Some(task);
+        self.set_limits(memory_bytes, cpu);
+    }
+
+    /// Sets the memory cap and a full CPU budget (also before instantiation,
+    /// which allocates memory and may run start functions).
+    pub fn set_limits(&mut self, memory_bytes: u64, cpu: Duration) {
+        self.cap.memory_bytes = memory_bytes;
+        self.cpu_ticks = 0;
+        self.cpu_budget_ticks = (cpu.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
+    }
+
+    /// Lets go of the task (its slot, its job) while the instance idles.
+    pub fn detach(&mut self) {
+        self.task = None;
+        self.stdout.detach();
+        self.stderr.detach();
+    }
+
+    /// The task being run; an error if called on an idle instance, which
+    /// cannot happen since idle instances run no guest code.
+    pub(crate) fn task(&mut self) -> Result<&mut TaskContext, FabricError> {
+        self.task.as_mut().ok_or_else(|| FabricError::new(ErrorKind::Internal, "host call from an idle instance"))
+    }
+
+    /// The end of what the current task wrote to stderr.
+    pub fn stderr_tail(&self) -> String {
+        self.stderr.tail_text()
+    }
+}
+
+/// Configures a new `store`: the memory limiter, CPU accounting and yielding.
+/// Per-task values live in [`TaskState`] and are reset by [`TaskState::attach`].
+pub fn arm(store: &mut wasmtime::Store<TaskState>) {
     store.limiter(|state| &mut state.cap);
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |mut ctx| {
+    store.epoch_deadline_callback(|mut ctx| {
         let state = ctx.data_mut();
         state.cpu_ticks += 1;
         if state.cpu_ticks > state.cpu_budget_ticks {
-            return Err(CpuBudgetExhausted { budget: cpu_budget }.into());
+            let budget = EPOCH_TICK * u32::try_from(state.cpu_budget_ticks).unwrap_or(u32::MAX);
+            return Err(CpuBudgetExhausted { budget }.into());
         }
         Ok(wasmtime::UpdateDeadline::Yield(1))
     });

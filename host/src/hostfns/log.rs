@@ -13,6 +13,8 @@ impl Host for TaskState {
             Level::Error => "ERROR",
         };
         let line = format!("[{level}] {}\n", message.trim_end());
-        self.task.job.log.append(line.as_bytes());
+        if let Ok(task) = self.task() {
+            task.job.log.append(line.as_bytes());
+        }
     }
 }

@@ -12,10 +12,11 @@ use std::sync::Arc;
 impl TaskState {
     /// The object's bytes, waiting (with the slot lent out) if it is pending.
     async fn object(&mut self, id: WitObjectId) -> Result<Bytes, FabricError> {
-        let cell: Arc<Cell> = self.task.host.objects.cell(&self.task.job.tenant, id.into())?;
+        let task = self.task()?;
+        let cell: Arc<Cell> = task.host.objects.cell(&task.job.tenant, id.into())?;
         let value: ObjectResult = match cell.peek() {
             Some(value) => value.clone(),
-            None => self.task.blocking(cell.ready()).await?.clone(),
+            None => task.blocking(cell.ready()).await?.clone(),
         };
         value
     }
@@ -23,7 +24,7 @@ impl TaskState {
 
 impl Host for TaskState {
     async fn put(&mut self, data: Vec<u8>) -> Result<WitObjectId, WitError> {
-        let task = &self.task;
+        let task = self.task()?;
         Ok(task.host.objects.put(&task.job.tenant, &task.job.id, data)?.into())
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 impl Host for TaskState {
     async fn submit(&mut self, function: String, args: Vec<u8>, options: TaskOptions) -> Result<WitObjectId, WitError> {
-        let task = &self.task;
+        let task = self.task()?;
         let component = match options.component {
             None => task.component.clone(),
             Some(sha256) => task.host.components.get(&task.job.tenant, &sha256).await?,
@@ -34,8 +34,9 @@ impl Host for TaskState {
         num_ready: u32,
         timeout_ms: Option<u64>,
     ) -> Result<Vec<WitObjectId>, WitError> {
-        let objects = &self.task.host.objects;
-        let tenant = &self.task.job.tenant;
+        let task = self.task()?;
+        let objects = &task.host.objects;
+        let tenant = &task.job.tenant;
         let cells = ids.iter().map(|id| objects.cell(tenant, (*id).into())).collect::<Result<Vec<_>, _>>()?;
         let wanted = (num_ready as usize).min(cells.len());
         let ready_count = || cells.iter().filter(|c| c.peek().is_some()).count();
@@ -62,16 +63,19 @@ impl Host for TaskState {
                 }
             });
             let timeout = timeout_ms.map(Duration::from_millis).unwrap_or(Duration::MAX);
-            let _ = self.task.blocking(tokio::time::timeout(timeout, enough)).await?;
+            let _ = task.blocking(tokio::time::timeout(timeout, enough)).await?;
         }
         Ok(ids.into_iter().zip(&cells).filter(|(_, c)| c.peek().is_some()).map(|(id, _)| id).collect())
     }
 
     async fn context(&mut self) -> WitTaskContext {
-        WitTaskContext {
-            tenant: self.task.job.tenant.to_string(),
-            job: self.task.job.id.to_string(),
-            component: self.task.component.sha256.clone(),
+        match self.task() {
+            Ok(task) => WitTaskContext {
+                tenant: task.job.tenant.to_string(),
+                job: task.job.id.to_string(),
+                component: task.component.sha256.clone(),
+            },
+            Err(_) => WitTaskContext { tenant: String::new(), job: String::new(), component: String::new() },
         }
     }
 }

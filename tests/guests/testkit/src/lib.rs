@@ -193,3 +193,11 @@ fn bench_put_get(mib: u64, rounds: u32) -> fabric::Result<PutGet> {
     }
     Ok(out)
 }
+
+static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts calls into this instance: shows when an instance is reused.
+#[fabric::task]
+fn instance_calls() -> u64 {
+    CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+}
