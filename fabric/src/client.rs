@@ -35,6 +35,15 @@ pub enum Submitted {
     Finished(JobRecord),
 }
 
+/// What happens while a submission runs, in order.
+#[derive(Debug)]
+pub enum SubmitEvent<'a> {
+    /// The host lacked the component; it was uploaded (this many bytes).
+    Uploaded(usize),
+    /// A chunk of the job's log.
+    Log(&'a [u8]),
+}
+
 /// A connection to one host, for one tenant.
 pub struct Client {
     _endpoint: quinn::Endpoint,
@@ -114,8 +123,8 @@ impl Client {
     }
 
     /// Runs `function` of `wasm` with JSON `args`. The component is uploaded
-    /// only if the host lacks it (the returned flag says whether it was).
-    /// Log chunks go to `on_log` as they arrive.
+    /// only if the host lacks it. Events (the upload, log chunks) go to
+    /// `on_event` as they happen.
     pub async fn submit(
         &self,
         wasm: &[u8],
@@ -123,8 +132,8 @@ impl Client {
         args: &str,
         limits: TaskLimits,
         detach: bool,
-        mut on_log: impl FnMut(&[u8]),
-    ) -> anyhow::Result<(Submitted, bool)> {
+        mut on_event: impl FnMut(SubmitEvent<'_>),
+    ) -> anyhow::Result<Submitted> {
         let sha256 = fabric_host::components::sha256_hex(wasm);
         let request = Request::Submit {
             tenant: self.tenant.clone(),
@@ -144,11 +153,12 @@ impl Client {
                 Response::NeedComponent if !uploaded => {
                     self.upload(wasm, &sha256).await?;
                     uploaded = true;
+                    on_event(SubmitEvent::Uploaded(wasm.len()));
                 }
-                Response::Accepted { job } if detach => return Ok((Submitted::Accepted(job), uploaded)),
+                Response::Accepted { job } if detach => return Ok(Submitted::Accepted(job)),
                 Response::Accepted { .. } => {
-                    let record = Self::follow(&mut recv, &mut on_log).await?;
-                    return Ok((Submitted::Finished(record), uploaded));
+                    let record = Self::follow(&mut recv, &mut |chunk| on_event(SubmitEvent::Log(chunk))).await?;
+                    return Ok(Submitted::Finished(record));
                 }
                 other => bail!("unexpected answer to a submit: {other:?}"),
             }

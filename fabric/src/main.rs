@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fabric::client::{addr_file, resolve_addr, Client, HostError, Submitted};
+use fabric::client::{addr_file, resolve_addr, Client, HostError, SubmitEvent, Submitted};
 use fabric::output::{error_json, job_json, job_line, result_text};
 use fabric_host::{Host, HostConfig, JobRecord, JobState, SubmitRequest, TaskLimits};
 use std::io::Write;
@@ -279,12 +279,15 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Submit(args) => {
             let wasm = args.job.read_wasm()?;
-            let (submitted, uploaded) = client
-                .submit(&wasm, &args.job.function, &args.job.args, args.job.limits(), args.detach, print_log)
-                .await?;
-            if uploaded {
-                eprintln!("fabric: uploaded component ({} bytes)", wasm.len());
-            }
+            let submitted =
+                client
+                    .submit(&wasm, &args.job.function, &args.job.args, args.job.limits(), args.detach, |event| {
+                        match event {
+                            SubmitEvent::Uploaded(bytes) => eprintln!("fabric: uploaded component ({bytes} bytes)"),
+                            SubmitEvent::Log(chunk) => print_log(chunk),
+                        }
+                    })
+                    .await?;
             match submitted {
                 Submitted::Accepted(job) => {
                     match args.job.output.output {
