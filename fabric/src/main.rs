@@ -327,7 +327,13 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs { job, follow } => {
-            client.logs(&job, follow, print_log).await?;
+            client
+                .logs(&job, follow, |chunk| {
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = stdout.write_all(chunk);
+                    let _ = stdout.flush();
+                })
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Up(_) | Command::Run(_) => unreachable!("handled before connecting"),

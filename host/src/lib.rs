@@ -283,10 +283,18 @@ impl Host {
             encoding: Encoding::Json,
             limits,
         };
-        let outcome = run_task(&self.0, &job, spec).await;
-        job.cancel(FabricError::new(ErrorKind::Cancelled, "the call ended"));
-        self.0.objects.drop_job(&job.tenant, &job.id);
-        outcome
+        // Run on the runtime's workers, wherever the caller is polled from
+        // (on a `block_on` thread every round trip with the task's children
+        // would pay a cross-thread wake-up).
+        let host = self.0.clone();
+        let task = tokio::spawn(async move {
+            let outcome = run_task(&host, &job, spec).await;
+            job.cancel(FabricError::new(ErrorKind::Cancelled, "the call ended"));
+            host.objects.drop_job(&job.tenant, &job.id);
+            outcome
+        });
+        task.await
+            .unwrap_or_else(|e| Err(FabricError::new(ErrorKind::Internal, format!("the call's task failed: {e}"))))
     }
 
     /// The tenant's jobs, newest first.
