@@ -11,6 +11,10 @@
 //! where `limit` is a reference measured in the same run.
 //! Each measurement bounds its own iteration count and runs on loopback only.
 
+/// The same allocator as the `fabric` binary, so in-process figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Context};
 use fabric_host::{Host, HostConfig, TaskLimits};
 use serde_json::{json, Value};
