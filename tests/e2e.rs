@@ -255,7 +255,8 @@ fn stop_ends_a_running_job_and_logs_follow_it() {
 #[test]
 fn tenants_see_only_their_own_jobs_and_objects() {
     let up = Up::start();
-    let holder = up.submit(&testkit(), &["--fn", "put_and_hold", "--args", "[3000]", "--detach"]).json();
+    // The holder keeps its object alive until it is stopped at the end.
+    let holder = up.submit(&testkit(), &["--fn", "put_and_hold", "--args", "[600000]", "--detach"]).json();
     let holder_job = holder["job"].as_str().unwrap().to_string();
     // Find the object id the holder logged.
     let mut id = String::new();
@@ -300,6 +301,9 @@ fn tenants_see_only_their_own_jobs_and_objects() {
     let bad = up.fabric(&["--tenant", "../etc", "jobs"]);
     assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("invalid tenant"), "{}", bad.stderr);
+    // Mallory cannot stop it either; its owner can.
+    assert_eq!(up.fabric(&["--tenant", "mallory", "stop", &holder_job]).code, 2);
+    assert_eq!(up.fabric(&["stop", &holder_job, "--output", "json"]).json()["state"], "stopped");
 }
 
 #[test]
