@@ -4,13 +4,14 @@
 //! which is created pending when the task is submitted and filled with the
 //! task's encoded result or its error when it ends. Readers wait on the slot.
 //!
-//! Bytes are kept as [`Bytes`] whose start is 16-byte aligned, so an rkyv
-//! archive stored as an object can be accessed in place; host-side reads hand
-//! out a reference-counted view and never copy. Objects belong to the job
+//! Bytes are kept as [`ObjectBytes`] (a shared `Vec<u8>`) whose start is
+//! 16-byte aligned, so an rkyv archive stored as an object can be accessed in
+//! place; host-side reads hand out a reference and never copy, and a guest's
+//! `get` is lowered straight from it into guest memory (one copy in all).
+//! A `put` keeps the vector wasmtime lifted from the guest: one copy too. Objects belong to the job
 //! that created them and are freed when it ends (reference counting across
 //! tasks and hosts comes with the distributed store).
 
-use bytes::Bytes;
 use fabric_proto::{ErrorKind, FabricError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +39,12 @@ impl std::fmt::Display for ObjectId {
 
 /// What reading an object yields: its bytes, or the error of the task that
 /// was to produce it.
-pub type ObjectResult = Result<Bytes, FabricError>;
+pub type ObjectResult = Result<ObjectBytes, FabricError>;
+
+/// An object's bytes, shared by every reader. `Arc<Vec<u8>>` rather than a
+/// `Bytes` because wasmtime lowers it into guest memory as a `list<u8>`
+/// directly.
+pub type ObjectBytes = Arc<Vec<u8>>;
 
 /// One object: pending until filled once.
 #[derive(Debug, Default)]
@@ -142,7 +148,7 @@ impl ObjectStore {
     /// Fills under the lock, so a concurrent `drop_job` either sees the bytes
     /// (and uncounts them) or has already filled the cell (and they are never
     /// counted).
-    fn fill_ok(&self, cell: &Cell, data: Bytes) {
+    fn fill_ok(&self, cell: &Cell, data: ObjectBytes) {
         let mut inner = self.lock();
         let len = data.len() as u64;
         if cell.fill(Ok(data)) {
@@ -195,7 +201,7 @@ impl ObjectStore {
         (inner.count, inner.bytes)
     }
 
-    fn check_size(&self, data: Vec<u8>) -> Result<Bytes, FabricError> {
+    fn check_size(&self, data: Vec<u8>) -> Result<ObjectBytes, FabricError> {
         if data.len() as u64 > self.max_object_bytes {
             return Err(FabricError::new(
                 ErrorKind::ResourceLimit,
@@ -209,13 +215,15 @@ impl ObjectStore {
 /// Takes ownership of `data` without copying when its start is aligned (the
 /// system allocator gives 16-byte alignment on the platforms fabric runs on),
 /// and copies once into an aligned buffer otherwise.
-fn aligned(data: Vec<u8>) -> Bytes {
+fn aligned(data: Vec<u8>) -> ObjectBytes {
     if (data.as_ptr() as usize).is_multiple_of(OBJECT_ALIGN) {
-        return Bytes::from(data);
+        return Arc::new(data);
     }
-    let mut buf = rkyv::util::AlignedVec::<OBJECT_ALIGN>::with_capacity(data.len());
-    buf.extend_from_slice(&data);
-    Bytes::from_owner(buf)
+    // Only tiny allocations can start misaligned: a buffer of at least the
+    // alignment's size is aligned by the allocators fabric uses.
+    let mut copy = Vec::with_capacity(data.len().max(OBJECT_ALIGN));
+    copy.extend_from_slice(&data);
+    Arc::new(copy)
 }
 
 #[cfg(test)]

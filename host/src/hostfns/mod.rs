@@ -109,5 +109,6 @@ impl bindings::fabric::core::types::Host for crate::sandbox::TaskState {}
 pub fn add_to_linker(linker: &mut wasmtime::component::Linker<crate::sandbox::TaskState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     bindings::Task::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |state| state)?;
+    objects::add_zero_copy_get(linker)?;
     Ok(())
 }
