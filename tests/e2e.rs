@@ -401,3 +401,24 @@ fn instances_are_reused_only_after_clean_calls_and_only_within_a_tenant() {
     let capped = up.submit(&testkit(), &["--fn", "instance_calls", "--memory", "32"]).json();
     assert_eq!(capped["result"], 1);
 }
+
+#[test]
+fn large_objects_round_trip_intact_and_bad_reads_are_refused() {
+    let up = Up::start();
+    let v = up.submit(&testkit(), &["--fn", "roundtrip", "--args", "[48]"]).json();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["result"], 48u64 << 20);
+    let err = expect_failure(&up, &["--fn", "read_past_end"]);
+    assert_eq!(err["kind"], "invalid-argument", "{err}");
+    assert!(err["message"].as_str().unwrap().contains("past the end"), "{err}");
+    assert_serving(&up);
+}
+
+#[test]
+fn an_object_over_the_hosts_limit_is_a_resource_limit_error() {
+    let up = Up::start_with(&["--max-object-mib", "1"]);
+    let err = expect_failure(&up, &["--fn", "roundtrip", "--args", "[8]"]);
+    assert_eq!(err["kind"], "resource-limit", "{err}");
+    let ok = up.submit(&testkit(), &["--fn", "add", "--args", "[1, 2]"]).json();
+    assert_eq!(ok["result"], 3);
+}

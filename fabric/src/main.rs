@@ -73,6 +73,9 @@ struct UpArgs {
     /// Tasks that may run at once (default: CPU count).
     #[arg(long)]
     slots: Option<usize>,
+    /// Largest object a task may create, in MiB.
+    #[arg(long)]
+    max_object_mib: Option<u64>,
 }
 
 #[derive(Clone, Copy, ValueEnum, Default)]
@@ -197,6 +200,9 @@ async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut config = HostConfig::new(data_dir);
     if let Some(slots) = args.slots {
         config.slots = slots.max(1);
+    }
+    if let Some(mib) = args.max_object_mib {
+        config.max_object_bytes = mib << 20;
     }
     let host = Host::new(config).map_err(|e| {
         e.context(format!("cannot start a host on {} (is another `fabric up` using it?)", data_dir.display()))

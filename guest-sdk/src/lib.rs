@@ -162,6 +162,12 @@ pub mod __private {
         Ok(ObjectRef::from_id(id.into()))
     }
 
+    /// An array reference with a claimed length (tests use it to reach the
+    /// host's own bounds checks).
+    pub fn array_ref<T>(id: crate::ObjectId, len: u64) -> crate::ArrayRef<T> {
+        crate::object::ArrayRef::from_parts(id, len)
+    }
+
     /// Turns what a task returned as its error into a fabric error: an
     /// [`Error`] passes through unchanged (a child's trap stays a trap), any
     /// other error becomes [`Error::Failed`] with its message.

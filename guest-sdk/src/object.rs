@@ -175,6 +175,12 @@ pub fn put_array<T: Element>(values: &[T]) -> Result<ArrayRef<T>> {
     Ok(ArrayRef { id, len: values.len() as u64, _type: PhantomData })
 }
 
+impl<T> ArrayRef<T> {
+    pub(crate) fn from_parts(id: ObjectId, len: u64) -> Self {
+        ArrayRef { id, len, _type: PhantomData }
+    }
+}
+
 impl<T: Element> ArrayRef<T> {
     /// Number of elements.
     pub fn len(&self) -> u64 {

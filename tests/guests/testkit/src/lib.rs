@@ -201,3 +201,32 @@ static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0
 fn instance_calls() -> u64 {
     CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
 }
+
+/// Puts `mib` MiB of a pattern, gets it back whole and in slices, and checks
+/// every byte.
+#[fabric::task]
+fn roundtrip(mib: u64) -> fabric::Result<u64> {
+    let data: Vec<u8> = (0..(mib << 20)).map(|i| (i % 251) as u8).collect();
+    let array = fabric::put_bytes(&data)?;
+    let whole = ObjectRef::<()>::from_id(array.id()).get_bytes()?;
+    if whole != data {
+        return Err(fabric::Error::Internal("get returned different bytes".into()));
+    }
+    let len = data.len() as u64;
+    for (start, end) in [(0, 1), (len / 3, len / 2), (len - 7, len)] {
+        if array.slice(start..end)? != data[start as usize..end as usize] {
+            return Err(fabric::Error::Internal(format!("slice {start}..{end} differs")));
+        }
+    }
+    Ok(len)
+}
+
+/// Reads past the end of an object: must be an invalid-argument error.
+#[fabric::task]
+fn read_past_end() -> fabric::Result<Vec<u8>> {
+    let array = fabric::put_bytes(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10])?;
+    let id = array.id();
+    // Bypass the SDK's own bounds check to reach the host's.
+    let forged: fabric::ArrayRef<u8> = fabric::__private::array_ref(id, 100);
+    forged.slice(5..20)
+}
