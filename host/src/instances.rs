@@ -57,13 +57,31 @@ pub struct InstancePool {
     idle: Mutex<HashMap<Key, Vec<Warm>>>,
     per_key: usize,
     total: usize,
+    reaper: Mutex<Option<std::sync::mpsc::SyncSender<Warm>>>,
+}
+
+/// Instances waiting for the reaper at most; beyond that the caller tears
+/// down its own (back-pressure: a backlog would hold pooling-allocator slots).
+const REAPER_BACKLOG: usize = 16;
+
+/// Tears instances down on a thread of its own: resetting an instance's
+/// memory (madvise, TLB shootdowns) costs several times what creating one
+/// does, and nobody waits for it.
+fn start_reaper() -> Option<std::sync::mpsc::SyncSender<Warm>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Warm>(REAPER_BACKLOG);
+    let spawned = std::thread::Builder::new().name("fabric-reaper".into()).spawn(move || {
+        for warm in rx {
+            drop(warm);
+        }
+    });
+    spawned.ok().map(|_| tx)
 }
 
 impl InstancePool {
     /// A pool keeping at most `per_key` idle instances of one kind and
     /// `total` in all.
     pub fn new(per_key: usize, total: usize) -> Self {
-        InstancePool { idle: Mutex::new(HashMap::new()), per_key, total }
+        InstancePool { idle: Mutex::new(HashMap::new()), per_key, total, reaper: Mutex::new(start_reaper()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Vec<Warm>>> {
@@ -77,23 +95,37 @@ impl InstancePool {
     }
 
     /// Keeps a cleanly finished instance for reuse, unless it is used up or
-    /// the pool is full.
+    /// the pool is full (then it is torn down).
     pub fn give_back(&self, tenant: &Arc<str>, component: &LoadedComponent, memory_bytes: u64, mut warm: Warm) {
         warm.uses += 1;
-        if warm.uses >= MAX_USES {
-            return;
-        }
         warm.store.data_mut().detach();
+        if warm.uses >= MAX_USES {
+            return self.discard(warm);
+        }
         let key = Key { tenant: tenant.clone(), component: component.sha256.clone(), memory_bytes };
         let mut idle = self.lock();
         let total: usize = idle.values().map(Vec::len).sum();
         let slot = idle.entry(key).or_default();
         if slot.len() < self.per_key && total < self.total {
             slot.push(warm);
+        } else {
+            drop(idle);
+            self.discard(warm);
         }
     }
 
-    /// Drops every idle instance (to free pool slots, or at shutdown).
+    /// Tears an instance down off the caller's path, after letting go of its
+    /// task (slot, job) at once.
+    pub fn discard(&self, mut warm: Warm) {
+        warm.store.data_mut().detach();
+        let reaper = self.reaper.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(reaper) = reaper {
+            // A full backlog (or a gone reaper) tears down here instead.
+            drop(reaper.try_send(warm));
+        }
+    }
+
+    /// Drops every idle instance now (to free pool slots, or at shutdown).
     pub fn clear(&self) {
         let drained: Vec<_> = self.lock().drain().collect();
         drop(drained);

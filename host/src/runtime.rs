@@ -89,17 +89,24 @@ async fn execute(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> Resul
     let call = instance.call_dispatch(&mut *store, &spec.function, &spec.args, spec.encoding);
     let outcome = match tokio::time::timeout(timeout, call).await {
         Ok(Ok(returned)) => returned.map_err(FabricError::from),
-        Ok(Err(err)) => return Err(sandbox::classify(err, &warm.store.data().stderr_tail())),
+        Ok(Err(err)) => {
+            let error = sandbox::classify(err, &warm.store.data().stderr_tail());
+            host.instances.discard(warm);
+            return Err(error);
+        }
         Err(_) => {
+            host.instances.discard(warm);
             return Err(FabricError::new(
                 ErrorKind::TimedOut,
                 format!("task `{}` exceeded its wall-clock timeout of {timeout:?}", spec.function),
-            ))
+            ));
         }
     };
     // The call returned normally: the instance is sound and can be reused.
     if reuse {
         host.instances.give_back(&job.tenant, &spec.component, memory_bytes, warm);
+    } else {
+        host.instances.discard(warm);
     }
     outcome
 }

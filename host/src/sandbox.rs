@@ -50,9 +50,11 @@ pub fn engine(max_instances: u32) -> wasmtime::Result<Engine> {
         .max_memories_per_component(8)
         .max_component_instance_size(1 << 20)
         .max_core_instance_size(1 << 20)
-        // Keep a little of each freed memory resident so the next instance
-        // does not fault its stack and data pages back in.
-        .linear_memory_keep_resident(64 << 10)
+        // Reset the first 2 MiB of a freed memory with memset instead of
+        // madvise: a Rust guest's stack and data live there, and faulting
+        // them back in costs the next instance more than the memset (which
+        // runs on the reaper thread when it keeps up).
+        .linear_memory_keep_resident(2 << 20)
         .table_keep_resident(16 << 10)
         // Batch the madvise calls that reset freed memories: one syscall
         // (and TLB shootdown) per batch instead of per instance.
