@@ -219,13 +219,7 @@ fn core(report: &Report) -> anyhow::Result<()> {
     let fabric = fabric_bin()?;
     let hello = guest("examples", "hello")?;
     let up_dir = tempfile::tempdir()?;
-    let mut up = Command::new(&fabric)
-        .arg("--data-dir")
-        .arg(up_dir.path())
-        .args(["up", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut up = spawn_up(&fabric, up_dir.path())?;
     let submit_result = (|| {
         wait_for_file(&up_dir.path().join("host.addr"), Duration::from_secs(30))?;
         let submit = || {
@@ -292,19 +286,24 @@ fn wait_for_file(path: &Path, limit: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `fabric up` on loopback, a free port, state in `data_dir`.
+fn spawn_up(fabric: &Path, data_dir: &Path) -> std::io::Result<std::process::Child> {
+    Command::new(fabric)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+}
+
 /// Starts `fabric up` on a fresh data directory and times until a client's
 /// ping is answered.
 fn up_start_time(fabric: &Path) -> anyhow::Result<Duration> {
     let dir = tempfile::tempdir()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let start = Instant::now();
-    let mut child = Command::new(fabric)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["up", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = spawn_up(fabric, dir.path())?;
     let outcome = (|| {
         wait_for_file(&dir.path().join("host.addr"), Duration::from_secs(30))?;
         runtime.block_on(async {
