@@ -22,6 +22,8 @@ pub enum Error {
     Cancelled(String),
     /// The task returned an error of its own.
     Failed(String),
+    /// The actor is dead; the message says why.
+    ActorDead(String),
     /// A failure inside the host.
     Internal(String),
 }
@@ -40,6 +42,7 @@ impl std::fmt::Display for Error {
             Error::Unavailable(m) => ("unavailable", m),
             Error::Cancelled(m) => ("cancelled", m),
             Error::Failed(m) => ("failed", m),
+            Error::ActorDead(m) => ("actor dead", m),
             Error::Internal(m) => ("internal error", m),
         };
         write!(f, "{kind}: {message}")
@@ -59,6 +62,7 @@ impl From<WitError> for Error {
             WitError::Unavailable(m) => Error::Unavailable(m),
             WitError::Cancelled(m) => Error::Cancelled(m),
             WitError::Failed(m) => Error::Failed(m),
+            WitError::ActorDead(m) => Error::ActorDead(m),
             WitError::Internal(m) => Error::Internal(m),
         }
     }
@@ -75,6 +79,7 @@ impl From<Error> for WitError {
             Error::Unavailable(m) => WitError::Unavailable(m),
             Error::Cancelled(m) => WitError::Cancelled(m),
             Error::Failed(m) => WitError::Failed(m),
+            Error::ActorDead(m) => WitError::ActorDead(m),
             Error::Internal(m) => WitError::Internal(m),
         }
     }

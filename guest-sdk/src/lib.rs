@@ -33,11 +33,13 @@ mod bindings {
     });
 }
 
+mod actor;
 mod error;
 mod object;
 
+pub use actor::{ActorBuilder, ActorHandle, ActorId};
 pub use error::{Error, Result};
-pub use fabric_sdk_macros::task;
+pub use fabric_sdk_macros::{actor, task};
 pub use object::{get_all, put, put_array, put_bytes, wait, ArrayRef, Element, ObjectId, ObjectRef, ReadyAndPending};
 
 use bindings::fabric::core::{log as wit_log, tasks as wit_tasks};
@@ -107,6 +109,7 @@ pub fn log(level: Level, message: impl AsRef<str>) {
 /// Machinery the `#[task]` macro expands to; not a stable API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::actor::{ActorClass, ActorObject};
     pub use crate::bindings::fabric::core::types::Encoding;
     pub use inventory;
     pub use serde;
@@ -162,6 +165,25 @@ pub mod __private {
         Ok(ObjectRef::from_id(id.into()))
     }
 
+    /// Queues a call of an actor's method.
+    pub fn actor_call<A: Serialize, T>(actor: crate::ActorId, method: &str, args: &A) -> Result<ObjectRef<T>> {
+        let bytes = postcard::to_stdvec(args)
+            .map_err(|e| Error::InvalidArgument(format!("cannot encode arguments of `{method}`: {e}")))?;
+        let id = bindings::fabric::core::actors::call(actor.into(), method, &bytes)?;
+        Ok(ObjectRef::from_id(id.into()))
+    }
+
+    /// An actor's state as a snapshot: its serde serialization (postcard).
+    pub fn snapshot_state<S: Serialize>(state: &S) -> Result<Vec<u8>> {
+        postcard::to_stdvec(state).map_err(|e| Error::Internal(format!("cannot encode the actor's state: {e}")))
+    }
+
+    /// An actor's state from a snapshot.
+    pub fn restore_state<S: DeserializeOwned>(snapshot: &[u8]) -> Result<S> {
+        postcard::from_bytes(snapshot)
+            .map_err(|e| Error::InvalidArgument(format!("the snapshot does not decode as the actor's state: {e}")))
+    }
+
     /// An array reference with a claimed length (tests use it to reach the
     /// host's own bounds checks).
     pub fn array_ref<T>(id: crate::ObjectId, len: u64) -> crate::ArrayRef<T> {
@@ -202,6 +224,30 @@ impl bindings::Guest for Dispatcher {
 
     fn functions() -> Vec<String> {
         inventory::iter::<__private::TaskEntry>.into_iter().map(|e| e.name.to_string()).collect()
+    }
+
+    fn actor_construct(
+        class: String,
+        args: Vec<u8>,
+        encoding: bindings::fabric::core::types::Encoding,
+    ) -> std::result::Result<(), bindings::fabric::core::types::Error> {
+        actor::construct(&class, &args, encoding).map_err(Into::into)
+    }
+
+    fn actor_dispatch(
+        method: String,
+        args: Vec<u8>,
+        encoding: bindings::fabric::core::types::Encoding,
+    ) -> std::result::Result<Vec<u8>, bindings::fabric::core::types::Error> {
+        actor::dispatch(&method, &args, encoding).map_err(Into::into)
+    }
+
+    fn actor_snapshot() -> std::result::Result<Vec<u8>, bindings::fabric::core::types::Error> {
+        actor::snapshot().map_err(Into::into)
+    }
+
+    fn actor_restore(class: String, state: Vec<u8>) -> std::result::Result<(), bindings::fabric::core::types::Error> {
+        actor::restore(&class, &state).map_err(Into::into)
     }
 }
 

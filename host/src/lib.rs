@@ -20,6 +20,7 @@
 //! Everything is keyed by tenant: components, objects, jobs and logs.
 #![warn(missing_docs)]
 
+pub mod actors;
 pub mod components;
 pub mod config;
 pub mod hostfns;
@@ -62,6 +63,7 @@ pub struct HostInner {
     pub(crate) objects: ObjectStore,
     pub(crate) slots: Arc<Slots>,
     pub(crate) instances: instances::InstancePool,
+    pub(crate) actors: actors::Actors,
     registry: Box<dyn Registry>,
     live: Mutex<HashMap<(String, String), LiveJob>>,
     _ticker: sandbox::EpochTicker,
@@ -135,6 +137,7 @@ impl Host {
         let host = Host(Arc::new(HostInner {
             id: format!("{node:016x}"),
             objects: ObjectStore::new(node, config.max_object_bytes),
+            actors: actors::Actors::new(node),
             slots: Slots::new(config.slots),
             instances: instances::InstancePool::new(config.slots * 4, (config.max_instances / 4) as usize),
             _ticker: sandbox::EpochTicker::start(engine.clone())?,
@@ -235,8 +238,9 @@ impl Host {
                 limits: request.limits,
             };
             let outcome = run_task(&host, &job, spec).await;
-            // Stragglers stop and the job's objects go with it.
+            // Stragglers stop; the job's actors and objects go with it.
             job.cancel(FabricError::new(ErrorKind::Cancelled, "the job ended"));
+            host.actors.kill_owned_by(&job.tenant, &job.id);
             host.objects.drop_job(&job.tenant, &job.id);
             record.finished_ms = Some(now_ms());
             match outcome {
@@ -290,6 +294,7 @@ impl Host {
         let task = tokio::spawn(async move {
             let outcome = run_task(&host, &job, spec).await;
             job.cancel(FabricError::new(ErrorKind::Cancelled, "the call ended"));
+            host.actors.kill_owned_by(&job.tenant, &job.id);
             host.objects.drop_job(&job.tenant, &job.id);
             outcome
         });

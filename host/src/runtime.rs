@@ -35,7 +35,7 @@ pub async fn run_task(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> 
     }
 }
 
-async fn instantiate(
+pub(crate) async fn instantiate(
     host: &Arc<HostInner>,
     component: &LoadedComponent,
     memory_bytes: u64,

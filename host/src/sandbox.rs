@@ -149,6 +149,8 @@ pub struct TaskState {
     pub(crate) task: Option<TaskContext>,
     pub(crate) stdout: LogStream,
     pub(crate) stderr: LogStream,
+    /// Whether the guest has constructed (or restored) its actor.
+    pub(crate) hosts_actor: bool,
 }
 
 impl WasiView for TaskState {
@@ -178,6 +180,7 @@ impl TaskState {
             task: None,
             stdout,
             stderr,
+            hosts_actor: false,
         }
     }
 

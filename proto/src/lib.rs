@@ -48,6 +48,8 @@ pub enum ErrorKind {
     Cancelled,
     /// The task returned an error of its own.
     Failed,
+    /// The actor is dead.
+    ActorDead,
     /// A failure inside the host.
     Internal,
 }
@@ -64,6 +66,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Failed => "failed",
+            ErrorKind::ActorDead => "actor-dead",
             ErrorKind::Internal => "internal",
         }
     }

@@ -14,7 +14,7 @@
 
 use proc_macro::TokenStream;
 use quote::{format_ident, quote};
-use syn::{parse_macro_input, spanned::Spanned, FnArg, ItemFn, Pat, ReturnType, Type};
+use syn::{parse_macro_input, spanned::Spanned, FnArg, ImplItem, ItemFn, ItemImpl, Pat, ReturnType, Signature, Type};
 
 /// Makes a function a fabric task. See the crate documentation.
 #[proc_macro_attribute]
@@ -48,51 +48,15 @@ fn expand(func: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
     let name_str = name.to_string();
     let body = &func.block;
 
-    let mut params = Vec::new();
-    let mut types = Vec::new();
-    for input in &sig.inputs {
-        match input {
-            FnArg::Receiver(r) => {
-                return Err(syn::Error::new(r.span(), "a fabric task cannot take self"))
-            }
-            FnArg::Typed(pat) => {
-                let Pat::Ident(ident) = &*pat.pat else {
-                    return Err(syn::Error::new(
-                        pat.pat.span(),
-                        "task parameters must be plain names",
-                    ));
-                };
-                if let Type::Reference(r) = &*pat.ty {
-                    return Err(syn::Error::new(
-                        r.span(),
-                        "task parameters must be owned values (they cross a sandbox)",
-                    ));
-                }
-                params.push(ident.ident.clone());
-                types.push((*pat.ty).clone());
-            }
-        }
+    if let Some(FnArg::Receiver(r)) = sig.inputs.first() {
+        return Err(syn::Error::new(r.span(), "a fabric task cannot take self (use #[fabric::actor] on an impl)"));
     }
-
-    let (output_ty, returns_result) = match &sig.output {
-        ReturnType::Default => (quote!(()), false),
-        ReturnType::Type(_, ty) => match result_ok_type(ty) {
-            Some(ok) => (quote!(#ok), true),
-            None => (quote!(#ty), false),
-        },
-    };
-    let ret = match &sig.output {
-        ReturnType::Default => quote!(()),
-        ReturnType::Type(_, ty) => quote!(#ty),
-    };
+    let (params, types) = typed_params(sig)?;
+    let Output { value: output_ty, returns_result, declared: ret } = output(sig);
 
     let args_struct = format_ident!("__FabricArgs_{}", name);
     let dispatch_fn = format_ident!("__fabric_dispatch_{}", name);
-    let into_result = if returns_result {
-        quote!(__out.map_err(::fabric::__private::to_error)?)
-    } else {
-        quote!(__out)
-    };
+    let into_result = unwrap_result(returns_result);
 
     Ok(quote! {
         #(#attrs)*
@@ -142,6 +106,232 @@ fn expand(func: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
             ::fabric::__private::TaskEntry { name: #name_str, dispatch: #dispatch_fn }
         }
     })
+}
+
+/// Makes an `impl` block an actor class. See the crate documentation.
+#[proc_macro_attribute]
+pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return syn::Error::new(proc_macro2::Span::call_site(), "#[fabric::actor] takes no arguments")
+            .to_compile_error()
+            .into();
+    }
+    let imp = parse_macro_input!(item as ItemImpl);
+    match expand_actor(imp) {
+        Ok(tokens) => tokens.into(),
+        Err(err) => err.to_compile_error().into(),
+    }
+}
+
+fn expand_actor(mut imp: ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
+    if imp.trait_.is_some() || !imp.generics.params.is_empty() {
+        return Err(syn::Error::new(imp.span(), "#[fabric::actor] goes on a plain, non-generic `impl Type` block"));
+    }
+    let Type::Path(self_path) = &*imp.self_ty else {
+        return Err(syn::Error::new(imp.self_ty.span(), "#[fabric::actor] needs a named type"));
+    };
+    let class = self_path.path.segments.last().map(|s| s.ident.clone()).ok_or_else(|| {
+        syn::Error::new(imp.self_ty.span(), "#[fabric::actor] needs a named type")
+    })?;
+    let class_str = class.to_string();
+    let handle = format_ident!("{}Handle", class);
+    let self_ty = imp.self_ty.clone();
+
+    let mut constructor = None;
+    let mut methods = Vec::new();
+    for item in &mut imp.items {
+        let ImplItem::Fn(f) = item else { continue };
+        let has_receiver = matches!(f.sig.inputs.first(), Some(FnArg::Receiver(_)));
+        if !has_receiver && f.sig.ident == "new" {
+            if f.sig.asyncness.is_some() || !f.sig.generics.params.is_empty() {
+                return Err(syn::Error::new(f.sig.span(), "an actor's `new` must be plain, non-async, non-generic"));
+            }
+            f.sig.ident = format_ident!("__fabric_new");
+            f.vis = syn::Visibility::Inherited;
+            constructor = Some(f.sig.clone());
+        } else if has_receiver && matches!(f.vis, syn::Visibility::Public(_)) {
+            if f.sig.asyncness.is_some() || !f.sig.generics.params.is_empty() {
+                return Err(syn::Error::new(f.sig.span(), "actor methods must be plain, non-async, non-generic"));
+            }
+            if let Some(FnArg::Receiver(r)) = f.sig.inputs.first() {
+                if r.reference.is_none() {
+                    return Err(syn::Error::new(r.span(), "actor methods take `&self` or `&mut self`"));
+                }
+            }
+            methods.push(f.sig.clone());
+        }
+    }
+    let ctor = constructor.ok_or_else(|| {
+        syn::Error::new(imp.self_ty.span(), "an actor needs a constructor `fn new(..) -> Self` in this impl block")
+    })?;
+
+    let (ctor_params, ctor_types) = typed_params(&ctor)?;
+    let ctor_output = output(&ctor);
+    let ctor_value = if ctor_output.returns_result {
+        quote!(#self_ty::__fabric_new(#(#ctor_params),*).map_err(::fabric::__private::to_error)?)
+    } else {
+        quote!(#self_ty::__fabric_new(#(#ctor_params),*))
+    };
+    let ctor_args = format_ident!("__FabricArgs_{}_new", class);
+
+    let mut arg_structs = Vec::new();
+    let mut handle_methods = Vec::new();
+    let mut dispatch_arms = Vec::new();
+    let mut method_names = Vec::new();
+    for sig in &methods {
+        let name = &sig.ident;
+        let name_str = name.to_string();
+        let (params, types) = typed_params(sig)?;
+        let Output { value, returns_result, .. } = output(sig);
+        let args_struct = format_ident!("__FabricArgs_{}_{}", class, name);
+        let into_result = unwrap_result(returns_result);
+        let qualified = format!("{class_str}.{name_str}");
+        arg_structs.push(quote! {
+            #[allow(non_camel_case_types)]
+            #[derive(::fabric::__private::serde::Serialize, ::fabric::__private::serde::Deserialize)]
+            #[serde(crate = "::fabric::__private::serde", deny_unknown_fields)]
+            struct #args_struct { #(#params: #types,)* }
+        });
+        handle_methods.push(quote! {
+            /// Queues a call of this method; returns a reference to its result at once.
+            #[allow(clippy::too_many_arguments)]
+            pub fn #name(&self, #(#params: #types),*) -> ::fabric::Result<::fabric::ObjectRef<#value>> {
+                ::fabric::__private::actor_call(::fabric::ActorHandle::id(self), #name_str, &#args_struct { #(#params,)* })
+            }
+        });
+        dispatch_arms.push(quote! {
+            #name_str => {
+                let #args_struct { #(#params,)* } = ::fabric::__private::decode_args(#qualified, __args, __encoding)?;
+                let __out = self.#name(#(#params),*);
+                let __value: #value = #into_result;
+                ::fabric::__private::encode_result(&__value, __encoding)
+            }
+        });
+        method_names.push(name_str);
+    }
+    let known = method_names.join(", ");
+    let construct_fn = format_ident!("__fabric_construct_{}", class);
+    let restore_fn = format_ident!("__fabric_restore_{}", class);
+
+    Ok(quote! {
+        #imp
+
+        #[allow(non_camel_case_types)]
+        #[derive(::fabric::__private::serde::Serialize, ::fabric::__private::serde::Deserialize)]
+        #[serde(crate = "::fabric::__private::serde", deny_unknown_fields)]
+        struct #ctor_args { #(#ctor_params: #ctor_types,)* }
+        #(#arg_structs)*
+
+        /// A handle to an actor of this class: a plain value that can be
+        /// passed to tasks and other actors and stored in objects.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ::fabric::__private::serde::Serialize, ::fabric::__private::serde::Deserialize)]
+        #[serde(crate = "::fabric::__private::serde")]
+        pub struct #handle { id: ::fabric::ActorId }
+
+        impl ::fabric::ActorHandle for #handle {
+            const CLASS: &'static str = #class_str;
+            fn from_id(id: ::fabric::ActorId) -> Self { #handle { id } }
+            fn id(&self) -> ::fabric::ActorId { self.id }
+        }
+
+        #[allow(dead_code)]
+        impl #handle {
+            #(#handle_methods)*
+        }
+
+        #[allow(dead_code)]
+        impl #self_ty {
+            /// Starts building an actor of this class: set options, then
+            /// `.remote()` (or `.get_or_create()` for a named one).
+            #[allow(clippy::too_many_arguments, clippy::new_ret_no_self)]
+            pub fn new(#(#ctor_params: #ctor_types),*) -> ::fabric::ActorBuilder<#handle> {
+                ::fabric::ActorBuilder::new(&#ctor_args { #(#ctor_params,)* })
+            }
+        }
+
+        impl ::fabric::__private::ActorObject for #self_ty {
+            fn dispatch(
+                &mut self,
+                __method: &str,
+                __args: &[u8],
+                __encoding: ::fabric::__private::Encoding,
+            ) -> ::fabric::Result<::std::vec::Vec<u8>> {
+                match __method {
+                    #(#dispatch_arms)*
+                    other => Err(::fabric::Error::NotFound(format!(
+                        "actor class `{}` has no method `{}` (it has: {})", #class_str, other, #known
+                    ))),
+                }
+            }
+
+            fn snapshot(&self) -> ::fabric::Result<::std::vec::Vec<u8>> {
+                ::fabric::__private::snapshot_state(self)
+            }
+        }
+
+        #[allow(non_snake_case)]
+        fn #construct_fn(
+            __args: &[u8],
+            __encoding: ::fabric::__private::Encoding,
+        ) -> ::fabric::Result<::std::boxed::Box<dyn ::fabric::__private::ActorObject>> {
+            let #ctor_args { #(#ctor_params,)* } = ::fabric::__private::decode_args(concat!(#class_str, ".new"), __args, __encoding)?;
+            Ok(::std::boxed::Box::new(#ctor_value))
+        }
+
+        #[allow(non_snake_case)]
+        fn #restore_fn(__state: &[u8]) -> ::fabric::Result<::std::boxed::Box<dyn ::fabric::__private::ActorObject>> {
+            Ok(::std::boxed::Box::new(::fabric::__private::restore_state::<#self_ty>(__state)?))
+        }
+
+        ::fabric::__private::inventory::submit! {
+            ::fabric::__private::ActorClass { name: #class_str, construct: #construct_fn, restore: #restore_fn }
+        }
+    })
+}
+
+/// A signature's parameters (receivers skipped): names and owned types.
+fn typed_params(sig: &Signature) -> syn::Result<(Vec<syn::Ident>, Vec<Type>)> {
+    let mut params = Vec::new();
+    let mut types = Vec::new();
+    for input in &sig.inputs {
+        let FnArg::Typed(pat) = input else { continue };
+        let Pat::Ident(ident) = &*pat.pat else {
+            return Err(syn::Error::new(pat.pat.span(), "parameters must be plain names"));
+        };
+        if let Type::Reference(r) = &*pat.ty {
+            return Err(syn::Error::new(r.span(), "parameters must be owned values (they cross a sandbox)"));
+        }
+        params.push(ident.ident.clone());
+        types.push((*pat.ty).clone());
+    }
+    Ok((params, types))
+}
+
+/// What a function returns: the value type callers get (`T` of a
+/// `Result<T, E>`), whether it is a `Result`, and the declared type.
+struct Output {
+    value: proc_macro2::TokenStream,
+    returns_result: bool,
+    declared: proc_macro2::TokenStream,
+}
+
+fn output(sig: &Signature) -> Output {
+    match &sig.output {
+        ReturnType::Default => Output { value: quote!(()), returns_result: false, declared: quote!(()) },
+        ReturnType::Type(_, ty) => match result_ok_type(ty) {
+            Some(ok) => Output { value: quote!(#ok), returns_result: true, declared: quote!(#ty) },
+            None => Output { value: quote!(#ty), returns_result: false, declared: quote!(#ty) },
+        },
+    }
+}
+
+/// Turns `__out` into the value, mapping an `Err` to a fabric error.
+fn unwrap_result(returns_result: bool) -> proc_macro2::TokenStream {
+    if returns_result {
+        quote!(__out.map_err(::fabric::__private::to_error)?)
+    } else {
+        quote!(__out)
+    }
 }
 
 /// `Result<T, ..>` (any path ending in `Result`) gives `Some(T)`.

@@ -6,6 +6,7 @@
 //! belong to the job; stopping the job ends the wait) and its slot (lent to
 //! other tasks while the call waits on results).
 
+mod actors;
 mod log;
 mod objects;
 mod tasks;
@@ -69,6 +70,7 @@ impl From<FabricError> for WitError {
             ErrorKind::Unavailable => WitError::Unavailable(m),
             ErrorKind::Cancelled => WitError::Cancelled(m),
             ErrorKind::Failed => WitError::Failed(m),
+            ErrorKind::ActorDead => WitError::ActorDead(m),
             ErrorKind::Internal => WitError::Internal(m),
         }
     }
@@ -85,6 +87,7 @@ impl From<WitError> for FabricError {
             WitError::Unavailable(m) => (ErrorKind::Unavailable, m),
             WitError::Cancelled(m) => (ErrorKind::Cancelled, m),
             WitError::Failed(m) => (ErrorKind::Failed, m),
+            WitError::ActorDead(m) => (ErrorKind::ActorDead, m),
             WitError::Internal(m) => (ErrorKind::Internal, m),
         };
         FabricError::new(kind, m)

@@ -1,0 +1,100 @@
+//! `fabric:core/actors`: create, look up, call and kill actors of the
+//! caller's tenant. Actors are created from the caller's own component.
+
+use super::bindings::fabric::core::actors::{ActorId as WitActorId, ActorOptions as WitActorOptions, Host};
+use super::{Encoding, WitError, WitObjectId};
+use crate::actors::{ActorId, ActorOptions, NewActor};
+use crate::sandbox::TaskState;
+
+impl From<WitActorId> for ActorId {
+    fn from(id: WitActorId) -> Self {
+        ActorId { hi: id.hi, lo: id.lo }
+    }
+}
+
+impl From<ActorId> for WitActorId {
+    fn from(id: ActorId) -> Self {
+        WitActorId { hi: id.hi, lo: id.lo }
+    }
+}
+
+impl From<WitActorOptions> for ActorOptions {
+    fn from(o: WitActorOptions) -> Self {
+        ActorOptions {
+            name: o.name,
+            detached: o.detached,
+            max_restarts: o.max_restarts.unwrap_or(0),
+            max_pending: o.max_pending,
+            snapshot_every: o.snapshot_every.unwrap_or(0),
+            memory_bytes: o.memory_bytes,
+        }
+    }
+}
+
+impl TaskState {
+    fn create_actor(
+        &mut self,
+        class: String,
+        args: Vec<u8>,
+        options: WitActorOptions,
+        get_or_create: bool,
+    ) -> Result<WitActorId, WitError> {
+        let task = self.task()?;
+        let new = NewActor {
+            tenant: task.job.tenant.clone(),
+            creator: task.job.clone(),
+            component: task.component.clone(),
+            class,
+            args,
+            encoding: Encoding::Binary,
+        };
+        Ok(task.host.actors.create(&task.host, new, options.into(), get_or_create)?.into())
+    }
+}
+
+impl Host for TaskState {
+    async fn create(&mut self, class: String, args: Vec<u8>, options: WitActorOptions) -> Result<WitActorId, WitError> {
+        self.create_actor(class, args, options, false)
+    }
+
+    async fn get_or_create(
+        &mut self,
+        class: String,
+        args: Vec<u8>,
+        options: WitActorOptions,
+    ) -> Result<WitActorId, WitError> {
+        self.create_actor(class, args, options, true)
+    }
+
+    async fn lookup(&mut self, name: String) -> Result<WitActorId, WitError> {
+        let task = self.task()?;
+        Ok(task.host.actors.lookup(&task.job.tenant, &name)?.into())
+    }
+
+    async fn call(&mut self, actor: WitActorId, method: String, args: Vec<u8>) -> Result<WitObjectId, WitError> {
+        let task = self.task()?;
+        let (host, tenant) = (&task.host, &task.job.tenant);
+        let (id, cell) = host.objects.reserve(tenant, &task.job.id);
+        if let Err(error) = host.actors.call(tenant, actor.into(), method, args, Encoding::Binary, cell.clone()) {
+            host.objects.fill(&cell, Err(error.clone()));
+            return Err(error.into());
+        }
+        Ok(id.into())
+    }
+
+    async fn snapshot(&mut self, actor: WitActorId) -> Result<WitObjectId, WitError> {
+        let task = self.task()?;
+        let (host, tenant) = (&task.host, &task.job.tenant);
+        let (id, cell) = host.objects.reserve(tenant, &task.job.id);
+        if let Err(error) = host.actors.snapshot(tenant, actor.into(), cell.clone()) {
+            host.objects.fill(&cell, Err(error.clone()));
+            return Err(error.into());
+        }
+        Ok(id.into())
+    }
+
+    async fn kill(&mut self, actor: WitActorId) -> Result<(), WitError> {
+        let task = self.task()?;
+        Ok(task.host.actors.kill(&task.job.tenant, actor.into())?)
+    }
+}
