@@ -422,3 +422,87 @@ fn an_object_over_the_hosts_limit_is_a_resource_limit_error() {
     let ok = up.submit(&testkit(), &["--fn", "add", "--args", "[1, 2]"]).json();
     assert_eq!(ok["result"], 3);
 }
+
+/// Runs a testkit function that must succeed; returns its result.
+fn result_of(up: &Up, function: &str, args: &str) -> Value {
+    let out = up.submit(&testkit(), &["--fn", function, "--args", args]);
+    let v = out.json();
+    assert_eq!(v["state"], "succeeded", "{function}: {v}\n{}", out.stderr);
+    v["result"].clone()
+}
+
+#[test]
+fn actor_calls_run_in_order_and_actors_run_in_parallel() {
+    let up = Up::start();
+    assert_eq!(result_of(&up, "actor_ordering", "[1000]"), true);
+    assert_eq!(result_of(&up, "actor_order_from_tasks", "[8, 100]"), true);
+    let values = result_of(&up, "many_actors", "[40, 10]");
+    let expected: Vec<i64> = (0..40).map(|i| i + 10).collect();
+    assert_eq!(values, json!(expected));
+}
+
+#[test]
+fn fifty_racing_get_or_creates_make_one_actor() {
+    let up = Up::start();
+    assert_eq!(result_of(&up, "named_race", "[50]"), json!([1, 50]));
+}
+
+#[test]
+fn actor_handles_travel_through_tasks_and_objects() {
+    let up = Up::start();
+    assert_eq!(result_of(&up, "handle_travels", "[]"), 12);
+}
+
+#[test]
+fn a_trapped_actor_restarts_from_its_snapshot_until_it_runs_out_of_restarts() {
+    let up = Up::start();
+    assert_eq!(result_of(&up, "trap_then_restore", "[]"), json!(["Trapped", 6]));
+    assert_eq!(result_of(&up, "restarts_exhausted", "[]"), json!(["Trapped", "Trapped", "ActorDead", "ActorDead"]));
+    assert_serving(&up);
+}
+
+#[test]
+fn a_full_mailbox_and_bad_calls_are_clear_errors() {
+    let up = Up::start();
+    let full = result_of(&up, "mailbox_full", "[]");
+    assert!(full[0].as_u64().unwrap() >= 1, "{full}");
+    assert_eq!(full[1], "ResourceLimit");
+    let bad = result_of(&up, "actor_bad_calls", "[]");
+    assert!(bad[0].as_str().unwrap().starts_with("NotFound") && bad[0].as_str().unwrap().contains("nope"), "{bad}");
+    assert!(bad[1].as_str().unwrap().starts_with("InvalidArgument"), "{bad}");
+    assert_serving(&up);
+}
+
+#[test]
+fn job_owned_actors_end_with_their_job_and_detached_ones_stay() {
+    let up = Up::start();
+    result_of(&up, "make_actors", r#"["p"]"#);
+    assert_eq!(result_of(&up, "find_actors", r#"["p"]"#), json!([false, 3]));
+    // Another tenant sees neither.
+    let wasm = testkit();
+    let theirs = up.fabric(&[
+        "--tenant",
+        "other",
+        "submit",
+        wasm.to_str().unwrap(),
+        "--fn",
+        "find_actors",
+        "--args",
+        r#"["p"]"#,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(theirs.json()["result"], json!([false, null]));
+}
+
+#[test]
+fn actor_examples_give_their_checked_results() {
+    let up = Up::start();
+    let v = up.submit(&example("counter"), &["--args", r#"{"n": 500}"#]).json();
+    assert_eq!(v["result"], json!({"value": 125250, "expected": 125250, "in_order": true}), "{v}");
+    let v = up.submit(&example("parameter_server"), &["--args", r#"{"workers": 4, "steps": 25}"#]).json();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["result"]["pushes"], 100);
+    assert_eq!(v["result"]["updates"], 100);
+    assert_eq!(v["result"]["ok"], true);
+}

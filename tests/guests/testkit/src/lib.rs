@@ -230,3 +230,233 @@ fn read_past_end() -> fabric::Result<Vec<u8>> {
     let forged: fabric::ArrayRef<u8> = fabric::__private::array_ref(id, 100);
     forged.slice(5..20)
 }
+
+// ---- actors ----
+
+use fabric::ActorHandle;
+
+/// A test actor: a value, a history of sequence numbers, and ways to fail.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Probe {
+    value: i64,
+    history: Vec<u64>,
+}
+
+#[fabric::actor]
+impl Probe {
+    /// Starts at `start`.
+    pub fn new(start: i64) -> Self {
+        Probe { value: start, history: Vec::new() }
+    }
+
+    /// Adds `by`; returns the new value.
+    pub fn add(&mut self, by: i64) -> i64 {
+        self.value += by;
+        self.value
+    }
+
+    /// The value.
+    pub fn get(&self) -> i64 {
+        self.value
+    }
+
+    /// Appends `seq` to the history; returns its length.
+    pub fn record(&mut self, seq: u64) -> u64 {
+        self.history.push(seq);
+        self.history.len() as u64
+    }
+
+    /// Every recorded sequence number, in arrival order.
+    pub fn history(&self) -> Vec<u64> {
+        self.history.clone()
+    }
+
+    /// Traps.
+    pub fn boom(&mut self) -> i64 {
+        panic!("probe boom")
+    }
+
+    /// Sleeps `ms` milliseconds.
+    pub fn slow(&self, ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    }
+}
+
+/// `n` calls from one caller without waiting arrive in order.
+#[fabric::task]
+fn actor_ordering(n: u64) -> fabric::Result<bool> {
+    let probe = Probe::new(0).remote()?;
+    let refs = (0..n).map(|i| probe.record(i)).collect::<fabric::Result<Vec<_>>>()?;
+    fabric::get_all(&refs)?;
+    Ok(probe.history()?.get()? == (0..n).collect::<Vec<_>>())
+}
+
+/// Sends `n` records tagged with `caller` to `probe`.
+#[fabric::task]
+fn record_from(probe: ProbeHandle, caller: u64, n: u64) -> fabric::Result<u64> {
+    let refs = (0..n).map(|i| probe.record(caller * 1_000_000 + i)).collect::<fabric::Result<Vec<_>>>()?;
+    fabric::get_all(&refs)?;
+    Ok(n)
+}
+
+/// `callers` tasks send `n` calls each concurrently: each caller's calls are
+/// seen in its order, and none is lost.
+#[fabric::task]
+fn actor_order_from_tasks(callers: u64, n: u64) -> fabric::Result<bool> {
+    let probe = Probe::new(0).remote()?;
+    let runs = (0..callers).map(|c| record_from.remote(probe, c, n)).collect::<fabric::Result<Vec<_>>>()?;
+    fabric::get_all(&runs)?;
+    let history = probe.history()?.get()?;
+    if history.len() as u64 != callers * n {
+        return Ok(false);
+    }
+    Ok((0..callers).all(|c| {
+        let mine: Vec<u64> = history.iter().filter(|s| **s / 1_000_000 == c).map(|s| s % 1_000_000).collect();
+        mine == (0..n).collect::<Vec<_>>()
+    }))
+}
+
+/// `k` actors take `n` adds each, all in flight at once.
+#[fabric::task]
+fn many_actors(k: u64, n: u64) -> fabric::Result<Vec<i64>> {
+    let probes = (0..k).map(|i| Probe::new(i as i64).remote()).collect::<fabric::Result<Vec<_>>>()?;
+    let mut refs = Vec::new();
+    for _ in 0..n {
+        for p in &probes {
+            refs.push(p.add(1)?);
+        }
+    }
+    fabric::get_all(&refs)?;
+    probes.iter().map(|p| p.get()?.get()).collect()
+}
+
+/// Gets or creates the probe named `name` and adds 1; returns its id.
+#[fabric::task]
+fn join_named(name: String) -> fabric::Result<String> {
+    let probe = Probe::new(0).name(name).get_or_create()?;
+    probe.add(1)?.get()?;
+    Ok(probe.id().to_string())
+}
+
+/// `tasks` tasks race to get-or-create one named probe.
+#[fabric::task]
+fn named_race(tasks: u64) -> fabric::Result<(u64, i64)> {
+    let name = format!("race-{}", fabric::context().job);
+    let runs = (0..tasks).map(|_| join_named.remote(name.clone())).collect::<fabric::Result<Vec<_>>>()?;
+    let ids: std::collections::HashSet<String> = fabric::get_all(&runs)?.into_iter().collect();
+    let value = ProbeHandle::lookup(&name)?.get()?.get()?;
+    Ok((ids.len() as u64, value))
+}
+
+/// Adds `by` through a handle passed as an argument.
+#[fabric::task]
+fn add_via(probe: ProbeHandle, by: i64) -> fabric::Result<i64> {
+    probe.add(by)?.get()
+}
+
+/// Adds `by` through a handle stored in an object.
+#[fabric::task]
+fn add_via_object(stored: ObjectRef<ProbeHandle>, by: i64) -> fabric::Result<i64> {
+    stored.get()?.add(by)?.get()
+}
+
+/// A handle travels through a task argument and through an object.
+#[fabric::task]
+fn handle_travels() -> fabric::Result<i64> {
+    let probe = Probe::new(0).remote()?;
+    add_via.remote(probe, 5)?.get()?;
+    let stored = fabric::put(&probe)?;
+    add_via_object.remote(stored, 7)?.get()?;
+    probe.get()?.get()
+}
+
+/// A trapping call fails alone; the next runs on the state restored from the
+/// last snapshot. Returns (error kind of the trap, value after).
+#[fabric::task]
+fn trap_then_restore() -> fabric::Result<(String, i64)> {
+    let probe = Probe::new(0).snapshot_every(1).max_restarts(1).remote()?;
+    probe.add(5)?.get()?;
+    let trapped = probe.boom()?.get().expect_err("boom traps");
+    let after = probe.add(1)?.get()?;
+    Ok((kind(&trapped), after))
+}
+
+fn kind(e: &fabric::Error) -> String {
+    format!("{e:?}").split('(').next().unwrap_or_default().to_string()
+}
+
+/// Two traps with one restart allowed: queued and later calls see the actor
+/// dead. Returns the kinds of: first boom, second boom, a queued get, a later get.
+#[fabric::task]
+fn restarts_exhausted() -> fabric::Result<Vec<String>> {
+    let probe = Probe::new(0).max_restarts(1).remote()?;
+    let first = probe.boom()?;
+    let second = probe.boom()?;
+    let queued = probe.get()?;
+    let mut kinds = Vec::new();
+    for r in [first, second, queued] {
+        kinds.push(match r.get() {
+            Ok(_) => "ok".to_string(),
+            Err(e) => kind(&e),
+        });
+    }
+    kinds.push(match probe.get().and_then(|r| r.get()) {
+        Ok(_) => "ok".to_string(),
+        Err(e) => kind(&e),
+    });
+    Ok(kinds)
+}
+
+/// A mailbox of 2 refuses a burst while a slow call runs. Returns how many
+/// submits were refused and the error kind.
+#[fabric::task]
+fn mailbox_full() -> fabric::Result<(u32, String)> {
+    let probe = Probe::new(0).max_pending(2).remote()?;
+    let slow = probe.slow(300)?;
+    let mut refused = 0;
+    let mut what = String::new();
+    for _ in 0..10 {
+        if let Err(e) = probe.add(1) {
+            refused += 1;
+            what = kind(&e);
+        }
+    }
+    slow.get()?;
+    Ok((refused, what))
+}
+
+/// Calls an unknown method and a known one with bad arguments.
+#[fabric::task]
+fn actor_bad_calls() -> fabric::Result<(String, String)> {
+    let probe = Probe::new(0).remote()?;
+    let unknown: fabric::Result<()> =
+        fabric::__private::actor_call::<_, ()>(probe.id(), "nope", &()).and_then(|r| r.get());
+    // Postcard is not self-describing: missing bytes are what it can detect.
+    let bad: fabric::Result<i64> =
+        fabric::__private::actor_call::<_, i64>(probe.id(), "add", &()).and_then(|r| r.get());
+    let describe = |r: Result<String, fabric::Error>| match r {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("{}: {e}", kind(&e)),
+    };
+    Ok((describe(unknown.map(|_| String::new())), describe(bad.map(|v| v.to_string()))))
+}
+
+/// Creates an owned and a detached named probe, then returns.
+#[fabric::task]
+fn make_actors(prefix: String) -> fabric::Result<()> {
+    Probe::new(1).name(format!("{prefix}-owned")).remote()?.add(1)?.get()?;
+    Probe::new(2).name(format!("{prefix}-kept")).detached().remote()?.add(1)?.get()?;
+    Ok(())
+}
+
+/// Which of the probes `make_actors` made still exist (and the kept one's value).
+#[fabric::task]
+fn find_actors(prefix: String) -> fabric::Result<(bool, Option<i64>)> {
+    let owned = ProbeHandle::lookup(&format!("{prefix}-owned")).is_ok();
+    let kept = match ProbeHandle::lookup(&format!("{prefix}-kept")) {
+        Ok(p) => Some(p.get()?.get()?),
+        Err(_) => None,
+    };
+    Ok((owned, kept))
+}
