@@ -506,3 +506,40 @@ fn actor_examples_give_their_checked_results() {
     assert_eq!(v["result"]["updates"], 100);
     assert_eq!(v["result"]["ok"], true);
 }
+
+#[test]
+fn named_actors_are_listed_called_and_killed_from_the_cli() {
+    let up = Up::start();
+    let counter = example("counter");
+    let visit = |by: i64| {
+        let args = json!({"name": "visits", "by": by}).to_string();
+        up.submit(&counter, &["--fn", "visit", "--args", &args]).json()["result"].clone()
+    };
+    assert_eq!(visit(1), 1);
+    assert_eq!(visit(2), 3, "a detached actor outlives the job that made it");
+    assert_eq!(up.fabric(&["actor", "call", "visits", "get"]).stdout.trim(), "3");
+    assert_eq!(up.fabric(&["actor", "call", "visits", "incr", "--args", r#"{"by": 4}"#]).stdout.trim(), "7");
+    let listed = up.fabric(&["actors", "--output", "json"]).json();
+    let visits = &listed.as_array().unwrap()[0];
+    assert_eq!(visits["name"], "visits");
+    assert_eq!(visits["class"], "Counter");
+    assert_eq!(visits["state"], "alive");
+    assert_eq!(visits["calls"], 4);
+    assert!(visits["owner"].is_null(), "{visits}");
+    let text = up.fabric(&["actors"]);
+    assert!(text.stdout.contains("visits") && text.stdout.contains("Counter"), "{}", text.stdout);
+
+    let bad = up.fabric(&["actor", "call", "visits", "nope"]);
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("no method `nope`"), "{}", bad.stderr);
+    let bad = up.fabric(&["actor", "call", "visits", "incr", "--args", r#"{"by": "x"}"#]);
+    assert!(bad.stderr.contains("invalid-argument"), "{}", bad.stderr);
+    let other = up.fabric(&["--tenant", "other", "actor", "call", "visits", "get"]);
+    assert!(other.stderr.contains("no actor named `visits`"), "{}", other.stderr);
+
+    assert_eq!(up.fabric(&["actor", "kill", "visits"]).code, 0);
+    let gone = up.fabric(&["actor", "call", "visits", "get"]);
+    assert_eq!(gone.code, 2);
+    assert!(gone.stderr.contains("no actor named `visits`"), "{}", gone.stderr);
+    assert_eq!(up.fabric(&["actors", "--output", "json"]).json(), json!([]));
+}

@@ -199,6 +199,36 @@ impl Client {
         }
     }
 
+    /// The tenant's actors.
+    pub async fn actors(&self) -> anyhow::Result<Vec<fabric_proto::ActorInfo>> {
+        match self.call(&Request::Actors { tenant: self.tenant.clone() }).await? {
+            Response::Actors(actors) => Ok(actors),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// Calls a method of a named actor with JSON arguments; its JSON result.
+    pub async fn actor_call(&self, actor: &str, method: &str, args: &str) -> anyhow::Result<String> {
+        let request = Request::ActorCall {
+            tenant: self.tenant.clone(),
+            actor: actor.to_string(),
+            method: method.to_string(),
+            args: args.to_string(),
+        };
+        match self.call(&request).await? {
+            Response::Value(json) => Ok(json),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// Kills a named actor.
+    pub async fn actor_kill(&self, actor: &str) -> anyhow::Result<()> {
+        match self.call(&Request::ActorKill { tenant: self.tenant.clone(), actor: actor.to_string() }).await? {
+            Response::Done => Ok(()),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
     /// A job's log into `on_log`; with `follow`, until the job ends (then its
     /// final record is returned).
     pub async fn logs(

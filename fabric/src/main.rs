@@ -63,6 +63,32 @@ enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// List the tenant's actors.
+    Actors(OutputArgs),
+    /// Call or kill a named actor.
+    Actor {
+        #[command(subcommand)]
+        command: ActorCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ActorCommand {
+    /// Call a method with JSON arguments and print its JSON result.
+    Call {
+        /// The actor's name (or id).
+        name: String,
+        /// The method.
+        method: String,
+        /// JSON arguments: an object keyed by parameter name, or an array.
+        #[arg(long, default_value = "{}")]
+        args: String,
+    },
+    /// Kill the actor; its queued calls fail.
+    Kill {
+        /// The actor's name (or id).
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -159,7 +185,9 @@ fn main() -> ExitCode {
     let output = match &cli.command {
         Command::Submit(a) => a.job.output.output,
         Command::Run(a) => a.output.output,
-        Command::Jobs(o) | Command::Status { output: o, .. } | Command::Stop { output: o, .. } => o.output,
+        Command::Jobs(o) | Command::Actors(o) | Command::Status { output: o, .. } | Command::Stop { output: o, .. } => {
+            o.output
+        }
         _ => Output::Text,
     };
     match runtime.block_on(run(cli)) {
@@ -336,6 +364,35 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
         Command::Stop { job, output } => {
             let record = client.stop(&job).await?;
             print_record(&record, output.output);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Actors(output) => {
+            let actors = client.actors().await?;
+            match output.output {
+                Output::Json => println!("{}", serde_json::to_value(&actors)?),
+                Output::Text => {
+                    println!(
+                        "{:<20} {:<18} {:<8} {:>8} {:>8}  {:<18} {:<16}",
+                        "NAME", "CLASS", "STATE", "CALLS", "RESTARTS", "OWNER", "HOST"
+                    );
+                    for a in &actors {
+                        let name = a.name.clone().unwrap_or_else(|| a.id.chars().take(16).collect());
+                        let owner = a.owner.clone().unwrap_or_else(|| "detached".to_string());
+                        println!(
+                            "{:<20} {:<18} {:<8} {:>8} {:>8}  {:<18} {:<16}",
+                            name, a.class, a.state, a.calls, a.restarts, owner, a.host
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Actor { command: ActorCommand::Call { name, method, args } } => {
+            println!("{}", client.actor_call(&name, &method, &args).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Actor { command: ActorCommand::Kill { name } } => {
+            client.actor_kill(&name).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs { job, follow } => {

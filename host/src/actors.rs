@@ -116,6 +116,27 @@ impl Actor {
         self.lock_status().clone()
     }
 
+    /// What `fabric actors` shows.
+    pub fn info(&self, host: &str) -> fabric_proto::ActorInfo {
+        let (state, cause) = match self.status() {
+            ActorStatus::Alive => ("alive", None),
+            ActorStatus::Dead(cause) => ("dead", Some(cause)),
+            ActorStatus::Killed => ("killed", None),
+        };
+        fabric_proto::ActorInfo {
+            id: self.id.to_string(),
+            name: self.name.clone(),
+            class: self.class.clone(),
+            tenant: self.tenant.to_string(),
+            state: state.to_string(),
+            cause,
+            calls: self.calls.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            owner: self.owner.as_deref().map(str::to_string),
+            host: host.to_string(),
+        }
+    }
+
     fn label(&self) -> String {
         match &self.name {
             Some(name) => format!("actor `{name}` ({})", self.id),
@@ -231,6 +252,27 @@ impl Actors {
         self.lock().by_name.get(&(Arc::<str>::from(tenant), name.to_string())).copied().ok_or_else(|| {
             FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no actor named `{name}`"))
         })
+    }
+
+    /// An actor named `name_or_id`, or with that 32-digit hex id.
+    pub fn resolve(&self, tenant: &str, name_or_id: &str) -> Result<ActorId, FabricError> {
+        if let Ok(id) = self.lookup(tenant, name_or_id) {
+            return Ok(id);
+        }
+        let parsed = (name_or_id.len() == 32)
+            .then(|| {
+                let hi = u64::from_str_radix(&name_or_id[..16], 16).ok()?;
+                let lo = u64::from_str_radix(&name_or_id[16..], 16).ok()?;
+                Some(ActorId { hi, lo })
+            })
+            .flatten();
+        match parsed {
+            Some(id) => self.get(tenant, id).map(|actor| actor.id),
+            None => Err(FabricError::new(
+                ErrorKind::NotFound,
+                format!("tenant `{tenant}` has no actor named `{name_or_id}`"),
+            )),
+        }
     }
 
     /// The actor `id` of `tenant`.

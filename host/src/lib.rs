@@ -36,7 +36,7 @@ pub mod server;
 pub mod tls;
 
 pub use config::{DefaultLimits, HostConfig};
-pub use fabric_proto::{ErrorKind, FabricError, JobRecord, JobState, SubmitRequest, TaskLimits};
+pub use fabric_proto::{ActorInfo, ErrorKind, FabricError, JobRecord, JobState, SubmitRequest, TaskLimits};
 
 use components::Components;
 use hostfns::Encoding;
@@ -300,6 +300,37 @@ impl Host {
         });
         task.await
             .unwrap_or_else(|e| Err(FabricError::new(ErrorKind::Internal, format!("the call's task failed: {e}"))))
+    }
+
+    /// The tenant's actors, oldest first.
+    pub fn actors(&self, tenant: &str) -> Result<Vec<ActorInfo>, FabricError> {
+        validate_name("tenant", tenant)?;
+        Ok(self.0.actors.list(tenant).iter().map(|actor| actor.info(&self.0.id)).collect())
+    }
+
+    /// Calls `method` of the actor named `actor` (or with that hex id) with
+    /// JSON arguments; waits for and returns its JSON result.
+    pub async fn actor_call(&self, tenant: &str, actor: &str, method: &str, args: &str) -> Result<String, FabricError> {
+        validate_name("tenant", tenant)?;
+        let id = self.0.actors.resolve(tenant, actor)?;
+        let tenant_arc: Arc<str> = tenant.into();
+        let job: Arc<str> = format!("call-{:012x}", rand::random::<u64>() >> 16).into();
+        let (_, cell) = self.0.objects.reserve(&tenant_arc, &job);
+        let args = if args.trim().is_empty() { "{}".to_string() } else { args.to_string() };
+        let outcome =
+            match self.0.actors.call(tenant, id, method.to_string(), args.into_bytes(), Encoding::Json, cell.clone()) {
+                Ok(()) => cell.ready().await.clone().map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+                Err(error) => Err(error),
+            };
+        self.0.objects.drop_job(&tenant_arc, &job);
+        outcome
+    }
+
+    /// Kills the actor named `actor` (or with that hex id).
+    pub fn actor_kill(&self, tenant: &str, actor: &str) -> Result<(), FabricError> {
+        validate_name("tenant", tenant)?;
+        let id = self.0.actors.resolve(tenant, actor)?;
+        self.0.actors.kill(tenant, id)
     }
 
     /// The tenant's jobs, newest first.

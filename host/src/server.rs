@@ -92,6 +92,14 @@ async fn respond(
         Request::Jobs { tenant } => reply(send, &Response::Jobs(host.jobs(&tenant)?)).await,
         Request::Status { tenant, job } => reply(send, &Response::Job(host.status(&tenant, &job)?)).await,
         Request::Stop { tenant, job } => reply(send, &Response::Job(host.stop(&tenant, &job).await?)).await,
+        Request::Actors { tenant } => reply(send, &Response::Actors(host.actors(&tenant)?)).await,
+        Request::ActorCall { tenant, actor, method, args } => {
+            reply(send, &Response::Value(host.actor_call(&tenant, &actor, &method, &args).await?)).await
+        }
+        Request::ActorKill { tenant, actor } => {
+            host.actor_kill(&tenant, &actor)?;
+            reply(send, &Response::Done).await
+        }
         Request::Logs { tenant, job, follow } => {
             let follow_state = host.logs(&tenant, &job)?;
             reply(send, &Response::Log(follow_state.snapshot)).await?;

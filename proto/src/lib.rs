@@ -167,6 +167,31 @@ pub struct JobRecord {
     pub error: Option<FabricError>,
 }
 
+/// An actor as `fabric actors` shows it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ActorInfo {
+    /// The actor's id (hex).
+    pub id: String,
+    /// Its name, if any.
+    pub name: Option<String>,
+    /// Its class.
+    pub class: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// `alive` or `dead`.
+    pub state: String,
+    /// Why it is dead.
+    pub cause: Option<FabricError>,
+    /// Calls completed.
+    pub calls: u64,
+    /// Restarts after traps.
+    pub restarts: u32,
+    /// The job that owns it; none when detached.
+    pub owner: Option<String>,
+    /// The host it lives on.
+    pub host: String,
+}
+
 /// A job to run.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SubmitRequest {
@@ -239,6 +264,29 @@ mod messages {
             /// Which job.
             job: String,
         },
+        /// List the tenant's actors.
+        Actors {
+            /// Whose actors.
+            tenant: String,
+        },
+        /// Call a method of a named actor with JSON arguments.
+        ActorCall {
+            /// Whose actor.
+            tenant: String,
+            /// Its name (or hex id).
+            actor: String,
+            /// The method.
+            method: String,
+            /// JSON arguments.
+            args: String,
+        },
+        /// Kill a named actor.
+        ActorKill {
+            /// Whose actor.
+            tenant: String,
+            /// Its name (or hex id).
+            actor: String,
+        },
     }
 
     /// A host's response frames.
@@ -266,6 +314,12 @@ mod messages {
         Jobs(Vec<JobRecord>),
         /// End of a non-following log read.
         End,
+        /// Actors, oldest first.
+        Actors(Vec<ActorInfo>),
+        /// A JSON value (an actor call's result).
+        Value(String),
+        /// Done, nothing to say.
+        Done,
         /// The request failed.
         Error(FabricError),
     }
