@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SUITES: &[&str] = &["core"];
+const SUITES: &[&str] = &["core", "actors"];
 
 #[derive(Clone, Copy)]
 struct Report {
@@ -100,6 +100,7 @@ fn main() -> anyhow::Result<()> {
     for suite in suites {
         match suite {
             "core" => core(&report)?,
+            "actors" => actors(&report)?,
             other => bail!("unknown suite `{other}` (have: {})", SUITES.join(", ")),
         }
     }
@@ -258,6 +259,100 @@ fn core(report: &Report) -> anyhow::Result<()> {
     }
     report.latency("core", "up_start_to_ready", samples, "(goal <= 200 ms; Ray ~3.5 s)");
     Ok(())
+}
+
+fn actors(report: &Report) -> anyhow::Result<()> {
+    let idle_actors: u64 =
+        std::env::var("FABRIC_BENCH_IDLE_ACTORS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let data = tempfile::tempdir()?;
+    let mut config = HostConfig::new(data.path());
+    config.persist = false;
+    config.max_instances = u32::try_from(idle_actors + 512)?;
+    let testkit = std::fs::read(guest("tests/guests", "testkit")?)?;
+    let report = *report;
+    runtime.block_on(runtime.spawn(async move {
+        let host = Host::new(config)?;
+        let sha = host.add_component("default", testkit, None).await?;
+        let call = |function: &'static str, args: String| {
+            let host = host.clone();
+            let sha = sha.clone();
+            async move {
+                let out = host.call("default", &sha, function, &args, TaskLimits::default()).await?;
+                anyhow::Ok(serde_json::from_slice::<Value>(&out)?)
+            }
+        };
+        let timing = |v: &Value, key: &str| v[key].as_f64().unwrap_or(0.0);
+
+        let rtt = call("bench_actor_rtt", "[20000]".into()).await?;
+        let n = rtt["n"].as_u64().unwrap_or(0) as usize;
+        report.latency_us(
+            "actors",
+            "actor_rtt_seq",
+            "us",
+            timing(&rtt, "p50_us"),
+            timing(&rtt, "p99_us"),
+            n,
+            "(goal <= 15 us; Ray ~930 us)",
+        );
+
+        let create = call("bench_actor_create", "[1000]".into()).await?;
+        let n = create["n"].as_u64().unwrap_or(0) as usize;
+        report.latency_us(
+            "actors",
+            "actor_create_to_first_result",
+            "us",
+            timing(&create, "p50_us"),
+            timing(&create, "p99_us"),
+            n,
+            "(goal <= 1000 us; Ray ~460 ms)",
+        );
+
+        let calls = 100_000u64;
+        let thr = call("bench_actor_async", format!("[{calls}]")).await?;
+        report.rate(
+            "actors",
+            "actor_async_throughput",
+            "calls/s",
+            calls as f64 / timing(&thr, "total_s"),
+            None,
+            "(goal >= 150000; Ray ~5600)",
+        );
+
+        let nn = call("bench_actor_nn", "[8, 8, 2000]".into()).await?;
+        let total = nn["n"].as_f64().unwrap_or(0.0);
+        report.rate(
+            "actors",
+            "actor_nn_8x8",
+            "calls/s",
+            total / timing(&nn, "total_s"),
+            None,
+            "(8 callers x 8 actors)",
+        );
+
+        // Idle actors: RSS growth per actor beside the guest's linear memory.
+        let before = rss_bytes()?;
+        let linear = call("make_idle", format!("[{idle_actors}]")).await?.as_f64().unwrap_or(0.0);
+        let after = rss_bytes()?;
+        let per_actor = (after.saturating_sub(before)) as f64 / idle_actors as f64 / 1024.0;
+        report.rate(
+            "actors",
+            "idle_actor_rss",
+            "KiB/actor",
+            per_actor,
+            Some((linear / 1024.0, "linear_memory_size")),
+            &format!("({idle_actors} idle counters; host RSS {:.0} MiB)", after as f64 / (1 << 20) as f64),
+        );
+        anyhow::Ok(())
+    }))??;
+    Ok(())
+}
+
+/// This process's resident set, in bytes.
+fn rss_bytes() -> anyhow::Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: u64 = statm.split_whitespace().nth(1).context("statm has no RSS field")?.parse()?;
+    Ok(pages * 4096)
 }
 
 /// Best-of-`rounds` memcpy throughput for `size` bytes, in GB/s.

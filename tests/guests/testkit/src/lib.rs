@@ -276,6 +276,11 @@ impl Probe {
         panic!("probe boom")
     }
 
+    /// The instance's linear memory size in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        (core::arch::wasm32::memory_size(0) as u64) * 65536
+    }
+
     /// Sleeps `ms` milliseconds.
     pub fn slow(&self, ms: u64) -> u64 {
         std::thread::sleep(Duration::from_millis(ms));
@@ -459,4 +464,91 @@ fn find_actors(prefix: String) -> fabric::Result<(bool, Option<i64>)> {
         Err(_) => None,
     };
     Ok((owned, kept))
+}
+
+// ---- actor benchmarks ----
+
+/// Sequential method round trips to one actor.
+#[fabric::task]
+fn bench_actor_rtt(n: u64) -> fabric::Result<Timing> {
+    let probe = Probe::new(0).remote()?;
+    probe.get()?.get()?; // constructed
+    let start = Instant::now();
+    let mut samples = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        probe.get()?.get()?;
+        samples.push(t.elapsed());
+    }
+    Ok(timing(samples, start.elapsed()))
+}
+
+/// Creation of an actor to its first method's result, `n` times.
+#[fabric::task]
+fn bench_actor_create(n: u64) -> fabric::Result<Timing> {
+    let start = Instant::now();
+    let mut samples = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        let probe = Probe::new(0).remote()?;
+        probe.get()?.get()?;
+        samples.push(t.elapsed());
+        probe.kill()?;
+    }
+    Ok(timing(samples, start.elapsed()))
+}
+
+/// `n` calls queued to one actor, then all awaited.
+#[fabric::task]
+fn bench_actor_async(n: u64) -> fabric::Result<Timing> {
+    let probe = Probe::new(0).max_pending(n.min(u32::MAX as u64) as u32).remote()?;
+    probe.get()?.get()?;
+    let start = Instant::now();
+    let refs = (0..n).map(|_| probe.add(1)).collect::<fabric::Result<Vec<_>>>()?;
+    for r in &refs {
+        r.get()?;
+    }
+    Ok(Timing { n, p50_us: 0.0, p99_us: 0.0, total_s: start.elapsed().as_secs_f64() })
+}
+
+/// One caller's share of the n:n benchmark: `calls` rounds over all actors.
+#[fabric::task]
+fn nn_caller(actors: Vec<ProbeHandle>, calls: u64) -> fabric::Result<u64> {
+    let mut refs = Vec::with_capacity((calls as usize) * actors.len());
+    for _ in 0..calls {
+        for a in &actors {
+            refs.push(a.add(1)?);
+        }
+    }
+    for r in &refs {
+        r.get()?;
+    }
+    Ok(refs.len() as u64)
+}
+
+/// `callers` tasks each call `actors` actors `calls` times.
+#[fabric::task]
+fn bench_actor_nn(callers: u64, actors: u64, calls: u64) -> fabric::Result<Timing> {
+    let pending = (callers * calls).min(u32::MAX as u64) as u32;
+    let probes =
+        (0..actors).map(|_| Probe::new(0).max_pending(pending).remote()).collect::<fabric::Result<Vec<_>>>()?;
+    for p in &probes {
+        p.get()?.get()?;
+    }
+    let start = Instant::now();
+    let runs = (0..callers).map(|_| nn_caller.remote(probes.clone(), calls)).collect::<fabric::Result<Vec<_>>>()?;
+    let total: u64 = fabric::get_all(&runs)?.into_iter().sum();
+    Ok(Timing { n: total, p50_us: 0.0, p99_us: 0.0, total_s: start.elapsed().as_secs_f64() })
+}
+
+/// Creates `n` detached probes named `idle-<i>`, each constructed by one call;
+/// returns the linear memory size of one, in bytes.
+#[fabric::task]
+fn make_idle(n: u64) -> fabric::Result<u64> {
+    let probes = (0..n)
+        .map(|i| Probe::new(0).name(format!("idle-{i}")).detached().remote())
+        .collect::<fabric::Result<Vec<_>>>()?;
+    let refs = probes.iter().map(|p| p.memory_bytes()).collect::<fabric::Result<Vec<_>>>()?;
+    let sizes = fabric::get_all(&refs)?;
+    Ok(sizes.first().copied().unwrap_or(0))
 }
