@@ -78,6 +78,7 @@ impl<H: ActorHandle> ActorBuilder<H> {
                 max_restarts: None,
                 max_pending: None,
                 snapshot_every: None,
+                snapshot_interval_ms: None,
                 memory_bytes: None,
             },
             _handle: PhantomData,
@@ -111,6 +112,12 @@ impl<H: ActorHandle> ActorBuilder<H> {
     /// Snapshot the state every `n` calls (0: only on request).
     pub fn snapshot_every(mut self, n: u32) -> Self {
         self.options.snapshot_every = Some(n);
+        self
+    }
+
+    /// Also snapshot after a call when the last snapshot is older than `every`.
+    pub fn snapshot_interval(mut self, every: std::time::Duration) -> Self {
+        self.options.snapshot_interval_ms = Some(every.as_millis().min(u64::MAX as u128) as u64);
         self
     }
 

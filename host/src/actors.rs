@@ -18,13 +18,15 @@
 //!   next call runs on a new one restored from the last snapshot (or rebuilt
 //!   by the constructor if none was taken), up to `max_restarts`. Past that
 //!   the actor is dead: queued and later calls get `actor-dead` with the
-//!   cause. Snapshots are taken every `snapshot_every` calls and on request.
+//!   cause. Snapshots are taken every `snapshot_every` calls, after a call
+//!   when the last is older than `snapshot_interval`, and on request; the
+//!   latest is kept in the object store (owned by the actor's job).
 
 use crate::components::LoadedComponent;
 use crate::hostfns::{Encoding, TaskContext};
 use crate::instances::Warm;
 use crate::jobs::Job;
-use crate::objects::Cell;
+use crate::objects::{Cell, ObjectId};
 use crate::HostInner;
 use fabric_proto::{ErrorKind, FabricError, TaskLimits};
 use std::collections::HashMap;
@@ -62,8 +64,10 @@ pub struct ActorOptions {
     pub max_restarts: u32,
     /// Mailbox bound.
     pub max_pending: Option<u32>,
-    /// Snapshot every this many calls (0: on request only).
+    /// Snapshot every this many calls (0: not by count).
     pub snapshot_every: u32,
+    /// Snapshot after a call when the last is older than this.
+    pub snapshot_interval: Option<Duration>,
     /// Memory cap of its instance.
     pub memory_bytes: Option<u64>,
 }
@@ -242,7 +246,16 @@ impl Actors {
             registry.by_name.insert((new.tenant.clone(), name.clone()), id);
         }
         drop(registry);
-        let runner = Runner { host: host.clone(), actor, new, options, rx, warm: None, snapshot: None };
+        let runner = Runner {
+            host: host.clone(),
+            actor,
+            new,
+            options,
+            rx,
+            warm: None,
+            snapshot: None,
+            created: std::time::Instant::now(),
+        };
         tokio::spawn(runner.run());
         Ok(id)
     }
@@ -381,7 +394,9 @@ struct Runner {
     options: ActorOptions,
     rx: mpsc::Receiver<Message>,
     warm: Option<Warm>,
-    snapshot: Option<Vec<u8>>,
+    /// The latest snapshot's object and when it was taken.
+    snapshot: Option<(ObjectId, std::time::Instant)>,
+    created: std::time::Instant,
 }
 
 impl Runner {
@@ -489,8 +504,12 @@ impl Runner {
     async fn step(&mut self, warm: &mut Warm, message: &Message) -> wasmtime::Result<Result<Vec<u8>, FabricError>> {
         let Warm { store, instance, .. } = warm;
         if !store.data().hosts_actor {
-            let built = match &self.snapshot {
-                Some(state) => instance.call_actor_restore(&mut *store, &self.new.class, state).await?,
+            let state = match self.snapshot {
+                Some((id, _)) => self.host.objects.get(&self.actor.tenant, id).await.ok(),
+                None => None,
+            };
+            let built = match state {
+                Some(state) => instance.call_actor_restore(&mut *store, &self.new.class, &state).await?,
                 None => {
                     instance
                         .call_actor_construct(&mut *store, &self.new.class, &self.new.args, self.new.encoding)
@@ -512,10 +531,12 @@ impl Runner {
                 if returned.is_ok() {
                     let calls = self.actor.calls.fetch_add(1, Ordering::Relaxed) + 1;
                     let every = u64::from(self.options.snapshot_every);
-                    if every > 0 && calls.is_multiple_of(every) {
+                    let since = self.snapshot.map_or(self.created, |(_, at)| at);
+                    let stale = self.options.snapshot_interval.is_some_and(|t| since.elapsed() >= t);
+                    if (every > 0 && calls.is_multiple_of(every)) || stale {
                         // Still attached to this call's slot and limits.
                         match instance.call_actor_snapshot(&mut *store).await? {
-                            Ok(state) => self.snapshot = Some(state),
+                            Ok(state) => self.keep_snapshot(state),
                             Err(error) => self.new.creator.log.append(
                                 format!(
                                     "[fabric] snapshot of {} failed: {}\n",
@@ -531,9 +552,26 @@ impl Runner {
             }
             Message::Snapshot { .. } => {
                 let state = instance.call_actor_snapshot(&mut *store).await?.map_err(FabricError::from)?;
-                self.snapshot = Some(state.clone());
+                self.keep_snapshot(state.clone());
                 Ok(state)
             }
         })
+    }
+
+    /// Stores `state` as the actor's latest snapshot, freeing the previous one.
+    fn keep_snapshot(&mut self, state: Vec<u8>) {
+        let objects = &self.host.objects;
+        match objects.put(&self.actor.tenant, &self.actor.job.id, state) {
+            Ok(id) => {
+                if let Some((previous, _)) = self.snapshot.replace((id, std::time::Instant::now())) {
+                    objects.remove(&self.actor.tenant, previous);
+                }
+            }
+            Err(error) => self
+                .new
+                .creator
+                .log
+                .append(format!("[fabric] cannot keep a snapshot of {}: {error}\n", self.actor.label()).as_bytes()),
+        }
     }
 }

@@ -173,6 +173,19 @@ impl ObjectStore {
         cell.ready().await.clone()
     }
 
+    /// Frees one object now (its job's list forgets it when the job ends).
+    pub fn remove(&self, tenant: &str, id: ObjectId) {
+        let mut inner = self.lock();
+        let Inner { objects, count, bytes, .. } = &mut *inner;
+        if let Some(cell) = objects.get_mut(tenant).and_then(|o| o.remove(&id)) {
+            *count -= 1;
+            if let Some(Ok(data)) = cell.peek() {
+                *bytes = bytes.saturating_sub(data.len() as u64);
+            }
+            cell.fill(Err(FabricError::new(ErrorKind::NotFound, format!("object {id} was freed"))));
+        }
+    }
+
     /// Frees every object `job` created.
     pub fn drop_job(&self, tenant: &Arc<str>, job: &Arc<str>) {
         let mut inner = self.lock();

@@ -26,6 +26,7 @@ impl From<WitActorOptions> for ActorOptions {
             max_restarts: o.max_restarts.unwrap_or(0),
             max_pending: o.max_pending,
             snapshot_every: o.snapshot_every.unwrap_or(0),
+            snapshot_interval: o.snapshot_interval_ms.map(std::time::Duration::from_millis),
             memory_bytes: o.memory_bytes,
         }
     }

@@ -552,3 +552,13 @@ fn make_idle(n: u64) -> fabric::Result<u64> {
     let sizes = fabric::get_all(&refs)?;
     Ok(sizes.first().copied().unwrap_or(0))
 }
+
+/// As `trap_then_restore`, with snapshots taken by age instead of by count.
+#[fabric::task]
+fn trap_then_restore_by_age() -> fabric::Result<(String, i64)> {
+    let probe = Probe::new(0).snapshot_interval(Duration::ZERO).max_restarts(1).remote()?;
+    probe.add(5)?.get()?;
+    let trapped = probe.boom()?.get().expect_err("boom traps");
+    let after = probe.add(1)?.get()?;
+    Ok((kind(&trapped), after))
+}
