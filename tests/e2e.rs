@@ -458,6 +458,7 @@ fn a_trapped_actor_restarts_from_its_snapshot_until_it_runs_out_of_restarts() {
     let up = Up::start();
     assert_eq!(result_of(&up, "trap_then_restore", "[]"), json!(["Trapped", 6]));
     assert_eq!(result_of(&up, "trap_then_restore_by_age", "[]"), json!(["Trapped", 6]));
+    assert_eq!(result_of(&up, "custom_snapshot_restores", "[]"), 3);
     assert_eq!(result_of(&up, "restarts_exhausted", "[]"), json!(["Trapped", "Trapped", "ActorDead", "ActorDead"]));
     assert_serving(&up);
 }

@@ -109,21 +109,33 @@ fn expand(func: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
 }
 
 /// Makes an `impl` block an actor class. See the crate documentation.
+///
+/// `#[fabric::actor(custom_snapshot)]` uses the block's own
+/// `fn snapshot_state(&self) -> fabric::Result<Vec<u8>>` and
+/// `fn restore_state(state: &[u8]) -> fabric::Result<Self>` instead of the
+/// state's serde form.
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        return syn::Error::new(proc_macro2::Span::call_site(), "#[fabric::actor] takes no arguments")
+    let custom_snapshot = match attr.to_string().trim() {
+        "" => false,
+        "custom_snapshot" => true,
+        other => {
+            return syn::Error::new(
+                proc_macro2::Span::call_site(),
+                format!("unknown #[fabric::actor] argument `{other}` (expected `custom_snapshot` or nothing)"),
+            )
             .to_compile_error()
-            .into();
-    }
+            .into()
+        }
+    };
     let imp = parse_macro_input!(item as ItemImpl);
-    match expand_actor(imp) {
+    match expand_actor(imp, custom_snapshot) {
         Ok(tokens) => tokens.into(),
         Err(err) => err.to_compile_error().into(),
     }
 }
 
-fn expand_actor(mut imp: ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
+fn expand_actor(mut imp: ItemImpl, custom_snapshot: bool) -> syn::Result<proc_macro2::TokenStream> {
     if imp.trait_.is_some() || !imp.generics.params.is_empty() {
         return Err(syn::Error::new(imp.span(), "#[fabric::actor] goes on a plain, non-generic `impl Type` block"));
     }
@@ -149,6 +161,8 @@ fn expand_actor(mut imp: ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
             f.sig.ident = format_ident!("__fabric_new");
             f.vis = syn::Visibility::Inherited;
             constructor = Some(f.sig.clone());
+        } else if custom_snapshot && (f.sig.ident == "snapshot_state" || f.sig.ident == "restore_state") {
+            // The author's snapshot hooks, not methods to call remotely.
         } else if has_receiver && matches!(f.vis, syn::Visibility::Public(_)) {
             if f.sig.asyncness.is_some() || !f.sig.generics.params.is_empty() {
                 return Err(syn::Error::new(f.sig.span(), "actor methods must be plain, non-async, non-generic"));
@@ -210,6 +224,11 @@ fn expand_actor(mut imp: ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
         method_names.push(name_str);
     }
     let known = method_names.join(", ");
+    let (snapshot_body, restore_body) = if custom_snapshot {
+        (quote!(self.snapshot_state()), quote!(#self_ty::restore_state(__state)?))
+    } else {
+        (quote!(::fabric::__private::snapshot_state(self)), quote!(::fabric::__private::restore_state::<#self_ty>(__state)?))
+    };
     let construct_fn = format_ident!("__fabric_construct_{}", class);
     let restore_fn = format_ident!("__fabric_restore_{}", class);
 
@@ -265,7 +284,7 @@ fn expand_actor(mut imp: ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
             }
 
             fn snapshot(&self) -> ::fabric::Result<::std::vec::Vec<u8>> {
-                ::fabric::__private::snapshot_state(self)
+                #snapshot_body
             }
         }
 
@@ -280,7 +299,7 @@ fn expand_actor(mut imp: ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
 
         #[allow(non_snake_case)]
         fn #restore_fn(__state: &[u8]) -> ::fabric::Result<::std::boxed::Box<dyn ::fabric::__private::ActorObject>> {
-            Ok(::std::boxed::Box::new(::fabric::__private::restore_state::<#self_ty>(__state)?))
+            Ok(::std::boxed::Box::new(#restore_body))
         }
 
         ::fabric::__private::inventory::submit! {
