@@ -50,6 +50,13 @@ impl Report {
         }
     }
 
+    /// A latency a guest measured and returned as `{n, p50_us, p99_us}`.
+    fn guest_timing(&self, suite: &str, name: &str, timing: &Value, goal: &str) {
+        let field = |key: &str| timing[key].as_f64().unwrap_or(0.0);
+        let n = timing["n"].as_u64().unwrap_or(0) as usize;
+        self.latency_us(suite, name, "us", field("p50_us"), field("p99_us"), n, goal);
+    }
+
     fn rate(&self, suite: &str, name: &str, unit: &str, value: f64, limit: Option<(f64, &str)>, goal: &str) {
         if self.json {
             let mut line = json!({"suite": suite, "name": name, "unit": unit, "value": round(value)});
@@ -159,15 +166,7 @@ fn core(report: &Report) -> anyhow::Result<()> {
         // 2. Sequential no-op task round trip, submitted and awaited by a guest
         //    (timed inside the guest).
         let rtt = call("bench_rtt", "[20000]".into(), TaskLimits::default()).await?;
-        report.latency_us(
-            "core",
-            "task_rtt_seq",
-            "us",
-            rtt["p50_us"].as_f64().unwrap_or(0.0),
-            rtt["p99_us"].as_f64().unwrap_or(0.0),
-            rtt["n"].as_u64().unwrap_or(0) as usize,
-            "(goal <= 20 us; Ray 2.60 ~1900 us)",
-        );
+        report.guest_timing("core", "task_rtt_seq", &rtt, "(goal <= 20 us; Ray 2.60 ~1900 us)");
 
         // 3. 100,000 no-ops submitted asynchronously, then all awaited.
         let n = 100_000u64;
@@ -285,28 +284,9 @@ fn actors(report: &Report) -> anyhow::Result<()> {
         let timing = |v: &Value, key: &str| v[key].as_f64().unwrap_or(0.0);
 
         let rtt = call("bench_actor_rtt", "[20000]".into()).await?;
-        let n = rtt["n"].as_u64().unwrap_or(0) as usize;
-        report.latency_us(
-            "actors",
-            "actor_rtt_seq",
-            "us",
-            timing(&rtt, "p50_us"),
-            timing(&rtt, "p99_us"),
-            n,
-            "(goal <= 15 us; Ray ~930 us)",
-        );
-
+        report.guest_timing("actors", "actor_rtt_seq", &rtt, "(goal <= 15 us; Ray ~930 us)");
         let create = call("bench_actor_create", "[1000]".into()).await?;
-        let n = create["n"].as_u64().unwrap_or(0) as usize;
-        report.latency_us(
-            "actors",
-            "actor_create_to_first_result",
-            "us",
-            timing(&create, "p50_us"),
-            timing(&create, "p99_us"),
-            n,
-            "(goal <= 1000 us; Ray ~460 ms)",
-        );
+        report.guest_timing("actors", "actor_create_to_first_result", &create, "(goal <= 1000 us; Ray ~460 ms)");
 
         let calls = 100_000u64;
         let thr = call("bench_actor_async", format!("[{calls}]")).await?;
