@@ -545,3 +545,28 @@ fn named_actors_are_listed_called_and_killed_from_the_cli() {
     assert!(gone.stderr.contains("no actor named `visits`"), "{}", gone.stderr);
     assert_eq!(up.fabric(&["actors", "--output", "json"]).json(), json!([]));
 }
+
+#[test]
+fn an_upload_that_claims_more_than_it_sends_is_refused() {
+    use fabric_proto::{read_frame, write_frame, ErrorKind, Request, Response, MAX_FRAME};
+    use tokio::io::AsyncWriteExt;
+    let up = Up::start();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let addr = fabric::client::resolve_addr(None, up.data_dir()).unwrap();
+        let client = fabric::client::Client::connect(up.data_dir(), addr, "default").await.unwrap();
+        let (mut send, mut recv) = client.open_raw().await.unwrap();
+        let claim = Request::Upload { tenant: "default".into(), sha256: "0".repeat(64), len: 200 << 20 };
+        write_frame(&mut send, &claim).await.unwrap();
+        send.write_all(&[0u8; 1000]).await.unwrap();
+        send.finish().unwrap();
+        match read_frame::<_, Response>(&mut recv, MAX_FRAME).await {
+            Ok(Some(Response::Error(e))) => {
+                assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+                assert!(e.message.contains("1000 of"), "{e}");
+            }
+            other => panic!("expected an error frame, got {other:?}"),
+        }
+    });
+    assert_serving(&up);
+}

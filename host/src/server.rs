@@ -11,6 +11,7 @@ use fabric_proto::{
 };
 use std::net::SocketAddr;
 use std::path::Path;
+use tokio::io::AsyncReadExt;
 
 /// Binds a QUIC endpoint for `host` at `addr`, with the certificate from
 /// `data_dir` (made on first start).
@@ -70,10 +71,20 @@ async fn respond(
                     format!("component of {len} bytes exceeds the limit of {MAX_COMPONENT_BYTES} bytes"),
                 ));
             }
-            let mut bytes = vec![0u8; len as usize];
-            recv.read_exact(&mut bytes)
+            // Grow with the bytes that actually arrive: a claimed length alone
+            // must not make the host allocate.
+            let mut bytes = Vec::new();
+            (&mut *recv)
+                .take(len)
+                .read_to_end(&mut bytes)
                 .await
-                .map_err(|e| FabricError::new(ErrorKind::InvalidArgument, format!("upload ended early: {e}")))?;
+                .map_err(|e| FabricError::new(ErrorKind::InvalidArgument, format!("upload failed: {e}")))?;
+            if bytes.len() as u64 != len {
+                return Err(FabricError::new(
+                    ErrorKind::InvalidArgument,
+                    format!("upload ended early: {} of {len} bytes arrived", bytes.len()),
+                ));
+            }
             host.add_component(&tenant, bytes, Some(&sha256)).await?;
             reply(send, &Response::Uploaded).await
         }
