@@ -549,7 +549,6 @@ fn named_actors_are_listed_called_and_killed_from_the_cli() {
 #[test]
 fn an_upload_that_claims_more_than_it_sends_is_refused() {
     use fabric_proto::{read_frame, write_frame, ErrorKind, Request, Response, MAX_FRAME};
-    use tokio::io::AsyncWriteExt;
     let up = Up::start();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
