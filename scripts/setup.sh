@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what building and testing fabric needs beyond a Rust toolchain:
-# the wasm32-wasip2 target for guests; protoc (etcd-client's build) and
-# etcd (the tests run a real one) from Debian's packages. Safe to run again.
+# Installs what building fabric needs beyond a Rust toolchain: the
+# wasm32-wasip2 target for guests and protoc (etcd-client's build script).
+# With --with-etcd also etcd, which the tests run for real. All from rustup
+# and Debian's packages; safe to run again.
 set -euo pipefail
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   echo "setup: adding the wasm32-wasip2 target" >&2
@@ -9,7 +10,9 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
 fi
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+if [ "${1:-}" = "--with-etcd" ]; then
+  command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   sudo=""
