@@ -594,3 +594,16 @@ fn fabric_up_with_an_unreachable_etcd_says_so() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("etcd") && out.stderr.contains(&etcd[7..]), "{}", out.stderr);
 }
+
+#[test]
+fn concurrent_first_submits_of_one_component_all_upload_cleanly() {
+    let up = Up::start();
+    let outs: Vec<Value> = std::thread::scope(|s| {
+        let runs: Vec<_> =
+            (0..8).map(|_| s.spawn(|| up.submit(&example("fanout"), &["--args", r#"{"tasks": 4}"#]).json())).collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for v in outs {
+        assert_eq!(v["state"], "succeeded", "{v}");
+    }
+}
