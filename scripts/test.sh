@@ -5,6 +5,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+scripts/setup.sh --with-etcd
 scripts/build-guests.sh
 cargo build --release -p fabric --bins
 log="$(mktemp)"

@@ -569,3 +569,41 @@ fn an_upload_that_claims_more_than_it_sends_is_refused() {
     });
     assert_serving(&up);
 }
+
+#[test]
+fn with_etcd_job_records_outlive_the_host_that_ran_them() {
+    let etcd = fabric_tests::Etcd::start();
+    let first = Up::start_with(&["--etcd", etcd.endpoint()]);
+    let v = first.submit(&example("hello"), &["--args", r#"{"name": "etcd"}"#]).json();
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", first.up_log());
+    let job = v["job"].as_str().unwrap().to_string();
+    drop(first);
+    // A new host with nothing on disk reads the record from etcd.
+    let second = Up::start_with(&["--etcd", etcd.endpoint()]);
+    let status = second.fabric(&["status", &job, "--output", "json"]).json();
+    assert_eq!(status["result"], "Hello, etcd!", "{status}");
+    assert_eq!(second.fabric(&["jobs", "--output", "json"]).json().as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn fabric_up_with_an_unreachable_etcd_says_so() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = format!("http://127.0.0.1:{port}");
+    let out = fabric(&["--data-dir", dir.path().to_str().unwrap(), "up", "--listen", "127.0.0.1:0", "--etcd", &etcd]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("etcd") && out.stderr.contains(&etcd[7..]), "{}", out.stderr);
+}
+
+#[test]
+fn concurrent_first_submits_of_one_component_all_upload_cleanly() {
+    let up = Up::start();
+    let outs: Vec<Value> = std::thread::scope(|s| {
+        let runs: Vec<_> =
+            (0..8).map(|_| s.spawn(|| up.submit(&example("fanout"), &["--args", r#"{"tasks": 4}"#]).json())).collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for v in outs {
+        assert_eq!(v["state"], "succeeded", "{v}");
+    }
+}

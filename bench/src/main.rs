@@ -135,7 +135,7 @@ fn core(report: &Report) -> anyhow::Result<()> {
             ("instantiate_call_noop", fresh_config, "(goal <= 10 us)"),
             ("warm_call_noop", config.clone(), "(instance reused)"),
         ] {
-            let host = Host::new(config)?;
+            let host = Host::new(config).await?;
             let sha = host.add_component("default", testkit.clone(), None).await?;
             let mut samples = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -152,7 +152,7 @@ fn core(report: &Report) -> anyhow::Result<()> {
             report.latency("core", name, samples, goal);
         }
 
-        let host = Host::new(config)?;
+        let host = Host::new(config).await?;
         let sha = host.add_component("default", testkit, None).await?;
         let call = |function: &'static str, args: String, limits: TaskLimits| {
             let host = host.clone();
@@ -271,7 +271,7 @@ fn actors(report: &Report) -> anyhow::Result<()> {
     let testkit = std::fs::read(guest("tests/guests", "testkit")?)?;
     let report = *report;
     runtime.block_on(runtime.spawn(async move {
-        let host = Host::new(config)?;
+        let host = Host::new(config).await?;
         let sha = host.add_component("default", testkit, None).await?;
         let call = |function: &'static str, args: String| {
             let host = host.clone();

@@ -102,6 +102,10 @@ struct UpArgs {
     /// Largest object a task may create, in MiB.
     #[arg(long)]
     max_object_mib: Option<u64>,
+    /// Keep the registry in etcd at these endpoints (comma-separated
+    /// `http://host:port`) instead of the embedded one.
+    #[arg(long, env = "FABRIC_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum, Default)]
@@ -232,7 +236,8 @@ async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(mib) = args.max_object_mib {
         config.max_object_bytes = mib << 20;
     }
-    let host = Host::new(config).map_err(|e| {
+    config.etcd = args.etcd;
+    let host = Host::new(config).await.map_err(|e| {
         e.context(format!("cannot start a host on {} (is another `fabric up` using it?)", data_dir.display()))
     })?;
     let endpoint = fabric_host::server::bind(data_dir, addr)?;
@@ -276,7 +281,7 @@ async fn run_local(data_dir: &Path, tenant: &str, args: JobArgs) -> anyhow::Resu
     let wasm = args.read_wasm()?;
     let mut config = HostConfig::new(data_dir);
     config.persist = false;
-    let host = Host::new(config)?;
+    let host = Host::new(config).await?;
     let sha256 = host.add_component(tenant, wasm, None).await.map_err(HostError)?;
     let request = SubmitRequest {
         component: sha256,

@@ -45,6 +45,8 @@ pub struct HostConfig {
     /// tenant and component (see `instances`); off gives every task a fresh
     /// instance.
     pub reuse_instances: bool,
+    /// etcd endpoints for the shared registry; empty uses the embedded one.
+    pub etcd: Vec<String>,
     /// Copy guest stdout/stderr to this process's stderr as well as the job log.
     pub echo_logs: bool,
 }
@@ -60,6 +62,7 @@ impl HostConfig {
             limits: DefaultLimits::default(),
             max_object_bytes: 3 << 30,
             reuse_instances: true,
+            etcd: Vec::new(),
             echo_logs: false,
         }
     }

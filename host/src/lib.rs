@@ -122,13 +122,15 @@ fn validate_name(what: &str, name: &str) -> Result<(), FabricError> {
 
 impl Host {
     /// Starts a node with `config`. Must be called within a tokio runtime.
-    pub fn new(config: HostConfig) -> anyhow::Result<Host> {
+    pub async fn new(config: HostConfig) -> anyhow::Result<Host> {
         std::fs::create_dir_all(&config.data_dir)?;
         let engine = sandbox::engine(config.max_instances).map_err(wasm_error)?;
         let mut linker = wasmtime::component::Linker::new(&engine);
         hostfns::add_to_linker(&mut linker).map_err(wasm_error)?;
         let components = Components::new(engine.clone(), linker, &config.data_dir, config.persist)?;
-        let registry: Box<dyn Registry> = if config.persist {
+        let registry: Box<dyn Registry> = if !config.etcd.is_empty() {
+            Box::new(registry::etcd::Etcd::connect(&config.etcd).await?)
+        } else if config.persist {
             Box::new(registry::embedded::Embedded::open(&config.data_dir.join("registry.redb"))?)
         } else {
             Box::new(registry::embedded::Embedded::in_memory()?)
@@ -147,19 +149,26 @@ impl Host {
             live: Mutex::new(HashMap::new()),
             config,
         }));
-        host.fail_interrupted_jobs()?;
+        host.fail_interrupted_jobs().await?;
         Ok(host)
     }
 
     /// Jobs a previous run of this host left unfinished did not survive it.
-    fn fail_interrupted_jobs(&self) -> Result<(), FabricError> {
-        for mut record in self.0.registry.jobs(None)? {
+    async fn fail_interrupted_jobs(&self) -> Result<(), FabricError> {
+        // With a shared (etcd) registry other hosts' jobs are not ours to
+        // judge; this host can only speak for jobs it ran, which a cluster
+        // records per host (the cluster work). Until then only the embedded
+        // registry, which is this host's alone, is swept.
+        if !self.0.config.etcd.is_empty() {
+            return Ok(());
+        }
+        for mut record in self.0.registry.jobs(None).await? {
             if !record.state.is_terminal() {
                 record.state = JobState::Failed;
                 record.finished_ms = Some(now_ms());
                 record.error =
                     Some(FabricError::new(ErrorKind::Unavailable, "the host stopped while the job was running"));
-                self.0.registry.put_job(&record)?;
+                self.0.registry.put_job(&record).await?;
             }
         }
         Ok(())
@@ -220,7 +229,7 @@ impl Host {
             result: None,
             error: None,
         };
-        inner.registry.put_job(&record)?;
+        inner.registry.put_job(&record).await?;
         let (done_tx, done_rx) = watch::channel(None);
         let (_, log_rx) = log.subscribe();
         inner.live().insert((tenant.to_string(), id.clone()), LiveJob { job: job.clone(), done: done_rx.clone() });
@@ -229,7 +238,7 @@ impl Host {
         tokio::spawn(async move {
             record.state = JobState::Running;
             record.started_ms = Some(now_ms());
-            let _ = host.registry.put_job(&record);
+            let _ = host.registry.put_job(&record).await;
             let spec = TaskSpec {
                 component,
                 function: request.function,
@@ -254,7 +263,7 @@ impl Host {
                     record.error = Some(error);
                 }
             }
-            if let Err(e) = host.registry.put_job(&record) {
+            if let Err(e) = host.registry.put_job(&record).await {
                 tracing::error!(job = %record.id, "cannot record the job's end: {e}");
             }
             host.live().remove(&(record.tenant.clone(), record.id.clone()));
@@ -334,23 +343,24 @@ impl Host {
     }
 
     /// The tenant's jobs, newest first.
-    pub fn jobs(&self, tenant: &str) -> Result<Vec<JobRecord>, FabricError> {
+    pub async fn jobs(&self, tenant: &str) -> Result<Vec<JobRecord>, FabricError> {
         validate_name("tenant", tenant)?;
-        self.0.registry.jobs(Some(tenant))
+        self.0.registry.jobs(Some(tenant)).await
     }
 
     /// One job's record.
-    pub fn status(&self, tenant: &str, job: &str) -> Result<JobRecord, FabricError> {
+    pub async fn status(&self, tenant: &str, job: &str) -> Result<JobRecord, FabricError> {
         validate_name("tenant", tenant)?;
         self.0
             .registry
-            .job(tenant, job)?
+            .job(tenant, job)
+            .await?
             .ok_or_else(|| FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no job `{job}`")))
     }
 
     /// A job's log so far, and for a live job the rest as it comes.
-    pub fn logs(&self, tenant: &str, job: &str) -> Result<LogFollow, FabricError> {
-        let record = self.status(tenant, job)?;
+    pub async fn logs(&self, tenant: &str, job: &str) -> Result<LogFollow, FabricError> {
+        let record = self.status(tenant, job).await?;
         if let Some(live) = self.0.live().get(&(tenant.to_string(), job.to_string())) {
             let (snapshot, rx) = live.job.log.subscribe();
             return Ok(LogFollow { snapshot, live: Some(JobHandle::new(job.to_string(), rx, live.done.clone())) });
@@ -362,7 +372,7 @@ impl Host {
 
     /// Stops a job and waits for its final record.
     pub async fn stop(&self, tenant: &str, job: &str) -> Result<JobRecord, FabricError> {
-        let record = self.status(tenant, job)?;
+        let record = self.status(tenant, job).await?;
         let live = self.0.live().get(&(tenant.to_string(), job.to_string())).map(|l| (l.job.clone(), l.done.clone()));
         let Some((live_job, mut done)) = live else {
             return Ok(record);

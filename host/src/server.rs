@@ -100,8 +100,8 @@ async fn respond(
             }
             stream_until_done(send, &mut handle).await
         }
-        Request::Jobs { tenant } => reply(send, &Response::Jobs(host.jobs(&tenant)?)).await,
-        Request::Status { tenant, job } => reply(send, &Response::Job(host.status(&tenant, &job)?)).await,
+        Request::Jobs { tenant } => reply(send, &Response::Jobs(host.jobs(&tenant).await?)).await,
+        Request::Status { tenant, job } => reply(send, &Response::Job(host.status(&tenant, &job).await?)).await,
         Request::Stop { tenant, job } => reply(send, &Response::Job(host.stop(&tenant, &job).await?)).await,
         Request::Actors { tenant } => reply(send, &Response::Actors(host.actors(&tenant)?)).await,
         Request::ActorCall { tenant, actor, method, args } => {
@@ -112,7 +112,7 @@ async fn respond(
             reply(send, &Response::Done).await
         }
         Request::Logs { tenant, job, follow } => {
-            let follow_state = host.logs(&tenant, &job)?;
+            let follow_state = host.logs(&tenant, &job).await?;
             reply(send, &Response::Log(follow_state.snapshot)).await?;
             match (follow, follow_state.live) {
                 (true, Some(mut job)) => stream_until_done(send, &mut job).await,

@@ -2,7 +2,7 @@
 //! memory. Values are rkyv archives of the protocol's records, validated when
 //! read back, so a damaged database gives an error, not a panic.
 
-use super::Registry;
+use super::{sort_newest_first, BoxFuture, Registry};
 use fabric_proto::{ErrorKind, FabricError, JobRecord};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use std::path::Path;
@@ -46,8 +46,8 @@ impl Embedded {
     }
 }
 
-impl Registry for Embedded {
-    fn put_job(&self, record: &JobRecord) -> Result<(), FabricError> {
+impl Embedded {
+    fn put_job_now(&self, record: &JobRecord) -> Result<(), FabricError> {
         let value = fabric_proto::encode(record).map_err(storage)?;
         let txn = self.db.begin_write().map_err(storage)?;
         {
@@ -57,16 +57,14 @@ impl Registry for Embedded {
         txn.commit().map_err(storage)
     }
 
-    fn job(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, FabricError> {
+    fn job_now(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>, FabricError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(JOBS).map_err(storage)?;
-        let Some(value) = table.get(key(tenant, id).as_str()).map_err(storage)? else {
-            return Ok(None);
-        };
+        let Some(value) = table.get(key(tenant, id).as_str()).map_err(storage)? else { return Ok(None) };
         fabric_proto::decode(value.value()).map(Some).map_err(storage)
     }
 
-    fn jobs(&self, tenant: Option<&str>) -> Result<Vec<JobRecord>, FabricError> {
+    fn jobs_now(&self, tenant: Option<&str>) -> Result<Vec<JobRecord>, FabricError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(JOBS).map_err(storage)?;
         let prefix = tenant.map(|t| format!("{t}/")).unwrap_or_default();
@@ -78,8 +76,23 @@ impl Registry for Embedded {
             }
             out.push(fabric_proto::decode::<JobRecord>(v.value()).map_err(storage)?);
         }
-        out.sort_by(|a, b| b.submitted_ms.cmp(&a.submitted_ms).then_with(|| b.id.cmp(&a.id)));
+        sort_newest_first(&mut out);
         Ok(out)
+    }
+}
+
+// redb's calls are short and local: run them inline.
+impl Registry for Embedded {
+    fn put_job<'a>(&'a self, record: &'a JobRecord) -> BoxFuture<'a, Result<(), FabricError>> {
+        Box::pin(async move { self.put_job_now(record) })
+    }
+
+    fn job<'a>(&'a self, tenant: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<JobRecord>, FabricError>> {
+        Box::pin(async move { self.job_now(tenant, id) })
+    }
+
+    fn jobs<'a>(&'a self, tenant: Option<&'a str>) -> BoxFuture<'a, Result<Vec<JobRecord>, FabricError>> {
+        Box::pin(async move { self.jobs_now(tenant) })
     }
 }
 
@@ -109,15 +122,15 @@ mod tests {
         let path = dir.path().join("r.redb");
         {
             let reg = Embedded::open(&path).unwrap();
-            reg.put_job(&record("a", "j1", 1)).unwrap();
-            reg.put_job(&record("a", "j2", 2)).unwrap();
-            reg.put_job(&record("ab", "j3", 3)).unwrap();
+            reg.put_job_now(&record("a", "j1", 1)).unwrap();
+            reg.put_job_now(&record("a", "j2", 2)).unwrap();
+            reg.put_job_now(&record("ab", "j3", 3)).unwrap();
         }
         let reg = Embedded::open(&path).unwrap();
-        let ids: Vec<_> = reg.jobs(Some("a")).unwrap().into_iter().map(|r| r.id).collect();
+        let ids: Vec<_> = reg.jobs_now(Some("a")).unwrap().into_iter().map(|r| r.id).collect();
         assert_eq!(ids, vec!["j2", "j1"]);
-        assert!(reg.job("ab", "j1").unwrap().is_none());
-        assert_eq!(reg.job("a", "j1").unwrap().unwrap(), record("a", "j1", 1));
-        assert_eq!(reg.jobs(None).unwrap().len(), 3);
+        assert!(reg.job_now("ab", "j1").unwrap().is_none());
+        assert_eq!(reg.job_now("a", "j1").unwrap().unwrap(), record("a", "j1", 1));
+        assert_eq!(reg.jobs_now(None).unwrap().len(), 3);
     }
 }
