@@ -182,22 +182,9 @@ fn core(report: &Report) -> anyhow::Result<()> {
         let best = |key: &str| {
             pg[key].as_array().into_iter().flatten().filter_map(Value::as_f64).fold(f64::INFINITY, f64::min)
         };
-        report.rate(
-            "core",
-            "put_1gib",
-            "GB/s",
-            bytes / best("put_s") / 1e9,
-            Some((memcpy, "memcpy")),
-            "(goal >= 0.8x)",
-        );
-        report.rate(
-            "core",
-            "get_1gib",
-            "GB/s",
-            bytes / best("get_s") / 1e9,
-            Some((memcpy, "memcpy")),
-            "(goal >= 0.8x)",
-        );
+        for (name, key) in [("put_1gib", "put_s"), ("get_1gib", "get_s")] {
+            report.rate("core", name, "GB/s", bytes / best(key) / 1e9, Some((memcpy, "memcpy")), "(goal >= 0.8x)");
+        }
         // Host-side reads hand out a view of the stored bytes: no copy, so
         // the time does not grow with the size.
         let tenant: std::sync::Arc<str> = "default".into();

@@ -166,10 +166,17 @@ pub struct Actors {
     inner: Mutex<Registry>,
 }
 
+/// Actors by tenant; nested so lookups by `&str` need no allocation and a
+/// tenant's work never scans another's actors.
+type Registry = HashMap<Arc<str>, TenantActors>;
+
 #[derive(Default)]
-struct Registry {
-    by_id: HashMap<(Arc<str>, ActorId), Arc<Actor>>,
-    by_name: HashMap<(Arc<str>, String), ActorId>,
+struct TenantActors {
+    by_id: HashMap<ActorId, Arc<Actor>>,
+    by_name: HashMap<String, ActorId>,
+    /// Job-owned actors by owning job, so a job's end finds its actors
+    /// without scanning the rest.
+    by_owner: HashMap<Arc<str>, Vec<ActorId>>,
 }
 
 /// What creating an actor needs beyond its options.
@@ -213,8 +220,9 @@ impl Actors {
             }
         }
         let mut registry = self.lock();
+        let actors = registry.entry(new.tenant.clone()).or_default();
         if let Some(name) = &options.name {
-            if let Some(existing) = registry.by_name.get(&(new.tenant.clone(), name.clone())) {
+            if let Some(existing) = actors.by_name.get(name) {
                 if get_or_create {
                     return Ok(*existing);
                 }
@@ -241,9 +249,12 @@ impl Actors {
             calls: AtomicU64::new(0),
             restarts: AtomicU32::new(0),
         });
-        registry.by_id.insert((new.tenant.clone(), id), actor.clone());
+        actors.by_id.insert(id, actor.clone());
         if let Some(name) = &options.name {
-            registry.by_name.insert((new.tenant.clone(), name.clone()), id);
+            actors.by_name.insert(name.clone(), id);
+        }
+        if let Some(owner) = &actor.owner {
+            actors.by_owner.entry(owner.clone()).or_default().push(id);
         }
         drop(registry);
         let runner = Runner {
@@ -262,7 +273,7 @@ impl Actors {
 
     /// The live actor named `name`.
     pub fn lookup(&self, tenant: &str, name: &str) -> Result<ActorId, FabricError> {
-        self.lock().by_name.get(&(Arc::<str>::from(tenant), name.to_string())).copied().ok_or_else(|| {
+        self.lock().get(tenant).and_then(|a| a.by_name.get(name)).copied().ok_or_else(|| {
             FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no actor named `{name}`"))
         })
     }
@@ -291,8 +302,8 @@ impl Actors {
     /// The actor `id` of `tenant`.
     pub fn get(&self, tenant: &str, id: ActorId) -> Result<Arc<Actor>, FabricError> {
         self.lock()
-            .by_id
-            .get(&(Arc::<str>::from(tenant), id))
+            .get(tenant)
+            .and_then(|a| a.by_id.get(&id))
             .cloned()
             .ok_or_else(|| FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no actor {id}")))
     }
@@ -300,7 +311,7 @@ impl Actors {
     /// Every actor of `tenant`.
     pub fn list(&self, tenant: &str) -> Vec<Arc<Actor>> {
         let mut actors: Vec<_> =
-            self.lock().by_id.iter().filter(|((t, _), _)| &**t == tenant).map(|(_, a)| a.clone()).collect();
+            self.lock().get(tenant).map(|a| a.by_id.values().cloned().collect()).unwrap_or_default();
         actors.sort_by_key(|a| a.id.lo);
         actors
     }
@@ -348,13 +359,12 @@ impl Actors {
 
     /// Kills the actors `job` owns (it ended).
     pub fn kill_owned_by(&self, tenant: &str, job: &str) {
-        let owned: Vec<_> = self
-            .lock()
-            .by_id
-            .values()
-            .filter(|a| &*a.tenant == tenant && a.owner.as_deref() == Some(job))
-            .cloned()
-            .collect();
+        let owned: Vec<_> = {
+            let mut registry = self.lock();
+            let Some(actors) = registry.get_mut(tenant) else { return };
+            let ids = actors.by_owner.remove(job).unwrap_or_default();
+            ids.iter().filter_map(|id| actors.by_id.get(id).cloned()).collect()
+        };
         for actor in owned {
             self.retire(&actor, ActorStatus::Killed);
         }
@@ -371,14 +381,20 @@ impl Actors {
             *current = status.clone();
         }
         let mut registry = self.lock();
-        if let Some(name) = &actor.name {
-            let key = (actor.tenant.clone(), name.clone());
-            if registry.by_name.get(&key) == Some(&actor.id) {
-                registry.by_name.remove(&key);
+        if let Some(actors) = registry.get_mut(&actor.tenant) {
+            if let Some(name) = &actor.name {
+                if actors.by_name.get(name) == Some(&actor.id) {
+                    actors.by_name.remove(name);
+                }
             }
-        }
-        if status == ActorStatus::Killed {
-            registry.by_id.remove(&(actor.tenant.clone(), actor.id));
+            if status == ActorStatus::Killed {
+                actors.by_id.remove(&actor.id);
+                if let Some(owner) = &actor.owner {
+                    if let Some(ids) = actors.by_owner.get_mut(owner) {
+                        ids.retain(|id| *id != actor.id);
+                    }
+                }
+            }
         }
         drop(registry);
         let reason = actor.gone_error().unwrap_or_else(|| FabricError::new(ErrorKind::Cancelled, "actor stopped"));
