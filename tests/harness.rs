@@ -79,11 +79,14 @@ pub fn fabric(args: &[&str]) -> Out {
     }
 }
 
-/// A `fabric up` process with its own data directory on a free loopback port.
+/// A `fabric up` (or `fabric host`) process with its own data directory on a
+/// free loopback port.
 pub struct Up {
     dir: tempfile::TempDir,
     child: Option<Child>,
-    extra: Vec<String>,
+    /// Everything after `--data-dir DIR`: the subcommand and its flags.
+    command: Vec<String>,
+    etcd: Option<String>,
 }
 
 impl Up {
@@ -94,10 +97,54 @@ impl Up {
 
     /// Starts a host with extra `fabric up` flags.
     pub fn start_with(extra: &[&str]) -> Up {
+        let mut command: Vec<String> = ["up", "--listen", "127.0.0.1:0"].iter().map(|s| s.to_string()).collect();
+        command.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(command, None)
+    }
+
+    /// Starts a `fabric host` that joins the cluster in `etcd`, with a short
+    /// lease (2 s) and extra flags.
+    pub fn host(etcd: &str, extra: &[&str]) -> Up {
+        let mut command: Vec<String> =
+            ["host", "--listen", "127.0.0.1:0", "--lease-ttl", "2"].iter().map(|s| s.to_string()).collect();
+        command.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(command, Some(etcd.to_string()))
+    }
+
+    fn spawn(command: Vec<String>, etcd: Option<String>) -> Up {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut up = Up { dir, child: None, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut up = Up { dir, child: None, command, etcd };
         up.launch();
         up
+    }
+
+    /// The host's id (from its start-up line).
+    pub fn id(&self) -> String {
+        let log = self.up_log();
+        log.lines()
+            .find_map(|l| l.strip_prefix("fabric: host ").and_then(|rest| rest.split_whitespace().next()))
+            .unwrap_or_else(|| panic!("no host id in the log: {log}"))
+            .to_string()
+    }
+
+    /// The address the host listens on.
+    pub fn addr(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("host.addr")).expect("host.addr").trim().to_string()
+    }
+
+    /// Kills the host with SIGKILL: no goodbye to the cluster.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the host again on the same data directory (after a stop or a
+    /// kill).
+    pub fn start_again(&mut self) {
+        self.kill9();
+        self.launch();
     }
 
     /// The host's data directory.
@@ -109,11 +156,14 @@ impl Up {
         let addr_file = self.data_dir().join("host.addr");
         let _ = std::fs::remove_file(&addr_file);
         let log = std::fs::File::create(self.data_dir().join("up.log")).expect("up log");
-        let child = Command::new(fabric_bin())
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(["up", "--listen", "127.0.0.1:0"])
-            .args(&self.extra)
+        let mut command = Command::new(fabric_bin());
+        command.arg("--data-dir").arg(self.data_dir());
+        if let Some(etcd) = &self.etcd {
+            command.args(["--etcd", etcd]);
+        }
+        let child = command
+            .args(&self.command)
+            .env("FABRIC_LOG", "fabric_host=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -121,7 +171,7 @@ impl Up {
             .expect("spawn fabric up");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !addr_file.exists() {
+        while !addr_file.exists() || !self.up_log().contains("listening on") {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("fabric up exited with {status}: {}", self.up_log());
             }
@@ -183,8 +233,9 @@ impl Drop for Up {
 /// A real etcd server on loopback, in a temp data directory, for the test's
 /// lifetime (Debian's `etcd-server`, installed by `scripts/setup.sh`).
 pub struct Etcd {
-    _dir: tempfile::TempDir,
-    child: Child,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    ports: (u16, u16),
     endpoint: String,
 }
 
@@ -196,13 +247,25 @@ impl Etcd {
     /// Starts etcd and waits until it answers.
     pub fn start() -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (client, peer) = (free_port(), free_port());
+        let ports = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{}", ports.0);
+        let mut etcd = Etcd { dir, child: None, ports, endpoint };
+        etcd.launch();
+        etcd
+    }
+
+    fn launch(&mut self) {
+        let (client, peer) = self.ports;
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("etcd log");
         let child = Command::new("etcd")
             .args(["--name", "n1", "--data-dir"])
-            .arg(dir.path().join("data"))
+            .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("n1={peer_url}")])
@@ -212,15 +275,26 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .expect("etcd is not installed: run scripts/setup.sh");
-        let etcd = Etcd { _dir: dir, child, endpoint: client_url };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if etcd_healthy(client) {
-                return etcd;
-            }
+        while !etcd_healthy(client) {
             assert!(Instant::now() < deadline, "etcd did not become healthy");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops etcd (SIGKILL), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped etcd again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
     }
 
     /// The client URL (`http://127.0.0.1:PORT`).
@@ -244,7 +318,19 @@ fn etcd_healthy(port: u16) -> bool {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with
+/// `what` after `limit`.
+pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -1,9 +1,67 @@
 //! One behavioural suite for the registry, run against both backends: the
 //! embedded one (redb) and a real etcd on loopback.
 
-use fabric_host::registry::{embedded::Embedded, etcd::Etcd, Registry};
-use fabric_host::{FabricError, JobRecord, JobState};
+use fabric_host::cluster::view::MemberEvent;
+use fabric_host::registry::{embedded::Embedded, etcd::Etcd, CaPem, MemberWatch, Registry};
+use fabric_host::{FabricError, HostInfo, JobRecord, JobState};
 use fabric_tests::Etcd as EtcdServer;
+use std::time::Duration;
+
+fn member(id: &str, queued: u64) -> HostInfo {
+    HostInfo {
+        id: id.into(),
+        addr: "127.0.0.1:7480".into(),
+        capacity: Vec::new(),
+        used: Vec::new(),
+        queued,
+        pool: None,
+        labels: Vec::new(),
+        started_ms: 1,
+    }
+}
+
+/// The next membership event, failing the test if none comes in 20 s.
+async fn next(watch: &mut MemberWatch) -> MemberEvent {
+    let event = tokio::time::timeout(Duration::from_secs(20), watch.recv()).await;
+    event.expect("a membership event").expect("the watch is open").expect("the watch works")
+}
+
+/// What every backend must do about membership and the cluster CA.
+async fn membership_behaves(registry: &dyn Registry) {
+    let mut watch = registry.watch_members().await.unwrap();
+    assert_eq!(next(&mut watch).await, MemberEvent::Reset(vec![]));
+
+    let a = registry.join(&member("a", 0), Duration::from_secs(2)).await.unwrap();
+    assert_eq!(next(&mut watch).await, MemberEvent::Put(member("a", 0)));
+    registry.report(&member("a", 4), a).await.unwrap();
+    assert_eq!(next(&mut watch).await, MemberEvent::Put(member("a", 4)));
+    let b = registry.join(&member("b", 0), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(next(&mut watch).await, MemberEvent::Put(member("b", 0)));
+    assert_eq!(registry.members().await.unwrap(), vec![member("a", 4), member("b", 0)]);
+
+    // A new watch starts from the whole list.
+    let mut second = registry.watch_members().await.unwrap();
+    assert_eq!(next(&mut second).await, MemberEvent::Reset(vec![member("a", 4), member("b", 0)]));
+
+    // Leaving removes the record at once.
+    registry.leave(b).await.unwrap();
+    assert_eq!(next(&mut watch).await, MemberEvent::Gone("b".into()));
+
+    // Renewed, a lease lives on; left alone, it expires and its member goes.
+    assert!(registry.keep_alive(a).await.unwrap());
+    assert_eq!(next(&mut watch).await, MemberEvent::Gone("a".into()));
+    assert!(!registry.keep_alive(a).await.unwrap(), "an expired lease cannot be renewed");
+    assert!(registry.report(&member("a", 1), a).await.is_err(), "no writes under an expired lease");
+    assert!(registry.members().await.unwrap().is_empty());
+
+    // The first CA proposed is the cluster's; later proposals adopt it.
+    let first = CaPem { cert: "cert-1".into(), key: "key-1".into() };
+    let second_ca = CaPem { cert: "cert-2".into(), key: "key-2".into() };
+    assert_eq!(registry.ca_cert().await.unwrap(), None);
+    assert_eq!(registry.cluster_ca(&first).await.unwrap(), first);
+    assert_eq!(registry.cluster_ca(&second_ca).await.unwrap(), first);
+    assert_eq!(registry.ca_cert().await.unwrap(), Some("cert-1".into()));
+}
 
 fn record(tenant: &str, id: &str, at: u64, state: JobState) -> JobRecord {
     JobRecord {
@@ -58,6 +116,10 @@ fn embedded_registry_behaves_and_persists() {
         let reopened = Embedded::open(&path).unwrap();
         assert_eq!(reopened.jobs(None).await.unwrap().len(), 4, "records survive a reopen");
         behaves(&Embedded::in_memory().unwrap()).await;
+        membership_behaves(&reopened).await;
+        drop(reopened);
+        let again = Embedded::open(&path).unwrap();
+        assert_eq!(again.ca_cert().await.unwrap(), Some("cert-1".into()), "the CA survives a reopen");
     });
 }
 
@@ -68,6 +130,7 @@ fn etcd_registry_behaves_and_is_shared() {
     runtime().block_on(async {
         let first = Etcd::connect(&endpoints).await.unwrap();
         behaves(&first).await;
+        membership_behaves(&first).await;
         // A second client (another host) sees the same records.
         let second = Etcd::connect(&endpoints).await.unwrap();
         assert_eq!(second.jobs(None).await.unwrap().len(), 4);

@@ -57,16 +57,52 @@ pub struct Client {
 pub struct HostError(pub FabricError);
 
 impl Client {
-    /// Connects to the host at `addr`, trusting the certificate in `data_dir`.
+    /// Connects to the host at `addr`, trusting the cluster CA recorded in
+    /// `data_dir`.
     pub async fn connect(data_dir: &Path, addr: SocketAddr, tenant: &str) -> anyhow::Result<Client> {
-        let config = fabric_host::tls::client_config(data_dir)?;
+        Self::connect_with(fabric_host::tls::client_config(data_dir)?, addr, tenant).await
+    }
+
+    /// Finds a host through the etcd at `endpoints` (or talks to `host` if
+    /// given), trusting the cluster CA recorded there.
+    pub async fn discover(endpoints: &[String], host: Option<&str>, tenant: &str) -> anyhow::Result<Client> {
+        use fabric_host::registry::Registry;
+        let registry = fabric_host::registry::etcd::Etcd::connect(endpoints).await.map_err(HostError)?;
+        let ca =
+            registry.ca_cert().await.map_err(HostError)?.with_context(|| {
+                format!("no fabric cluster has started against etcd at {} yet", endpoints.join(","))
+            })?;
+        let config = fabric_host::tls::client_config_for(&ca)?;
+        if let Some(addr) = host {
+            let addr = addr.parse().with_context(|| format!("invalid host address `{addr}`"))?;
+            return Self::connect_with(config, addr, tenant).await;
+        }
+        let mut members = registry.members().await.map_err(HostError)?;
+        if members.is_empty() {
+            bail!("no fabric host is registered in etcd at {}", endpoints.join(","));
+        }
+        // Any host serves any request: start at a random one, try the rest.
+        let start = rand::random_range(0..members.len());
+        members.rotate_left(start);
+        let mut last = None;
+        for member in &members {
+            let Ok(addr) = member.addr.parse::<SocketAddr>() else { continue };
+            match Self::connect_with(config.clone(), addr, tenant).await {
+                Ok(client) => return Ok(client),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no registered host has a usable address")))
+    }
+
+    /// Connects to the host at `addr` with TLS settings `config`.
+    pub async fn connect_with(config: quinn::ClientConfig, addr: SocketAddr, tenant: &str) -> anyhow::Result<Client> {
         let bind: SocketAddr = if addr.is_ipv6() { "[::1]:0".parse()? } else { "127.0.0.1:0".parse()? };
         let mut endpoint = quinn::Endpoint::client(bind)?;
         endpoint.set_default_client_config(config);
-        let connection = endpoint
-            .connect(addr, fabric_host::tls::SERVER_NAME)?
-            .await
-            .with_context(|| format!("cannot reach a fabric host at {addr} (is `fabric up` running?)"))?;
+        let connection = endpoint.connect(addr, fabric_host::tls::SERVER_NAME)?.await.with_context(|| {
+            format!("cannot reach a fabric host at {addr} (is `fabric up` or `fabric host` running?)")
+        })?;
         Ok(Client { _endpoint: endpoint, connection, tenant: tenant.to_string() })
     }
 
@@ -225,6 +261,14 @@ impl Client {
     pub async fn actor_kill(&self, actor: &str) -> anyhow::Result<()> {
         match self.call(&Request::ActorKill { tenant: self.tenant.clone(), actor: actor.to_string() }).await? {
             Response::Done => Ok(()),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// The cluster's members as the host sees them.
+    pub async fn hosts(&self) -> anyhow::Result<Vec<fabric_proto::HostInfo>> {
+        match self.call(&Request::Hosts).await? {
+            Response::Hosts(hosts) => Ok(hosts),
             other => bail!("unexpected answer: {other:?}"),
         }
     }

@@ -27,6 +27,10 @@ struct Cli {
     /// The host to talk to (default: the one `fabric up` recorded in the data dir).
     #[arg(long, global = true, env = "FABRIC_HOST")]
     host: Option<String>,
+    /// etcd endpoints (comma-separated `http://host:port`): hosts keep the
+    /// registry there; clients find a host and the cluster's certificate there.
+    #[arg(long, global = true, env = "FABRIC_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +39,10 @@ struct Cli {
 enum Command {
     /// Run a one-host fabric with the embedded registry, serving clients over QUIC.
     Up(UpArgs),
+    /// Run a host that joins the cluster registered in etcd (`--etcd`).
+    Host(HostArgs),
+    /// List the cluster's hosts: resources, load, pool and labels.
+    Hosts(OutputArgs),
     /// Submit a job to a running host; stream its log and print its result.
     Submit(SubmitArgs),
     /// Run a job in this process, with no daemon (same code path as a host).
@@ -102,10 +110,28 @@ struct UpArgs {
     /// Largest object a task may create, in MiB.
     #[arg(long)]
     max_object_mib: Option<u64>,
-    /// Keep the registry in etcd at these endpoints (comma-separated
-    /// `http://host:port`) instead of the embedded one.
-    #[arg(long, env = "FABRIC_ETCD", value_delimiter = ',')]
-    etcd: Vec<String>,
+}
+
+#[derive(Args)]
+struct HostArgs {
+    #[command(flatten)]
+    serve: UpArgs,
+    /// The address peers and clients dial (default: the listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Resources offered besides the slots: `gpu=1,memory=16G,NAME=N`
+    /// (`cpu` overrides the slot count as declared to the cluster).
+    #[arg(long, default_value = "")]
+    resources: String,
+    /// The pool this host belongs to.
+    #[arg(long)]
+    pool: Option<String>,
+    /// A `key=value` label (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Seconds the membership outlives the host's last renewal.
+    #[arg(long, default_value_t = 3.0)]
+    lease_ttl: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum, Default)]
@@ -189,9 +215,11 @@ fn main() -> ExitCode {
     let output = match &cli.command {
         Command::Submit(a) => a.job.output.output,
         Command::Run(a) => a.output.output,
-        Command::Jobs(o) | Command::Actors(o) | Command::Status { output: o, .. } | Command::Stop { output: o, .. } => {
-            o.output
-        }
+        Command::Jobs(o)
+        | Command::Actors(o)
+        | Command::Hosts(o)
+        | Command::Status { output: o, .. }
+        | Command::Stop { output: o, .. } => o.output,
         _ => Output::Text,
     };
     match runtime.block_on(run(cli)) {
@@ -217,18 +245,64 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
     match cli.command {
-        Command::Up(args) => up(&data_dir, args).await,
+        Command::Up(args) => serve(&data_dir, &cli.etcd, args, None).await,
+        Command::Host(args) => {
+            if cli.etcd.is_empty() {
+                anyhow::bail!("`fabric host` joins a cluster: give its etcd with --etcd URLS (or use `fabric up`)");
+            }
+            let membership = args.membership()?;
+            serve(&data_dir, &cli.etcd, args.serve, Some(membership)).await
+        }
         Command::Run(args) => run_local(&data_dir, &cli.tenant, args).await,
         command => {
-            let addr = resolve_addr(cli.host.as_deref(), &data_dir)?;
-            let client = Client::connect(&data_dir, addr, &cli.tenant).await?;
+            let client = if cli.etcd.is_empty() {
+                let addr = resolve_addr(cli.host.as_deref(), &data_dir)?;
+                Client::connect(&data_dir, addr, &cli.tenant).await?
+            } else {
+                Client::discover(&cli.etcd, cli.host.as_deref(), &cli.tenant).await?
+            };
             remote(&client, command).await
         }
     }
 }
 
-async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
-    let addr = args.listen.parse().with_context(|| format!("invalid --listen address `{}`", args.listen))?;
+/// What `fabric host` adds to `fabric up`'s settings.
+struct Membership {
+    advertise: Option<String>,
+    declared: fabric_host::cluster::Declared,
+    lease_ttl: std::time::Duration,
+}
+
+impl HostArgs {
+    fn membership(&self) -> anyhow::Result<Membership> {
+        use fabric_host::cluster::placement::{parse_label, parse_resources};
+        let resources = parse_resources(&self.resources).map_err(|e| anyhow::anyhow!("--resources: {}", e.message))?;
+        let labels = self
+            .labels
+            .iter()
+            .map(|l| parse_label(l).map_err(|e| anyhow::anyhow!("--label: {}", e.message)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if !(self.lease_ttl >= 1.0 && self.lease_ttl <= 3600.0) {
+            anyhow::bail!("--lease-ttl must be between 1 and 3600 seconds");
+        }
+        Ok(Membership {
+            advertise: self.advertise.clone(),
+            declared: fabric_host::cluster::Declared { resources, pool: self.pool.clone(), labels },
+            lease_ttl: std::time::Duration::from_secs_f64(self.lease_ttl),
+        })
+    }
+}
+
+/// Runs a host until SIGINT/SIGTERM: `fabric up`, or with cluster settings
+/// `fabric host`.
+async fn serve(
+    data_dir: &Path,
+    etcd: &[String],
+    args: UpArgs,
+    membership: Option<Membership>,
+) -> anyhow::Result<ExitCode> {
+    let addr: std::net::SocketAddr =
+        args.listen.parse().with_context(|| format!("invalid --listen address `{}`", args.listen))?;
     let mut config = HostConfig::new(data_dir);
     if let Some(slots) = args.slots {
         config.slots = slots.max(1);
@@ -236,13 +310,35 @@ async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(mib) = args.max_object_mib {
         config.max_object_bytes = mib << 20;
     }
-    config.etcd = args.etcd;
+    config.etcd = etcd.to_vec();
+    let mut advertise = None;
+    if let Some(m) = membership {
+        if let Some(a) = &m.advertise {
+            let parsed: std::net::SocketAddr =
+                a.parse().with_context(|| format!("invalid --advertise address `{a}`"))?;
+            config.advertise_names.push(parsed.ip().to_string());
+            advertise = Some(parsed);
+        }
+        if let Some(cpu) = m.declared.resources.iter().find(|r| r.name == "cpu") {
+            config.slots = (cpu.amount as usize).max(1);
+        }
+        config.declared = m.declared;
+        config.lease_ttl = m.lease_ttl;
+    }
+    if !addr.ip().is_unspecified() {
+        config.advertise_names.push(addr.ip().to_string());
+    }
     let host = Host::new(config).await.map_err(|e| {
-        e.context(format!("cannot start a host on {} (is another `fabric up` using it?)", data_dir.display()))
+        e.context(format!("cannot start a host on {} (is another host using this data dir?)", data_dir.display()))
     })?;
-    let endpoint = fabric_host::server::bind(data_dir, addr)?;
+    let endpoint = fabric_host::server::bind(&host, addr)?;
     let local = endpoint.local_addr()?;
+    let reachable = advertise.unwrap_or(local);
+    if reachable.ip().is_unspecified() {
+        anyhow::bail!("listening on {local}: give the address peers should dial with --advertise");
+    }
     fabric_host::components::write_atomic(&addr_file(data_dir), local.to_string().as_bytes())?;
+    host.join(&reachable.to_string());
     eprintln!("fabric: host {} listening on {local} (data dir {})", host.id(), data_dir.display());
     let server = tokio::spawn(fabric_host::server::serve(host.clone(), endpoint.clone()));
     shutdown_signal().await;
@@ -410,8 +506,41 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
                 .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Up(_) | Command::Run(_) => unreachable!("handled before connecting"),
+        Command::Hosts(output) => {
+            let hosts = client.hosts().await?;
+            print_hosts(&hosts, output.output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up(_) | Command::Host(_) | Command::Run(_) => unreachable!("handled before connecting"),
     }
+}
+
+fn print_hosts(hosts: &[fabric_host::HostInfo], output: Output) -> anyhow::Result<()> {
+    use fabric_host::cluster::placement::{amount, format_resources, CPU};
+    match output {
+        Output::Json => println!("{}", serde_json::to_value(hosts)?),
+        Output::Text => {
+            println!(
+                "{:<18} {:<22} {:>7} {:>7}  {:<12} {:<20} RESOURCES",
+                "HOST", "ADDRESS", "CPU", "QUEUED", "POOL", "LABELS"
+            );
+            for h in hosts {
+                let labels: Vec<String> = h.labels.iter().map(|l| format!("{}={}", l.key, l.value)).collect();
+                let others: Vec<_> = h.capacity.iter().filter(|r| r.name != CPU).cloned().collect();
+                println!(
+                    "{:<18} {:<22} {:>7} {:>7}  {:<12} {:<20} {}",
+                    h.id,
+                    h.addr,
+                    format!("{}/{}", amount(&h.used, CPU), amount(&h.capacity, CPU)),
+                    h.queued,
+                    h.pool.as_deref().unwrap_or("-"),
+                    if labels.is_empty() { "-".to_string() } else { labels.join(",") },
+                    format_resources(&others)
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print_record(record: &JobRecord, output: Output) {

@@ -49,6 +49,13 @@ pub struct HostConfig {
     pub etcd: Vec<String>,
     /// Copy guest stdout/stderr to this process's stderr as well as the job log.
     pub echo_logs: bool,
+    /// What the host declares to the cluster: resources, pool, labels.
+    pub declared: crate::cluster::Declared,
+    /// How long the host's membership outlives its last renewal.
+    pub lease_ttl: Duration,
+    /// Names or addresses (besides localhost and loopback) the host's
+    /// certificate must carry: what peers and clients dial.
+    pub advertise_names: Vec<String>,
 }
 
 impl HostConfig {
@@ -64,6 +71,9 @@ impl HostConfig {
             reuse_instances: true,
             etcd: Vec::new(),
             echo_logs: false,
+            declared: crate::cluster::Declared::default(),
+            lease_ttl: Duration::from_secs(3),
+            advertise_names: Vec::new(),
         }
     }
 }

@@ -17,10 +17,15 @@
 //! - When the entry task ends, the [`jobs`] machinery cancels stragglers,
 //!   frees the job's objects and writes its final record.
 //!
+//! - [`cluster`] keeps this host a member of the cluster (a lease in the
+//!   registry), its view of the other members, and the placement rules;
+//!   [`tls`] gives it a certificate from the cluster's CA.
+//!
 //! Everything is keyed by tenant: components, objects, jobs and logs.
 #![warn(missing_docs)]
 
 pub mod actors;
+pub mod cluster;
 pub mod components;
 pub mod config;
 pub mod hostfns;
@@ -28,6 +33,7 @@ pub mod instances;
 pub mod joblog;
 pub mod jobs;
 pub mod objects;
+pub mod records;
 pub mod registry;
 pub mod runtime;
 pub mod sandbox;
@@ -36,7 +42,9 @@ pub mod server;
 pub mod tls;
 
 pub use config::{DefaultLimits, HostConfig};
-pub use fabric_proto::{ActorInfo, ErrorKind, FabricError, JobRecord, JobState, SubmitRequest, TaskLimits};
+pub use fabric_proto::{
+    ActorInfo, Demand, ErrorKind, FabricError, HostInfo, JobRecord, JobState, Resource, SubmitRequest, TaskLimits,
+};
 
 use components::Components;
 use hostfns::Encoding;
@@ -65,7 +73,14 @@ pub struct HostInner {
     pub(crate) instances: instances::InstancePool,
     pub(crate) actors: actors::Actors,
     registry: Box<dyn Registry>,
+    records: records::Records,
     live: Mutex<HashMap<(String, String), LiveJob>>,
+    pub(crate) identity: tls::Identity,
+    pub(crate) cluster: cluster::Cluster,
+    /// The address peers and clients reach this host at, once serving.
+    addr: Mutex<String>,
+    started_ms: u64,
+    membership: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
     _ticker: sandbox::EpochTicker,
 }
 
@@ -98,6 +113,35 @@ impl HostInner {
     fn live(&self) -> MutexGuard<'_, HashMap<(String, String), LiveJob>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// This host's membership record with its load now.
+    pub(crate) fn local_info(&self) -> HostInfo {
+        let (held, waiting) = self.slots.load();
+        let declared = &self.config.declared;
+        let mut capacity = vec![Resource { name: cluster::placement::CPU.into(), amount: self.config.slots as u64 }];
+        if let Some(bytes) = system_memory() {
+            capacity.push(Resource { name: "memory".into(), amount: bytes });
+        }
+        cluster::placement::adjust_set(&mut capacity, &declared.resources);
+        HostInfo {
+            id: self.id.clone(),
+            addr: self.addr.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            capacity,
+            used: vec![Resource { name: cluster::placement::CPU.into(), amount: held as u64 }],
+            queued: waiting as u64,
+            pool: declared.pool.clone(),
+            labels: declared.labels.clone(),
+            started_ms: self.started_ms,
+        }
+    }
+}
+
+/// The machine's memory in bytes (Linux), the default `memory` capacity.
+fn system_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn wasm_error(e: wasmtime::Error) -> anyhow::Error {
@@ -135,6 +179,14 @@ impl Host {
         } else {
             Box::new(registry::embedded::Embedded::in_memory()?)
         };
+        let ca = registry.cluster_ca(&tls::new_ca()?).await?;
+        let names: Vec<String> = config.advertise_names.clone();
+        let identity = tls::Identity::issue(&ca, &names)?;
+        if config.persist {
+            let path = tls::ca_path(&config.data_dir);
+            std::fs::create_dir_all(path.parent().unwrap_or(&config.data_dir))?;
+            components::write_atomic(&path, identity.ca_pem().as_bytes())?;
+        }
         let node: u64 = rand::random();
         let host = Host(Arc::new(HostInner {
             id: format!("{node:016x}"),
@@ -146,10 +198,26 @@ impl Host {
             engine,
             components,
             registry,
+            records: records::Records::default(),
             live: Mutex::new(HashMap::new()),
+            identity,
+            cluster: cluster::Cluster::new(),
+            addr: Mutex::new(String::new()),
+            started_ms: now_ms(),
+            membership: Mutex::new(None),
             config,
         }));
         host.fail_interrupted_jobs().await?;
+        let flusher = Arc::downgrade(&host.0);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(records::RETRY_EVERY).await;
+                let Some(host) = flusher.upgrade() else { return };
+                if !host.records.pending_of(None).is_empty() && host.records.flush(&*host.registry).await == 0 {
+                    tracing::warn!("every pending job record is written");
+                }
+            }
+        });
         Ok(host)
     }
 
@@ -182,6 +250,25 @@ impl Host {
     /// The node's configuration.
     pub fn config(&self) -> &HostConfig {
         &self.0.config
+    }
+
+    /// QUIC server settings with this host's certificate.
+    pub fn server_config(&self) -> anyhow::Result<quinn::ServerConfig> {
+        self.0.identity.server_config()
+    }
+
+    /// Joins the cluster as reachable at `addr`: registers under a lease and
+    /// keeps a view of the members until [`Host::shutdown`].
+    pub fn join(&self, addr: &str) {
+        *self.0.addr.lock().unwrap_or_else(|p| p.into_inner()) = addr.to_string();
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(cluster::membership::run(self.0.clone(), stopped));
+        *self.0.membership.lock().unwrap_or_else(|p| p.into_inner()) = Some((stop, task));
+    }
+
+    /// The cluster's members as this host sees them (itself included).
+    pub fn hosts(&self) -> Vec<HostInfo> {
+        self.0.cluster.members(&self.0.local_info())
     }
 
     /// The node's object store (for host-side access and benchmarks).
@@ -229,7 +316,7 @@ impl Host {
             result: None,
             error: None,
         };
-        inner.registry.put_job(&record).await?;
+        inner.records.write(&*inner.registry, &record).await?;
         let (done_tx, done_rx) = watch::channel(None);
         let (_, log_rx) = log.subscribe();
         inner.live().insert((tenant.to_string(), id.clone()), LiveJob { job: job.clone(), done: done_rx.clone() });
@@ -238,7 +325,7 @@ impl Host {
         tokio::spawn(async move {
             record.state = JobState::Running;
             record.started_ms = Some(now_ms());
-            let _ = host.registry.put_job(&record).await;
+            let _ = host.records.write(&*host.registry, &record).await;
             let spec = TaskSpec {
                 component,
                 function: request.function,
@@ -263,7 +350,7 @@ impl Host {
                     record.error = Some(error);
                 }
             }
-            if let Err(e) = host.registry.put_job(&record).await {
+            if let Err(e) = host.records.write(&*host.registry, &record).await {
                 tracing::error!(job = %record.id, "cannot record the job's end: {e}");
             }
             host.live().remove(&(record.tenant.clone(), record.id.clone()));
@@ -345,12 +432,23 @@ impl Host {
     /// The tenant's jobs, newest first.
     pub async fn jobs(&self, tenant: &str) -> Result<Vec<JobRecord>, FabricError> {
         validate_name("tenant", tenant)?;
-        self.0.registry.jobs(Some(tenant)).await
+        let mut jobs = self.0.registry.jobs(Some(tenant)).await?;
+        for record in self.0.records.pending_of(Some(tenant)) {
+            match jobs.iter_mut().find(|j| j.id == record.id) {
+                Some(stale) => *stale = record,
+                None => jobs.push(record),
+            }
+        }
+        registry::sort_newest_first(&mut jobs);
+        Ok(jobs)
     }
 
     /// One job's record.
     pub async fn status(&self, tenant: &str, job: &str) -> Result<JobRecord, FabricError> {
         validate_name("tenant", tenant)?;
+        if let Some(record) = self.0.records.pending(tenant, job) {
+            return Ok(record);
+        }
         self.0
             .registry
             .job(tenant, job)
@@ -385,6 +483,12 @@ impl Host {
     /// Stops every live job (the host is shutting down) and waits for their
     /// records to be written.
     pub async fn shutdown(&self) {
+        // Leave first, so no peer places new work here while it drains.
+        let membership = self.0.membership.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((stop, task)) = membership {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         let live: Vec<_> = self.0.live().values().map(|l| (l.job.clone(), l.done.clone())).collect();
         for (job, mut done) in live {
             job.cancel(FabricError::new(ErrorKind::Unavailable, "the host is shutting down"));

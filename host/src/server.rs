@@ -10,15 +10,11 @@ use fabric_proto::{
     read_frame, write_frame, ErrorKind, FabricError, Request, Response, MAX_COMPONENT_BYTES, MAX_FRAME,
 };
 use std::net::SocketAddr;
-use std::path::Path;
 use tokio::io::AsyncReadExt;
 
-/// Binds a QUIC endpoint for `host` at `addr`, with the certificate from
-/// `data_dir` (made on first start).
-pub fn bind(data_dir: &Path, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
-    let (cert, key) = crate::tls::load_or_create(data_dir)?;
-    let config = crate::tls::server_config(cert, key)?;
-    Ok(quinn::Endpoint::server(config, addr)?)
+/// Binds a QUIC endpoint for `host` at `addr`, with the host's certificate.
+pub fn bind(host: &Host, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+    Ok(quinn::Endpoint::server(host.server_config()?, addr)?)
 }
 
 /// Serves clients on `endpoint` until it is closed.
@@ -111,6 +107,7 @@ async fn respond(
             host.actor_kill(&tenant, &actor)?;
             reply(send, &Response::Done).await
         }
+        Request::Hosts => reply(send, &Response::Hosts(host.hosts())).await,
         Request::Logs { tenant, job, follow } => {
             let follow_state = host.logs(&tenant, &job).await?;
             reply(send, &Response::Log(follow_state.snapshot)).await?;

@@ -192,6 +192,77 @@ pub struct ActorInfo {
     pub host: String,
 }
 
+/// One named, countable resource: `cpu` (task slots), `memory` (bytes),
+/// `gpu` (devices) or any custom name a host declares.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Resource {
+    /// Its name.
+    pub name: String,
+    /// How much.
+    pub amount: u64,
+}
+
+/// A `key=value` label on a host, which work may require.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Label {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+}
+
+/// How work is spread over the hosts that can take it.
+#[derive(
+    Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Run where the work was submitted while that host has room; spill to
+    /// the least loaded host that fits otherwise (Ray's default).
+    #[default]
+    Local,
+    /// Prefer the least loaded host that fits, wherever it is.
+    Spread,
+    /// Prefer the most loaded host that still fits (keep hosts free).
+    Pack,
+}
+
+/// What a task or actor needs from the host it runs on.
+#[derive(
+    Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+pub struct Demand {
+    /// Resources held while it runs; a task with none holds one `cpu`.
+    pub resources: Vec<Resource>,
+    /// The pool its host must belong to.
+    pub pool: Option<String>,
+    /// Labels its host must carry.
+    pub labels: Vec<Label>,
+    /// How to choose among hosts that fit.
+    pub strategy: Strategy,
+}
+
+/// A host as the membership records it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HostInfo {
+    /// The host's id (unique per process start).
+    pub id: String,
+    /// The QUIC address clients and peers reach it at.
+    pub addr: String,
+    /// What it has in all.
+    pub capacity: Vec<Resource>,
+    /// What running work holds now (its load report).
+    pub used: Vec<Resource>,
+    /// Tasks waiting for room on it.
+    pub queued: u64,
+    /// Its pool, if any.
+    pub pool: Option<String>,
+    /// Its labels.
+    pub labels: Vec<Label>,
+    /// Unix milliseconds when it joined.
+    pub started_ms: u64,
+}
+
 /// A job to run.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SubmitRequest {
@@ -287,6 +358,8 @@ mod messages {
             /// Its name (or hex id).
             actor: String,
         },
+        /// The cluster's members as this host sees them.
+        Hosts,
     }
 
     /// A host's response frames.
@@ -320,6 +393,8 @@ mod messages {
         Value(String),
         /// Done, nothing to say.
         Done,
+        /// Members, by id.
+        Hosts(Vec<HostInfo>),
         /// The request failed.
         Error(FabricError),
     }

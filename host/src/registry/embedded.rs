@@ -1,18 +1,64 @@
 //! The embedded registry: redb, in a file under the data directory or in
 //! memory. Values are rkyv archives of the protocol's records, validated when
 //! read back, so a damaged database gives an error, not a panic.
+//!
+//! Membership lives in memory: the embedded registry serves one process, so
+//! its members are that process's host(s), and leases expire on the same
+//! clock etcd's would (checked on every read and by each watch's ticker).
 
-use super::{sort_newest_first, BoxFuture, Registry};
-use fabric_proto::{ErrorKind, FabricError, JobRecord};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use super::{sort_newest_first, BoxFuture, CaPem, LeaseId, MemberWatch, Registry};
+use crate::cluster::view::MemberEvent;
+use fabric_proto::{ErrorKind, FabricError, HostInfo, JobRecord};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc};
 
 /// Jobs by `tenant/id`.
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 
+/// Cluster-wide settings by name (the CA).
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
 /// A redb-backed registry.
 pub struct Embedded {
     db: Database,
+    members: Arc<Mutex<Members>>,
+}
+
+/// Members under leases, in memory.
+struct Members {
+    next_lease: LeaseId,
+    leases: HashMap<LeaseId, (Duration, Instant)>,
+    hosts: BTreeMap<String, (HostInfo, LeaseId)>,
+    events: broadcast::Sender<MemberEvent>,
+}
+
+impl Members {
+    /// Drops members whose lease ran out, telling watchers.
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<LeaseId> =
+            self.leases.iter().filter(|(_, (_, deadline))| *deadline <= now).map(|(id, _)| *id).collect();
+        for lease in expired {
+            self.end_lease(lease);
+        }
+    }
+
+    fn end_lease(&mut self, lease: LeaseId) {
+        self.leases.remove(&lease);
+        let gone: Vec<String> = self.hosts.iter().filter(|(_, (_, l))| *l == lease).map(|(id, _)| id.clone()).collect();
+        for id in gone {
+            self.hosts.remove(&id);
+            let _ = self.events.send(MemberEvent::Gone(id));
+        }
+    }
+
+    fn live(&mut self, lease: LeaseId) -> bool {
+        self.expire(Instant::now());
+        self.leases.contains_key(&lease)
+    }
 }
 
 fn storage(e: impl std::fmt::Display) -> FabricError {
@@ -41,9 +87,24 @@ impl Embedded {
     fn init(db: Database) -> Result<Self, FabricError> {
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(JOBS).map_err(storage)?;
+        txn.open_table(META).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        Ok(Embedded { db })
+        let members = Members {
+            next_lease: 1,
+            leases: HashMap::new(),
+            hosts: BTreeMap::new(),
+            events: broadcast::channel(1024).0,
+        };
+        Ok(Embedded { db, members: Arc::new(Mutex::new(members)) })
     }
+
+    fn members_lock(&self) -> MutexGuard<'_, Members> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn lease_gone(lease: LeaseId) -> FabricError {
+    FabricError::new(ErrorKind::NotFound, format!("membership lease {lease:x} has expired"))
 }
 
 impl Embedded {
@@ -93,6 +154,126 @@ impl Registry for Embedded {
 
     fn jobs<'a>(&'a self, tenant: Option<&'a str>) -> BoxFuture<'a, Result<Vec<JobRecord>, FabricError>> {
         Box::pin(async move { self.jobs_now(tenant) })
+    }
+
+    fn join<'a>(&'a self, host: &'a HostInfo, ttl: Duration) -> BoxFuture<'a, Result<LeaseId, FabricError>> {
+        Box::pin(async move {
+            let mut members = self.members_lock();
+            let lease = members.next_lease;
+            members.next_lease += 1;
+            members.leases.insert(lease, (ttl, Instant::now() + ttl));
+            members.hosts.insert(host.id.clone(), (host.clone(), lease));
+            let _ = members.events.send(MemberEvent::Put(host.clone()));
+            Ok(lease)
+        })
+    }
+
+    fn report<'a>(&'a self, host: &'a HostInfo, lease: LeaseId) -> BoxFuture<'a, Result<(), FabricError>> {
+        Box::pin(async move {
+            let mut members = self.members_lock();
+            if !members.live(lease) {
+                return Err(lease_gone(lease));
+            }
+            members.hosts.insert(host.id.clone(), (host.clone(), lease));
+            let _ = members.events.send(MemberEvent::Put(host.clone()));
+            Ok(())
+        })
+    }
+
+    fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<bool, FabricError>> {
+        Box::pin(async move {
+            let mut members = self.members_lock();
+            if !members.live(lease) {
+                return Ok(false);
+            }
+            if let Some((ttl, deadline)) = members.leases.get_mut(&lease) {
+                *deadline = Instant::now() + *ttl;
+            }
+            Ok(true)
+        })
+    }
+
+    fn leave(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), FabricError>> {
+        Box::pin(async move {
+            self.members_lock().end_lease(lease);
+            Ok(())
+        })
+    }
+
+    fn members(&self) -> BoxFuture<'_, Result<Vec<HostInfo>, FabricError>> {
+        Box::pin(async move {
+            let mut members = self.members_lock();
+            members.expire(Instant::now());
+            Ok(members.hosts.values().map(|(info, _)| info.clone()).collect())
+        })
+    }
+
+    fn watch_members(&self) -> BoxFuture<'_, Result<MemberWatch, FabricError>> {
+        Box::pin(async move {
+            let (tx, rx) = mpsc::channel(256);
+            let (current, mut events) = {
+                let mut members = self.members_lock();
+                members.expire(Instant::now());
+                let current: Vec<HostInfo> = members.hosts.values().map(|(info, _)| info.clone()).collect();
+                (current, members.events.subscribe())
+            };
+            let _ = tx.send(Ok(MemberEvent::Reset(current))).await;
+            let members = Arc::downgrade(&self.members);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    let event = tokio::select! {
+                        event = events.recv() => event,
+                        _ = tick.tick() => {
+                            let Some(members) = members.upgrade() else { return };
+                            members.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now());
+                            continue;
+                        }
+                    };
+                    let forwarded = match event {
+                        Ok(event) => tx.send(Ok(event)).await,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let _ = tx.send(Err(FabricError::new(ErrorKind::Unavailable, "watch fell behind"))).await;
+                            return;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    if forwarded.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(rx)
+        })
+    }
+
+    fn cluster_ca<'a>(&'a self, proposal: &'a CaPem) -> BoxFuture<'a, Result<CaPem, FabricError>> {
+        Box::pin(async move {
+            let txn = self.db.begin_write().map_err(storage)?;
+            let ca = {
+                let mut table = txn.open_table(META).map_err(storage)?;
+                let cert = table.get("ca.cert").map_err(storage)?.map(|v| v.value().to_string());
+                let key = table.get("ca.key").map_err(storage)?.map(|v| v.value().to_string());
+                match (cert, key) {
+                    (Some(cert), Some(key)) => CaPem { cert, key },
+                    _ => {
+                        table.insert("ca.cert", proposal.cert.as_str()).map_err(storage)?;
+                        table.insert("ca.key", proposal.key.as_str()).map_err(storage)?;
+                        proposal.clone()
+                    }
+                }
+            };
+            txn.commit().map_err(storage)?;
+            Ok(ca)
+        })
+    }
+
+    fn ca_cert(&self) -> BoxFuture<'_, Result<Option<String>, FabricError>> {
+        Box::pin(async move {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let table = txn.open_table(META).map_err(storage)?;
+            Ok(table.get("ca.cert").map_err(storage)?.map(|v| v.value().to_string()))
+        })
     }
 }
 

@@ -1,13 +1,19 @@
 //! The etcd registry: records under `/fabric/` in etcd's v3 key space,
 //! shared by every host of a cluster.
 //!
-//! Keys: `/fabric/jobs/<tenant>/<id>`. Values are rkyv archives of the
-//! protocol's records, validated when read, as in the embedded backend. The
-//! client is cloned per call (it is a cheap handle over one channel).
+//! Keys: `/fabric/jobs/<tenant>/<id>`, `/fabric/hosts/<id>` (attached to
+//! the member's lease, so etcd deletes it when the lease expires) and
+//! `/fabric/ca/{cert,key}`. Values are rkyv archives of the protocol's
+//! records, validated when read, as in the embedded backend. The client is
+//! cloned per call (it is a cheap handle over one channel, which reconnects
+//! by itself when etcd comes back).
 
-use super::{sort_newest_first, BoxFuture, Registry};
-use etcd_client::{Client, GetOptions};
-use fabric_proto::{ErrorKind, FabricError, JobRecord};
+use super::{sort_newest_first, BoxFuture, CaPem, LeaseId, MemberWatch, Registry};
+use crate::cluster::view::MemberEvent;
+use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use fabric_proto::{ErrorKind, FabricError, HostInfo, JobRecord};
+use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// Where fabric's keys live.
 const ROOT: &str = "/fabric";
@@ -23,6 +29,36 @@ fn unavailable(e: impl std::fmt::Display) -> FabricError {
 
 fn job_key(tenant: &str, id: &str) -> String {
     format!("{ROOT}/jobs/{tenant}/{id}")
+}
+
+const HOSTS: &str = "/fabric/hosts/";
+const CA_CERT: &str = "/fabric/ca/cert";
+const CA_KEY: &str = "/fabric/ca/key";
+
+fn decode_host(bytes: &[u8]) -> Result<HostInfo, FabricError> {
+    fabric_proto::decode(bytes).map_err(|e| unavailable(format!("malformed member record: {e}")))
+}
+
+/// Reads a member list and the revision it was read at.
+async fn list_members(client: &mut Client) -> Result<(Vec<HostInfo>, i64), FabricError> {
+    let response = client.get(HOSTS, Some(GetOptions::new().with_prefix())).await.map_err(unavailable)?;
+    let revision = response.header().map(|h| h.revision()).unwrap_or(0);
+    let mut hosts = Vec::new();
+    for kv in response.kvs() {
+        match decode_host(kv.value()) {
+            Ok(host) => hosts.push(host),
+            Err(e) => tracing::warn!("skipping {}: {e}", String::from_utf8_lossy(kv.key())),
+        }
+    }
+    Ok((hosts, revision))
+}
+
+fn lease_not_found(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("lease not found")
+}
+
+fn string_at(response: &etcd_client::GetResponse) -> Option<String> {
+    response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
 }
 
 impl Etcd {
@@ -79,6 +115,141 @@ impl Registry for Etcd {
                 .collect::<Result<Vec<_>, _>>()?;
             sort_newest_first(&mut jobs);
             Ok(jobs)
+        })
+    }
+
+    fn join<'a>(&'a self, host: &'a HostInfo, ttl: Duration) -> BoxFuture<'a, Result<LeaseId, FabricError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            let seconds = ttl.as_secs_f64().ceil().max(1.0) as i64;
+            let lease = client.lease_grant(seconds, None).await.map_err(unavailable)?.id();
+            let value = fabric_proto::encode(host).map_err(unavailable)?;
+            client
+                .put(format!("{HOSTS}{}", host.id), value, Some(PutOptions::new().with_lease(lease)))
+                .await
+                .map_err(unavailable)?;
+            Ok(lease)
+        })
+    }
+
+    fn report<'a>(&'a self, host: &'a HostInfo, lease: LeaseId) -> BoxFuture<'a, Result<(), FabricError>> {
+        Box::pin(async move {
+            let value = fabric_proto::encode(host).map_err(unavailable)?;
+            let mut client = self.client.clone();
+            client
+                .put(format!("{HOSTS}{}", host.id), value, Some(PutOptions::new().with_lease(lease)))
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<bool, FabricError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            let renewal = async {
+                let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                stream.message().await
+            };
+            match renewal.await {
+                Ok(Some(response)) => Ok(response.ttl() > 0),
+                Ok(None) => Err(unavailable("the keep-alive stream ended")),
+                // Newer etcd answers an expired lease with an error, older with TTL 0.
+                Err(e) if lease_not_found(&e) => Ok(false),
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+    }
+
+    fn leave(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), FabricError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            match client.lease_revoke(lease).await {
+                Ok(_) => Ok(()),
+                // Already expired: the record is gone either way.
+                Err(e) if lease_not_found(&e) => Ok(()),
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+    }
+
+    fn members(&self) -> BoxFuture<'_, Result<Vec<HostInfo>, FabricError>> {
+        Box::pin(async move { Ok(list_members(&mut self.client.clone()).await?.0) })
+    }
+
+    fn watch_members(&self) -> BoxFuture<'_, Result<MemberWatch, FabricError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            let (current, revision) = list_members(&mut client).await?;
+            let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+            let mut stream = client.watch(HOSTS, Some(options)).await.map_err(unavailable)?;
+            let (tx, rx) = mpsc::channel(256);
+            let _ = tx.send(Ok(MemberEvent::Reset(current))).await;
+            tokio::spawn(async move {
+                loop {
+                    let response = match stream.message().await {
+                        Ok(Some(response)) => response,
+                        Ok(None) => {
+                            let _ = tx.send(Err(unavailable("the membership watch ended"))).await;
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(unavailable(e))).await;
+                            return;
+                        }
+                    };
+                    if response.canceled() {
+                        let _ =
+                            tx.send(Err(unavailable(format!("watch cancelled: {}", response.cancel_reason())))).await;
+                        return;
+                    }
+                    for event in response.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let id = String::from_utf8_lossy(kv.key()).trim_start_matches(HOSTS).to_string();
+                        let event = match event.event_type() {
+                            EventType::Delete => MemberEvent::Gone(id),
+                            EventType::Put => match decode_host(kv.value()) {
+                                Ok(host) => MemberEvent::Put(host),
+                                Err(e) => {
+                                    tracing::warn!("skipping member {id}: {e}");
+                                    continue;
+                                }
+                            },
+                        };
+                        if tx.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            Ok(rx)
+        })
+    }
+
+    fn cluster_ca<'a>(&'a self, proposal: &'a CaPem) -> BoxFuture<'a, Result<CaPem, FabricError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            // Create both keys only if no CA exists; either way read back the
+            // winner, so racing first hosts agree.
+            let txn = Txn::new().when([Compare::version(CA_CERT, CompareOp::Equal, 0)]).and_then([
+                TxnOp::put(CA_CERT, proposal.cert.clone(), None),
+                TxnOp::put(CA_KEY, proposal.key.clone(), None),
+            ]);
+            client.txn(txn).await.map_err(unavailable)?;
+            let cert = string_at(&client.get(CA_CERT, None).await.map_err(unavailable)?);
+            let key = string_at(&client.get(CA_KEY, None).await.map_err(unavailable)?);
+            match (cert, key) {
+                (Some(cert), Some(key)) => Ok(CaPem { cert, key }),
+                _ => Err(unavailable("the cluster CA is incomplete in etcd")),
+            }
+        })
+    }
+
+    fn ca_cert(&self) -> BoxFuture<'_, Result<Option<String>, FabricError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            Ok(string_at(&client.get(CA_CERT, None).await.map_err(unavailable)?))
         })
     }
 }

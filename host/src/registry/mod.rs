@@ -1,5 +1,13 @@
-//! The registry: the durable, shared records of a fabric (today: job
-//! records; membership, named actors and deployments join them).
+//! The registry: what the hosts of a fabric share. Job records; membership
+//! (each host's record under a lease it keeps alive, and a watch that
+//! delivers every change); and the cluster's certificate authority, from
+//! which each host issues itself a certificate at start (see `tls`).
+//!
+//! Membership is a lease, not a heartbeat table: a host that dies stops
+//! renewing, its lease expires after its TTL and etcd deletes its record,
+//! which every watcher sees as [`MemberEvent::Gone`]. A watch starts with
+//! the full member list ([`MemberEvent::Reset`]), so a watcher that
+//! re-establishes a broken watch learns what it missed.
 //!
 //! One trait, two backends, one behavioural test suite (`tests/registry.rs`)
 //! run against both:
@@ -14,9 +22,28 @@
 pub mod embedded;
 pub mod etcd;
 
-use fabric_proto::{FabricError, JobRecord};
+use crate::cluster::view::MemberEvent;
+use fabric_proto::{FabricError, HostInfo, JobRecord};
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A membership lease.
+pub type LeaseId = i64;
+
+/// A membership watch: events in order; an error, then the end, when the
+/// watch breaks (the watcher opens a new one).
+pub type MemberWatch = mpsc::Receiver<Result<MemberEvent, FabricError>>;
+
+/// The cluster's certificate authority, PEM-encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaPem {
+    /// The CA's certificate.
+    pub cert: String,
+    /// Its private key.
+    pub key: String,
+}
 
 /// A boxed, sendable future: what the registry's methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -29,6 +56,27 @@ pub trait Registry: Send + Sync + 'static {
     fn job<'a>(&'a self, tenant: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<JobRecord>, FabricError>>;
     /// Every job of `tenant` (all tenants when `None`), newest first.
     fn jobs<'a>(&'a self, tenant: Option<&'a str>) -> BoxFuture<'a, Result<Vec<JobRecord>, FabricError>>;
+
+    /// Records `host` as a member under a new lease of `ttl`.
+    fn join<'a>(&'a self, host: &'a HostInfo, ttl: Duration) -> BoxFuture<'a, Result<LeaseId, FabricError>>;
+    /// Rewrites a member's record (its load report) under its lease; fails
+    /// once the lease has expired.
+    fn report<'a>(&'a self, host: &'a HostInfo, lease: LeaseId) -> BoxFuture<'a, Result<(), FabricError>>;
+    /// Renews a lease; `Ok(false)` when it has expired (the member must
+    /// join again).
+    fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<bool, FabricError>>;
+    /// Ends a lease, removing the member's record at once.
+    fn leave(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), FabricError>>;
+    /// The members now.
+    fn members(&self) -> BoxFuture<'_, Result<Vec<HostInfo>, FabricError>>;
+    /// Watches membership: a [`MemberEvent::Reset`] first, then changes.
+    fn watch_members(&self) -> BoxFuture<'_, Result<MemberWatch, FabricError>>;
+
+    /// The cluster's CA: the one recorded, or `proposal` if there was none
+    /// (whichever host asks first creates it; the rest adopt it).
+    fn cluster_ca<'a>(&'a self, proposal: &'a CaPem) -> BoxFuture<'a, Result<CaPem, FabricError>>;
+    /// The CA's certificate alone, for clients (`None` before any host ran).
+    fn ca_cert(&self) -> BoxFuture<'_, Result<Option<String>, FabricError>>;
 }
 
 /// Newest first, ties by id: the order every backend lists jobs in.

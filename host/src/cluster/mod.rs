@@ -1,0 +1,92 @@
+//! The cluster: which hosts exist and where work should run.
+//!
+//! - [`view`]: the membership view, an IO-free state machine fed with the
+//!   registry's watch events.
+//! - [`placement`]: the IO-free placement rules (resources, pools, labels,
+//!   strategies, impossible demands) over that view.
+//! - [`membership`]: the async loop that joins the registry under a lease,
+//!   keeps it alive, reports load, feeds the view, and rejoins after the
+//!   registry was unreachable for longer than the lease.
+//!
+//! There is no head node: every host runs the same loop against the shared
+//! registry and keeps its own view; any host can answer `fabric hosts` or
+//! place work.
+
+pub mod membership;
+pub mod placement;
+pub mod view;
+
+use fabric_proto::{Demand, FabricError, HostInfo, Label, Resource};
+use placement::Placer;
+use std::sync::{Mutex, MutexGuard};
+use view::View;
+
+/// What this host declares about itself (its record minus live load).
+#[derive(Clone, Debug, Default)]
+pub struct Declared {
+    /// Resources beyond `cpu` (the slot count), which is always declared.
+    pub resources: Vec<Resource>,
+    /// The pool it belongs to.
+    pub pool: Option<String>,
+    /// Its labels.
+    pub labels: Vec<Label>,
+}
+
+/// A host's cluster state: its view of the members and its placement
+/// bookkeeping.
+#[derive(Debug, Default)]
+pub struct Cluster {
+    view: Mutex<View>,
+    placer: Mutex<Placer>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cluster {
+    /// No members known yet.
+    pub fn new() -> Self {
+        Cluster::default()
+    }
+
+    /// Applies a membership event to the view; forgets hosts that left.
+    pub fn apply(&self, event: view::MemberEvent) -> Vec<view::Change> {
+        let changes = lock(&self.view).apply(event);
+        for change in &changes {
+            match change {
+                view::Change::Left(id) => {
+                    lock(&self.placer).forget(id);
+                    tracing::info!(host = %id, "a host left the cluster");
+                }
+                view::Change::Joined(id) => tracing::info!(host = %id, "a host joined the cluster"),
+                view::Change::Updated(_) => {}
+            }
+        }
+        changes
+    }
+
+    /// The members as this host sees them, with `local`'s live record in
+    /// place of its last report.
+    pub fn members(&self, local: &HostInfo) -> Vec<HostInfo> {
+        let view = lock(&self.view);
+        let mut members: Vec<HostInfo> =
+            view.hosts().map(|h| if h.id == local.id { local.clone() } else { h.clone() }).collect();
+        if view.get(&local.id).is_none() {
+            members.push(local.clone());
+            members.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        members
+    }
+
+    /// Where `demand` should run (see [`placement`]).
+    pub fn place(&self, local: &HostInfo, demand: &Demand) -> Result<String, FabricError> {
+        let view = lock(&self.view);
+        lock(&self.placer).place(&view, local, demand)
+    }
+
+    /// Whether `id` is a member now.
+    pub fn is_member(&self, id: &str) -> bool {
+        lock(&self.view).get(id).is_some()
+    }
+}

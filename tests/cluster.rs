@@ -1,0 +1,148 @@
+//! The cluster, end to end: a real etcd and real `fabric host` processes on
+//! loopback, driven with the real CLI.
+
+use fabric_tests::{eventually, example, fabric, Etcd, Up};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Generous bound for membership changes (the lease TTL is 2 s); the
+/// failure-detection benchmark measures the real figure.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// The member ids `host` lists.
+fn view_of(host: &Up) -> Option<BTreeSet<String>> {
+    let out = host.fabric(&["hosts", "--output", "json"]);
+    if out.code != 0 {
+        return None;
+    }
+    Some(out.json().as_array()?.iter().filter_map(|h| h["id"].as_str().map(String::from)).collect())
+}
+
+fn ids(hosts: &[&Up]) -> BTreeSet<String> {
+    hosts.iter().map(|h| h.id()).collect()
+}
+
+/// Waits until every host in `observers` sees exactly `expected`.
+fn all_see(observers: &[&Up], expected: &BTreeSet<String>, what: &str) {
+    for host in observers {
+        eventually(SETTLE, what, || (view_of(host).as_ref() == Some(expected)).then_some(()));
+    }
+}
+
+#[test]
+fn hosts_join_see_each_other_leave_when_killed_and_rejoin() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    let b = Up::host(etcd.endpoint(), &["--pool", "gpu-intensive", "--resources", "gpu=1", "--label", "zone=eu"]);
+    let mut c = Up::host(etcd.endpoint(), &[]);
+    all_see(&[&a, &b, &c], &ids(&[&a, &b, &c]), "three hosts to see each other");
+
+    // What b declared reaches the others' views.
+    let listed = a.fabric(&["hosts", "--output", "json"]).json();
+    let b_record = listed.as_array().unwrap().iter().find(|h| h["id"] == b.id()).unwrap().clone();
+    assert_eq!(b_record["pool"], "gpu-intensive");
+    assert_eq!(b_record["labels"][0], serde_json::json!({ "key": "zone", "value": "eu" }));
+    let gpu = b_record["capacity"].as_array().unwrap().iter().find(|r| r["name"] == "gpu").unwrap().clone();
+    assert_eq!(gpu["amount"], 1);
+    assert_eq!(b_record["addr"], Value::String(b.addr()));
+
+    // kill -9: no goodbye; the lease runs out and every view drops it.
+    let c_old = c.id();
+    c.kill9();
+    all_see(&[&a, &b], &ids(&[&a, &b]), "the killed host to leave every view");
+
+    // Restarted on its data dir, it joins again (a new process, a new id).
+    c.start_again();
+    let c_new = c.id();
+    assert_ne!(c_old, c_new);
+    all_see(&[&a, &b, &c], &ids(&[&a, &b, &c]), "the restarted host to rejoin");
+}
+
+#[test]
+fn a_graceful_stop_leaves_at_once_and_clients_find_hosts_through_etcd() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    let mut b = Up::host(etcd.endpoint(), &[]);
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+
+    // A client that knows only etcd finds a host and trusts the cluster CA.
+    let hello = example("hello").to_string_lossy().into_owned();
+    let out = fabric(&["--etcd", etcd.endpoint(), "submit", &hello, "--args", r#"{"name":"etcd"}"#]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "Hello, etcd!");
+    let out = fabric(&["--etcd", etcd.endpoint(), "hosts", "--output", "json"]);
+    assert_eq!(out.json().as_array().unwrap().len(), 2, "{out:?}");
+    // `--host` with `--etcd` talks to that host, still trusting the CA.
+    let out = fabric(&["--etcd", etcd.endpoint(), "--host", &b.addr(), "hosts", "--output", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // SIGTERM: the host revokes its lease on the way out.
+    b.stop();
+    all_see(&[&a], &ids(&[&a]), "the stopped host to leave");
+}
+
+#[test]
+fn hosts_keep_working_through_an_etcd_outage_and_membership_recovers() {
+    let mut etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    let b = Up::host(etcd.endpoint(), &[]);
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+
+    etcd.stop();
+    // Work runs while etcd is away, and the last view is kept.
+    let fanout = example("fanout");
+    let mut outage_jobs = BTreeSet::new();
+    for host in [&a, &b] {
+        let out = host.submit(&fanout, &["--args", r#"{"tasks":50,"samples":1000}"#]);
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(out.json()["state"], "succeeded");
+        outage_jobs.insert(out.json()["job"].as_str().unwrap().to_string());
+        // Its record is served from the host while etcd cannot take it.
+        let job = out.json()["job"].as_str().unwrap().to_string();
+        assert_eq!(host.fabric(&["status", &job, "--output", "json"]).json()["state"], "succeeded");
+    }
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(view_of(&a), Some(ids(&[&a, &b])));
+    etcd.restart();
+
+    // Membership recovers: both are members, and a host that joins now is
+    // seen by both.
+    let c = Up::host(etcd.endpoint(), &[]);
+    all_see(&[&a, &b, &c], &ids(&[&a, &b, &c]), "membership to recover after etcd returns");
+
+    // The records of jobs run during the outage reach etcd: any host lists them.
+    eventually(SETTLE, "the outage's job records to reach etcd", || {
+        let listed = c.fabric(&["jobs", "--output", "json"]).json();
+        let succeeded: BTreeSet<String> = listed
+            .as_array()?
+            .iter()
+            .filter(|j| j["state"] == "succeeded")
+            .filter_map(|j| j["job"].as_str().map(String::from))
+            .collect();
+        outage_jobs.is_subset(&succeeded).then_some(())
+    });
+}
+
+#[test]
+fn bad_host_settings_are_refused_with_a_reason() {
+    let out = fabric(&["host", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("--etcd"), "{}", out.stderr);
+    let etcd = Etcd::start();
+    for (flags, says) in [
+        (&["--resources", "gpu=lots"][..], "--resources"),
+        (&["--label", "novalue"][..], "--label"),
+        (&["--lease-ttl", "0"][..], "--lease-ttl"),
+    ] {
+        let mut args = vec!["--etcd", etcd.endpoint(), "host", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        let out = fabric(&args);
+        assert_eq!(out.code, 2, "{flags:?}: {out:?}");
+        assert!(out.stderr.contains(says), "{flags:?}: {}", out.stderr);
+    }
+    // A client pointed at an etcd no cluster used says so.
+    let out = fabric(&["--etcd", etcd.endpoint(), "hosts"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("no fabric cluster has started"), "{}", out.stderr);
+}
