@@ -146,3 +146,104 @@ fn bad_host_settings_are_refused_with_a_reason() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("no fabric cluster has started"), "{}", out.stderr);
 }
+
+/// `fabric submit --detach`: the job id.
+fn submit_detached(host: &Up, wasm: &std::path::Path, function: &str, args: &str) -> String {
+    let out = host.submit(wasm, &["--fn", function, "--args", args, "--detach"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    out.json()["job"].as_str().expect("a job id").to_string()
+}
+
+#[test]
+fn fanout_runs_on_every_host_with_the_component_fetched_from_the_first() {
+    let etcd = Etcd::start();
+    let (a, b, c) = (Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), &[]));
+    all_see(&[&a, &b, &c], &ids(&[&a, &b, &c]), "three hosts to see each other");
+
+    // Uploaded to a only; b and c fetch it from a, and a reads every result
+    // b and c produce.
+    let out = a.submit(&example("fanout"), &["--args", r#"{"tasks": 300, "samples": 20000, "spread": true}"#]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v = out.json();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let result = &v["result"];
+    assert_eq!(result["tasks"], 300);
+    let pi = result["pi"].as_f64().unwrap();
+    assert!((pi - std::f64::consts::PI).abs() < 0.01, "{pi}");
+    let ran_on: BTreeSet<String> = result["hosts"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(ran_on, ids(&[&a, &b, &c]), "tasks ran on every host: {result}");
+    let total: u64 = result["hosts"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(total, 300);
+    for other in [&b, &c] {
+        assert!(!other
+            .data_dir()
+            .join("components/default")
+            .read_dir()
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true));
+    }
+}
+
+#[test]
+fn demands_land_where_they_fit_and_impossible_ones_fail_at_once() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    let gpu = Up::host(etcd.endpoint(), &["--resources", "gpu=1", "--pool", "gpu-intensive", "--label", "zone=eu"]);
+    let c = Up::host(etcd.endpoint(), &[]);
+    all_see(&[&a, &gpu, &c], &ids(&[&a, &gpu, &c]), "three hosts to see each other");
+
+    let testkit = fabric_tests::testkit();
+    let placed = |args: &str| {
+        let out = a.submit(&testkit, &["--fn", "placed", "--args", args]);
+        out.json()
+    };
+    for args in [
+        r#"{"resources": [["gpu", 1]], "pool": null, "labels": []}"#,
+        r#"{"resources": [], "pool": "gpu-intensive", "labels": []}"#,
+        r#"{"resources": [], "pool": null, "labels": [["zone", "eu"]]}"#,
+    ] {
+        let v = placed(args);
+        assert_eq!(v["state"], "succeeded", "{args}: {v}");
+        assert_eq!(v["result"], Value::String(gpu.id()), "{args}");
+    }
+    // Nobody has two GPUs, or is in pool `tpu`: the submit fails at once
+    // with what is missing.
+    let v = placed(r#"{"resources": [["gpu", 2]], "pool": null, "labels": []}"#);
+    assert_eq!(v["state"], "failed");
+    assert_eq!(v["error"]["kind"], "resource-limit");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("gpu (the most any matching member has is 1)"), "{message}");
+    let v = placed(r#"{"resources": [], "pool": "tpu", "labels": []}"#);
+    assert_eq!(v["error"]["kind"], "resource-limit", "{v}");
+}
+
+#[test]
+fn tasks_of_a_killed_host_are_retried_elsewhere_and_the_job_completes() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    let b = Up::host(etcd.endpoint(), &[]);
+    let mut c = Up::host(etcd.endpoint(), &[]);
+    all_see(&[&a, &b, &c], &ids(&[&a, &b, &c]), "three hosts to see each other");
+
+    let testkit = fabric_tests::testkit();
+    let job = submit_detached(&a, &testkit, "spread_sleep", r#"{"n": 60, "ms": 300}"#);
+    // Kill c once it is running some of the job's tasks.
+    let c_id = c.id();
+    eventually(SETTLE, "c to be busy with the job", || {
+        let hosts = a.fabric(&["hosts", "--output", "json"]).json();
+        let busy = hosts.as_array()?.iter().any(|h| {
+            h["id"] == c_id.as_str()
+                && h["used"].as_array().is_some_and(|u| u.iter().any(|r| r["amount"].as_u64() > Some(0)))
+        });
+        busy.then_some(())
+    });
+    c.kill9();
+
+    let out = a.fabric(&["logs", "--follow", &job]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("running it again elsewhere"), "{}", out.stdout);
+    let v = a.fabric(&["status", &job, "--output", "json"]).json();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["result"][0], 60 * 59 / 2, "every task completed exactly once: {v}");
+    assert_eq!(v["result"][1].as_array().unwrap().len(), 60);
+}

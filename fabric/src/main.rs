@@ -338,7 +338,7 @@ async fn serve(
         anyhow::bail!("listening on {local}: give the address peers should dial with --advertise");
     }
     fabric_host::components::write_atomic(&addr_file(data_dir), local.to_string().as_bytes())?;
-    host.join(&reachable.to_string());
+    host.join(endpoint.clone(), &reachable.to_string());
     eprintln!("fabric: host {} listening on {local} (data dir {})", host.id(), data_dir.display());
     let server = tokio::spawn(fabric_host::server::serve(host.clone(), endpoint.clone()));
     shutdown_signal().await;

@@ -56,7 +56,20 @@ pub struct TaskOptions {
     pub cpu: Option<Duration>,
     /// Linear memory cap in bytes.
     pub memory_bytes: Option<u64>,
+    /// Resources held while the task runs; none holds one `cpu`.
+    pub resources: Vec<(String, u64)>,
+    /// The pool the task's host must belong to.
+    pub pool: Option<String>,
+    /// Labels the task's host must carry.
+    pub labels: Vec<(String, String)>,
+    /// How to choose among hosts that fit.
+    pub strategy: Option<Strategy>,
+    /// Runs elsewhere if the host is lost, this many times (default 3).
+    pub retries: Option<u32>,
 }
+
+/// How a task is spread over the hosts that can take it.
+pub use bindings::fabric::core::tasks::Strategy;
 
 impl TaskOptions {
     /// Sets the wall-clock limit.
@@ -79,6 +92,31 @@ impl TaskOptions {
         self.component = Some(sha256.into());
         self
     }
+    /// Holds `amount` of resource `name` (`cpu`, `gpu`, `memory`, custom).
+    pub fn resource(mut self, name: impl Into<String>, amount: u64) -> Self {
+        self.resources.push((name.into(), amount));
+        self
+    }
+    /// Runs on a host of pool `name`.
+    pub fn pool(mut self, name: impl Into<String>) -> Self {
+        self.pool = Some(name.into());
+        self
+    }
+    /// Runs on a host labelled `key=value`.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.push((key.into(), value.into()));
+        self
+    }
+    /// Chooses among fitting hosts this way.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = Some(strategy);
+        self
+    }
+    /// Runs elsewhere up to `n` times if its host is lost.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = Some(n);
+        self
+    }
 }
 
 /// What the calling task is part of.
@@ -90,12 +128,14 @@ pub struct Context {
     pub job: String,
     /// sha256 hex of this component.
     pub component: String,
+    /// The id of the host running this task.
+    pub host: String,
 }
 
-/// The tenant, job and component of the calling task.
+/// The tenant, job, component and host of the calling task.
 pub fn context() -> Context {
     let c = wit_tasks::context();
-    Context { tenant: c.tenant, job: c.job, component: c.component }
+    Context { tenant: c.tenant, job: c.job, component: c.component, host: c.host }
 }
 
 /// Log levels for [`log`].
@@ -160,6 +200,11 @@ pub mod __private {
             timeout_ms: options.timeout.map(|d| d.as_millis() as u64),
             cpu_ms: options.cpu.map(|d| d.as_millis() as u64),
             memory_bytes: options.memory_bytes,
+            resources: options.resources.clone(),
+            pool: options.pool.clone(),
+            labels: options.labels.clone(),
+            strategy: options.strategy,
+            retries: options.retries,
         };
         let id = bindings::fabric::core::tasks::submit(name, &bytes, &wit_options)?;
         Ok(ObjectRef::from_id(id.into()))

@@ -110,6 +110,16 @@ impl Components {
         Ok(loaded)
     }
 
+    /// The bytes of component `sha256` of `tenant` (for a peer that lacks it).
+    pub async fn bytes(&self, tenant: &str, sha256: &str) -> Result<Vec<u8>, FabricError> {
+        let missing = || FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no component {sha256}"));
+        if !self.has(tenant, sha256) {
+            return Err(missing());
+        }
+        let path = self.stored_path(tenant, sha256).ok_or_else(missing)?;
+        tokio::fs::read(&path).await.map_err(|e| internal(format!("cannot read component: {e}")))
+    }
+
     /// Component `sha256` of `tenant`, loading it if needed.
     pub async fn get(&self, tenant: &str, sha256: &str) -> Result<Arc<LoadedComponent>, FabricError> {
         if !self.has(tenant, sha256) {

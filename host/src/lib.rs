@@ -33,8 +33,10 @@ pub mod instances;
 pub mod joblog;
 pub mod jobs;
 pub mod objects;
+pub mod peers;
 pub mod records;
 pub mod registry;
+pub mod remote;
 pub mod runtime;
 pub mod sandbox;
 pub mod scheduler;
@@ -77,12 +79,18 @@ pub struct HostInner {
     live: Mutex<HashMap<(String, String), LiveJob>>,
     pub(crate) identity: tls::Identity,
     pub(crate) cluster: cluster::Cluster,
+    pub(crate) peers: peers::Peers,
+    /// One fetch per missing component at a time, by (tenant, sha256).
+    pub(crate) fetching: Mutex<HashMap<(String, String), FetchGate>>,
     /// The address peers and clients reach this host at, once serving.
     addr: Mutex<String>,
     started_ms: u64,
     membership: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
     _ticker: sandbox::EpochTicker,
 }
+
+/// Held by the one task that fetches a missing component; others wait.
+type FetchGate = Arc<tokio::sync::Mutex<()>>;
 
 struct LiveJob {
     job: Arc<Job>,
@@ -98,16 +106,27 @@ pub struct LogFollow {
 }
 
 impl HostInner {
-    /// Queues `spec` as a task of `job`; returns the id of its result object.
-    pub(crate) fn spawn_task(self: &Arc<Self>, job: &Arc<Job>, spec: TaskSpec) -> ObjectId {
+    /// Queues `spec` as a task of `job`, to run where `placement` says;
+    /// returns the id of its result object.
+    pub(crate) fn spawn_task(
+        self: &Arc<Self>,
+        job: &Arc<Job>,
+        spec: TaskSpec,
+        placement: remote::Placement,
+    ) -> ObjectId {
         let (id, cell) = self.objects.reserve(&job.tenant, &job.id);
         let host = self.clone();
         let job = job.clone();
         tokio::spawn(async move {
-            let outcome = run_task(&host, &job, spec).await;
+            let outcome = remote::run_anywhere(&host, &job, spec, placement).await;
             host.objects.fill(&cell, outcome);
         });
         id
+    }
+
+    /// The address this host serves on (empty before it joins).
+    pub(crate) fn local_addr(&self) -> String {
+        self.addr.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn live(&self) -> MutexGuard<'_, HashMap<(String, String), LiveJob>> {
@@ -125,7 +144,7 @@ impl HostInner {
         cluster::placement::adjust_set(&mut capacity, &declared.resources);
         HostInfo {
             id: self.id.clone(),
-            addr: self.addr.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            addr: self.local_addr(),
             capacity,
             used: vec![Resource { name: cluster::placement::CPU.into(), amount: held as u64 }],
             queued: waiting as u64,
@@ -149,7 +168,7 @@ fn wasm_error(e: wasmtime::Error) -> anyhow::Error {
 }
 
 /// Tenant names become directory names: keep them plain.
-fn validate_name(what: &str, name: &str) -> Result<(), FabricError> {
+pub(crate) fn validate_name(what: &str, name: &str) -> Result<(), FabricError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
@@ -200,6 +219,8 @@ impl Host {
             registry,
             records: records::Records::default(),
             live: Mutex::new(HashMap::new()),
+            peers: peers::Peers::new(identity.peer_client_config()?),
+            fetching: Mutex::new(HashMap::new()),
             identity,
             cluster: cluster::Cluster::new(),
             addr: Mutex::new(String::new()),
@@ -257,10 +278,12 @@ impl Host {
         self.0.identity.server_config()
     }
 
-    /// Joins the cluster as reachable at `addr`: registers under a lease and
-    /// keeps a view of the members until [`Host::shutdown`].
-    pub fn join(&self, addr: &str) {
+    /// Joins the cluster as reachable at `addr`, serving on `endpoint` (peer
+    /// connections go out from it too): registers under a lease and keeps a
+    /// view of the members until [`Host::shutdown`].
+    pub fn join(&self, endpoint: quinn::Endpoint, addr: &str) {
         *self.0.addr.lock().unwrap_or_else(|p| p.into_inner()) = addr.to_string();
+        self.0.peers.set_endpoint(endpoint);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(cluster::membership::run(self.0.clone(), stopped));
         *self.0.membership.lock().unwrap_or_else(|p| p.into_inner()) = Some((stop, task));
@@ -279,6 +302,12 @@ impl Host {
     /// Whether `tenant` has component `sha256` here.
     pub fn has_component(&self, tenant: &str, sha256: &str) -> bool {
         validate_name("tenant", tenant).is_ok() && self.0.components.has(tenant, sha256)
+    }
+
+    /// The stored bytes of a component of `tenant`.
+    pub async fn component_bytes(&self, tenant: &str, sha256: &str) -> Result<Vec<u8>, FabricError> {
+        validate_name("tenant", tenant)?;
+        self.0.components.bytes(tenant, sha256).await
     }
 
     /// Checks, compiles and stores a component for `tenant`; returns its

@@ -25,16 +25,19 @@ pub async fn serve(host: Host, endpoint: quinn::Endpoint) {
             let Ok(connection) = incoming.await else {
                 return;
             };
+            // A member presents a certificate from the cluster CA (the
+            // verifier refused any other); CLI clients present none.
+            let peer = connection.peer_identity().is_some();
             while let Ok((send, recv)) = connection.accept_bi().await {
-                tokio::spawn(handle_stream(host.clone(), send, recv));
+                tokio::spawn(handle_stream(host.clone(), peer, send, recv));
             }
         });
     }
 }
 
-async fn handle_stream(host: Host, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn handle_stream(host: Host, peer: bool, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let outcome = match read_frame::<_, Request>(&mut recv, MAX_FRAME).await {
-        Ok(Some(request)) => respond(&host, request, &mut send, &mut recv).await,
+        Ok(Some(request)) => respond(&host, peer, request, &mut send, &mut recv).await,
         Ok(None) => Ok(()),
         Err(e) => Err(FabricError::new(ErrorKind::InvalidArgument, format!("bad request frame: {e}"))),
     };
@@ -54,6 +57,7 @@ async fn reply(send: &mut quinn::SendStream, response: &Response) -> Result<(), 
 
 async fn respond(
     host: &Host,
+    peer: bool,
     request: Request,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
@@ -108,6 +112,19 @@ async fn respond(
             reply(send, &Response::Done).await
         }
         Request::Hosts => reply(send, &Response::Hosts(host.hosts())).await,
+        Request::PeerRun { .. } | Request::FetchComponent { .. } if !peer => Err(FabricError::new(
+            ErrorKind::InvalidArgument,
+            "host-to-host requests need a certificate from the cluster's CA",
+        )),
+        Request::PeerRun { origin, tenant, job, component, function, args, limits } => {
+            let request = crate::remote::PeerRun { origin, tenant, job, component, function, args, limits };
+            crate::remote::serve_run(host, request, send).await
+        }
+        Request::FetchComponent { tenant, sha256 } => {
+            let bytes = host.component_bytes(&tenant, &sha256).await?;
+            reply(send, &Response::Component { len: bytes.len() as u64 }).await?;
+            send.write_all(&bytes).await.map_err(|e| gone(fabric_proto::WireError::Io(e.into())))
+        }
         Request::Logs { tenant, job, follow } => {
             let follow_state = host.logs(&tenant, &job).await?;
             reply(send, &Response::Log(follow_state.snapshot)).await?;

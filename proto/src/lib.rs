@@ -360,6 +360,34 @@ mod messages {
         },
         /// The cluster's members as this host sees them.
         Hosts,
+        /// Host to host: run one task of a job that lives on another host.
+        /// Answered with [`Response::Log`] frames while it runs, then
+        /// [`Response::Output`] or [`Response::Error`]. Closing the stream
+        /// cancels the task.
+        PeerRun {
+            /// The address of the host whose job this is (it has the component).
+            origin: String,
+            /// Whose job.
+            tenant: String,
+            /// The job's id.
+            job: String,
+            /// sha256 hex of the component.
+            component: String,
+            /// The function.
+            function: String,
+            /// Binary-encoded arguments.
+            args: Vec<u8>,
+            /// The task's limits.
+            limits: TaskLimits,
+        },
+        /// Host to host: a component's bytes, answered with
+        /// [`Response::Component`] and the raw bytes.
+        FetchComponent {
+            /// Whose component.
+            tenant: String,
+            /// Its sha256 hex.
+            sha256: String,
+        },
     }
 
     /// A host's response frames.
@@ -395,6 +423,13 @@ mod messages {
         Done,
         /// Members, by id.
         Hosts(Vec<HostInfo>),
+        /// A task's encoded result (ends a [`Request::PeerRun`]).
+        Output(Vec<u8>),
+        /// A component of `len` bytes follows raw.
+        Component {
+            /// Its size.
+            len: u64,
+        },
         /// The request failed.
         Error(FabricError),
     }

@@ -94,7 +94,9 @@ async fn serve_lease(
             _ = stopped(stop) => return true,
             event = event => match event {
                 Some(Ok(event)) => {
-                    host.cluster.apply(event);
+                    for addr in host.cluster.apply(event) {
+                        host.peers.disconnect(&addr);
+                    }
                 }
                 Some(Err(e)) => {
                     tracing::warn!("the membership watch broke: {e}");

@@ -50,20 +50,29 @@ impl Cluster {
         Cluster::default()
     }
 
-    /// Applies a membership event to the view; forgets hosts that left.
-    pub fn apply(&self, event: view::MemberEvent) -> Vec<view::Change> {
-        let changes = lock(&self.view).apply(event);
+    /// Applies a membership event to the view; forgets hosts that left and
+    /// returns the addresses they had (their connections must close).
+    pub fn apply(&self, event: view::MemberEvent) -> Vec<String> {
+        let mut view = lock(&self.view);
+        let before: Vec<(String, String)> = match &event {
+            view::MemberEvent::Put(_) => Vec::new(),
+            _ => view.hosts().map(|h| (h.id.clone(), h.addr.clone())).collect(),
+        };
+        let changes = view.apply(event);
+        drop(view);
+        let mut left = Vec::new();
         for change in &changes {
             match change {
                 view::Change::Left(id) => {
                     lock(&self.placer).forget(id);
                     tracing::info!(host = %id, "a host left the cluster");
+                    left.extend(before.iter().filter(|(h, _)| h == id).map(|(_, addr)| addr.clone()));
                 }
                 view::Change::Joined(id) => tracing::info!(host = %id, "a host joined the cluster"),
                 view::Change::Updated(_) => {}
             }
         }
-        changes
+        left
     }
 
     /// The members as this host sees them, with `local`'s live record in
@@ -79,14 +88,35 @@ impl Cluster {
         members
     }
 
-    /// Where `demand` should run (see [`placement`]).
-    pub fn place(&self, local: &HostInfo, demand: &Demand) -> Result<String, FabricError> {
+    /// Where `demand` should run, avoiding hosts in `avoid` (see
+    /// [`placement`]).
+    pub fn place(&self, local: &HostInfo, demand: &Demand, avoid: &[String]) -> Result<String, FabricError> {
         let view = lock(&self.view);
-        lock(&self.placer).place(&view, local, demand)
+        lock(&self.placer).place(&view, local, demand, avoid)
     }
 
-    /// Whether `id` is a member now.
-    pub fn is_member(&self, id: &str) -> bool {
-        lock(&self.view).get(id).is_some()
+    /// Records work holding `resources` sent to `host`.
+    pub fn dispatched(&self, host: &str, resources: &[Resource]) {
+        lock(&self.placer).dispatched(host, resources);
+    }
+
+    /// Records that work sent to `host` ended.
+    pub fn finished(&self, host: &str, resources: &[Resource]) {
+        lock(&self.placer).finished(host, resources);
+    }
+
+    /// The address of member `id`.
+    pub fn addr_of(&self, id: &str) -> Option<String> {
+        lock(&self.view).get(id).map(|h| h.addr.clone())
+    }
+
+    /// How many members the view holds.
+    pub fn len(&self) -> usize {
+        lock(&self.view).len()
+    }
+
+    /// Whether the view is empty (before the first watch event).
+    pub fn is_empty(&self) -> bool {
+        lock(&self.view).is_empty()
     }
 }

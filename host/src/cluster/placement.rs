@@ -151,19 +151,39 @@ impl Placer {
     }
 
     /// Chooses the host for `demand`, submitted on `local` (whose live
-    /// record stands in for its entry in `view`).
-    pub fn place(&self, view: &View, local: &HostInfo, demand: &Demand) -> Result<String, FabricError> {
+    /// record stands in for its entry in `view`), never one in `avoid`
+    /// (hosts already lost while running this work).
+    pub fn place(
+        &self,
+        view: &View,
+        local: &HostInfo,
+        demand: &Demand,
+        avoid: &[String],
+    ) -> Result<String, FabricError> {
         let needs = effective_resources(demand);
         let mut best_now: Option<(f64, bool, &str)> = None;
         let mut best_queue: Option<(f64, bool, &str)> = None;
+        let mut avoided = 0;
         let others = view.hosts().filter(|h| h.id != local.id);
         for host in std::iter::once(local).chain(others) {
             if !eligible(host, demand, &needs) {
                 continue;
             }
+            if avoid.contains(&host.id) {
+                avoided += 1;
+                continue;
+            }
             let is_local = host.id == local.id;
-            let inflight = if is_local { &[][..] } else { self.inflight.get(&host.id).map_or(&[][..], Vec::as_slice) };
-            let used = |name: &str| amount(&host.used, name) + amount(inflight, name);
+            let inflight = self.inflight.get(&host.id).map_or(&[][..], Vec::as_slice);
+            // The local record is live: its held slots already include the
+            // placed tasks that started, so count whichever is larger.
+            let used = |name: &str| {
+                if is_local && name == CPU {
+                    amount(&host.used, name).max(amount(inflight, name))
+                } else {
+                    amount(&host.used, name) + amount(inflight, name)
+                }
+            };
             let fits_now = needs.iter().all(|r| used(&r.name) + r.amount <= amount(&host.capacity, &r.name));
             if fits_now && is_local && demand.strategy == Strategy::Local {
                 return Ok(host.id.clone());
@@ -195,6 +215,10 @@ impl Placer {
         }
         match best_now.or(best_queue) {
             Some((_, _, id)) => Ok(id.to_string()),
+            None if avoided > 0 => Err(FabricError::new(
+                ErrorKind::Unavailable,
+                format!("every host that can run this ({avoided}) was lost while running it"),
+            )),
             None => Err(impossible(view, local, demand, &needs)),
         }
     }
@@ -297,9 +321,9 @@ mod tests {
         let a = host("a", "cpu=2", "cpu=1");
         let v = view(&[a.clone(), host("b", "cpu=4", "cpu=3"), host("c", "cpu=4", "cpu=1")]);
         let placer = Placer::new();
-        assert_eq!(placer.place(&v, &a, &demand("", Strategy::Local)).unwrap(), "a");
+        assert_eq!(placer.place(&v, &a, &demand("", Strategy::Local), &[]).unwrap(), "a");
         let full = host("a", "cpu=2", "cpu=2");
-        assert_eq!(placer.place(&v, &full, &demand("", Strategy::Local)).unwrap(), "c");
+        assert_eq!(placer.place(&v, &full, &demand("", Strategy::Local), &[]).unwrap(), "c");
     }
 
     #[test]
@@ -307,8 +331,8 @@ mod tests {
         let a = host("a", "cpu=4", "cpu=2");
         let v = view(&[a.clone(), host("b", "cpu=4", "cpu=3"), host("c", "cpu=4", "cpu=0")]);
         let placer = Placer::new();
-        assert_eq!(placer.place(&v, &a, &demand("", Strategy::Spread)).unwrap(), "c");
-        assert_eq!(placer.place(&v, &a, &demand("", Strategy::Pack)).unwrap(), "b");
+        assert_eq!(placer.place(&v, &a, &demand("", Strategy::Spread), &[]).unwrap(), "c");
+        assert_eq!(placer.place(&v, &a, &demand("", Strategy::Pack), &[]).unwrap(), "b");
     }
 
     #[test]
@@ -318,7 +342,7 @@ mod tests {
         let mut placer = Placer::new();
         let mut counts: HashMap<String, usize> = HashMap::new();
         for _ in 0..4 {
-            let target = placer.place(&v, &a, &demand("", Strategy::Local)).unwrap();
+            let target = placer.place(&v, &a, &demand("", Strategy::Local), &[]).unwrap();
             placer.dispatched(&target, &res("cpu=1"));
             *counts.entry(target).or_default() += 1;
         }
@@ -327,7 +351,7 @@ mod tests {
         // Everything is full now: the next one queues where the backlog per
         // cpu is lowest, and finishing work frees room again.
         placer.finished("c", &res("cpu=1"));
-        assert_eq!(placer.place(&v, &a, &demand("", Strategy::Local)).unwrap(), "c");
+        assert_eq!(placer.place(&v, &a, &demand("", Strategy::Local), &[]).unwrap(), "c");
     }
 
     #[test]
@@ -337,7 +361,7 @@ mod tests {
         let mut b = host("b", "cpu=2", "cpu=2");
         b.queued = 1;
         let v = view(&[a.clone(), b]);
-        assert_eq!(Placer::new().place(&v, &a, &demand("", Strategy::Local)).unwrap(), "b");
+        assert_eq!(Placer::new().place(&v, &a, &demand("", Strategy::Local), &[]).unwrap(), "b");
     }
 
     #[test]
@@ -348,18 +372,18 @@ mod tests {
         gpu.labels = vec![Label { key: "zone".into(), value: "eu".into() }];
         let v = view(&[a.clone(), gpu]);
         let placer = Placer::new();
-        assert_eq!(placer.place(&v, &a, &demand("gpu=1", Strategy::Local)).unwrap(), "g");
+        assert_eq!(placer.place(&v, &a, &demand("gpu=1", Strategy::Local), &[]).unwrap(), "g");
         let pooled = Demand { pool: Some("gpu-intensive".into()), ..Demand::default() };
-        assert_eq!(placer.place(&v, &a, &pooled).unwrap(), "g");
+        assert_eq!(placer.place(&v, &a, &pooled, &[]).unwrap(), "g");
         let labelled = Demand { labels: vec![Label { key: "zone".into(), value: "eu".into() }], ..Demand::default() };
-        assert_eq!(placer.place(&v, &a, &labelled).unwrap(), "g");
+        assert_eq!(placer.place(&v, &a, &labelled, &[]).unwrap(), "g");
         // A busy gpu host still takes gpu work: it queues there.
         let busy = view(&[a.clone(), {
             let mut g = host("g", "cpu=2,gpu=1", "cpu=2,gpu=1");
             g.pool = Some("gpu-intensive".into());
             g
         }]);
-        assert_eq!(placer.place(&busy, &a, &demand("gpu=1", Strategy::Local)).unwrap(), "g");
+        assert_eq!(placer.place(&busy, &a, &demand("gpu=1", Strategy::Local), &[]).unwrap(), "g");
     }
 
     #[test]
@@ -367,14 +391,14 @@ mod tests {
         let a = host("a", "cpu=8,gpu=1", "");
         let v = view(&[a.clone(), host("b", "cpu=2", "")]);
         let placer = Placer::new();
-        let err = placer.place(&v, &a, &demand("gpu=2", Strategy::Local)).unwrap_err();
+        let err = placer.place(&v, &a, &demand("gpu=2", Strategy::Local), &[]).unwrap_err();
         assert_eq!(err.kind, ErrorKind::ResourceLimit);
         assert!(err.message.contains("gpu (the most any matching member has is 1)"), "{}", err.message);
         assert!(err.message.contains("of the 2 in the cluster"), "{}", err.message);
-        let err = placer.place(&v, &a, &demand("cpu=9", Strategy::Spread)).unwrap_err();
+        let err = placer.place(&v, &a, &demand("cpu=9", Strategy::Spread), &[]).unwrap_err();
         assert!(err.message.contains("cpu (the most any matching member has is 8)"), "{}", err.message);
         let nowhere = Demand { pool: Some("tpu".into()), ..Demand::default() };
-        let err = placer.place(&v, &a, &nowhere).unwrap_err();
+        let err = placer.place(&v, &a, &nowhere, &[]).unwrap_err();
         assert!(err.message.contains("no member is in that pool"), "{}", err.message);
     }
 
@@ -392,11 +416,25 @@ mod tests {
     }
 
     #[test]
+    fn lost_hosts_are_avoided_and_losing_all_is_unavailable() {
+        let a = host("a", "cpu=1", "cpu=1");
+        let v = view(&[a.clone(), host("b", "cpu=2", ""), host("c", "cpu=2", "cpu=1")]);
+        let placer = Placer::new();
+        let d = demand("", Strategy::Local);
+        assert_eq!(placer.place(&v, &a, &d, &[]).unwrap(), "b");
+        assert_eq!(placer.place(&v, &a, &d, &["b".into()]).unwrap(), "c");
+        let gpu = host("g", "cpu=1,gpu=1", "");
+        let v = view(&[a.clone(), gpu]);
+        let err = placer.place(&v, &a, &demand("gpu=1", Strategy::Local), &["g".into()]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unavailable, "{}", err.message);
+    }
+
+    #[test]
     fn zero_cpu_work_fits_anywhere_and_hosts_that_left_are_forgotten() {
         let a = host("a", "cpu=1", "cpu=1");
         let v = view(std::slice::from_ref(&a));
         let mut placer = Placer::new();
-        assert_eq!(placer.place(&v, &a, &demand("cpu=0", Strategy::Local)).unwrap(), "a");
+        assert_eq!(placer.place(&v, &a, &demand("cpu=0", Strategy::Local), &[]).unwrap(), "a");
         placer.dispatched("gone", &res("cpu=3"));
         placer.forget("gone");
         assert!(placer.inflight.is_empty());

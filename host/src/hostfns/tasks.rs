@@ -1,10 +1,11 @@
 //! `fabric:core/tasks`: sub-tasks submitted from inside a guest, and waits.
 
-use super::bindings::fabric::core::tasks::{Host, TaskContext as WitTaskContext, TaskOptions};
+use super::bindings::fabric::core::tasks::{Host, Strategy as WitStrategy, TaskContext as WitTaskContext, TaskOptions};
 use super::{Encoding, WitError, WitObjectId};
+use crate::remote::{Placement, DEFAULT_RETRIES};
 use crate::runtime::TaskSpec;
 use crate::sandbox::TaskState;
-use fabric_proto::TaskLimits;
+use fabric_proto::{Demand, Label, Resource, Strategy, TaskLimits};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
@@ -24,8 +25,23 @@ impl Host for TaskState {
             cpu_ms: options.cpu_ms.or(inherited.cpu_ms),
             memory_bytes: options.memory_bytes.or(inherited.memory_bytes),
         };
+        let demand = Demand {
+            resources: options.resources.into_iter().map(|(name, amount)| Resource { name, amount }).collect(),
+            pool: options.pool,
+            labels: options.labels.into_iter().map(|(key, value)| Label { key, value }).collect(),
+            strategy: match options.strategy {
+                None | Some(WitStrategy::Local) => Strategy::Local,
+                Some(WitStrategy::Spread) => Strategy::Spread,
+                Some(WitStrategy::Pack) => Strategy::Pack,
+            },
+        };
+        if demand != Demand::default() {
+            // A demand no member could ever meet fails here, not in a wait.
+            task.host.cluster.place(&task.host.local_info(), &demand, &[])?;
+        }
+        let placement = Placement { demand, retries: options.retries.unwrap_or(DEFAULT_RETRIES) };
         let spec = TaskSpec { component, function, args, encoding: Encoding::Binary, limits };
-        Ok(task.host.spawn_task(&task.job, spec).into())
+        Ok(task.host.spawn_task(&task.job, spec, placement).into())
     }
 
     async fn wait(
@@ -74,8 +90,14 @@ impl Host for TaskState {
                 tenant: task.job.tenant.to_string(),
                 job: task.job.id.to_string(),
                 component: task.component.sha256.clone(),
+                host: task.host.id.clone(),
             },
-            Err(_) => WitTaskContext { tenant: String::new(), job: String::new(), component: String::new() },
+            Err(_) => WitTaskContext {
+                tenant: String::new(),
+                job: String::new(),
+                component: String::new(),
+                host: String::new(),
+            },
         }
     }
 }

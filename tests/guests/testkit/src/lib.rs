@@ -123,6 +123,40 @@ fn whoami() -> (String, String) {
     (c.tenant, c.job)
 }
 
+/// The id of the host running this task.
+#[fabric::task]
+fn where_am_i() -> String {
+    fabric::context().host
+}
+
+/// Runs `where_am_i` as a sub-task demanding `resources`, `pool` and
+/// `labels`, and returns the host it ran on.
+#[fabric::task]
+fn placed(resources: Vec<(String, u64)>, pool: Option<String>, labels: Vec<(String, String)>) -> fabric::Result<String> {
+    let mut options = fabric::TaskOptions::default();
+    options.resources = resources;
+    options.pool = pool;
+    options.labels = labels;
+    where_am_i.remote_with(&options)?.get()
+}
+
+/// Sleeps `ms`, then returns `index` and the host it ran on.
+#[fabric::task]
+fn sleep_where(index: u64, ms: u64) -> (u64, String) {
+    std::thread::sleep(Duration::from_millis(ms));
+    (index, fabric::context().host)
+}
+
+/// Spreads `n` tasks of `ms` each over the cluster; returns the sum of
+/// their indexes (n(n-1)/2 when every one completed) and where each ended.
+#[fabric::task]
+fn spread_sleep(n: u64, ms: u64) -> fabric::Result<(u64, Vec<String>)> {
+    let options = fabric::TaskOptions::default().strategy(fabric::Strategy::Spread);
+    let refs = (0..n).map(|i| sleep_where.remote_with(&options, i, ms)).collect::<fabric::Result<Vec<_>>>()?;
+    let done = fabric::get_all(&refs)?;
+    Ok((done.iter().map(|(i, _)| i).sum(), done.into_iter().map(|(_, host)| host).collect()))
+}
+
 /// Percentiles of a set of durations, in microseconds.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Timing {
