@@ -4,6 +4,9 @@
 //! Suites:
 //! - `core`: instance start, task round trips and throughput, object put/get
 //!   against memcpy, `fabric submit` end to end, and `fabric up` start time.
+//! - `actors`: actor round trips, creation, throughput, idle memory.
+//! - `cluster`: placement over 50 simulated hosts; with etcd and three real
+//!   hosts, a remote round trip, a 100,000-task fan-out, failure detection.
 //!
 //! Every figure prints as a table row, or with `--json` as one JSON line:
 //! `{"suite", "name", "unit", "p50", "p99", "n"}` for latencies, or
@@ -22,7 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SUITES: &[&str] = &["core", "actors"];
+mod cluster;
+
+const SUITES: &[&str] = &["core", "actors", "cluster"];
 
 #[derive(Clone, Copy)]
 struct Report {
@@ -108,6 +113,7 @@ fn main() -> anyhow::Result<()> {
         match suite {
             "core" => core(&report)?,
             "actors" => actors(&report)?,
+            "cluster" => cluster::run(&report, &fabric_bin()?)?,
             other => bail!("unknown suite `{other}` (have: {})", SUITES.join(", ")),
         }
     }

@@ -312,6 +312,7 @@ async fn serve(
     }
     config.etcd = etcd.to_vec();
     let mut advertise = None;
+    let joins_cluster = membership.is_some();
     if let Some(m) = membership {
         if let Some(a) = &m.advertise {
             let parsed: std::net::SocketAddr =
@@ -333,9 +334,15 @@ async fn serve(
     })?;
     let endpoint = fabric_host::server::bind(&host, addr)?;
     let local = endpoint.local_addr()?;
-    let reachable = advertise.unwrap_or(local);
+    let mut reachable = advertise.unwrap_or(local);
     if reachable.ip().is_unspecified() {
-        anyhow::bail!("listening on {local}: give the address peers should dial with --advertise");
+        if joins_cluster {
+            anyhow::bail!("listening on {local}: give the address peers should dial with --advertise");
+        }
+        // A lone host has no peers to dial it: record the loopback address.
+        let loopback: std::net::IpAddr =
+            if local.is_ipv6() { std::net::Ipv6Addr::LOCALHOST.into() } else { std::net::Ipv4Addr::LOCALHOST.into() };
+        reachable.set_ip(loopback);
     }
     fabric_host::components::write_atomic(&addr_file(data_dir), local.to_string().as_bytes())?;
     host.join(endpoint.clone(), &reachable.to_string());

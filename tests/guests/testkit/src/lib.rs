@@ -188,6 +188,34 @@ fn bench_rtt(n: u64) -> fabric::Result<Timing> {
     Ok(timing(samples, start.elapsed()))
 }
 
+/// Sequential round trips to another host: a no-op that must run on a host
+/// labelled `key=value`, submitted and awaited `n` times.
+#[fabric::task]
+fn bench_remote_rtt(n: u64, key: String, value: String) -> fabric::Result<Timing> {
+    let options = fabric::TaskOptions::default().label(key, value);
+    let start = Instant::now();
+    let mut samples = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        noop.remote_with(&options)?.get()?;
+        samples.push(t.elapsed());
+    }
+    Ok(timing(samples, start.elapsed()))
+}
+
+/// Throughput across the cluster: `n` no-ops spread over every host, then
+/// all awaited.
+#[fabric::task]
+fn bench_spread_async(n: u64) -> fabric::Result<Timing> {
+    let options = fabric::TaskOptions::default().strategy(fabric::Strategy::Spread);
+    let start = Instant::now();
+    let refs = (0..n).map(|_| noop.remote_with(&options)).collect::<fabric::Result<Vec<_>>>()?;
+    for r in &refs {
+        r.get()?;
+    }
+    Ok(Timing { n, p50_us: 0.0, p99_us: 0.0, total_s: start.elapsed().as_secs_f64() })
+}
+
 /// Throughput: submit `n` no-ops, then wait for all.
 #[fabric::task]
 fn bench_async(n: u64) -> fabric::Result<Timing> {
