@@ -125,6 +125,23 @@ fn hosts_keep_working_through_an_etcd_outage_and_membership_recovers() {
 }
 
 #[test]
+fn hosts_started_before_etcd_wait_for_it_and_join() {
+    let mut etcd = Etcd::unstarted();
+    let endpoint = etcd.endpoint().to_string();
+    let early: Vec<_> = (0..2)
+        .map(|_| {
+            let endpoint = endpoint.clone();
+            std::thread::spawn(move || Up::host(&endpoint, &[]))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    etcd.restart();
+    let hosts: Vec<Up> = early.into_iter().map(|h| h.join().expect("host started")).collect();
+    assert!(hosts[0].up_log().contains("waiting up to"), "{}", hosts[0].up_log());
+    all_see(&[&hosts[0], &hosts[1]], &ids(&[&hosts[0], &hosts[1]]), "hosts that waited for etcd to join");
+}
+
+#[test]
 fn bad_host_settings_are_refused_with_a_reason() {
     let out = fabric(&["host", "--listen", "127.0.0.1:0"]);
     assert_eq!(out.code, 2);

@@ -246,12 +246,18 @@ fn free_port() -> u16 {
 impl Etcd {
     /// Starts etcd and waits until it answers.
     pub fn start() -> Etcd {
+        let mut etcd = Self::unstarted();
+        etcd.launch();
+        etcd
+    }
+
+    /// An etcd with its ports and directory chosen, not running yet
+    /// ([`Etcd::restart`] starts it).
+    pub fn unstarted() -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = (free_port(), free_port());
         let endpoint = format!("http://127.0.0.1:{}", ports.0);
-        let mut etcd = Etcd { dir, child: None, ports, endpoint };
-        etcd.launch();
-        etcd
+        Etcd { dir, child: None, ports, endpoint }
     }
 
     fn launch(&mut self) {
@@ -291,7 +297,7 @@ impl Etcd {
         }
     }
 
-    /// Starts a stopped etcd again on the same ports and data.
+    /// Starts a stopped (or unstarted) etcd on its ports and data.
     pub fn restart(&mut self) {
         self.stop();
         self.launch();

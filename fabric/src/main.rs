@@ -132,6 +132,9 @@ struct HostArgs {
     /// Seconds the membership outlives the host's last renewal.
     #[arg(long, default_value_t = 3.0)]
     lease_ttl: f64,
+    /// Seconds to wait at start for etcd to answer.
+    #[arg(long, default_value_t = 60)]
+    etcd_wait: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum, Default)]
@@ -269,6 +272,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// What `fabric host` adds to `fabric up`'s settings.
 struct Membership {
     advertise: Option<String>,
+    etcd_wait: std::time::Duration,
     declared: fabric_host::cluster::Declared,
     lease_ttl: std::time::Duration,
 }
@@ -287,6 +291,7 @@ impl HostArgs {
         }
         Ok(Membership {
             advertise: self.advertise.clone(),
+            etcd_wait: std::time::Duration::from_secs(self.etcd_wait),
             declared: fabric_host::cluster::Declared { resources, pool: self.pool.clone(), labels },
             lease_ttl: std::time::Duration::from_secs_f64(self.lease_ttl),
         })
@@ -325,13 +330,13 @@ async fn serve(
         }
         config.declared = m.declared;
         config.lease_ttl = m.lease_ttl;
+        config.etcd_wait = m.etcd_wait;
     }
     if !addr.ip().is_unspecified() {
         config.advertise_names.push(addr.ip().to_string());
     }
-    let host = Host::new(config).await.map_err(|e| {
-        e.context(format!("cannot start a host on {} (is another host using this data dir?)", data_dir.display()))
-    })?;
+    let host =
+        Host::new(config).await.map_err(|e| e.context(format!("cannot start a host on {}", data_dir.display())))?;
     let endpoint = fabric_host::server::bind(&host, addr)?;
     let local = endpoint.local_addr()?;
     let mut reachable = advertise.unwrap_or(local);
@@ -523,7 +528,7 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn print_hosts(hosts: &[fabric_host::HostInfo], output: Output) -> anyhow::Result<()> {
-    use fabric_host::cluster::placement::{amount, format_resources, CPU};
+    use fabric_host::cluster::placement::{amount, CPU};
     match output {
         Output::Json => println!("{}", serde_json::to_value(hosts)?),
         Output::Text => {
@@ -533,16 +538,24 @@ fn print_hosts(hosts: &[fabric_host::HostInfo], output: Output) -> anyhow::Resul
             );
             for h in hosts {
                 let labels: Vec<String> = h.labels.iter().map(|l| format!("{}={}", l.key, l.value)).collect();
-                let others: Vec<_> = h.capacity.iter().filter(|r| r.name != CPU).cloned().collect();
+                let others: Vec<String> = h
+                    .capacity
+                    .iter()
+                    .filter(|r| r.name != CPU)
+                    .map(|r| match r.name.as_str() {
+                        "memory" => format!("memory={:.1}GiB", r.amount as f64 / (1u64 << 30) as f64),
+                        _ => format!("{}={}", r.name, r.amount),
+                    })
+                    .collect();
                 println!(
-                    "{:<18} {:<22} {:>7} {:>7}  {:<12} {:<20} {}",
+                    "{:<18} {:<22} {:>7} {:>7}  {:<14} {:<20} {}",
                     h.id,
                     h.addr,
                     format!("{}/{}", amount(&h.used, CPU), amount(&h.capacity, CPU)),
                     h.queued,
                     h.pool.as_deref().unwrap_or("-"),
                     if labels.is_empty() { "-".to_string() } else { labels.join(",") },
-                    format_resources(&others)
+                    others.join(",")
                 );
             }
         }

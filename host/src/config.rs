@@ -47,6 +47,9 @@ pub struct HostConfig {
     pub reuse_instances: bool,
     /// etcd endpoints for the shared registry; empty uses the embedded one.
     pub etcd: Vec<String>,
+    /// How long to wait at start for etcd to answer (hosts may start before
+    /// it); zero fails at once.
+    pub etcd_wait: Duration,
     /// Copy guest stdout/stderr to this process's stderr as well as the job log.
     pub echo_logs: bool,
     /// What the host declares to the cluster: resources, pool, labels.
@@ -70,6 +73,7 @@ impl HostConfig {
             max_object_bytes: 3 << 30,
             reuse_instances: true,
             etcd: Vec::new(),
+            etcd_wait: Duration::ZERO,
             echo_logs: false,
             declared: crate::cluster::Declared::default(),
             lease_ttl: Duration::from_secs(3),

@@ -192,7 +192,7 @@ impl Host {
         hostfns::add_to_linker(&mut linker).map_err(wasm_error)?;
         let components = Components::new(engine.clone(), linker, &config.data_dir, config.persist)?;
         let registry: Box<dyn Registry> = if !config.etcd.is_empty() {
-            Box::new(registry::etcd::Etcd::connect(&config.etcd).await?)
+            Box::new(registry::etcd::Etcd::connect_waiting(&config.etcd, config.etcd_wait).await?)
         } else if config.persist {
             Box::new(registry::embedded::Embedded::open(&config.data_dir.join("registry.redb"))?)
         } else {

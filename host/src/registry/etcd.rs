@@ -79,6 +79,27 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Connects, retrying for up to `wait` while etcd does not answer (a
+    /// host may start before its etcd).
+    pub async fn connect_waiting(endpoints: &[String], wait: Duration) -> Result<Self, FabricError> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut warned = false;
+        loop {
+            match Self::connect(endpoints).await {
+                Err(e) if e.kind == ErrorKind::Unavailable && std::time::Instant::now() < deadline => {
+                    if !warned {
+                        eprintln!("fabric: waiting up to {wait:?} for etcd at {}", endpoints.join(","));
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+}
+
 impl Registry for Etcd {
     fn put_job<'a>(&'a self, record: &'a JobRecord) -> BoxFuture<'a, Result<(), FabricError>> {
         Box::pin(async move {
