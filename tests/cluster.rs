@@ -264,3 +264,63 @@ fn tasks_of_a_killed_host_are_retried_elsewhere_and_the_job_completes() {
     assert_eq!(v["result"][0], 60 * 59 / 2, "every task completed exactly once: {v}");
     assert_eq!(v["result"][1].as_array().unwrap().len(), 60);
 }
+
+#[test]
+fn a_named_actor_resolves_to_the_same_host_from_every_host() {
+    let etcd = Etcd::start();
+    let hosts = [Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), &[])];
+    let [a, b, c] = &hosts;
+    all_see(&[a, b, c], &ids(&[a, b, c]), "three hosts to see each other");
+    let counter = example("counter");
+
+    // Jobs on every host get-or-create the same named counter and bump it.
+    for (i, host) in hosts.iter().enumerate() {
+        let out = host.submit(&counter, &["--fn", "visit", "--args", r#"{"name": "visits"}"#]);
+        assert_eq!(out.json()["result"], i as u64 + 1, "one actor counts every visit: {out:?}");
+    }
+    // It lives on exactly one host, and every host reaches it by name.
+    let holders: Vec<&Up> = hosts
+        .iter()
+        .filter(|h| {
+            let listed = h.fabric(&["actors", "--output", "json"]).json();
+            listed.as_array().unwrap().iter().any(|actor| actor["name"] == "visits")
+        })
+        .collect();
+    assert_eq!(holders.len(), 1, "exactly one host holds the actor");
+    for host in &hosts {
+        let out = host.fabric(&["actor", "call", "visits", "get"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(out.stdout.trim(), "3");
+    }
+
+    // Killed by name from a host that does not hold it, it is gone everywhere.
+    let other = hosts.iter().find(|h| h.id() != holders[0].id()).unwrap();
+    assert_eq!(other.fabric(&["actor", "kill", "visits"]).code, 0);
+    for host in &hosts {
+        eventually(SETTLE, "the name to be free everywhere", || {
+            let out = host.fabric(&["actor", "call", "visits", "get"]);
+            (out.code != 0 && out.stderr.contains("visits")).then_some(())
+        });
+    }
+    // A new actor of that name starts from zero.
+    let out = a.submit(&counter, &["--fn", "visit", "--args", r#"{"name": "visits"}"#]);
+    assert_eq!(out.json()["result"], 1);
+
+    // Its host killed, callers are told it is lost (or, once the host's
+    // lease is gone, that there is no such actor), and the name is free again.
+    let holder = hosts.iter().position(|h| {
+        let listed = h.fabric(&["actors", "--output", "json"]).json();
+        listed.as_array().unwrap().iter().any(|actor| actor["name"] == "visits")
+    });
+    let mut hosts = hosts;
+    let holder = holder.expect("a holder");
+    hosts[holder].kill9();
+    let survivor = &hosts[(holder + 1) % 3];
+    let out = survivor.fabric(&["actor", "call", "visits", "get"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("lost") || out.stderr.contains("no actor named"), "{}", out.stderr);
+    eventually(SETTLE, "a new `visits` on the surviving hosts", || {
+        let out = survivor.submit(&counter, &["--fn", "visit", "--args", r#"{"name": "visits"}"#]);
+        (out.json()["result"] == 1).then_some(())
+    });
+}

@@ -54,6 +54,31 @@ async fn membership_behaves(registry: &dyn Registry) {
     assert!(registry.report(&member("a", 1), a).await.is_err(), "no writes under an expired lease");
     assert!(registry.members().await.unwrap().is_empty());
 
+    // Named actors' locations live under a lease and can be removed only
+    // by who they still name.
+    let lease = registry.join(&member("c", 0), Duration::from_secs(2)).await.unwrap();
+    let here = fabric_proto::ActorLocation { host: "c".into(), id: "00".repeat(16) };
+    let newer = fabric_proto::ActorLocation { host: "c".into(), id: "11".repeat(16) };
+    assert_eq!(registry.actor("t", "counter").await.unwrap(), None);
+    registry.put_actor("t", "counter", &here, lease).await.unwrap();
+    assert_eq!(registry.actor("t", "counter").await.unwrap(), Some(here.clone()));
+    assert_eq!(registry.actor("u", "counter").await.unwrap(), None, "tenant-scoped");
+    registry.put_actor("t", "counter", &newer, lease).await.unwrap();
+    registry.remove_actor("t", "counter", &here).await.unwrap();
+    assert_eq!(registry.actor("t", "counter").await.unwrap(), Some(newer.clone()), "a stale remove keeps it");
+    registry.remove_actor("t", "counter", &newer).await.unwrap();
+    assert_eq!(registry.actor("t", "counter").await.unwrap(), None);
+    registry.put_actor("t", "gauge", &here, lease).await.unwrap();
+    // Left alone, the lease expires and takes the record with it.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while registry.actor("t", "gauge").await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the actor's record goes with its host's lease");
+    assert!(registry.put_actor("t", "gauge", &here, lease).await.is_err(), "no records under an expired lease");
+
     // The first CA proposed is the cluster's; later proposals adopt it.
     let first = CaPem { cert: "cert-1".into(), key: "key-1".into() };
     let second_ca = CaPem { cert: "cert-2".into(), key: "key-2".into() };

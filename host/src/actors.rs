@@ -164,7 +164,13 @@ pub struct Actors {
     node: u64,
     counter: AtomicU64,
     inner: Mutex<Registry>,
+    /// Told (tenant, name, id) whenever a name is freed, so the cluster's
+    /// record of where that name lives can go too.
+    released: Mutex<Option<ReleasedNames>>,
 }
+
+/// Where freed names go: (tenant, name, id).
+pub type ReleasedNames = mpsc::UnboundedSender<(Arc<str>, String, ActorId)>;
 
 /// Actors by tenant; nested so lookups by `&str` need no allocation and a
 /// tenant's work never scans another's actors.
@@ -198,7 +204,28 @@ pub struct NewActor {
 impl Actors {
     /// No actors yet; ids carry `node`.
     pub fn new(node: u64) -> Self {
-        Actors { node, counter: AtomicU64::new(1), inner: Mutex::new(Registry::default()) }
+        Actors { node, counter: AtomicU64::new(1), inner: Mutex::new(Registry::default()), released: Mutex::new(None) }
+    }
+
+    /// Sends every freed name to `tx` from now on.
+    pub fn on_release(&self, tx: ReleasedNames) {
+        *self.released.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    }
+
+    /// Every live named actor: (tenant, name, id).
+    pub fn named(&self) -> Vec<(Arc<str>, String, ActorId)> {
+        let registry = self.lock();
+        registry
+            .iter()
+            .flat_map(|(tenant, actors)| {
+                actors.by_name.iter().map(move |(name, id)| (tenant.clone(), name.clone(), *id))
+            })
+            .collect()
+    }
+
+    /// Whether `id` was minted by this host (so the actor lives here).
+    pub fn is_local(&self, id: ActorId) -> bool {
+        id.hi == self.node
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -385,6 +412,9 @@ impl Actors {
             if let Some(name) = &actor.name {
                 if actors.by_name.get(name) == Some(&actor.id) {
                     actors.by_name.remove(name);
+                    if let Some(tx) = self.released.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                        let _ = tx.send((actor.tenant.clone(), name.clone(), actor.id));
+                    }
                 }
             }
             if status == ActorStatus::Killed {

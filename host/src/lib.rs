@@ -67,14 +67,14 @@ pub struct Host(Arc<HostInner>);
 /// The node's shared state, reached by tasks through their context.
 pub struct HostInner {
     pub(crate) config: HostConfig,
-    id: String,
+    pub(crate) id: String,
     pub(crate) engine: wasmtime::Engine,
     pub(crate) components: Components,
     pub(crate) objects: ObjectStore,
     pub(crate) slots: Arc<Slots>,
     pub(crate) instances: instances::InstancePool,
     pub(crate) actors: actors::Actors,
-    registry: Box<dyn Registry>,
+    pub(crate) registry: Box<dyn Registry>,
     records: records::Records,
     live: Mutex<HashMap<(String, String), LiveJob>>,
     pub(crate) identity: tls::Identity,
@@ -122,6 +122,15 @@ impl HostInner {
             host.objects.fill(&cell, outcome);
         });
         id
+    }
+
+    /// What follows a job's (or a call's, or a shadow's) end: stragglers stop,
+    /// its actors (here and on peers) and its objects go.
+    pub(crate) fn end_job(self: &Arc<Self>, job: &Arc<Job>, why: &str) {
+        job.cancel(FabricError::new(ErrorKind::Cancelled, why));
+        self.actors.kill_owned_by(&job.tenant, &job.id);
+        self.objects.drop_job(&job.tenant, &job.id);
+        remote::actors::job_ended(self, job);
     }
 
     /// The address this host serves on (empty before it joins).
@@ -229,6 +238,7 @@ impl Host {
             config,
         }));
         host.fail_interrupted_jobs().await?;
+        remote::actors::forget_released_names(&host.0);
         let flusher = Arc::downgrade(&host.0);
         tokio::spawn(async move {
             loop {
@@ -364,9 +374,7 @@ impl Host {
             };
             let outcome = run_task(&host, &job, spec).await;
             // Stragglers stop; the job's actors and objects go with it.
-            job.cancel(FabricError::new(ErrorKind::Cancelled, "the job ended"));
-            host.actors.kill_owned_by(&job.tenant, &job.id);
-            host.objects.drop_job(&job.tenant, &job.id);
+            host.end_job(&job, "the job ended");
             record.finished_ms = Some(now_ms());
             match outcome {
                 Ok(bytes) => {
@@ -418,9 +426,7 @@ impl Host {
         let host = self.0.clone();
         let task = tokio::spawn(async move {
             let outcome = run_task(&host, &job, spec).await;
-            job.cancel(FabricError::new(ErrorKind::Cancelled, "the call ended"));
-            host.actors.kill_owned_by(&job.tenant, &job.id);
-            host.objects.drop_job(&job.tenant, &job.id);
+            host.end_job(&job, "the call ended");
             outcome
         });
         task.await
@@ -433,29 +439,24 @@ impl Host {
         Ok(self.0.actors.list(tenant).iter().map(|actor| actor.info(&self.0.id)).collect())
     }
 
-    /// Calls `method` of the actor named `actor` (or with that hex id) with
-    /// JSON arguments; waits for and returns its JSON result.
+    /// Calls `method` of the actor named `actor` (or with that hex id),
+    /// wherever in the cluster it lives, with JSON arguments; waits for and
+    /// returns its JSON result.
     pub async fn actor_call(&self, tenant: &str, actor: &str, method: &str, args: &str) -> Result<String, FabricError> {
         validate_name("tenant", tenant)?;
-        let id = self.0.actors.resolve(tenant, actor)?;
-        let tenant_arc: Arc<str> = tenant.into();
-        let job: Arc<str> = format!("call-{:012x}", rand::random::<u64>() >> 16).into();
-        let (_, cell) = self.0.objects.reserve(&tenant_arc, &job);
+        let id = remote::actors::resolve(&self.0, tenant, actor).await?;
         let args = if args.trim().is_empty() { "{}".to_string() } else { args.to_string() };
-        let outcome =
-            match self.0.actors.call(tenant, id, method.to_string(), args.into_bytes(), Encoding::Json, cell.clone()) {
-                Ok(()) => cell.ready().await.clone().map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
-                Err(error) => Err(error),
-            };
-        self.0.objects.drop_job(&tenant_arc, &job);
-        outcome
+        let bytes =
+            remote::actors::call_and_wait(&self.0, tenant, id, method.to_string(), args.into_bytes(), Encoding::Json)
+                .await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
-    /// Kills the actor named `actor` (or with that hex id).
-    pub fn actor_kill(&self, tenant: &str, actor: &str) -> Result<(), FabricError> {
+    /// Kills the actor named `actor` (or with that hex id), wherever it lives.
+    pub async fn actor_kill(&self, tenant: &str, actor: &str) -> Result<(), FabricError> {
         validate_name("tenant", tenant)?;
-        let id = self.0.actors.resolve(tenant, actor)?;
-        self.0.actors.kill(tenant, id)
+        let id = remote::actors::resolve(&self.0, tenant, actor).await?;
+        remote::actors::kill(&self.0, tenant, id).await
     }
 
     /// The tenant's jobs, newest first.

@@ -108,14 +108,55 @@ async fn respond(
             reply(send, &Response::Value(host.actor_call(&tenant, &actor, &method, &args).await?)).await
         }
         Request::ActorKill { tenant, actor } => {
-            host.actor_kill(&tenant, &actor)?;
+            host.actor_kill(&tenant, &actor).await?;
             reply(send, &Response::Done).await
         }
         Request::Hosts => reply(send, &Response::Hosts(host.hosts())).await,
-        Request::PeerRun { .. } | Request::FetchComponent { .. } if !peer => Err(FabricError::new(
-            ErrorKind::InvalidArgument,
-            "host-to-host requests need a certificate from the cluster's CA",
-        )),
+        Request::PeerRun { .. }
+        | Request::FetchComponent { .. }
+        | Request::PeerActorCreate { .. }
+        | Request::PeerActorCall { .. }
+        | Request::PeerActorKill { .. }
+        | Request::PeerJobEnded { .. }
+            if !peer =>
+        {
+            Err(FabricError::new(
+                ErrorKind::InvalidArgument,
+                "host-to-host requests need a certificate from the cluster's CA",
+            ))
+        }
+        Request::PeerActorCreate { origin, tenant, job, component, class, args, spec, get_or_create } => {
+            crate::validate_name("tenant", &tenant)?;
+            let id = crate::remote::actors::serve_create(
+                &host.0,
+                &origin,
+                &tenant,
+                &job,
+                &component,
+                class,
+                args,
+                spec,
+                get_or_create,
+            )
+            .await?;
+            reply(send, &Response::Output(id.into_bytes())).await
+        }
+        Request::PeerActorCall { tenant, actor, method, args, json } => {
+            crate::validate_name("tenant", &tenant)?;
+            let id = crate::remote::actors::parse_id(&actor)?;
+            let encoding = if json { crate::hostfns::Encoding::Json } else { crate::hostfns::Encoding::Binary };
+            let bytes = crate::remote::actors::call_and_wait(&host.0, &tenant, id, method, args, encoding).await?;
+            reply(send, &Response::Output(bytes)).await
+        }
+        Request::PeerActorKill { tenant, actor } => {
+            crate::validate_name("tenant", &tenant)?;
+            crate::remote::actors::kill(&host.0, &tenant, crate::remote::actors::parse_id(&actor)?).await?;
+            reply(send, &Response::Output(Vec::new())).await
+        }
+        Request::PeerJobEnded { tenant, job } => {
+            host.0.actors.kill_owned_by(&tenant, &job);
+            reply(send, &Response::Output(Vec::new())).await
+        }
         Request::PeerRun { origin, tenant, job, component, function, args, limits } => {
             let request = crate::remote::PeerRun { origin, tenant, job, component, function, args, limits };
             crate::remote::serve_run(host, request, send).await

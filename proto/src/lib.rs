@@ -263,6 +263,34 @@ pub struct HostInfo {
     pub started_ms: u64,
 }
 
+/// Where a named actor lives, as the registry records it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ActorLocation {
+    /// The id of the host running it.
+    pub host: String,
+    /// The actor's id (32 hex digits).
+    pub id: String,
+}
+
+/// How an actor lives, as one host asks another to create it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ActorSpec {
+    /// Unique within the tenant.
+    pub name: Option<String>,
+    /// Outlives its creating job.
+    pub detached: bool,
+    /// Restarts after traps before it is dead.
+    pub max_restarts: u32,
+    /// Mailbox bound.
+    pub max_pending: Option<u32>,
+    /// Snapshot every this many calls (0: not by count).
+    pub snapshot_every: u32,
+    /// Snapshot after a call when the last is older than this.
+    pub snapshot_interval_ms: Option<u64>,
+    /// Memory cap of its instance.
+    pub memory_bytes: Option<u64>,
+}
+
 /// A job to run.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SubmitRequest {
@@ -379,6 +407,55 @@ mod messages {
             args: Vec<u8>,
             /// The task's limits.
             limits: TaskLimits,
+        },
+        /// Host to host: create (or with `get_or_create` find) an actor here
+        /// for a job on `origin`; answered with [`Response::Value`] holding
+        /// its id.
+        PeerActorCreate {
+            /// The address of the creating job's host (it has the component).
+            origin: String,
+            /// Whose actor.
+            tenant: String,
+            /// The creating job (the owner unless detached).
+            job: String,
+            /// sha256 hex of the component exporting the class.
+            component: String,
+            /// The class.
+            class: String,
+            /// Binary-encoded constructor arguments.
+            args: Vec<u8>,
+            /// How it lives.
+            spec: ActorSpec,
+            /// Return the live actor of that name instead of failing.
+            get_or_create: bool,
+        },
+        /// Host to host: call a method of an actor here; answered with
+        /// [`Response::Output`] or [`Response::Error`].
+        PeerActorCall {
+            /// Whose actor.
+            tenant: String,
+            /// Its id (32 hex digits).
+            actor: String,
+            /// The method.
+            method: String,
+            /// Encoded arguments.
+            args: Vec<u8>,
+            /// JSON (from the CLI) rather than binary.
+            json: bool,
+        },
+        /// Host to host: kill an actor here.
+        PeerActorKill {
+            /// Whose actor.
+            tenant: String,
+            /// Its id (32 hex digits).
+            actor: String,
+        },
+        /// Host to host: a job ended; kill the actors it owns here.
+        PeerJobEnded {
+            /// Whose job.
+            tenant: String,
+            /// Which job.
+            job: String,
         },
         /// Host to host: a component's bytes, answered with
         /// [`Response::Component`] and the raw bytes.

@@ -47,10 +47,14 @@ pub(crate) async fn run(host: Arc<HostInner>, mut stop: watch::Receiver<bool>) {
         if warned {
             tracing::warn!("joined the cluster again");
         }
+        host.cluster.set_lease(Some(lease));
+        // Records made under an expired lease went with it: make them again.
+        crate::remote::actors::republish(&host, lease).await;
         warned = false;
         retry = Duration::from_millis(100);
         if serve_lease(&host, lease, info, renew_every, &mut stop).await {
             // Stopping: leave at once rather than waiting out the TTL.
+            host.cluster.set_lease(None);
             let _ = within(Duration::from_secs(2), host.registry.leave(lease)).await;
             return;
         }

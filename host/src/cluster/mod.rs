@@ -13,6 +13,7 @@
 //! place work.
 
 pub mod membership;
+pub mod naming;
 pub mod placement;
 pub mod view;
 
@@ -38,6 +39,7 @@ pub struct Declared {
 pub struct Cluster {
     view: Mutex<View>,
     placer: Mutex<Placer>,
+    lease: Mutex<Option<crate::registry::LeaseId>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,6 +110,23 @@ impl Cluster {
     /// The address of member `id`.
     pub fn addr_of(&self, id: &str) -> Option<String> {
         lock(&self.view).get(id).map(|h| h.addr.clone())
+    }
+
+    /// The host's membership lease, while it has one.
+    pub fn lease(&self) -> Option<crate::registry::LeaseId> {
+        *lock(&self.lease)
+    }
+
+    /// Records the host's current lease.
+    pub fn set_lease(&self, lease: Option<crate::registry::LeaseId>) {
+        *lock(&self.lease) = lease;
+    }
+
+    /// The member that should own the actor `name` of `tenant` (see
+    /// [`naming`]).
+    pub fn owner_of(&self, tenant: &str, name: &str) -> Option<String> {
+        let view = lock(&self.view);
+        naming::owner(view.hosts().map(|h| h.id.as_str()), tenant, name)
     }
 
     /// How many members the view holds.

@@ -33,7 +33,7 @@ impl From<WitActorOptions> for ActorOptions {
 }
 
 impl TaskState {
-    fn create_actor(
+    async fn create_actor(
         &mut self,
         class: String,
         args: Vec<u8>,
@@ -49,13 +49,13 @@ impl TaskState {
             args,
             encoding: Encoding::Binary,
         };
-        Ok(task.host.actors.create(&task.host, new, options.into(), get_or_create)?.into())
+        Ok(crate::remote::actors::create(&task.host, new, options.into(), get_or_create).await?.into())
     }
 }
 
 impl Host for TaskState {
     async fn create(&mut self, class: String, args: Vec<u8>, options: WitActorOptions) -> Result<WitActorId, WitError> {
-        self.create_actor(class, args, options, false)
+        self.create_actor(class, args, options, false).await
     }
 
     async fn get_or_create(
@@ -64,19 +64,29 @@ impl Host for TaskState {
         args: Vec<u8>,
         options: WitActorOptions,
     ) -> Result<WitActorId, WitError> {
-        self.create_actor(class, args, options, true)
+        self.create_actor(class, args, options, true).await
     }
 
     async fn lookup(&mut self, name: String) -> Result<WitActorId, WitError> {
         let task = self.task()?;
-        Ok(task.host.actors.lookup(&task.job.tenant, &name)?.into())
+        let id = crate::remote::actors::located(&task.host, &task.job.tenant, &name).await?;
+        Ok(id
+            .ok_or_else(|| {
+                fabric_proto::FabricError::new(
+                    fabric_proto::ErrorKind::NotFound,
+                    format!("tenant `{}` has no actor named `{name}`", task.job.tenant),
+                )
+            })?
+            .into())
     }
 
     async fn call(&mut self, actor: WitActorId, method: String, args: Vec<u8>) -> Result<WitObjectId, WitError> {
         let task = self.task()?;
         let (host, tenant) = (&task.host, &task.job.tenant);
         let (id, cell) = host.objects.reserve(tenant, &task.job.id);
-        if let Err(error) = host.actors.call(tenant, actor.into(), method, args, Encoding::Binary, cell.clone()) {
+        let called =
+            crate::remote::actors::call(host, tenant, actor.into(), method, args, Encoding::Binary, cell.clone());
+        if let Err(error) = called {
             host.objects.fill(&cell, Err(error.clone()));
             return Err(error.into());
         }
@@ -86,6 +96,16 @@ impl Host for TaskState {
     async fn snapshot(&mut self, actor: WitActorId) -> Result<WitObjectId, WitError> {
         let task = self.task()?;
         let (host, tenant) = (&task.host, &task.job.tenant);
+        if !host.actors.is_local(actor.into()) {
+            return Err(fabric_proto::FabricError::new(
+                fabric_proto::ErrorKind::InvalidArgument,
+                format!(
+                    "actor {} lives on another host: snapshots across hosts are not supported yet",
+                    ActorId::from(actor)
+                ),
+            )
+            .into());
+        }
         let (id, cell) = host.objects.reserve(tenant, &task.job.id);
         if let Err(error) = host.actors.snapshot(tenant, actor.into(), cell.clone()) {
             host.objects.fill(&cell, Err(error.clone()));
@@ -96,6 +116,6 @@ impl Host for TaskState {
 
     async fn kill(&mut self, actor: WitActorId) -> Result<(), WitError> {
         let task = self.task()?;
-        Ok(task.host.actors.kill(&task.job.tenant, actor.into())?)
+        Ok(crate::remote::actors::kill(&task.host, &task.job.tenant, actor.into()).await?)
     }
 }

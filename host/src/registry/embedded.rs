@@ -8,7 +8,7 @@
 
 use super::{sort_newest_first, BoxFuture, CaPem, LeaseId, MemberWatch, Registry};
 use crate::cluster::view::MemberEvent;
-use fabric_proto::{ErrorKind, FabricError, HostInfo, JobRecord};
+use fabric_proto::{ActorLocation, ErrorKind, FabricError, HostInfo, JobRecord};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -33,6 +33,7 @@ struct Members {
     next_lease: LeaseId,
     leases: HashMap<LeaseId, (Duration, Instant)>,
     hosts: BTreeMap<String, (HostInfo, LeaseId)>,
+    actors: HashMap<(String, String), (ActorLocation, LeaseId)>,
     events: broadcast::Sender<MemberEvent>,
 }
 
@@ -48,6 +49,7 @@ impl Members {
 
     fn end_lease(&mut self, lease: LeaseId) {
         self.leases.remove(&lease);
+        self.actors.retain(|_, (_, l)| *l != lease);
         let gone: Vec<String> = self.hosts.iter().filter(|(_, (_, l))| *l == lease).map(|(id, _)| id.clone()).collect();
         for id in gone {
             self.hosts.remove(&id);
@@ -93,6 +95,7 @@ impl Embedded {
             next_lease: 1,
             leases: HashMap::new(),
             hosts: BTreeMap::new(),
+            actors: HashMap::new(),
             events: broadcast::channel(1024).0,
         };
         Ok(Embedded { db, members: Arc::new(Mutex::new(members)) })
@@ -244,6 +247,51 @@ impl Registry for Embedded {
                 }
             });
             Ok(rx)
+        })
+    }
+
+    fn put_actor<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+        location: &'a ActorLocation,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<(), FabricError>> {
+        Box::pin(async move {
+            let mut members = self.members_lock();
+            if !members.live(lease) {
+                return Err(lease_gone(lease));
+            }
+            members.actors.insert((tenant.to_string(), name.to_string()), (location.clone(), lease));
+            Ok(())
+        })
+    }
+
+    fn actor<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ActorLocation>, FabricError>> {
+        Box::pin(async move {
+            let mut members = self.members_lock();
+            members.expire(Instant::now());
+            Ok(members.actors.get(&(tenant.to_string(), name.to_string())).map(|(l, _)| l.clone()))
+        })
+    }
+
+    fn remove_actor<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+        location: &'a ActorLocation,
+    ) -> BoxFuture<'a, Result<(), FabricError>> {
+        Box::pin(async move {
+            let mut members = self.members_lock();
+            let key = (tenant.to_string(), name.to_string());
+            if members.actors.get(&key).is_some_and(|(l, _)| l == location) {
+                members.actors.remove(&key);
+            }
+            Ok(())
         })
     }
 

@@ -11,7 +11,7 @@
 use super::{sort_newest_first, BoxFuture, CaPem, LeaseId, MemberWatch, Registry};
 use crate::cluster::view::MemberEvent;
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
-use fabric_proto::{ErrorKind, FabricError, HostInfo, JobRecord};
+use fabric_proto::{ActorLocation, ErrorKind, FabricError, HostInfo, JobRecord};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -32,6 +32,10 @@ fn job_key(tenant: &str, id: &str) -> String {
 }
 
 const HOSTS: &str = "/fabric/hosts/";
+
+fn actor_key(tenant: &str, name: &str) -> String {
+    format!("{ROOT}/actors/{tenant}/{name}")
+}
 const CA_CERT: &str = "/fabric/ca/cert";
 const CA_KEY: &str = "/fabric/ca/key";
 
@@ -245,6 +249,56 @@ impl Registry for Etcd {
                 }
             });
             Ok(rx)
+        })
+    }
+
+    fn put_actor<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+        location: &'a ActorLocation,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<(), FabricError>> {
+        Box::pin(async move {
+            let value = fabric_proto::encode(location).map_err(unavailable)?;
+            let mut client = self.client.clone();
+            client
+                .put(actor_key(tenant, name), value, Some(PutOptions::new().with_lease(lease)))
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn actor<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ActorLocation>, FabricError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            let response = client.get(actor_key(tenant, name), None).await.map_err(unavailable)?;
+            match response.kvs().first() {
+                Some(kv) => fabric_proto::decode(kv.value()).map(Some).map_err(unavailable),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn remove_actor<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+        location: &'a ActorLocation,
+    ) -> BoxFuture<'a, Result<(), FabricError>> {
+        Box::pin(async move {
+            let value = fabric_proto::encode(location).map_err(unavailable)?;
+            let key = actor_key(tenant, name);
+            let txn = Txn::new()
+                .when([Compare::value(key.clone(), CompareOp::Equal, value)])
+                .and_then([TxnOp::delete(key, None)]);
+            self.client.clone().txn(txn).await.map_err(unavailable)?;
+            Ok(())
         })
     }
 

@@ -23,7 +23,7 @@ pub mod embedded;
 pub mod etcd;
 
 use crate::cluster::view::MemberEvent;
-use fabric_proto::{FabricError, HostInfo, JobRecord};
+use fabric_proto::{ActorLocation, FabricError, HostInfo, JobRecord};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -71,6 +71,27 @@ pub trait Registry: Send + Sync + 'static {
     fn members(&self) -> BoxFuture<'_, Result<Vec<HostInfo>, FabricError>>;
     /// Watches membership: a [`MemberEvent::Reset`] first, then changes.
     fn watch_members(&self) -> BoxFuture<'_, Result<MemberWatch, FabricError>>;
+
+    /// Records where the actor `name` of `tenant` lives, under `lease` (the
+    /// record goes when the lease does).
+    fn put_actor<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+        location: &'a ActorLocation,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<(), FabricError>>;
+    /// Where the actor `name` of `tenant` lives, if recorded.
+    fn actor<'a>(&'a self, tenant: &'a str, name: &'a str)
+        -> BoxFuture<'a, Result<Option<ActorLocation>, FabricError>>;
+    /// Forgets the actor `name` of `tenant` if the record is still
+    /// `location` (a newer actor of that name keeps its record).
+    fn remove_actor<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+        location: &'a ActorLocation,
+    ) -> BoxFuture<'a, Result<(), FabricError>>;
 
     /// The cluster's CA: the one recorded, or `proposal` if there was none
     /// (whichever host asks first creates it; the rest adopt it).

@@ -10,6 +10,8 @@
 //! stream (the job stopped) cancels the shadow. A peer that lacks the
 //! component fetches it from the job's host and verifies its hash.
 
+pub mod actors;
+
 use crate::cluster::placement::effective_resources;
 use crate::hostfns::Encoding;
 use crate::joblog::JobLog;
@@ -135,9 +137,7 @@ pub(crate) async fn serve_run(
             _ = &mut stopped => break None,
         }
     };
-    shadow.cancel(FabricError::new(ErrorKind::Cancelled, "the task ended"));
-    inner.actors.kill_owned_by(&shadow.tenant, &shadow.id);
-    inner.objects.drop_job(&shadow.tenant, &shadow.id);
+    inner.end_job(&shadow, "the task ended");
     let Some(outcome) = outcome else {
         return Ok(());
     };
@@ -169,7 +169,7 @@ pub(crate) struct PeerRun {
 
 /// The component, fetched from `origin` (once, however many tasks ask at
 /// the same time) if this host lacks it.
-async fn component_from(
+pub(crate) async fn component_from(
     host: &Arc<HostInner>,
     tenant: &str,
     sha256: &str,

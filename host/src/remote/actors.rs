@@ -1,0 +1,292 @@
+//! Actors across hosts.
+//!
+//! A named actor is created on the host consistent hashing picks for its
+//! `tenant/name` (see `cluster::naming`), whichever host asked, and its
+//! location is recorded in the registry under that host's lease; so every
+//! host resolves the name to the same actor, and the record vanishes with
+//! the host. An actor's id carries the id of the host that minted it, so a
+//! call to an actor elsewhere is routed to that host without a lookup. If
+//! that host is gone the caller gets `actor-dead` saying so (restarting
+//! actors on other hosts comes with the fault-tolerance work).
+//!
+//! An actor created for a job on another host belongs to that job unless it
+//! is detached: when the job ends, its host tells each peer it created
+//! actors on (`PeerJobEnded`).
+
+use crate::actors::{ActorId, ActorOptions, NewActor};
+use crate::hostfns::Encoding;
+use crate::joblog::JobLog;
+use crate::jobs::Job;
+use crate::peers::PeerError;
+use crate::registry::LeaseId;
+use crate::HostInner;
+use fabric_proto::{ActorLocation, ActorSpec, ErrorKind, FabricError, Request, TaskLimits};
+use std::sync::Arc;
+
+/// An actor id from its 32-digit hex form.
+pub fn parse_id(hex: &str) -> Result<ActorId, FabricError> {
+    let bad = || FabricError::new(ErrorKind::InvalidArgument, format!("`{hex}` is not an actor id"));
+    if hex.len() != 32 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let hi = u64::from_str_radix(&hex[..16], 16).map_err(|_| bad())?;
+    let lo = u64::from_str_radix(&hex[16..], 16).map_err(|_| bad())?;
+    Ok(ActorId { hi, lo })
+}
+
+fn spec_of(options: &ActorOptions) -> ActorSpec {
+    ActorSpec {
+        name: options.name.clone(),
+        detached: options.detached,
+        max_restarts: options.max_restarts,
+        max_pending: options.max_pending,
+        snapshot_every: options.snapshot_every,
+        snapshot_interval_ms: options.snapshot_interval.map(|d| d.as_millis() as u64),
+        memory_bytes: options.memory_bytes,
+    }
+}
+
+fn options_of(spec: ActorSpec) -> ActorOptions {
+    ActorOptions {
+        name: spec.name,
+        detached: spec.detached,
+        max_restarts: spec.max_restarts,
+        max_pending: spec.max_pending,
+        snapshot_every: spec.snapshot_every,
+        snapshot_interval: spec.snapshot_interval_ms.map(std::time::Duration::from_millis),
+        memory_bytes: spec.memory_bytes,
+    }
+}
+
+/// The host an actor id says it lives on.
+fn home_of(id: ActorId) -> String {
+    format!("{:016x}", id.hi)
+}
+
+fn lost(id: ActorId, why: impl std::fmt::Display) -> FabricError {
+    FabricError::new(ErrorKind::ActorDead, format!("actor {id} was on host {} and is lost: {why}", home_of(id)))
+}
+
+/// Creates an actor for `job`: where the ring says when it is named and this
+/// host is a member of a cluster, here otherwise.
+pub(crate) async fn create(
+    host: &Arc<HostInner>,
+    new: NewActor,
+    options: ActorOptions,
+    get_or_create: bool,
+) -> Result<ActorId, FabricError> {
+    let (Some(name), Some(_)) = (options.name.clone(), host.cluster.lease()) else {
+        return host.actors.create(host, new, options, get_or_create);
+    };
+    let tenant = new.tenant.clone();
+    if let Some(found) = located(host, &tenant, &name).await? {
+        if get_or_create {
+            return Ok(found);
+        }
+        return Err(FabricError::new(
+            ErrorKind::InvalidArgument,
+            format!("tenant `{tenant}` already has an actor named `{name}`"),
+        ));
+    }
+    let owner = host.cluster.owner_of(&tenant, &name).unwrap_or_else(|| host.id.clone());
+    if owner == host.id {
+        return create_here(host, new, options, get_or_create).await;
+    }
+    let addr = host
+        .cluster
+        .addr_of(&owner)
+        .ok_or_else(|| FabricError::new(ErrorKind::Unavailable, format!("host {owner} left the cluster")))?;
+    let request = Request::PeerActorCreate {
+        origin: host.local_addr(),
+        tenant: tenant.to_string(),
+        job: new.creator.id.to_string(),
+        component: new.component.sha256.clone(),
+        class: new.class.clone(),
+        args: new.args.clone(),
+        spec: spec_of(&options),
+        get_or_create,
+    };
+    let id = match host.peers.run(&addr, &request, |_| {}).await {
+        Ok(bytes) => parse_id(&String::from_utf8_lossy(&bytes))?,
+        Err(e) => return Err(e.into_error()),
+    };
+    if !options.detached {
+        new.creator.owns_actor_on(&addr);
+    }
+    Ok(id)
+}
+
+/// Creates the actor on this host and records where its name lives.
+async fn create_here(
+    host: &Arc<HostInner>,
+    new: NewActor,
+    options: ActorOptions,
+    get_or_create: bool,
+) -> Result<ActorId, FabricError> {
+    let tenant = new.tenant.clone();
+    let name = options.name.clone();
+    let id = host.actors.create(host, new, options, get_or_create)?;
+    if let (Some(name), Some(lease)) = (name, host.cluster.lease()) {
+        let location = ActorLocation { host: host.id.clone(), id: id.to_string() };
+        if let Err(e) = host.registry.put_actor(&tenant, &name, &location, lease).await {
+            tracing::warn!(actor = %id, "cannot record where actor `{name}` lives: {e}");
+        }
+    }
+    Ok(id)
+}
+
+/// The live actor named `name`: here, or wherever the registry says (on a
+/// host that is still a member).
+pub(crate) async fn located(host: &Arc<HostInner>, tenant: &str, name: &str) -> Result<Option<ActorId>, FabricError> {
+    if let Ok(id) = host.actors.lookup(tenant, name) {
+        return Ok(Some(id));
+    }
+    if host.cluster.lease().is_none() {
+        return Ok(None);
+    }
+    match host.registry.actor(tenant, name).await? {
+        Some(location) if location.host != host.id && host.cluster.addr_of(&location.host).is_some() => {
+            parse_id(&location.id).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The actor named `name` (or with that hex id) of `tenant`, wherever it is.
+pub(crate) async fn resolve(host: &Arc<HostInner>, tenant: &str, name_or_id: &str) -> Result<ActorId, FabricError> {
+    if let Some(id) = located(host, tenant, name_or_id).await? {
+        return Ok(id);
+    }
+    match parse_id(name_or_id) {
+        Ok(id) if !host.actors.is_local(id) => Ok(id),
+        _ => host.actors.resolve(tenant, name_or_id),
+    }
+}
+
+/// Calls `method` of actor `id` wherever it lives; the result fills `cell`.
+pub(crate) fn call(
+    host: &Arc<HostInner>,
+    tenant: &Arc<str>,
+    id: ActorId,
+    method: String,
+    args: Vec<u8>,
+    encoding: Encoding,
+    cell: Arc<crate::objects::Cell>,
+) -> Result<(), FabricError> {
+    if host.actors.is_local(id) {
+        return host.actors.call(tenant, id, method, args, encoding, cell);
+    }
+    let addr = host.cluster.addr_of(&home_of(id)).ok_or_else(|| lost(id, "its host is not in the cluster"))?;
+    let request = Request::PeerActorCall {
+        tenant: tenant.to_string(),
+        actor: id.to_string(),
+        method,
+        args,
+        json: encoding == Encoding::Json,
+    };
+    let host = host.clone();
+    tokio::spawn(async move {
+        let outcome = match host.peers.run(&addr, &request, |_| {}).await {
+            Ok(bytes) => Ok(bytes),
+            Err(PeerError::Answered(e)) => Err(e),
+            Err(PeerError::Lost(e)) => Err(lost(id, e.message)),
+        };
+        host.objects.fill(&cell, outcome);
+    });
+    Ok(())
+}
+
+/// Calls `method` of actor `id` and waits for its result.
+pub(crate) async fn call_and_wait(
+    host: &Arc<HostInner>,
+    tenant: &str,
+    id: ActorId,
+    method: String,
+    args: Vec<u8>,
+    encoding: Encoding,
+) -> Result<Vec<u8>, FabricError> {
+    let tenant: Arc<str> = tenant.into();
+    let job: Arc<str> = format!("call-{:012x}", rand::random::<u64>() >> 16).into();
+    let (_, cell) = host.objects.reserve(&tenant, &job);
+    let outcome = match call(host, &tenant, id, method, args, encoding, cell.clone()) {
+        Ok(()) => cell.ready().await.clone().map(|bytes| bytes.to_vec()),
+        Err(error) => Err(error),
+    };
+    host.objects.drop_job(&tenant, &job);
+    outcome
+}
+
+/// Kills actor `id` wherever it lives.
+pub(crate) async fn kill(host: &Arc<HostInner>, tenant: &str, id: ActorId) -> Result<(), FabricError> {
+    if host.actors.is_local(id) {
+        return host.actors.kill(tenant, id);
+    }
+    let addr = host.cluster.addr_of(&home_of(id)).ok_or_else(|| lost(id, "its host is not in the cluster"))?;
+    let request = Request::PeerActorKill { tenant: tenant.to_string(), actor: id.to_string() };
+    host.peers.run(&addr, &request, |_| {}).await.map(|_| ()).map_err(PeerError::into_error)
+}
+
+/// Tells the peers `job` created actors on that it ended.
+pub(crate) fn job_ended(host: &Arc<HostInner>, job: &Arc<Job>) {
+    for addr in job.remote_actor_hosts() {
+        let host = host.clone();
+        let request = Request::PeerJobEnded { tenant: job.tenant.to_string(), job: job.id.to_string() };
+        tokio::spawn(async move {
+            if let Err(e) = host.peers.run(&addr, &request, |_| {}).await {
+                tracing::warn!("cannot tell {addr} that a job ended: {}", e.into_error());
+            }
+        });
+    }
+}
+
+/// Removes the registry's record of each name this host frees.
+pub(crate) fn forget_released_names(host: &Arc<HostInner>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    host.actors.on_release(tx);
+    let weak = Arc::downgrade(host);
+    tokio::spawn(async move {
+        while let Some((tenant, name, id)) = rx.recv().await {
+            let Some(host) = weak.upgrade() else { return };
+            if host.cluster.lease().is_none() {
+                continue;
+            }
+            let location = ActorLocation { host: host.id.clone(), id: id.to_string() };
+            if let Err(e) = host.registry.remove_actor(&tenant, &name, &location).await {
+                tracing::warn!("cannot forget where actor `{name}` lived: {e}");
+            }
+        }
+    });
+}
+
+/// Records every live named actor of this host under `lease` (after a
+/// rejoin, the old records went with the old lease).
+pub(crate) async fn republish(host: &Arc<HostInner>, lease: LeaseId) {
+    for (tenant, name, id) in host.actors.named() {
+        let location = ActorLocation { host: host.id.clone(), id: id.to_string() };
+        if let Err(e) = host.registry.put_actor(&tenant, &name, &location, lease).await {
+            tracing::warn!("cannot record where actor `{name}` lives: {e}");
+        }
+    }
+}
+
+/// Serves a peer's [`Request::PeerActorCreate`]: the id of the actor made
+/// (or found) here.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_create(
+    host: &Arc<HostInner>,
+    origin: &str,
+    tenant: &str,
+    job: &str,
+    component: &str,
+    class: String,
+    args: Vec<u8>,
+    spec: ActorSpec,
+    get_or_create: bool,
+) -> Result<String, FabricError> {
+    let component = super::component_from(host, tenant, component, origin).await?;
+    let log = JobLog::new(None, host.config.echo_logs)
+        .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create a log: {e}")))?;
+    let creator = Job::new(job, tenant, TaskLimits::default(), log);
+    let new = NewActor { tenant: tenant.into(), creator, component, class, args, encoding: Encoding::Binary };
+    Ok(create_here(host, new, options_of(spec), get_or_create).await?.to_string())
+}
