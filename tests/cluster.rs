@@ -232,6 +232,25 @@ fn demands_land_where_they_fit_and_impossible_ones_fail_at_once() {
     assert!(message.contains("gpu (the most any matching member has is 1)"), "{message}");
     let v = placed(r#"{"resources": [], "pool": "tpu", "labels": []}"#);
     assert_eq!(v["error"]["kind"], "resource-limit", "{v}");
+
+    // Three gpu=1 tasks on the one-GPU host run one after another, although
+    // it has two slots.
+    let out = a.submit(&testkit, &["--fn", "gpu_tasks", "--args", r#"{"n": 3, "ms": 300}"#]);
+    let v = out.json();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let mut spans: Vec<(u64, u64)> = v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t[2], Value::String(gpu.id()), "gpu work runs on the gpu host");
+            (t[0].as_u64().unwrap(), t[1].as_u64().unwrap())
+        })
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "gpu tasks overlapped: {spans:?}");
+    }
 }
 
 #[test]

@@ -37,6 +37,7 @@ pub mod peers;
 pub mod records;
 pub mod registry;
 pub mod remote;
+pub mod resources;
 pub mod runtime;
 pub mod sandbox;
 pub mod scheduler;
@@ -80,6 +81,8 @@ pub struct HostInner {
     pub(crate) identity: tls::Identity,
     pub(crate) cluster: cluster::Cluster,
     pub(crate) peers: peers::Peers,
+    /// Resources besides `cpu`, held by the tasks that demand them.
+    pub(crate) resources: resources::Resources,
     /// One fetch per missing component at a time, by (tenant, sha256).
     pub(crate) fetching: Mutex<HashMap<(String, String), FetchGate>>,
     /// The address peers and clients reach this host at, once serving.
@@ -146,22 +149,30 @@ impl HostInner {
     pub(crate) fn local_info(&self) -> HostInfo {
         let (held, waiting) = self.slots.load();
         let declared = &self.config.declared;
-        let mut capacity = vec![Resource { name: cluster::placement::CPU.into(), amount: self.config.slots as u64 }];
-        if let Some(bytes) = system_memory() {
-            capacity.push(Resource { name: "memory".into(), amount: bytes });
-        }
-        cluster::placement::adjust_set(&mut capacity, &declared.resources);
+        let mut used = vec![Resource { name: cluster::placement::CPU.into(), amount: held as u64 }];
+        used.extend(self.resources.used());
         HostInfo {
             id: self.id.clone(),
             addr: self.local_addr(),
-            capacity,
-            used: vec![Resource { name: cluster::placement::CPU.into(), amount: held as u64 }],
+            capacity: capacity_of(&self.config),
+            used,
             queued: waiting as u64,
             pool: declared.pool.clone(),
             labels: declared.labels.clone(),
             started_ms: self.started_ms,
         }
     }
+}
+
+/// What a host offers: its slots as `cpu`, the machine's memory, and what it
+/// declares (which overrides either).
+fn capacity_of(config: &HostConfig) -> Vec<Resource> {
+    let mut capacity = vec![Resource { name: cluster::placement::CPU.into(), amount: config.slots as u64 }];
+    if let Some(bytes) = system_memory() {
+        capacity.push(Resource { name: "memory".into(), amount: bytes });
+    }
+    cluster::placement::adjust_set(&mut capacity, &config.declared.resources);
+    capacity
 }
 
 /// The machine's memory in bytes (Linux), the default `memory` capacity.
@@ -229,6 +240,7 @@ impl Host {
             records: records::Records::default(),
             live: Mutex::new(HashMap::new()),
             peers: peers::Peers::new(identity.peer_client_config()?),
+            resources: resources::Resources::new(&capacity_of(&config)),
             fetching: Mutex::new(HashMap::new()),
             identity,
             cluster: cluster::Cluster::new(),

@@ -157,8 +157,8 @@ async fn respond(
             host.0.actors.kill_owned_by(&tenant, &job);
             reply(send, &Response::Output(Vec::new())).await
         }
-        Request::PeerRun { origin, tenant, job, component, function, args, limits } => {
-            let request = crate::remote::PeerRun { origin, tenant, job, component, function, args, limits };
+        Request::PeerRun { origin, tenant, job, component, function, args, limits, resources } => {
+            let request = crate::remote::PeerRun { origin, tenant, job, component, function, args, limits, resources };
             crate::remote::serve_run(host, request, send).await
         }
         Request::FetchComponent { tenant, sha256 } => {

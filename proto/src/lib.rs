@@ -407,6 +407,8 @@ mod messages {
             args: Vec<u8>,
             /// The task's limits.
             limits: TaskLimits,
+            /// What it holds while it runs (besides its slot).
+            resources: Vec<Resource>,
         },
         /// Host to host: create (or with `get_or_create` find) an actor here
         /// for a job on `origin`; answered with [`Response::Value`] holding

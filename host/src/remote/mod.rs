@@ -53,7 +53,7 @@ pub(crate) async fn run_anywhere(
         let target = host.cluster.place(&host.local_info(), &placement.demand, &avoid)?;
         if target == host.id {
             host.cluster.dispatched(&target, &needs);
-            let outcome = run_task(host, job, spec).await;
+            let outcome = run_holding(host, job, spec, &needs).await;
             host.cluster.finished(&target, &needs);
             return outcome;
         }
@@ -69,6 +69,7 @@ pub(crate) async fn run_anywhere(
             function: spec.function.clone(),
             args: spec.args.clone(),
             limits: spec.limits.clone(),
+            resources: placement.demand.resources.clone(),
         };
         host.cluster.dispatched(&target, &needs);
         let outcome = tokio::select! {
@@ -102,6 +103,21 @@ pub(crate) async fn run_anywhere(
     }
 }
 
+/// Runs `spec` here once the resources it needs (besides its slot) are free.
+async fn run_holding(
+    host: &Arc<HostInner>,
+    job: &Arc<Job>,
+    spec: TaskSpec,
+    needs: &[fabric_proto::Resource],
+) -> Result<Vec<u8>, FabricError> {
+    let _held = tokio::select! {
+        biased;
+        reason = job.cancelled() => return Err(reason),
+        held = host.resources.hold(needs) => held?,
+    };
+    run_task(host, job, spec).await
+}
+
 /// Serves a peer's [`Request::PeerRun`]: runs the task under a shadow of its
 /// job, streams the log back, then the outcome.
 pub(crate) async fn serve_run(
@@ -123,7 +139,7 @@ pub(crate) async fn serve_run(
         limits: request.limits,
     };
     let stopped = send.stopped();
-    let run = run_task(inner, &shadow, spec);
+    let run = run_holding(inner, &shadow, spec, &request.resources);
     tokio::pin!(run, stopped);
     let outcome = loop {
         tokio::select! {
@@ -165,6 +181,7 @@ pub(crate) struct PeerRun {
     pub function: String,
     pub args: Vec<u8>,
     pub limits: TaskLimits,
+    pub resources: Vec<fabric_proto::Resource>,
 }
 
 /// The component, fetched from `origin` (once, however many tasks ask at

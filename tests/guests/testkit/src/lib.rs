@@ -140,6 +140,25 @@ fn placed(resources: Vec<(String, u64)>, pool: Option<String>, labels: Vec<(Stri
     where_am_i.remote_with(&options)?.get()
 }
 
+/// Sleeps `ms`; returns when it started and ended (Unix ms) and where.
+#[fabric::task]
+fn timed_sleep(ms: u64) -> (u64, u64, String) {
+    let now = || {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    };
+    let start = now();
+    std::thread::sleep(Duration::from_millis(ms));
+    (start, now(), fabric::context().host)
+}
+
+/// Runs `n` tasks of `ms` that each hold `gpu=1`; returns their intervals.
+#[fabric::task]
+fn gpu_tasks(n: u64, ms: u64) -> fabric::Result<Vec<(u64, u64, String)>> {
+    let options = fabric::TaskOptions::default().resource("gpu", 1);
+    let refs = (0..n).map(|_| timed_sleep.remote_with(&options, ms)).collect::<fabric::Result<Vec<_>>>()?;
+    fabric::get_all(&refs)
+}
+
 /// Sleeps `ms`, then returns `index` and the host it ran on.
 #[fabric::task]
 fn sleep_where(index: u64, ms: u64) -> (u64, String) {
