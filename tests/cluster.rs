@@ -278,6 +278,19 @@ fn tasks_of_a_killed_host_are_retried_elsewhere_and_the_job_completes() {
     let out = a.fabric(&["logs", "--follow", &job]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("running it again elsewhere"), "{}", out.stdout);
+
+    // A job whose own host is killed is recorded as failed by the others.
+    let mut b = b;
+    let lost = submit_detached(&b, &testkit, "sleep", r#"{"ms": 60000}"#);
+    let b_id = b.id();
+    b.kill9();
+    eventually(SETTLE, "the lost host's job to be recorded as failed", || {
+        let v = a.fabric(&["status", &lost, "--output", "json"]).json();
+        (v["state"] == "failed").then_some(v)
+    });
+    let v = a.fabric(&["status", &lost, "--output", "json"]).json();
+    assert_eq!(v["error"]["kind"], "unavailable", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains(&b_id), "{v}");
     let v = a.fabric(&["status", &job, "--output", "json"]).json();
     assert_eq!(v["state"], "succeeded", "{v}");
     assert_eq!(v["result"][0], 60 * 59 / 2, "every task completed exactly once: {v}");

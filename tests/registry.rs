@@ -79,6 +79,17 @@ async fn membership_behaves(registry: &dyn Registry) {
     .expect("the actor's record goes with its host's lease");
     assert!(registry.put_actor("t", "gauge", &here, lease).await.is_err(), "no records under an expired lease");
 
+    // Which jobs each host runs, for sweeping a lost host's.
+    registry.mark_running("h1", "t", "j1").await.unwrap();
+    registry.mark_running("h1", "u", "j2").await.unwrap();
+    registry.mark_running("h10", "t", "j3").await.unwrap();
+    let mut on_h1 = registry.running_on("h1").await.unwrap();
+    on_h1.sort();
+    assert_eq!(on_h1, vec![("t".to_string(), "j1".to_string()), ("u".to_string(), "j2".to_string())]);
+    registry.clear_running("h1", "t", "j1").await.unwrap();
+    assert_eq!(registry.running_on("h1").await.unwrap(), vec![("u".to_string(), "j2".to_string())]);
+    assert_eq!(registry.running_on("h10").await.unwrap().len(), 1, "host ids that share a prefix stay apart");
+
     // The first CA proposed is the cluster's; later proposals adopt it.
     let first = CaPem { cert: "cert-1".into(), key: "key-1".into() };
     let second_ca = CaPem { cert: "cert-2".into(), key: "key-2".into() };

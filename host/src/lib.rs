@@ -377,6 +377,8 @@ impl Host {
             record.state = JobState::Running;
             record.started_ms = Some(now_ms());
             let _ = host.records.write(&*host.registry, &record).await;
+            // Who runs it, so that others can tell its end if this host is lost.
+            let _ = host.registry.mark_running(&host.id, &record.tenant, &record.id).await;
             let spec = TaskSpec {
                 component,
                 function: request.function,
@@ -402,6 +404,7 @@ impl Host {
             if let Err(e) = host.records.write(&*host.registry, &record).await {
                 tracing::error!(job = %record.id, "cannot record the job's end: {e}");
             }
+            let _ = host.registry.clear_running(&host.id, &record.tenant, &record.id).await;
             host.live().remove(&(record.tenant.clone(), record.id.clone()));
             let _ = done_tx.send(Some(record));
         });

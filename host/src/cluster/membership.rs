@@ -98,8 +98,9 @@ async fn serve_lease(
             _ = stopped(stop) => return true,
             event = event => match event {
                 Some(Ok(event)) => {
-                    for addr in host.cluster.apply(event) {
+                    for (id, addr) in host.cluster.apply(event) {
                         host.peers.disconnect(&addr);
+                        tokio::spawn(sweep_jobs_of(host.clone(), id));
                     }
                 }
                 Some(Err(e)) => {
@@ -136,6 +137,41 @@ async fn serve_lease(
                 }
             }
         }
+    }
+}
+
+/// Marks the jobs a host that left was running as failed, once it has
+/// stayed away for two lease TTLs (a host that only lost etcd for a while
+/// rejoins under the same id and keeps its jobs). Every host that saw it
+/// leave does this; the writes are the same, so that is harmless.
+async fn sweep_jobs_of(host: Arc<HostInner>, gone: String) {
+    tokio::time::sleep(host.config.lease_ttl * 2).await;
+    if host.cluster.addr_of(&gone).is_some() {
+        return;
+    }
+    let jobs = match host.registry.running_on(&gone).await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            tracing::warn!(host = %gone, "cannot list the jobs of a host that left: {e}");
+            return;
+        }
+    };
+    for (tenant, job) in jobs {
+        if let Ok(Some(mut record)) = host.registry.job(&tenant, &job).await {
+            if !record.state.is_terminal() {
+                record.state = fabric_proto::JobState::Failed;
+                record.finished_ms = Some(crate::jobs::now_ms());
+                record.error = Some(fabric_proto::FabricError::new(
+                    fabric_proto::ErrorKind::Unavailable,
+                    format!("host {gone}, which ran the job, left the cluster"),
+                ));
+                if host.registry.put_job(&record).await.is_err() {
+                    continue;
+                }
+                tracing::warn!(job = %job, host = %gone, "recorded a lost host's job as failed");
+            }
+        }
+        let _ = host.registry.clear_running(&gone, &tenant, &job).await;
     }
 }
 

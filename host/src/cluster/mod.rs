@@ -53,8 +53,8 @@ impl Cluster {
     }
 
     /// Applies a membership event to the view; forgets hosts that left and
-    /// returns the addresses they had (their connections must close).
-    pub fn apply(&self, event: view::MemberEvent) -> Vec<String> {
+    /// returns them as (id, address) (their connections must close).
+    pub fn apply(&self, event: view::MemberEvent) -> Vec<(String, String)> {
         let mut view = lock(&self.view);
         let before: Vec<(String, String)> = match &event {
             view::MemberEvent::Put(_) => Vec::new(),
@@ -68,7 +68,7 @@ impl Cluster {
                 view::Change::Left(id) => {
                     lock(&self.placer).forget(id);
                     tracing::info!(host = %id, "a host left the cluster");
-                    left.extend(before.iter().filter(|(h, _)| h == id).map(|(_, addr)| addr.clone()));
+                    left.extend(before.iter().filter(|(h, _)| h == id).cloned());
                 }
                 view::Change::Joined(id) => tracing::info!(host = %id, "a host joined the cluster"),
                 view::Change::Updated(_) => {}

@@ -34,6 +34,7 @@ struct Members {
     leases: HashMap<LeaseId, (Duration, Instant)>,
     hosts: BTreeMap<String, (HostInfo, LeaseId)>,
     actors: HashMap<(String, String), (ActorLocation, LeaseId)>,
+    running: std::collections::BTreeSet<(String, String, String)>,
     events: broadcast::Sender<MemberEvent>,
 }
 
@@ -96,6 +97,7 @@ impl Embedded {
             leases: HashMap::new(),
             hosts: BTreeMap::new(),
             actors: HashMap::new(),
+            running: Default::default(),
             events: broadcast::channel(1024).0,
         };
         Ok(Embedded { db, members: Arc::new(Mutex::new(members)) })
@@ -292,6 +294,37 @@ impl Registry for Embedded {
                 members.actors.remove(&key);
             }
             Ok(())
+        })
+    }
+
+    fn mark_running<'a>(
+        &'a self,
+        host: &'a str,
+        tenant: &'a str,
+        job: &'a str,
+    ) -> BoxFuture<'a, Result<(), FabricError>> {
+        Box::pin(async move {
+            self.members_lock().running.insert((host.into(), tenant.into(), job.into()));
+            Ok(())
+        })
+    }
+
+    fn clear_running<'a>(
+        &'a self,
+        host: &'a str,
+        tenant: &'a str,
+        job: &'a str,
+    ) -> BoxFuture<'a, Result<(), FabricError>> {
+        Box::pin(async move {
+            self.members_lock().running.remove(&(host.into(), tenant.into(), job.into()));
+            Ok(())
+        })
+    }
+
+    fn running_on<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<(String, String)>, FabricError>> {
+        Box::pin(async move {
+            let members = self.members_lock();
+            Ok(members.running.iter().filter(|(h, _, _)| h == host).map(|(_, t, j)| (t.clone(), j.clone())).collect())
         })
     }
 

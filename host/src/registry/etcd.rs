@@ -33,6 +33,10 @@ fn job_key(tenant: &str, id: &str) -> String {
 
 const HOSTS: &str = "/fabric/hosts/";
 
+fn running_key(host: &str, tenant: &str, job: &str) -> String {
+    format!("{ROOT}/running/{host}/{tenant}/{job}")
+}
+
 fn actor_key(tenant: &str, name: &str) -> String {
     format!("{ROOT}/actors/{tenant}/{name}")
 }
@@ -299,6 +303,47 @@ impl Registry for Etcd {
                 .and_then([TxnOp::delete(key, None)]);
             self.client.clone().txn(txn).await.map_err(unavailable)?;
             Ok(())
+        })
+    }
+
+    fn mark_running<'a>(
+        &'a self,
+        host: &'a str,
+        tenant: &'a str,
+        job: &'a str,
+    ) -> BoxFuture<'a, Result<(), FabricError>> {
+        Box::pin(async move {
+            self.client.clone().put(running_key(host, tenant, job), "", None).await.map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn clear_running<'a>(
+        &'a self,
+        host: &'a str,
+        tenant: &'a str,
+        job: &'a str,
+    ) -> BoxFuture<'a, Result<(), FabricError>> {
+        Box::pin(async move {
+            self.client.clone().delete(running_key(host, tenant, job), None).await.map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn running_on<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<(String, String)>, FabricError>> {
+        Box::pin(async move {
+            let prefix = format!("{ROOT}/running/{host}/");
+            let options = GetOptions::new().with_prefix().with_keys_only();
+            let response = self.client.clone().get(prefix.clone(), Some(options)).await.map_err(unavailable)?;
+            Ok(response
+                .kvs()
+                .iter()
+                .filter_map(|kv| {
+                    let key = String::from_utf8_lossy(kv.key());
+                    let (tenant, job) = key.strip_prefix(&prefix)?.split_once('/')?;
+                    Some((tenant.to_string(), job.to_string()))
+                })
+                .collect())
         })
     }
 

@@ -93,6 +93,23 @@ pub trait Registry: Send + Sync + 'static {
         location: &'a ActorLocation,
     ) -> BoxFuture<'a, Result<(), FabricError>>;
 
+    /// Records that `host` is running job `job` of `tenant`.
+    fn mark_running<'a>(
+        &'a self,
+        host: &'a str,
+        tenant: &'a str,
+        job: &'a str,
+    ) -> BoxFuture<'a, Result<(), FabricError>>;
+    /// Clears that mark (the job ended, or was swept).
+    fn clear_running<'a>(
+        &'a self,
+        host: &'a str,
+        tenant: &'a str,
+        job: &'a str,
+    ) -> BoxFuture<'a, Result<(), FabricError>>;
+    /// The (tenant, job) pairs marked as running on `host`.
+    fn running_on<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<(String, String)>, FabricError>>;
+
     /// The cluster's CA: the one recorded, or `proposal` if there was none
     /// (whichever host asks first creates it; the rest adopt it).
     fn cluster_ca<'a>(&'a self, proposal: &'a CaPem) -> BoxFuture<'a, Result<CaPem, FabricError>>;
