@@ -368,6 +368,9 @@ impl Host {
             error: None,
         };
         inner.records.write(&*inner.registry, &record).await?;
+        // Who runs it, so that others can tell its end if this host is lost;
+        // written before the job is accepted, so no accepted job goes unmarked.
+        let _ = inner.registry.mark_running(&inner.id, tenant, &id).await;
         let (done_tx, done_rx) = watch::channel(None);
         let (_, log_rx) = log.subscribe();
         inner.live().insert((tenant.to_string(), id.clone()), LiveJob { job: job.clone(), done: done_rx.clone() });
@@ -377,8 +380,6 @@ impl Host {
             record.state = JobState::Running;
             record.started_ms = Some(now_ms());
             let _ = host.records.write(&*host.registry, &record).await;
-            // Who runs it, so that others can tell its end if this host is lost.
-            let _ = host.registry.mark_running(&host.id, &record.tenant, &record.id).await;
             let spec = TaskSpec {
                 component,
                 function: request.function,
