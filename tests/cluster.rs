@@ -310,15 +310,19 @@ fn a_named_actor_resolves_to_the_same_host_from_every_host() {
         let out = host.submit(&counter, &["--fn", "visit", "--args", r#"{"name": "visits"}"#]);
         assert_eq!(out.json()["result"], i as u64 + 1, "one actor counts every visit: {out:?}");
     }
-    // It lives on exactly one host, and every host reaches it by name.
-    let holders: Vec<&Up> = hosts
-        .iter()
-        .filter(|h| {
-            let listed = h.fabric(&["actors", "--output", "json"]).json();
-            listed.as_array().unwrap().iter().any(|actor| actor["name"] == "visits")
-        })
-        .collect();
-    assert_eq!(holders.len(), 1, "exactly one host holds the actor");
+    // It lives on exactly one host: every host lists it once, on that host,
+    // and reaches it by name.
+    let holder_of = |host: &Up| {
+        let listed = host.fabric(&["actors", "--output", "json"]).json();
+        let named: Vec<Value> =
+            listed.as_array().unwrap().iter().filter(|actor| actor["name"] == "visits").cloned().collect();
+        assert_eq!(named.len(), 1, "one actor named visits in the cluster: {listed}");
+        named[0]["host"].as_str().unwrap().to_string()
+    };
+    let holder_id = holder_of(a);
+    assert!(hosts.iter().all(|h| holder_of(h) == holder_id));
+    let holders: Vec<&Up> = hosts.iter().filter(|h| h.id() == holder_id).collect();
+    assert_eq!(holders.len(), 1, "the holder is a member");
     for host in &hosts {
         let out = host.fabric(&["actor", "call", "visits", "get"]);
         assert_eq!(out.code, 0, "{out:?}");
@@ -340,10 +344,8 @@ fn a_named_actor_resolves_to_the_same_host_from_every_host() {
 
     // Its host killed, callers are told it is lost (or, once the host's
     // lease is gone, that there is no such actor), and the name is free again.
-    let holder = hosts.iter().position(|h| {
-        let listed = h.fabric(&["actors", "--output", "json"]).json();
-        listed.as_array().unwrap().iter().any(|actor| actor["name"] == "visits")
-    });
+    let holder_id = holder_of(a);
+    let holder = hosts.iter().position(|h| h.id() == holder_id);
     let mut hosts = hosts;
     let holder = holder.expect("a holder");
     hosts[holder].kill9();

@@ -450,9 +450,36 @@ impl Host {
     }
 
     /// The tenant's actors, oldest first.
-    pub fn actors(&self, tenant: &str) -> Result<Vec<ActorInfo>, FabricError> {
+    pub fn local_actors(&self, tenant: &str) -> Result<Vec<ActorInfo>, FabricError> {
         validate_name("tenant", tenant)?;
         Ok(self.0.actors.list(tenant).iter().map(|actor| actor.info(&self.0.id)).collect())
+    }
+
+    /// The tenant's actors on every member: this host's first, then each
+    /// peer's (a peer that does not answer is left out, with a warning in
+    /// this host's log).
+    pub async fn actors(&self, tenant: &str) -> Result<Vec<ActorInfo>, FabricError> {
+        let mut all = self.local_actors(tenant)?;
+        let mut asks = tokio::task::JoinSet::new();
+        for member in self.hosts().into_iter().filter(|h| h.id != self.0.id) {
+            let host = self.0.clone();
+            let request = fabric_proto::Request::PeerActors { tenant: tenant.to_string() };
+            asks.spawn(async move { (member.id.clone(), host.peers.ask(&member.addr, &request).await) });
+        }
+        let mut theirs = Vec::new();
+        while let Some(answer) = asks.join_next().await {
+            match answer {
+                Ok((_, Ok(fabric_proto::Response::Actors(actors)))) => theirs.extend(actors),
+                Ok((peer, Ok(other))) => {
+                    tracing::warn!(host = %peer, "unexpected answer to a list of actors: {other:?}")
+                }
+                Ok((peer, Err(e))) => tracing::warn!(host = %peer, "cannot list its actors: {}", e.into_error()),
+                Err(e) => tracing::warn!("listing a peer's actors failed: {e}"),
+            }
+        }
+        theirs.sort_by(|a, b| a.host.cmp(&b.host));
+        all.extend(theirs);
+        Ok(all)
     }
 
     /// Calls `method` of the actor named `actor` (or with that hex id),

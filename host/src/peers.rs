@@ -135,6 +135,17 @@ impl Peers {
         }
     }
 
+    /// Sends `request` to the peer at `addr` and returns its one answer.
+    pub async fn ask(&self, addr: &str, request: &Request) -> Result<Response, PeerError> {
+        let (_send, mut recv) = self.open(addr, request).await?;
+        match read_frame::<_, Response>(&mut recv, MAX_FRAME).await {
+            Ok(Some(Response::Error(e))) => Err(PeerError::Answered(e)),
+            Ok(Some(response)) => Ok(response),
+            Ok(None) => Err(lost(addr, "the stream ended without an answer")),
+            Err(e) => Err(lost(addr, e)),
+        }
+    }
+
     /// Fetches component `sha256` of `tenant` from the peer at `addr`.
     pub async fn fetch_component(&self, addr: &str, tenant: &str, sha256: &str) -> Result<Vec<u8>, FabricError> {
         let request = Request::FetchComponent { tenant: tenant.to_string(), sha256: sha256.to_string() };

@@ -103,7 +103,7 @@ async fn respond(
         Request::Jobs { tenant } => reply(send, &Response::Jobs(host.jobs(&tenant).await?)).await,
         Request::Status { tenant, job } => reply(send, &Response::Job(host.status(&tenant, &job).await?)).await,
         Request::Stop { tenant, job } => reply(send, &Response::Job(host.stop(&tenant, &job).await?)).await,
-        Request::Actors { tenant } => reply(send, &Response::Actors(host.actors(&tenant)?)).await,
+        Request::Actors { tenant } => reply(send, &Response::Actors(host.actors(&tenant).await?)).await,
         Request::ActorCall { tenant, actor, method, args } => {
             reply(send, &Response::Value(host.actor_call(&tenant, &actor, &method, &args).await?)).await
         }
@@ -118,6 +118,7 @@ async fn respond(
         | Request::PeerActorCall { .. }
         | Request::PeerActorKill { .. }
         | Request::PeerJobEnded { .. }
+        | Request::PeerActors { .. }
             if !peer =>
         {
             Err(FabricError::new(
@@ -153,6 +154,7 @@ async fn respond(
             crate::remote::actors::kill(&host.0, &tenant, crate::remote::actors::parse_id(&actor)?).await?;
             reply(send, &Response::Output(Vec::new())).await
         }
+        Request::PeerActors { tenant } => reply(send, &Response::Actors(host.local_actors(&tenant)?)).await,
         Request::PeerJobEnded { tenant, job } => {
             host.0.actors.kill_owned_by(&tenant, &job);
             reply(send, &Response::Output(Vec::new())).await

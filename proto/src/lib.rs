@@ -452,6 +452,11 @@ mod messages {
             /// Its id (32 hex digits).
             actor: String,
         },
+        /// Host to host: the tenant's actors on this host alone.
+        PeerActors {
+            /// Whose actors.
+            tenant: String,
+        },
         /// Host to host: a job ended; kill the actors it owns here.
         PeerJobEnded {
             /// Whose job.
