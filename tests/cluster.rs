@@ -151,6 +151,7 @@ fn bad_host_settings_are_refused_with_a_reason() {
         (&["--resources", "gpu=lots"][..], "--resources"),
         (&["--label", "novalue"][..], "--label"),
         (&["--lease-ttl", "0"][..], "--lease-ttl"),
+        (&["--advertise", "not-an-address"][..], "--advertise"),
     ] {
         let mut args = vec!["--etcd", etcd.endpoint(), "host", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(flags);
@@ -158,6 +159,10 @@ fn bad_host_settings_are_refused_with_a_reason() {
         assert_eq!(out.code, 2, "{flags:?}: {out:?}");
         assert!(out.stderr.contains(says), "{flags:?}: {}", out.stderr);
     }
+    // Listening on every interface, peers need to be told where to dial.
+    let out = fabric(&["--etcd", etcd.endpoint(), "host", "--listen", "0.0.0.0:0"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--advertise"), "{}", out.stderr);
     // A client pointed at an etcd no cluster used says so.
     let out = fabric(&["--etcd", etcd.endpoint(), "hosts"]);
     assert_eq!(out.code, 2);

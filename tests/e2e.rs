@@ -571,6 +571,53 @@ fn an_upload_that_claims_more_than_it_sends_is_refused() {
 }
 
 #[test]
+fn host_to_host_requests_without_a_cluster_certificate_are_refused() {
+    use fabric_proto::{read_frame, write_frame, ErrorKind, Request, Response, MAX_FRAME};
+    let up = Up::start();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let addr = fabric::client::resolve_addr(None, up.data_dir()).unwrap();
+        let client = fabric::client::Client::connect(up.data_dir(), addr, "default").await.unwrap();
+        let peer_only = [
+            Request::PeerRun {
+                origin: addr.to_string(),
+                tenant: "default".into(),
+                job: "job-x".into(),
+                component: "0".repeat(64),
+                function: "main".into(),
+                args: Vec::new(),
+                limits: Default::default(),
+                resources: Vec::new(),
+            },
+            Request::FetchComponent { tenant: "default".into(), sha256: "0".repeat(64) },
+            Request::PeerActorCall {
+                tenant: "default".into(),
+                actor: "0".repeat(32),
+                method: "get".into(),
+                args: Vec::new(),
+                json: true,
+            },
+            Request::PeerActorKill { tenant: "default".into(), actor: "0".repeat(32) },
+            Request::PeerJobEnded { tenant: "default".into(), job: "job-x".into() },
+            Request::PeerActors { tenant: "default".into() },
+        ];
+        for request in peer_only {
+            let (mut send, mut recv) = client.open_raw().await.unwrap();
+            write_frame(&mut send, &request).await.unwrap();
+            send.finish().unwrap();
+            match read_frame::<_, Response>(&mut recv, MAX_FRAME).await {
+                Ok(Some(Response::Error(e))) => {
+                    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+                    assert!(e.message.contains("certificate from the cluster's CA"), "{e}");
+                }
+                other => panic!("expected an error frame for {request:?}, got {other:?}"),
+            }
+        }
+    });
+    assert_serving(&up);
+}
+
+#[test]
 fn with_etcd_job_records_outlive_the_host_that_ran_them() {
     let etcd = fabric_tests::Etcd::start();
     let first = Up::start_with(&["--etcd", etcd.endpoint()]);

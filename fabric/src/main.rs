@@ -332,6 +332,9 @@ async fn serve(
         config.lease_ttl = m.lease_ttl;
         config.etcd_wait = m.etcd_wait;
     }
+    if addr.ip().is_unspecified() && joins_cluster && advertise.is_none() {
+        anyhow::bail!("listening on {addr}: give the address peers should dial with --advertise");
+    }
     if !addr.ip().is_unspecified() {
         config.advertise_names.push(addr.ip().to_string());
     }
@@ -341,10 +344,8 @@ async fn serve(
     let local = endpoint.local_addr()?;
     let mut reachable = advertise.unwrap_or(local);
     if reachable.ip().is_unspecified() {
-        if joins_cluster {
-            anyhow::bail!("listening on {local}: give the address peers should dial with --advertise");
-        }
-        // A lone host has no peers to dial it: record the loopback address.
+        // A lone host (the only kind that gets here so) has no peers to dial
+        // it: record the loopback address.
         let loopback: std::net::IpAddr =
             if local.is_ipv6() { std::net::Ipv6Addr::LOCALHOST.into() } else { std::net::Ipv4Addr::LOCALHOST.into() };
         reachable.set_ip(loopback);

@@ -83,6 +83,8 @@ pub struct HostInner {
     pub(crate) peers: peers::Peers,
     /// Resources besides `cpu`, held by the tasks that demand them.
     pub(crate) resources: resources::Resources,
+    /// What the host offers (read once: placement asks on every decision).
+    capacity: Vec<Resource>,
     /// One fetch per missing component at a time, by (tenant, sha256).
     pub(crate) fetching: Mutex<HashMap<(String, String), FetchGate>>,
     /// The address peers and clients reach this host at, once serving.
@@ -154,7 +156,7 @@ impl HostInner {
         HostInfo {
             id: self.id.clone(),
             addr: self.local_addr(),
-            capacity: capacity_of(&self.config),
+            capacity: self.capacity.clone(),
             used,
             queued: waiting as u64,
             pool: declared.pool.clone(),
@@ -227,6 +229,7 @@ impl Host {
             components::write_atomic(&path, identity.ca_pem().as_bytes())?;
         }
         let node: u64 = rand::random();
+        let capacity = capacity_of(&config);
         let host = Host(Arc::new(HostInner {
             id: format!("{node:016x}"),
             objects: ObjectStore::new(node, config.max_object_bytes),
@@ -240,7 +243,8 @@ impl Host {
             records: records::Records::default(),
             live: Mutex::new(HashMap::new()),
             peers: peers::Peers::new(identity.peer_client_config()?),
-            resources: resources::Resources::new(&capacity_of(&config)),
+            resources: resources::Resources::new(&capacity),
+            capacity,
             fetching: Mutex::new(HashMap::new()),
             identity,
             cluster: cluster::Cluster::new(),
@@ -256,7 +260,7 @@ impl Host {
             loop {
                 tokio::time::sleep(records::RETRY_EVERY).await;
                 let Some(host) = flusher.upgrade() else { return };
-                if !host.records.pending_of(None).is_empty() && host.records.flush(&*host.registry).await == 0 {
+                if !host.records.is_empty() && host.records.flush(&*host.registry).await == 0 {
                     tracing::warn!("every pending job record is written");
                 }
             }
@@ -267,9 +271,8 @@ impl Host {
     /// Jobs a previous run of this host left unfinished did not survive it.
     async fn fail_interrupted_jobs(&self) -> Result<(), FabricError> {
         // With a shared (etcd) registry other hosts' jobs are not ours to
-        // judge; this host can only speak for jobs it ran, which a cluster
-        // records per host (the cluster work). Until then only the embedded
-        // registry, which is this host's alone, is swept.
+        // judge: a host that dies is swept by the hosts that see it leave
+        // (`cluster::membership`). The embedded registry is this host's alone.
         if !self.0.config.etcd.is_empty() {
             return Ok(());
         }

@@ -58,6 +58,11 @@ impl Records {
         self.lock().values().filter(|r| tenant.is_none_or(|t| r.tenant == t)).cloned().collect()
     }
 
+    /// Whether no record is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Tries every pending record once; returns how many remain.
     pub async fn flush(&self, registry: &dyn Registry) -> usize {
         let batch: Vec<JobRecord> = self.lock().values().cloned().collect();

@@ -88,6 +88,37 @@ impl Etcd {
 }
 
 impl Etcd {
+    /// Archives `value` and writes it at `key` (under `lease`, if any).
+    async fn put_archived<T>(&self, key: String, value: &T, lease: Option<LeaseId>) -> Result<(), FabricError>
+    where
+        T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::Error,
+            >,
+        >,
+    {
+        let bytes = fabric_proto::encode(value).map_err(unavailable)?;
+        let options = lease.map(|lease| PutOptions::new().with_lease(lease));
+        self.client.clone().put(key, bytes, options).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Reads the archive at `key`, validated.
+    async fn get_archived<T>(&self, key: String) -> Result<Option<T>, FabricError>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
+            + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+    {
+        let response = self.client.clone().get(key, None).await.map_err(unavailable)?;
+        match response.kvs().first() {
+            Some(kv) => fabric_proto::decode(kv.value()).map(Some).map_err(unavailable),
+            None => Ok(None),
+        }
+    }
+
     /// Connects, retrying for up to `wait` while etcd does not answer (a
     /// host may start before its etcd).
     pub async fn connect_waiting(endpoints: &[String], wait: Duration) -> Result<Self, FabricError> {
@@ -110,23 +141,11 @@ impl Etcd {
 
 impl Registry for Etcd {
     fn put_job<'a>(&'a self, record: &'a JobRecord) -> BoxFuture<'a, Result<(), FabricError>> {
-        Box::pin(async move {
-            let value = fabric_proto::encode(record).map_err(unavailable)?;
-            let mut client = self.client.clone();
-            client.put(job_key(&record.tenant, &record.id), value, None).await.map_err(unavailable)?;
-            Ok(())
-        })
+        Box::pin(self.put_archived(job_key(&record.tenant, &record.id), record, None))
     }
 
     fn job<'a>(&'a self, tenant: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<JobRecord>, FabricError>> {
-        Box::pin(async move {
-            let mut client = self.client.clone();
-            let response = client.get(job_key(tenant, id), None).await.map_err(unavailable)?;
-            match response.kvs().first() {
-                Some(kv) => fabric_proto::decode(kv.value()).map(Some).map_err(unavailable),
-                None => Ok(None),
-            }
-        })
+        Box::pin(self.get_archived(job_key(tenant, id)))
     }
 
     fn jobs<'a>(&'a self, tenant: Option<&'a str>) -> BoxFuture<'a, Result<Vec<JobRecord>, FabricError>> {
@@ -152,25 +171,13 @@ impl Registry for Etcd {
             let mut client = self.client.clone();
             let seconds = ttl.as_secs_f64().ceil().max(1.0) as i64;
             let lease = client.lease_grant(seconds, None).await.map_err(unavailable)?.id();
-            let value = fabric_proto::encode(host).map_err(unavailable)?;
-            client
-                .put(format!("{HOSTS}{}", host.id), value, Some(PutOptions::new().with_lease(lease)))
-                .await
-                .map_err(unavailable)?;
+            self.put_archived(format!("{HOSTS}{}", host.id), host, Some(lease)).await?;
             Ok(lease)
         })
     }
 
     fn report<'a>(&'a self, host: &'a HostInfo, lease: LeaseId) -> BoxFuture<'a, Result<(), FabricError>> {
-        Box::pin(async move {
-            let value = fabric_proto::encode(host).map_err(unavailable)?;
-            let mut client = self.client.clone();
-            client
-                .put(format!("{HOSTS}{}", host.id), value, Some(PutOptions::new().with_lease(lease)))
-                .await
-                .map_err(unavailable)?;
-            Ok(())
-        })
+        Box::pin(self.put_archived(format!("{HOSTS}{}", host.id), host, Some(lease)))
     }
 
     fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<bool, FabricError>> {
@@ -263,15 +270,7 @@ impl Registry for Etcd {
         location: &'a ActorLocation,
         lease: LeaseId,
     ) -> BoxFuture<'a, Result<(), FabricError>> {
-        Box::pin(async move {
-            let value = fabric_proto::encode(location).map_err(unavailable)?;
-            let mut client = self.client.clone();
-            client
-                .put(actor_key(tenant, name), value, Some(PutOptions::new().with_lease(lease)))
-                .await
-                .map_err(unavailable)?;
-            Ok(())
-        })
+        Box::pin(self.put_archived(actor_key(tenant, name), location, Some(lease)))
     }
 
     fn actor<'a>(
@@ -279,14 +278,7 @@ impl Registry for Etcd {
         tenant: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<ActorLocation>, FabricError>> {
-        Box::pin(async move {
-            let mut client = self.client.clone();
-            let response = client.get(actor_key(tenant, name), None).await.map_err(unavailable)?;
-            match response.kvs().first() {
-                Some(kv) => fabric_proto::decode(kv.value()).map(Some).map_err(unavailable),
-                None => Ok(None),
-            }
-        })
+        Box::pin(self.get_archived(actor_key(tenant, name)))
     }
 
     fn remove_actor<'a>(

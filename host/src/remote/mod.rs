@@ -207,9 +207,12 @@ pub(crate) async fn component_from(
     if host.components.has(tenant, sha256) {
         return host.components.get(tenant, sha256).await;
     }
-    let bytes = host.peers.fetch_component(origin, tenant, sha256).await?;
     // `add` checks the bytes hash to the name asked for.
-    let loaded = host.components.add(tenant, bytes, Some(sha256)).await?;
+    let loaded = match host.peers.fetch_component(origin, tenant, sha256).await {
+        Ok(bytes) => host.components.add(tenant, bytes, Some(sha256)).await,
+        Err(e) => Err(e),
+    };
+    // Done either way: a failed fetch leaves no gate behind.
     host.fetching.lock().unwrap_or_else(|p| p.into_inner()).remove(&(tenant.to_string(), sha256.to_string()));
-    Ok(loaded)
+    loaded
 }
