@@ -1,34 +1,10 @@
 //! The cluster, end to end: a real etcd and real `fabric host` processes on
 //! loopback, driven with the real CLI.
 
-use fabric_tests::{eventually, example, fabric, Etcd, Up};
+use fabric_tests::{all_see, eventually, example, fabric, ids, view_of, Etcd, Up, SETTLE};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
-
-/// Generous bound for membership changes (the lease TTL is 2 s); the
-/// failure-detection benchmark measures the real figure.
-const SETTLE: Duration = Duration::from_secs(20);
-
-/// The member ids `host` lists.
-fn view_of(host: &Up) -> Option<BTreeSet<String>> {
-    let out = host.fabric(&["hosts", "--output", "json"]);
-    if out.code != 0 {
-        return None;
-    }
-    Some(out.json().as_array()?.iter().filter_map(|h| h["id"].as_str().map(String::from)).collect())
-}
-
-fn ids(hosts: &[&Up]) -> BTreeSet<String> {
-    hosts.iter().map(|h| h.id()).collect()
-}
-
-/// Waits until every host in `observers` sees exactly `expected`.
-fn all_see(observers: &[&Up], expected: &BTreeSet<String>, what: &str) {
-    for host in observers {
-        eventually(SETTLE, what, || (view_of(host).as_ref() == Some(expected)).then_some(()));
-    }
-}
 
 #[test]
 fn hosts_join_see_each_other_leave_when_killed_and_rejoin() {
@@ -170,12 +146,6 @@ fn bad_host_settings_are_refused_with_a_reason() {
 }
 
 /// `fabric submit --detach`: the job id.
-fn submit_detached(host: &Up, wasm: &std::path::Path, function: &str, args: &str) -> String {
-    let out = host.submit(wasm, &["--fn", function, "--args", args, "--detach"]);
-    assert_eq!(out.code, 0, "{out:?}");
-    out.json()["job"].as_str().expect("a job id").to_string()
-}
-
 #[test]
 fn fanout_runs_on_every_host_with_the_component_fetched_from_the_first() {
     let etcd = Etcd::start();
@@ -267,7 +237,7 @@ fn tasks_of_a_killed_host_are_retried_elsewhere_and_the_job_completes() {
     all_see(&[&a, &b, &c], &ids(&[&a, &b, &c]), "three hosts to see each other");
 
     let testkit = fabric_tests::testkit();
-    let job = submit_detached(&a, &testkit, "spread_sleep", r#"{"n": 60, "ms": 300}"#);
+    let job = a.submit_detached(&testkit, "spread_sleep", r#"{"n": 60, "ms": 300}"#);
     // Kill c once it is running some of the job's tasks.
     let c_id = c.id();
     eventually(SETTLE, "c to be busy with the job", || {
@@ -286,7 +256,7 @@ fn tasks_of_a_killed_host_are_retried_elsewhere_and_the_job_completes() {
 
     // A job whose own host is killed is recorded as failed by the others.
     let mut b = b;
-    let lost = submit_detached(&b, &testkit, "sleep", r#"{"ms": 60000}"#);
+    let lost = b.submit_detached(&testkit, "sleep", r#"{"ms": 60000}"#);
     let b_id = b.id();
     b.kill9();
     eventually(SETTLE, "the lost host's job to be recorded as failed", || {

@@ -87,6 +87,7 @@ pub struct Up {
     /// Everything after `--data-dir DIR`: the subcommand and its flags.
     command: Vec<String>,
     etcd: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Up {
@@ -105,15 +106,24 @@ impl Up {
     /// Starts a `fabric host` that joins the cluster in `etcd`, with a short
     /// lease (2 s) and extra flags.
     pub fn host(etcd: &str, extra: &[&str]) -> Up {
+        Self::host_with_env(etcd, extra, &[])
+    }
+
+    /// [`Up::host`] with extra environment variables.
+    pub fn host_with_env(etcd: &str, extra: &[&str], env: &[(&str, &str)]) -> Up {
         let mut command: Vec<String> =
             ["host", "--listen", "127.0.0.1:0", "--lease-ttl", "2"].iter().map(|s| s.to_string()).collect();
         command.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(command, Some(etcd.to_string()))
+        let dir = tempfile::tempdir().expect("temp dir");
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut up = Up { dir, child: None, command, etcd: Some(etcd.to_string()), env };
+        up.launch();
+        up
     }
 
     fn spawn(command: Vec<String>, etcd: Option<String>) -> Up {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut up = Up { dir, child: None, command, etcd };
+        let mut up = Up { dir, child: None, command, etcd, env: Vec::new() };
         up.launch();
         up
     }
@@ -163,6 +173,7 @@ impl Up {
         }
         let child = command
             .args(&self.command)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("FABRIC_LOG", "fabric_host=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -191,6 +202,13 @@ impl Up {
         let mut all = vec!["--data-dir", dir.as_str()];
         all.extend_from_slice(args);
         fabric(&all)
+    }
+
+    /// Submits `function` of `wasm` with JSON `args` detached; the job's id.
+    pub fn submit_detached(&self, wasm: &Path, function: &str, args: &str) -> String {
+        let out = self.submit(wasm, &["--fn", function, "--args", args, "--detach"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.json()["job"].as_str().expect("a job id").to_string()
     }
 
     /// `fabric submit WASM ARGS... --output json`.
@@ -338,5 +356,30 @@ pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Opt
         }
         assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Generous bound for membership changes (hosts run with a 2 s lease); the
+/// failure-detection benchmark measures the real figure.
+pub const SETTLE: Duration = Duration::from_secs(20);
+
+/// The member ids `host` lists.
+pub fn view_of(host: &Up) -> Option<std::collections::BTreeSet<String>> {
+    let out = host.fabric(&["hosts", "--output", "json"]);
+    if out.code != 0 {
+        return None;
+    }
+    Some(out.json().as_array()?.iter().filter_map(|h| h["id"].as_str().map(String::from)).collect())
+}
+
+/// The ids of `hosts`.
+pub fn ids(hosts: &[&Up]) -> std::collections::BTreeSet<String> {
+    hosts.iter().map(|h| h.id()).collect()
+}
+
+/// Waits until every host in `observers` sees exactly `expected`.
+pub fn all_see(observers: &[&Up], expected: &std::collections::BTreeSet<String>, what: &str) {
+    for host in observers {
+        eventually(SETTLE, what, || (view_of(host).as_ref() == Some(expected)).then_some(()));
     }
 }

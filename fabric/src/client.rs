@@ -243,6 +243,14 @@ impl Client {
         }
     }
 
+    /// The tenant's objects on every host.
+    pub async fn objects(&self) -> anyhow::Result<Vec<fabric_proto::HostObjects>> {
+        match self.call(&Request::Objects { tenant: self.tenant.clone() }).await? {
+            Response::Objects(stores) => Ok(stores),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
     /// Calls a method of a named actor with JSON arguments; its JSON result.
     pub async fn actor_call(&self, actor: &str, method: &str, args: &str) -> anyhow::Result<String> {
         let request = Request::ActorCall {

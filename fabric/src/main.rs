@@ -73,6 +73,8 @@ enum Command {
     },
     /// List the tenant's actors.
     Actors(OutputArgs),
+    /// Show the tenant's objects on every host: count and bytes per job.
+    Objects(OutputArgs),
     /// Call or kill a named actor.
     Actor {
         #[command(subcommand)]
@@ -220,6 +222,7 @@ fn main() -> ExitCode {
         Command::Run(a) => a.output.output,
         Command::Jobs(o)
         | Command::Actors(o)
+        | Command::Objects(o)
         | Command::Hosts(o)
         | Command::Status { output: o, .. }
         | Command::Stop { output: o, .. } => o.output,
@@ -501,6 +504,14 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Objects(output) => {
+            let stores = client.objects().await?;
+            match output.output {
+                Output::Json => println!("{}", serde_json::to_value(&stores)?),
+                Output::Text => print_objects(&stores),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Actor { command: ActorCommand::Call { name, method, args } } => {
             println!("{}", client.actor_call(&name, &method, &args).await?);
             Ok(ExitCode::SUCCESS)
@@ -525,6 +536,20 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Up(_) | Command::Host(_) | Command::Run(_) => unreachable!("handled before connecting"),
+    }
+}
+
+fn print_objects(stores: &[fabric_proto::HostObjects]) {
+    println!("{:<18} {:<28} {:>9} {:>14}", "HOST", "JOB", "OBJECTS", "BYTES");
+    for store in stores {
+        for job in &store.jobs {
+            println!("{:<18} {:<28} {:>9} {:>14}", store.host, job.job, job.objects, job.bytes);
+        }
+        let (objects, bytes) = store.jobs.iter().fold((0, 0), |(n, b), j| (n + j.objects, b + j.bytes));
+        println!(
+            "{:<18} {:<28} {:>9} {:>14}   pulled {} objects, {} bytes; {} ranges retried",
+            store.host, "(all jobs)", objects, bytes, store.pulls, store.pulled_bytes, store.retried_ranges
+        );
     }
 }
 

@@ -23,8 +23,8 @@ pub struct Job {
     /// Its log.
     pub log: Arc<JobLog>,
     cancel: watch::Sender<Option<FabricError>>,
-    /// Peers on which it created actors it owns: told when it ends.
-    remote_actor_hosts: std::sync::Mutex<Vec<String>>,
+    /// Peers its tasks ran on or its actors live on: told when it ends.
+    peers: std::sync::Mutex<Vec<String>>,
 }
 
 impl Job {
@@ -36,21 +36,22 @@ impl Job {
             limits,
             log,
             cancel: watch::channel(None).0,
-            remote_actor_hosts: Default::default(),
+            peers: Default::default(),
         })
     }
 
-    /// Notes that the job owns an actor on the peer at `addr`.
-    pub fn owns_actor_on(&self, addr: &str) {
-        let mut hosts = self.remote_actor_hosts.lock().unwrap_or_else(|p| p.into_inner());
+    /// Notes that the job sent work to (or owns an actor on) the peer at
+    /// `addr`.
+    pub fn reached(&self, addr: &str) {
+        let mut hosts = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if !hosts.iter().any(|h| h == addr) {
             hosts.push(addr.to_string());
         }
     }
 
-    /// The peers on which the job owns actors.
-    pub fn remote_actor_hosts(&self) -> Vec<String> {
-        self.remote_actor_hosts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The peers the job reached.
+    pub fn peers(&self) -> Vec<String> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Stops every task of the job with `reason` (the first reason wins).

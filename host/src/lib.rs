@@ -83,6 +83,10 @@ pub struct HostInner {
     pub(crate) peers: peers::Peers,
     /// Resources besides `cpu`, held by the tasks that demand them.
     pub(crate) resources: resources::Resources,
+    /// Jobs of other hosts that left objects or actors here.
+    pub(crate) visiting: remote::Visiting,
+    /// Counters of objects pulled from peers, and faults to inject.
+    pub(crate) transfers: objects::transfer::Transfers,
     /// What the host offers (read once: placement asks on every decision).
     capacity: Vec<Resource>,
     /// One fetch per missing component at a time, by (tenant, sha256).
@@ -123,8 +127,11 @@ impl HostInner {
         let host = self.clone();
         let job = job.clone();
         tokio::spawn(async move {
-            let outcome = remote::run_anywhere(&host, &job, spec, placement).await;
-            host.objects.fill(&cell, outcome);
+            match remote::run_anywhere(&host, &job, spec, placement).await {
+                Ok(remote::TaskOutput::Here(bytes)) => host.objects.fill(&cell, Ok(bytes)),
+                Ok(remote::TaskOutput::Kept { id, len }) => host.objects.fill_elsewhere(&cell, id, len),
+                Err(error) => host.objects.fill(&cell, Err(error)),
+            }
         });
         id
     }
@@ -135,7 +142,7 @@ impl HostInner {
         job.cancel(FabricError::new(ErrorKind::Cancelled, why));
         self.actors.kill_owned_by(&job.tenant, &job.id);
         self.objects.drop_job(&job.tenant, &job.id);
-        remote::actors::job_ended(self, job);
+        remote::job_ended(self, job);
     }
 
     /// The address this host serves on (empty before it joins).
@@ -145,6 +152,11 @@ impl HostInner {
 
     fn live(&self) -> MutexGuard<'_, HashMap<(String, String), LiveJob>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `tenant`'s `job` runs on this host now.
+    pub(crate) fn is_live(&self, tenant: &str, job: &str) -> bool {
+        self.live().contains_key(&(tenant.to_string(), job.to_string()))
     }
 
     /// This host's membership record with its load now.
@@ -244,6 +256,8 @@ impl Host {
             live: Mutex::new(HashMap::new()),
             peers: peers::Peers::new(identity.peer_client_config()?),
             resources: resources::Resources::new(&capacity),
+            visiting: remote::Visiting::default(),
+            transfers: objects::transfer::Transfers::from_env(),
             capacity,
             fetching: Mutex::new(HashMap::new()),
             identity,
@@ -463,21 +477,12 @@ impl Host {
     /// this host's log).
     pub async fn actors(&self, tenant: &str) -> Result<Vec<ActorInfo>, FabricError> {
         let mut all = self.local_actors(tenant)?;
-        let mut asks = tokio::task::JoinSet::new();
-        for member in self.hosts().into_iter().filter(|h| h.id != self.0.id) {
-            let host = self.0.clone();
-            let request = fabric_proto::Request::PeerActors { tenant: tenant.to_string() };
-            asks.spawn(async move { (member.id.clone(), host.peers.ask(&member.addr, &request).await) });
-        }
+        let request = fabric_proto::Request::PeerActors { tenant: tenant.to_string() };
         let mut theirs = Vec::new();
-        while let Some(answer) = asks.join_next().await {
+        for (peer, answer) in remote::ask_members(&self.0, &request).await {
             match answer {
-                Ok((_, Ok(fabric_proto::Response::Actors(actors)))) => theirs.extend(actors),
-                Ok((peer, Ok(other))) => {
-                    tracing::warn!(host = %peer, "unexpected answer to a list of actors: {other:?}")
-                }
-                Ok((peer, Err(e))) => tracing::warn!(host = %peer, "cannot list its actors: {}", e.into_error()),
-                Err(e) => tracing::warn!("listing a peer's actors failed: {e}"),
+                fabric_proto::Response::Actors(actors) => theirs.extend(actors),
+                other => tracing::warn!(host = %peer, "unexpected answer to a list of actors: {other:?}"),
             }
         }
         theirs.sort_by(|a, b| a.host.cmp(&b.host));

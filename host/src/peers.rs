@@ -41,6 +41,20 @@ fn lost(addr: &str, e: impl std::fmt::Display) -> PeerError {
     PeerError::Lost(FabricError::new(ErrorKind::Unavailable, format!("host at {addr}: {e}")))
 }
 
+/// How a task run on a peer ended well.
+#[derive(Debug)]
+pub enum RunOutput {
+    /// Its result came back with it.
+    Inline(Vec<u8>),
+    /// Its result stays on the peer as object `id`, `len` bytes.
+    Kept {
+        /// The object there.
+        id: fabric_proto::WireObjectId,
+        /// Its size.
+        len: u64,
+    },
+}
+
 type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
 
 /// Connections to peers, by address.
@@ -106,7 +120,11 @@ impl Peers {
     }
 
     /// Opens a stream to `addr` and sends `request`.
-    async fn open(&self, addr: &str, request: &Request) -> Result<(quinn::SendStream, quinn::RecvStream), PeerError> {
+    pub(crate) async fn open(
+        &self,
+        addr: &str,
+        request: &Request,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), PeerError> {
         let connection = self.connection(addr).await?;
         let (mut send, recv) = connection.open_bi().await.map_err(|e| lost(addr, e))?;
         write_frame(&mut send, request).await.map_err(|e| lost(addr, e))?;
@@ -121,12 +139,13 @@ impl Peers {
         addr: &str,
         request: &Request,
         mut on_log: impl FnMut(&[u8]),
-    ) -> Result<Vec<u8>, PeerError> {
+    ) -> Result<RunOutput, PeerError> {
         let (_send, mut recv) = self.open(addr, request).await?;
         loop {
             match read_frame::<_, Response>(&mut recv, MAX_FRAME).await {
                 Ok(Some(Response::Log(chunk))) => on_log(&chunk),
-                Ok(Some(Response::Output(bytes))) => return Ok(bytes),
+                Ok(Some(Response::Output(bytes))) => return Ok(RunOutput::Inline(bytes)),
+                Ok(Some(Response::Stored { id, len })) => return Ok(RunOutput::Kept { id, len }),
                 Ok(Some(Response::Error(e))) => return Err(PeerError::Answered(e)),
                 Ok(Some(other)) => return Err(lost(addr, format!("unexpected answer to a task: {other:?}"))),
                 Ok(None) => return Err(lost(addr, "the stream ended before the task did")),

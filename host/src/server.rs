@@ -119,6 +119,8 @@ async fn respond(
         | Request::PeerActorKill { .. }
         | Request::PeerJobEnded { .. }
         | Request::PeerActors { .. }
+        | Request::PeerObjectRead { .. }
+        | Request::PeerObjects { .. }
             if !peer =>
         {
             Err(FabricError::new(
@@ -152,12 +154,22 @@ async fn respond(
         Request::PeerActorKill { tenant, actor } => {
             crate::validate_name("tenant", &tenant)?;
             crate::remote::actors::kill(&host.0, &tenant, crate::remote::actors::parse_id(&actor)?).await?;
-            reply(send, &Response::Output(Vec::new())).await
+            reply(send, &Response::Done).await
         }
         Request::PeerActors { tenant } => reply(send, &Response::Actors(host.local_actors(&tenant)?)).await,
         Request::PeerJobEnded { tenant, job } => {
-            host.0.actors.kill_owned_by(&tenant, &job);
-            reply(send, &Response::Output(Vec::new())).await
+            crate::remote::visit_ended(&host.0, &tenant, &job);
+            reply(send, &Response::Done).await
+        }
+        Request::PeerObjectRead { tenant, id, offset, len } => {
+            crate::objects::transfer::serve_read(&host.0, &tenant, id, offset, len, send).await
+        }
+        Request::PeerObjects { tenant } => {
+            crate::validate_name("tenant", &tenant)?;
+            reply(send, &Response::Objects(vec![crate::objects::transfer::local_usage(&host.0, &tenant)])).await
+        }
+        Request::Objects { tenant } => {
+            reply(send, &Response::Objects(crate::objects::transfer::cluster_usage(&host.0, &tenant).await?)).await
         }
         Request::PeerRun { origin, tenant, job, component, function, args, limits, resources } => {
             let request = crate::remote::PeerRun { origin, tenant, job, component, function, args, limits, resources };

@@ -263,6 +263,42 @@ pub struct HostInfo {
     pub started_ms: u64,
 }
 
+/// An object's id on the wire: the minting host's id in `hi`, a counter in
+/// `lo`.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WireObjectId {
+    /// The host that minted it (and holds it, unless it moved).
+    pub hi: u64,
+    /// Its number on that host.
+    pub lo: u64,
+}
+
+/// What one job holds in one host's object store.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobObjects {
+    /// The owning job.
+    pub job: String,
+    /// How many objects (ready or pending).
+    pub objects: u64,
+    /// Their bytes in memory.
+    pub bytes: u64,
+}
+
+/// One host's object store, for one tenant.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostObjects {
+    /// The host's id.
+    pub host: String,
+    /// The tenant's objects there, per owning job.
+    pub jobs: Vec<JobObjects>,
+    /// Objects this host pulled from peers (all tenants) since it started.
+    pub pulls: u64,
+    /// Bytes it pulled.
+    pub pulled_bytes: u64,
+    /// Ranges it pulled again after a truncated or corrupted transfer.
+    pub retried_ranges: u64,
+}
+
 /// Where a named actor lives, as the registry records it.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ActorLocation {
@@ -464,6 +500,31 @@ mod messages {
             /// Which job.
             job: String,
         },
+        /// Host to host: up to `len` bytes of an object from `offset` (fewer
+        /// at its end), once it is ready. Answered with
+        /// [`Response::ObjectRange`] and the raw bytes, with
+        /// [`Response::ObjectMoved`] when another host holds it, or with the
+        /// error of the task that was to produce it.
+        PeerObjectRead {
+            /// Whose object.
+            tenant: String,
+            /// Which.
+            id: WireObjectId,
+            /// First byte.
+            offset: u64,
+            /// Bytes wanted.
+            len: u64,
+        },
+        /// Host to host: the tenant's objects on this host alone.
+        PeerObjects {
+            /// Whose objects.
+            tenant: String,
+        },
+        /// The tenant's objects on every member.
+        Objects {
+            /// Whose objects.
+            tenant: String,
+        },
         /// Host to host: a component's bytes, answered with
         /// [`Response::Component`] and the raw bytes.
         FetchComponent {
@@ -509,6 +570,34 @@ mod messages {
         Hosts(Vec<HostInfo>),
         /// A task's encoded result (ends a [`Request::PeerRun`]).
         Output(Vec<u8>),
+        /// A task's result kept on the host that ran it (ends a
+        /// [`Request::PeerRun`] whose result is too large to send inline).
+        Stored {
+            /// The object holding it there.
+            id: WireObjectId,
+            /// Its size.
+            len: u64,
+        },
+        /// `len` bytes of an object from `offset` follow raw; `checksum` is
+        /// their xxh3-64.
+        ObjectRange {
+            /// The object's whole size.
+            total: u64,
+            /// Where the bytes start.
+            offset: u64,
+            /// How many follow.
+            len: u64,
+            /// xxh3-64 of the bytes that follow.
+            checksum: u64,
+        },
+        /// The object is a task result kept on another host (the one `id`
+        /// names): ask it.
+        ObjectMoved {
+            /// Its id there.
+            id: WireObjectId,
+        },
+        /// Object stores, per host.
+        Objects(Vec<HostObjects>),
         /// A component of `len` bytes follows raw.
         Component {
             /// Its size.

@@ -100,6 +100,7 @@ async fn serve_lease(
                 Some(Ok(event)) => {
                     for (id, addr) in host.cluster.apply(event) {
                         host.peers.disconnect(&addr);
+                        crate::remote::origin_left(host, &addr);
                         tokio::spawn(sweep_jobs_of(host.clone(), id));
                     }
                 }

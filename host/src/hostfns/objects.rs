@@ -3,23 +3,43 @@
 
 use super::bindings::fabric::core::objects::Host;
 use super::{WitError, WitObjectId};
-use crate::objects::{Cell, ObjectBytes, ObjectResult};
+use crate::objects::{transfer, Cell, ObjectBytes, ObjectId, Value};
 use crate::sandbox::TaskState;
-use fabric_proto::{ErrorKind, FabricError};
+use crate::HostInner;
+use fabric_proto::FabricError;
 use std::sync::Arc;
 use wasmtime::component::Linker;
 use wasmtime::StoreContextMut;
 
 impl TaskState {
-    /// The object's bytes, waiting (with the slot lent out) if it is pending.
-    async fn object(&mut self, id: WitObjectId) -> Result<ObjectBytes, FabricError> {
+    /// The object if it is ready here (no wait, no slot lent out).
+    fn ready_here(&mut self, id: ObjectId) -> Result<Option<Value>, FabricError> {
         let task = self.task()?;
-        let cell: Arc<Cell> = task.host.objects.cell(&task.job.tenant, id.into())?;
-        let value: ObjectResult = match cell.peek() {
-            Some(value) => value.clone(),
-            None => task.blocking(cell.ready()).await?.clone(),
-        };
-        value
+        let cell = task.host.objects.lookup(&task.job.tenant, id);
+        cell.as_deref().and_then(Cell::peek).cloned().transpose()
+    }
+
+    /// Runs `wait` (a wait for another task or a pull from another host)
+    /// with the task's slot lent out.
+    async fn waiting<T, F>(
+        &mut self,
+        wait: impl FnOnce(Arc<HostInner>, Arc<str>, Arc<str>) -> F,
+    ) -> Result<T, FabricError>
+    where
+        F: std::future::Future<Output = Result<T, FabricError>>,
+    {
+        let task = self.task()?;
+        let future = wait(task.host.clone(), task.job.tenant.clone(), task.job.id.clone());
+        task.blocking(future).await?
+    }
+
+    /// The object's bytes, waiting if it is pending or must be pulled.
+    async fn object(&mut self, id: WitObjectId) -> Result<ObjectBytes, FabricError> {
+        let id: ObjectId = id.into();
+        if let Some(Value::Here(bytes)) = self.ready_here(id)? {
+            return Ok(bytes);
+        }
+        self.waiting(|host, tenant, job| async move { transfer::bytes(&host, &tenant, &job, id).await }).await
     }
 }
 
@@ -53,17 +73,20 @@ impl Host for TaskState {
     }
 
     async fn size(&mut self, id: WitObjectId) -> Result<u64, WitError> {
-        Ok(self.object(id).await?.len() as u64)
+        let id: ObjectId = id.into();
+        if let Some(value) = self.ready_here(id)? {
+            return Ok(value.len());
+        }
+        Ok(self.waiting(|host, tenant, _| async move { transfer::size(&host, &tenant, id).await }).await?)
     }
 
+    /// Reads only the range, pulling only it when another host holds the
+    /// object and this one has no copy.
     async fn read(&mut self, id: WitObjectId, offset: u64, len: u64) -> Result<Vec<u8>, WitError> {
-        let bytes = self.object(id).await?;
-        let end = offset.checked_add(len).filter(|end| *end <= bytes.len() as u64).ok_or_else(|| {
-            FabricError::new(
-                ErrorKind::InvalidArgument,
-                format!("read of {len} bytes at offset {offset} is past the end of a {}-byte object", bytes.len()),
-            )
-        })?;
-        Ok(bytes[offset as usize..end as usize].to_vec())
+        let id: ObjectId = id.into();
+        if let Some(Value::Here(bytes)) = self.ready_here(id)? {
+            return Ok(bytes[transfer::range_of(bytes.len() as u64, offset, len)?].to_vec());
+        }
+        Ok(self.waiting(|host, tenant, _| async move { transfer::read(&host, &tenant, id, offset, len).await }).await?)
     }
 }

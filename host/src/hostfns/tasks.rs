@@ -2,6 +2,7 @@
 
 use super::bindings::fabric::core::tasks::{Host, Strategy as WitStrategy, TaskContext as WitTaskContext, TaskOptions};
 use super::{Encoding, WitError, WitObjectId};
+use crate::objects::transfer;
 use crate::remote::{Placement, DEFAULT_RETRIES};
 use crate::runtime::TaskSpec;
 use crate::sandbox::TaskState;
@@ -51,9 +52,13 @@ impl Host for TaskState {
         timeout_ms: Option<u64>,
     ) -> Result<Vec<WitObjectId>, WitError> {
         let task = self.task()?;
-        let objects = &task.host.objects;
         let tenant = &task.job.tenant;
-        let cells = ids.iter().map(|id| objects.cell(tenant, (*id).into())).collect::<Result<Vec<_>, _>>()?;
+        let (cells, _watches): (Vec<_>, Vec<_>) = ids
+            .iter()
+            .map(|id| transfer::watch(&task.host, tenant, (*id).into()))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
         let wanted = (num_ready as usize).min(cells.len());
         let ready_count = || cells.iter().filter(|c| c.peek().is_some()).count();
         if ready_count() < wanted {

@@ -17,10 +17,10 @@ use crate::actors::{ActorId, ActorOptions, NewActor};
 use crate::hostfns::Encoding;
 use crate::joblog::JobLog;
 use crate::jobs::Job;
-use crate::peers::PeerError;
+use crate::peers::{PeerError, RunOutput};
 use crate::registry::LeaseId;
 use crate::HostInner;
-use fabric_proto::{ActorLocation, ActorSpec, ErrorKind, FabricError, Request, TaskLimits};
+use fabric_proto::{ActorLocation, ActorSpec, ErrorKind, FabricError, Request, Response, TaskLimits};
 use std::sync::Arc;
 
 /// An actor id from its 32-digit hex form.
@@ -106,12 +106,18 @@ pub(crate) async fn create(
         spec: spec_of(&options),
         get_or_create,
     };
-    let id = match host.peers.run(&addr, &request, |_| {}).await {
-        Ok(bytes) => parse_id(&String::from_utf8_lossy(&bytes))?,
+    let id = match host.peers.ask(&addr, &request).await {
+        Ok(Response::Output(bytes)) => parse_id(&String::from_utf8_lossy(&bytes))?,
+        Ok(other) => {
+            return Err(FabricError::new(
+                ErrorKind::Internal,
+                format!("unexpected answer to an actor's creation: {other:?}"),
+            ))
+        }
         Err(e) => return Err(e.into_error()),
     };
     if !options.detached {
-        new.creator.owns_actor_on(&addr);
+        new.creator.reached(&addr);
     }
     Ok(id)
 }
@@ -186,12 +192,12 @@ pub(crate) fn call(
     };
     let host = host.clone();
     tokio::spawn(async move {
-        let outcome = match host.peers.run(&addr, &request, |_| {}).await {
-            Ok(bytes) => Ok(bytes),
-            Err(PeerError::Answered(e)) => Err(e),
-            Err(PeerError::Lost(e)) => Err(lost(id, e.message)),
-        };
-        host.objects.fill(&cell, outcome);
+        match host.peers.run(&addr, &request, |_| {}).await {
+            Ok(RunOutput::Inline(bytes)) => host.objects.fill(&cell, Ok(bytes)),
+            Ok(RunOutput::Kept { id, len }) => host.objects.fill_elsewhere(&cell, id.into(), len),
+            Err(PeerError::Answered(e)) => host.objects.fill(&cell, Err(e)),
+            Err(PeerError::Lost(e)) => host.objects.fill(&cell, Err(lost(id, e.message))),
+        }
     });
     Ok(())
 }
@@ -207,9 +213,9 @@ pub(crate) async fn call_and_wait(
 ) -> Result<Vec<u8>, FabricError> {
     let tenant: Arc<str> = tenant.into();
     let job: Arc<str> = format!("call-{:012x}", rand::random::<u64>() >> 16).into();
-    let (_, cell) = host.objects.reserve(&tenant, &job);
-    let outcome = match call(host, &tenant, id, method, args, encoding, cell.clone()) {
-        Ok(()) => cell.ready().await.clone().map(|bytes| bytes.to_vec()),
+    let (result, cell) = host.objects.reserve(&tenant, &job);
+    let outcome = match call(host, &tenant, id, method, args, encoding, cell) {
+        Ok(()) => crate::objects::transfer::bytes(host, &tenant, &job, result).await.map(|bytes| bytes.to_vec()),
         Err(error) => Err(error),
     };
     host.objects.drop_job(&tenant, &job);
@@ -223,20 +229,7 @@ pub(crate) async fn kill(host: &Arc<HostInner>, tenant: &str, id: ActorId) -> Re
     }
     let addr = host.cluster.addr_of(&home_of(id)).ok_or_else(|| lost(id, "its host is not in the cluster"))?;
     let request = Request::PeerActorKill { tenant: tenant.to_string(), actor: id.to_string() };
-    host.peers.run(&addr, &request, |_| {}).await.map(|_| ()).map_err(PeerError::into_error)
-}
-
-/// Tells the peers `job` created actors on that it ended.
-pub(crate) fn job_ended(host: &Arc<HostInner>, job: &Arc<Job>) {
-    for addr in job.remote_actor_hosts() {
-        let host = host.clone();
-        let request = Request::PeerJobEnded { tenant: job.tenant.to_string(), job: job.id.to_string() };
-        tokio::spawn(async move {
-            if let Err(e) = host.peers.run(&addr, &request, |_| {}).await {
-                tracing::warn!("cannot tell {addr} that a job ended: {}", e.into_error());
-            }
-        });
-    }
+    host.peers.ask(&addr, &request).await.map(|_| ()).map_err(PeerError::into_error)
 }
 
 /// Removes the registry's record of each name this host frees.
@@ -284,6 +277,7 @@ pub(crate) async fn serve_create(
     get_or_create: bool,
 ) -> Result<String, FabricError> {
     let component = super::component_from(host, tenant, component, origin).await?;
+    host.visiting.arrive(tenant, job, origin);
     let log = JobLog::new(None, host.config.echo_logs)
         .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create a log: {e}")))?;
     let creator = Job::new(job, tenant, TaskLimits::default(), log);

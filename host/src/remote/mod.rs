@@ -5,10 +5,17 @@
 //! its log stay there. Each sub-task is placed by the cluster's placement
 //! rules; one placed elsewhere runs on the peer under a *shadow* of the job
 //! (same tenant and id, so its own sub-tasks and objects are scoped alike)
-//! whose log streams back into the real job's log, and whose result comes
-//! back over the stream into the task's result object here. Closing the
-//! stream (the job stopped) cancels the shadow. A peer that lacks the
-//! component fetches it from the job's host and verifies its hash.
+//! whose log streams back into the real job's log. A small result comes
+//! back over the stream into the task's result object here; a large one
+//! stays on the peer, and the result object here says where (readers pull
+//! it, see `objects::transfer`). Closing the stream (the job stopped)
+//! cancels the shadow. A peer that lacks the component fetches it from the
+//! job's host and verifies its hash.
+//!
+//! What a job leaves on a peer (objects its tasks made there, actors it
+//! owns there) belongs to a *visiting* job on that peer, which lasts until
+//! the job's host says the job ended ([`Request::PeerJobEnded`], passed on
+//! to the hosts the visiting job's own tasks reached) or leaves the cluster.
 
 pub mod actors;
 
@@ -16,11 +23,12 @@ use crate::cluster::placement::effective_resources;
 use crate::hostfns::Encoding;
 use crate::joblog::JobLog;
 use crate::jobs::Job;
-use crate::peers::PeerError;
+use crate::peers::{PeerError, RunOutput};
 use crate::runtime::{run_task, TaskSpec};
 use crate::HostInner;
 use fabric_proto::{Demand, ErrorKind, FabricError, Request, Response, TaskLimits};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Retries after host loss when a task does not say.
 pub const DEFAULT_RETRIES: u32 = 3;
@@ -34,6 +42,20 @@ pub struct Placement {
     pub retries: u32,
 }
 
+/// What a task produced.
+#[derive(Debug)]
+pub enum TaskOutput {
+    /// Its encoded result, here.
+    Here(Vec<u8>),
+    /// Its result, kept on the peer that ran it as object `id`.
+    Kept {
+        /// The object there.
+        id: crate::objects::ObjectId,
+        /// Its size.
+        len: u64,
+    },
+}
+
 /// Runs `spec` wherever placement says, retrying on other hosts when the
 /// one running it is lost.
 pub(crate) async fn run_anywhere(
@@ -41,10 +63,10 @@ pub(crate) async fn run_anywhere(
     job: &Arc<Job>,
     spec: TaskSpec,
     placement: Placement,
-) -> Result<Vec<u8>, FabricError> {
+) -> Result<TaskOutput, FabricError> {
     // One host and nothing asked of it: no placement to do.
     if host.cluster.len() <= 1 && placement.demand == Demand::default() {
-        return run_task(host, job, spec).await;
+        return run_task(host, job, spec).await.map(TaskOutput::Here);
     }
     let needs = effective_resources(&placement.demand);
     let mut avoid: Vec<String> = Vec::new();
@@ -55,7 +77,7 @@ pub(crate) async fn run_anywhere(
             host.cluster.dispatched(&target, &needs);
             let outcome = run_holding(host, job, spec, &needs).await;
             host.cluster.finished(&target, &needs);
-            return outcome;
+            return outcome.map(TaskOutput::Here);
         }
         let Some(addr) = host.cluster.addr_of(&target) else {
             avoid.push(target);
@@ -72,6 +94,7 @@ pub(crate) async fn run_anywhere(
             resources: placement.demand.resources.clone(),
         };
         host.cluster.dispatched(&target, &needs);
+        job.reached(&addr);
         let outcome = tokio::select! {
             biased;
             reason = job.cancelled() => Err(PeerError::Answered(reason)),
@@ -79,7 +102,8 @@ pub(crate) async fn run_anywhere(
         };
         host.cluster.finished(&target, &needs);
         match outcome {
-            Ok(bytes) => return Ok(bytes),
+            Ok(RunOutput::Inline(bytes)) => return Ok(TaskOutput::Here(bytes)),
+            Ok(RunOutput::Kept { id, len }) => return Ok(TaskOutput::Kept { id: id.into(), len }),
             Err(PeerError::Answered(error)) => return Err(error),
             Err(PeerError::Lost(error)) if retries > 0 => {
                 retries -= 1;
@@ -126,7 +150,9 @@ pub(crate) async fn serve_run(
     send: &mut quinn::SendStream,
 ) -> Result<(), FabricError> {
     let inner = &host.0;
+    crate::validate_name("tenant", &request.tenant)?;
     let component = component_from(inner, &request.tenant, &request.component, &request.origin).await?;
+    inner.visiting.arrive(&request.tenant, &request.job, &request.origin);
     let log = JobLog::new(None, inner.config.echo_logs)
         .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create a log: {e}")))?;
     let shadow = Job::new(&request.job, &request.tenant, request.limits.clone(), log.clone());
@@ -153,7 +179,10 @@ pub(crate) async fn serve_run(
             _ = &mut stopped => break None,
         }
     };
-    inner.end_job(&shadow, "the task ended");
+    // Stragglers stop with the task; what it left here stays with the
+    // visiting job.
+    shadow.cancel(FabricError::new(ErrorKind::Cancelled, "the task ended"));
+    inner.visiting.reached(&request.tenant, &request.job, shadow.peers());
     let Some(outcome) = outcome else {
         return Ok(());
     };
@@ -161,7 +190,14 @@ pub(crate) async fn serve_run(
         let _ = write_frame_to(send, &Response::Log(chunk.to_vec())).await;
     }
     match outcome {
-        Ok(bytes) => write_frame_to(send, &Response::Output(bytes)).await,
+        Ok(bytes) if bytes.len() <= crate::objects::transfer::INLINE_MAX => {
+            write_frame_to(send, &Response::Output(bytes)).await
+        }
+        Ok(bytes) => {
+            let len = bytes.len() as u64;
+            let id = inner.objects.put(&shadow.tenant, &shadow.id, bytes)?;
+            write_frame_to(send, &Response::Stored { id: id.into(), len }).await
+        }
         Err(error) => Err(error),
     }
 }
@@ -215,4 +251,126 @@ pub(crate) async fn component_from(
     // Done either way: a failed fetch leaves no gate behind.
     host.fetching.lock().unwrap_or_else(|p| p.into_inner()).remove(&(tenant.to_string(), sha256.to_string()));
     loaded
+}
+
+/// Jobs of other hosts that left objects or actors here.
+#[derive(Debug, Default)]
+pub(crate) struct Visiting {
+    jobs: Mutex<HashMap<(String, String), VisitingJob>>,
+}
+
+#[derive(Debug)]
+struct VisitingJob {
+    /// The address of the host that sent it here.
+    origin: String,
+    /// Peers its tasks here reached in turn: told when it ends.
+    peers: Vec<String>,
+}
+
+impl Visiting {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), VisitingJob>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes that `origin` sent work of `tenant`'s `job` here.
+    pub(crate) fn arrive(&self, tenant: &str, job: &str, origin: &str) {
+        self.lock()
+            .entry((tenant.to_string(), job.to_string()))
+            .or_insert_with(|| VisitingJob { origin: origin.to_string(), peers: Vec::new() });
+    }
+
+    /// Notes the peers a task of the visiting job reached from here.
+    fn reached(&self, tenant: &str, job: &str, peers: Vec<String>) {
+        if peers.is_empty() {
+            return;
+        }
+        if let Some(visit) = self.lock().get_mut(&(tenant.to_string(), job.to_string())) {
+            for peer in peers {
+                if !visit.peers.contains(&peer) {
+                    visit.peers.push(peer);
+                }
+            }
+        }
+    }
+
+    /// Forgets the visiting job; returns the peers to tell.
+    fn leave(&self, tenant: &str, job: &str) -> Vec<String> {
+        self.lock().remove(&(tenant.to_string(), job.to_string())).map(|v| v.peers).unwrap_or_default()
+    }
+
+    /// Forgets every job `origin` sent; returns them with the peers to tell.
+    fn leave_all_from(&self, origin: &str) -> Vec<(String, String, Vec<String>)> {
+        let mut jobs = self.lock();
+        let gone: Vec<(String, String)> =
+            jobs.iter().filter(|(_, v)| v.origin == origin).map(|(k, _)| k.clone()).collect();
+        gone.into_iter().filter_map(|key| jobs.remove(&key).map(|v| (key.0, key.1, v.peers))).collect()
+    }
+}
+
+/// Tells every peer `job` reached that it ended, so they free what it left
+/// there.
+pub(crate) fn job_ended(host: &Arc<HostInner>, job: &Job) {
+    tell_ended(host, &job.tenant, &job.id, job.peers());
+}
+
+fn tell_ended(host: &Arc<HostInner>, tenant: &str, job: &str, peers: Vec<String>) {
+    let me = host.local_addr();
+    for addr in peers.into_iter().filter(|addr| *addr != me) {
+        let host = host.clone();
+        let request = Request::PeerJobEnded { tenant: tenant.to_string(), job: job.to_string() };
+        tokio::spawn(async move {
+            if let Err(e) = host.peers.ask(&addr, &request).await {
+                tracing::warn!("cannot tell {addr} that a job ended: {}", e.into_error());
+            }
+        });
+    }
+}
+
+/// A visiting job ended (its host said so): its actors and objects here go,
+/// and the peers it reached from here are told in turn.
+pub(crate) fn visit_ended(host: &Arc<HostInner>, tenant: &str, job: &str) {
+    free_visit(host, tenant, job);
+    let peers = host.visiting.leave(tenant, job);
+    tell_ended(host, tenant, job, peers);
+}
+
+/// The host at `origin` left the cluster: the jobs it sent here are over.
+/// Their work elsewhere is not passed on: the job's own host may still be
+/// alive and owns it.
+pub(crate) fn origin_left(host: &Arc<HostInner>, origin: &str) {
+    for (tenant, job, _) in host.visiting.leave_all_from(origin) {
+        free_visit(host, &tenant, &job);
+    }
+}
+
+/// Frees what a visiting job left here, unless the job also lives here (a
+/// job's own host may be told of its end by a peer its tasks reached).
+fn free_visit(host: &Arc<HostInner>, tenant: &str, job: &str) {
+    if host.is_live(tenant, job) {
+        return;
+    }
+    host.actors.kill_owned_by(tenant, job);
+    host.objects.drop_job(&tenant.into(), &job.into());
+}
+
+/// Sends `request` to every other member at once and returns the answers of
+/// those that gave one within two seconds (the others are logged).
+pub(crate) async fn ask_members(host: &Arc<HostInner>, request: &Request) -> Vec<(String, Response)> {
+    let members = host.cluster.members(&host.local_info());
+    let asks = members.into_iter().filter(|m| m.id != host.id).map(|member| async move {
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_secs(2), host.peers.ask(&member.addr, request)).await;
+        match answer {
+            Ok(Ok(response)) => Some((member.id, response)),
+            Ok(Err(e)) => {
+                tracing::warn!(host = %member.id, "no answer: {}", e.into_error());
+                None
+            }
+            Err(_) => {
+                tracing::warn!(host = %member.id, "no answer within two seconds");
+                None
+            }
+        }
+    });
+    futures_util::future::join_all(asks).await.into_iter().flatten().collect()
 }

@@ -312,6 +312,117 @@ fn read_past_end() -> fabric::Result<Vec<u8>> {
     forged.slice(5..20)
 }
 
+// ---- objects across hosts ----
+
+/// `len` bytes of a pattern drawn from `seed`: every guest makes the same.
+fn pattern(len: u64, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len as usize];
+    let mut x = seed | 1;
+    for chunk in out.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    out
+}
+
+/// A 64-bit digest of `bytes`, word by word: enough to catch a wrong byte.
+fn digest(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let w = u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]);
+        h = (h ^ w).wrapping_mul(0x0100_0000_01b3).rotate_left(23);
+    }
+    for b in words.remainder() {
+        h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^ bytes.len() as u64
+}
+
+fn on_label(key: &str, value: &str) -> fabric::TaskOptions {
+    fabric::TaskOptions::default().label(key, value)
+}
+
+/// The pattern as this task's result, and where it was made.
+#[fabric::task]
+fn blob_result(len: u64, seed: u64) -> (String, Vec<u8>) {
+    (fabric::context().host, pattern(len, seed))
+}
+
+/// Puts the pattern; returns it, its digest and where it was made.
+#[fabric::task]
+fn put_blob(len: u64, seed: u64) -> fabric::Result<(fabric::ArrayRef<u8>, u64, String)> {
+    let data = pattern(len, seed);
+    Ok((fabric::put_bytes(&data)?, digest(&data), fabric::context().host))
+}
+
+/// Has a host labelled `key=value` return a `len`-byte pattern as its
+/// result, then reads it here: its size, a slice, and the whole. Returns
+/// the producer, the reader, and whether every read matched.
+#[fabric::task]
+fn result_elsewhere(len: u64, seed: u64, key: String, value: String) -> fabric::Result<(String, String, bool)> {
+    let made = blob_result.remote_with(&on_label(&key, &value), len, seed)?;
+    fabric::wait(&[made], 1, None)?;
+    let size = made.size()?;
+    let (producer, bytes) = made.get()?;
+    let expected = pattern(len, seed);
+    let whole = bytes == expected;
+    let raw = ObjectRef::<()>::from_id(made.id()).get_bytes()?;
+    let sized = size == raw.len() as u64;
+    let sliced = fabric::__private::array_ref::<u8>(made.id(), size).slice(size - 100..size)? == raw[raw.len() - 100..];
+    Ok((producer, fabric::context().host, whole && sized && sliced))
+}
+
+/// Has a host labelled `key=value` put a `len`-byte pattern, then reads it
+/// here whole. Returns the producer, the reader, the producer's digest and
+/// this one's.
+#[fabric::task]
+fn pull_elsewhere(len: u64, seed: u64, key: String, value: String) -> fabric::Result<(String, String, u64, u64)> {
+    let (array, theirs, producer) = put_blob.remote_with(&on_label(&key, &value), len, seed)?.get()?;
+    let bytes = ObjectRef::<()>::from_id(array.id()).get_bytes()?;
+    Ok((producer, fabric::context().host, theirs, digest(&bytes)))
+}
+
+/// Reads `count` slices of `slice` bytes spread over an object a host
+/// labelled `key=value` put, without pulling the whole; whether each matched.
+#[fabric::task]
+fn slices_elsewhere(len: u64, seed: u64, key: String, value: String, slice: u64, count: u64) -> fabric::Result<bool> {
+    let (array, _, _) = put_blob.remote_with(&on_label(&key, &value), len, seed)?.get()?;
+    let expected = pattern(len, seed);
+    for i in 0..count {
+        let start = (len - slice) / count.max(1) * i;
+        if array.slice(start..start + slice)? != expected[start as usize..(start + slice) as usize] {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Has a host labelled `key=value` put a pattern, prints `made`, sleeps
+/// `ms` (the test kills that host meanwhile), then tries to read it; returns
+/// the error it gets.
+#[fabric::task]
+fn read_after_loss(key: String, value: String, ms: u64) -> fabric::Result<String> {
+    let (array, _, producer) = put_blob.remote_with(&on_label(&key, &value), 1 << 20, 7)?.get()?;
+    println!("made on {producer}");
+    std::thread::sleep(Duration::from_millis(ms));
+    match array.get() {
+        Ok(_) => Ok("read it".to_string()),
+        Err(e) => Ok(format!("{}: {e}", kind(&e))),
+    }
+}
+
+/// Puts a pattern and keeps the job alive `hold_ms`; prints the id.
+#[fabric::task]
+fn put_blob_and_hold(len: u64, hold_ms: u64) -> fabric::Result<String> {
+    let array = fabric::put_bytes(&pattern(len, 3))?;
+    println!("object {}", array.id());
+    std::thread::sleep(Duration::from_millis(hold_ms));
+    Ok(array.id().to_string())
+}
+
 // ---- actors ----
 
 use fabric::ActorHandle;

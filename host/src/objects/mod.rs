@@ -1,4 +1,4 @@
-//! The local object store: immutable byte objects keyed by tenant and id.
+//! The object store: immutable byte objects keyed by tenant and id.
 //!
 //! An object is either a value a task `put`, or the result slot of a task,
 //! which is created pending when the task is submitted and filled with the
@@ -8,9 +8,17 @@
 //! 16-byte aligned, so an rkyv archive stored as an object can be accessed in
 //! place; host-side reads hand out a reference and never copy, and a guest's
 //! `get` is lowered straight from it into guest memory (one copy in all).
-//! A `put` keeps the vector wasmtime lifted from the guest: one copy too. Objects belong to the job
-//! that created them and are freed when it ends (reference counting across
-//! tasks and hosts comes with the distributed store).
+//! A `put` keeps the vector wasmtime lifted from the guest: one copy too.
+//!
+//! An object lives on the host that created it: its id carries that host's
+//! id in the high half. A task that ran on a peer leaves a large result
+//! there, and its result slot here says where ([`Value::Elsewhere`]); a
+//! reader elsewhere pulls the bytes over QUIC ([`transfer`]) into a local
+//! copy that every reader on its host shares. Objects belong to the job that
+//! created them (a peer keeps a visiting job's objects until the job's own
+//! host says it ended) and are freed when it ends.
+
+pub mod transfer;
 
 use fabric_proto::{ErrorKind, FabricError};
 use std::collections::HashMap;
@@ -37,9 +45,70 @@ impl std::fmt::Display for ObjectId {
     }
 }
 
-/// What reading an object yields: its bytes, or the error of the task that
+impl ObjectId {
+    /// The id of the host that minted the object, as membership names it.
+    pub fn holder(&self) -> String {
+        host_id(self.hi)
+    }
+}
+
+/// A host's id as membership names it, from the number ids carry.
+pub fn host_id(node: u64) -> String {
+    format!("{node:016x}")
+}
+
+impl From<ObjectId> for fabric_proto::WireObjectId {
+    fn from(id: ObjectId) -> Self {
+        fabric_proto::WireObjectId { hi: id.hi, lo: id.lo }
+    }
+}
+
+impl From<fabric_proto::WireObjectId> for ObjectId {
+    fn from(id: fabric_proto::WireObjectId) -> Self {
+        ObjectId { hi: id.hi, lo: id.lo }
+    }
+}
+
+/// A ready object.
+#[derive(Clone, Debug)]
+pub enum Value {
+    /// Its bytes, here.
+    Here(ObjectBytes),
+    /// A task result kept by the peer that ran it, as object `id` there
+    /// (`id.hi` names the peer), `len` bytes long.
+    Elsewhere {
+        /// Its id on the holder.
+        id: ObjectId,
+        /// Its size.
+        len: u64,
+    },
+}
+
+impl Value {
+    /// Its size in bytes, wherever it is.
+    pub fn len(&self) -> u64 {
+        match self {
+            Value::Here(bytes) => bytes.len() as u64,
+            Value::Elsewhere { len, .. } => *len,
+        }
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn bytes_here(&self) -> u64 {
+        match self {
+            Value::Here(bytes) => bytes.len() as u64,
+            Value::Elsewhere { .. } => 0,
+        }
+    }
+}
+
+/// What reading an object yields: the object, or the error of the task that
 /// was to produce it.
-pub type ObjectResult = Result<ObjectBytes, FabricError>;
+pub type ObjectResult = Result<Value, FabricError>;
 
 /// An object's bytes, shared by every reader. `Arc<Vec<u8>>` rather than a
 /// `Bytes` because wasmtime lowers it into guest memory as a `list<u8>`
@@ -145,32 +214,111 @@ impl ObjectStore {
         }
     }
 
+    /// Fills a reserved object with a pointer to where its bytes are kept.
+    pub fn fill_elsewhere(&self, cell: &Cell, id: ObjectId, len: u64) {
+        cell.fill(Ok(Value::Elsewhere { id, len }));
+    }
+
     /// Fills under the lock, so a concurrent `drop_job` either sees the bytes
     /// (and uncounts them) or has already filled the cell (and they are never
     /// counted).
     fn fill_ok(&self, cell: &Cell, data: ObjectBytes) {
         let mut inner = self.lock();
         let len = data.len() as u64;
-        if cell.fill(Ok(data)) {
+        if cell.fill(Ok(Value::Here(data))) {
             inner.bytes += len;
         }
     }
 
     /// The object `id` of `tenant`, ready or not.
     pub fn cell(&self, tenant: &str, id: ObjectId) -> Result<Arc<Cell>, FabricError> {
-        let inner = self.lock();
-        inner
-            .objects
-            .get(tenant)
-            .and_then(|objects| objects.get(&id))
-            .cloned()
-            .ok_or_else(|| FabricError::new(ErrorKind::NotFound, format!("no object {id} for tenant `{tenant}`")))
+        self.lookup(tenant, id).ok_or_else(|| not_found(tenant, id))
     }
 
-    /// Waits for object `id` and returns its bytes without copying them.
-    pub async fn get(&self, tenant: &str, id: ObjectId) -> ObjectResult {
+    /// The object `id` of `tenant` if this host has it (or a copy).
+    pub fn lookup(&self, tenant: &str, id: ObjectId) -> Option<Arc<Cell>> {
+        self.lock().objects.get(tenant).and_then(|objects| objects.get(&id)).cloned()
+    }
+
+    /// Whether `id` was minted here (else another host holds it).
+    pub fn minted_here(&self, id: ObjectId) -> bool {
+        id.hi == self.node
+    }
+
+    /// The slot for a local copy of another host's object `id`, owned by
+    /// `job`; `true` when it is new (the caller must fill it), `false` when
+    /// another reader made it first (wait on it).
+    pub fn copy_slot(&self, tenant: &Arc<str>, job: &Arc<str>, id: ObjectId) -> (Arc<Cell>, bool) {
+        let mut inner = self.lock();
+        let objects = inner.objects.entry(tenant.clone()).or_default();
+        if let Some(cell) = objects.get(&id) {
+            return (cell.clone(), false);
+        }
+        let cell = Arc::new(Cell::default());
+        objects.insert(id, cell.clone());
+        inner.count += 1;
+        inner.by_job.entry((tenant.clone(), job.clone())).or_default().push(id);
+        (cell, true)
+    }
+
+    /// Fills a copy slot with the pulled bytes.
+    pub fn fill_copy(&self, cell: &Cell, data: Vec<u8>) -> ObjectBytes {
+        let data = aligned(data);
+        self.fill_ok(cell, data.clone());
+        data
+    }
+
+    /// Gives up a copy slot whose pull failed: its waiters get `error`, and
+    /// the next reader tries again.
+    pub fn abandon_copy(&self, tenant: &str, id: ObjectId, cell: &Arc<Cell>, error: FabricError) {
+        let mut inner = self.lock();
+        let Inner { objects, count, .. } = &mut *inner;
+        if let Some(objects) = objects.get_mut(tenant) {
+            if objects.get(&id).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+                objects.remove(&id);
+                *count -= 1;
+            }
+        }
+        cell.fill(Err(error));
+    }
+
+    /// Waits for object `id`, which must be here, and returns its bytes
+    /// without copying them.
+    pub async fn get(&self, tenant: &str, id: ObjectId) -> Result<ObjectBytes, FabricError> {
         let cell = self.cell(tenant, id)?;
-        cell.ready().await.clone()
+        match cell.ready().await.clone()? {
+            Value::Here(bytes) => Ok(bytes),
+            Value::Elsewhere { id: held, .. } => {
+                Err(FabricError::new(ErrorKind::Unavailable, format!("object {id} is kept on host {}", held.holder())))
+            }
+        }
+    }
+
+    /// What each of `tenant`'s jobs holds here.
+    pub fn usage_by_job(&self, tenant: &str) -> Vec<fabric_proto::JobObjects> {
+        let inner = self.lock();
+        let Some(objects) = inner.objects.get(tenant) else {
+            return Vec::new();
+        };
+        let mut jobs: Vec<fabric_proto::JobObjects> = inner
+            .by_job
+            .iter()
+            .filter(|((t, _), _)| &**t == tenant)
+            .map(|((_, job), ids)| {
+                let cells = ids.iter().filter_map(|id| objects.get(id));
+                let (count, bytes) = cells.fold((0, 0), |(n, b), cell| {
+                    let size = match cell.peek() {
+                        Some(Ok(value)) => value.bytes_here(),
+                        _ => 0,
+                    };
+                    (n + 1, b + size)
+                });
+                fabric_proto::JobObjects { job: job.to_string(), objects: count, bytes }
+            })
+            .filter(|j| j.objects > 0)
+            .collect();
+        jobs.sort_by(|a, b| a.job.cmp(&b.job));
+        jobs
     }
 
     /// Frees one object now (its job's list forgets it when the job ends).
@@ -179,8 +327,8 @@ impl ObjectStore {
         let Inner { objects, count, bytes, .. } = &mut *inner;
         if let Some(cell) = objects.get_mut(tenant).and_then(|o| o.remove(&id)) {
             *count -= 1;
-            if let Some(Ok(data)) = cell.peek() {
-                *bytes = bytes.saturating_sub(data.len() as u64);
+            if let Some(Ok(value)) = cell.peek() {
+                *bytes = bytes.saturating_sub(value.bytes_here());
             }
             cell.fill(Err(FabricError::new(ErrorKind::NotFound, format!("object {id} was freed"))));
         }
@@ -199,8 +347,8 @@ impl ObjectStore {
         for id in ids {
             if let Some(cell) = tenant_objects.remove(&id) {
                 *count -= 1;
-                if let Some(Ok(data)) = cell.peek() {
-                    *bytes = bytes.saturating_sub(data.len() as u64);
+                if let Some(Ok(value)) = cell.peek() {
+                    *bytes = bytes.saturating_sub(value.bytes_here());
                 }
                 // Wake anyone still waiting: the object is gone for good.
                 cell.fill(Err(FabricError::new(ErrorKind::Cancelled, format!("object {id} was freed: its job ended"))));
@@ -223,6 +371,10 @@ impl ObjectStore {
         }
         Ok(aligned(data))
     }
+}
+
+fn not_found(tenant: &str, id: ObjectId) -> FabricError {
+    FabricError::new(ErrorKind::NotFound, format!("no object {id} for tenant `{tenant}`"))
 }
 
 /// Takes ownership of `data` without copying when its start is aligned (the

@@ -1,0 +1,518 @@
+//! Objects across hosts: finding an object's bytes wherever they are, and
+//! serving this host's objects to peers.
+//!
+//! A reader here that needs another host's object (its id names the host
+//! that minted it, or a result slot here points at the peer that kept it)
+//! pulls it with [`Request::PeerObjectRead`] range requests: the first asks
+//! for up to [`FIRST_RANGE`] bytes and learns the size; the rest is split
+//! over up to [`STREAMS`] streams on the one connection to that peer, each
+//! reading straight into its part of the final, aligned buffer. Each range
+//! carries an xxh3-64 checksum; a range cut short or whose bytes do not match
+//! is asked again (up to [`RANGE_ATTEMPTS`] times), so a bad transfer is
+//! detected and repaired, never handed to a guest. The copy lands in this
+//! host's store under the object's id, owned by the reader's job: every
+//! reader here shares one pull and later reads are local.
+//!
+//! The holder is found from the id, so no lookup service is involved; when
+//! membership no longer lists it, the object is lost and readers are told
+//! which host it was on.
+
+use super::{Cell, ObjectBytes, ObjectId, Value, OBJECT_ALIGN};
+use crate::peers::PeerError;
+use crate::HostInner;
+use fabric_proto::{read_frame, ErrorKind, FabricError, Request, Response, WireObjectId, MAX_FRAME};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Task results up to this size travel back with the task's end; larger ones
+/// stay on the host that produced them until read.
+pub const INLINE_MAX: usize = 64 * 1024;
+/// Bytes asked for by the first request of a pull (which learns the size).
+pub const FIRST_RANGE: u64 = 4 << 20;
+/// Streams a large pull spreads over.
+pub const STREAMS: usize = 4;
+/// Smallest range worth a stream of its own.
+const MIN_PART: u64 = 8 << 20;
+/// Times one range is asked for before the pull fails.
+pub const RANGE_ATTEMPTS: u32 = 3;
+/// Redirections followed before giving up (a result kept on a peer that
+/// itself points elsewhere).
+const MAX_HOPS: usize = 4;
+
+/// Counters of what this host pulled, and transfer faults to inject
+/// (`FABRIC_INJECT_FAULTS=truncate-transfers:N,corrupt-transfers:N` makes
+/// this host serve its next N ranges cut short or with a flipped byte: how
+/// the tests show that bad transfers are caught and retried).
+#[derive(Debug, Default)]
+pub struct Transfers {
+    pulls: AtomicU64,
+    pulled_bytes: AtomicU64,
+    retried_ranges: AtomicU64,
+    truncate: AtomicU64,
+    corrupt: AtomicU64,
+}
+
+impl Transfers {
+    /// Counters at zero, with faults from `FABRIC_INJECT_FAULTS`.
+    pub fn from_env() -> Self {
+        let transfers = Transfers::default();
+        if let Ok(spec) = std::env::var("FABRIC_INJECT_FAULTS") {
+            for part in spec.split(',') {
+                let Some((name, count)) = part.split_once(':') else { continue };
+                let Ok(count) = count.trim().parse::<u64>() else { continue };
+                match name.trim() {
+                    "truncate-transfers" => transfers.truncate.store(count, Ordering::Relaxed),
+                    "corrupt-transfers" => transfers.corrupt.store(count, Ordering::Relaxed),
+                    other => tracing::warn!("unknown fault `{other}` in FABRIC_INJECT_FAULTS"),
+                }
+            }
+        }
+        transfers
+    }
+
+    /// (pulls, bytes pulled, ranges asked again).
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.pulls.load(Ordering::Relaxed),
+            self.pulled_bytes.load(Ordering::Relaxed),
+            self.retried_ranges.load(Ordering::Relaxed),
+        )
+    }
+
+    fn take_fault(counter: &AtomicU64) -> bool {
+        counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
+    }
+}
+
+fn lost_object(id: ObjectId, holder: &str) -> FabricError {
+    FabricError::new(
+        ErrorKind::Unavailable,
+        format!("object {id} is lost: host {holder}, which held it, is not in the cluster"),
+    )
+}
+
+fn broken(addr: &str, what: impl std::fmt::Display) -> PeerError {
+    PeerError::Lost(FabricError::new(ErrorKind::Unavailable, format!("object transfer from {addr}: {what}")))
+}
+
+/// The bytes of object `id` for a reader of `tenant`'s job `job` on this
+/// host: local ones without a copy; another host's pulled once into a local
+/// copy that `job` owns.
+pub async fn bytes(
+    host: &Arc<HostInner>,
+    tenant: &Arc<str>,
+    job: &Arc<str>,
+    id: ObjectId,
+) -> Result<ObjectBytes, FabricError> {
+    let mut id = id;
+    for _ in 0..MAX_HOPS {
+        match host.objects.lookup(tenant, id) {
+            Some(cell) => match cell.ready().await {
+                Ok(Value::Here(bytes)) => return Ok(bytes.clone()),
+                Ok(Value::Elsewhere { id: held, .. }) => id = *held,
+                Err(error) => return Err(error.clone()),
+            },
+            None if host.objects.minted_here(id) => return Err(super::not_found(tenant, id)),
+            None => return pull_copy(host, tenant, job, id).await,
+        }
+    }
+    Err(FabricError::new(ErrorKind::Internal, format!("object {id} was redirected more than {MAX_HOPS} times")))
+}
+
+/// Pulls another host's object into a local copy, once however many readers
+/// ask at the same time. The pull runs on its own task, so a reader that
+/// gives up does not strand the others.
+async fn pull_copy(
+    host: &Arc<HostInner>,
+    tenant: &Arc<str>,
+    job: &Arc<str>,
+    id: ObjectId,
+) -> Result<ObjectBytes, FabricError> {
+    let (cell, new) = host.objects.copy_slot(tenant, job, id);
+    if new {
+        let (host, tenant, cell) = (host.clone(), tenant.clone(), cell.clone());
+        tokio::spawn(async move {
+            match pull(&host, &tenant, id, 0, None).await {
+                Ok((data, _)) => {
+                    host.objects.fill_copy(&cell, data);
+                }
+                Err(error) => host.objects.abandon_copy(&tenant, id, &cell, error),
+            }
+        });
+    }
+    match cell.ready().await {
+        Ok(Value::Here(bytes)) => Ok(bytes.clone()),
+        Ok(Value::Elsewhere { .. }) => {
+            Err(FabricError::new(ErrorKind::Internal, format!("copy of object {id} is not here")))
+        }
+        Err(error) => Err(error.clone()),
+    }
+}
+
+/// The size of object `id`, waiting until it is ready, without moving its
+/// bytes.
+pub async fn size(host: &Arc<HostInner>, tenant: &str, id: ObjectId) -> Result<u64, FabricError> {
+    match host.objects.lookup(tenant, id) {
+        Some(cell) => Ok(cell.ready().await.clone()?.len()),
+        None if host.objects.minted_here(id) => Err(super::not_found(tenant, id)),
+        None => pull(host, tenant, id, 0, Some(0)).await.map(|(_, total)| total),
+    }
+}
+
+/// `len` bytes of object `id` from `offset`: from the local object or copy
+/// when there is one, else only that range from the holder.
+pub async fn read(
+    host: &Arc<HostInner>,
+    tenant: &str,
+    id: ObjectId,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, FabricError> {
+    let mut at = id;
+    if let Some(cell) = host.objects.lookup(tenant, id) {
+        match cell.ready().await.clone()? {
+            Value::Here(bytes) => return Ok(bytes[range_of(bytes.len() as u64, offset, len)?].to_vec()),
+            Value::Elsewhere { id: held, .. } => at = held,
+        }
+    } else if host.objects.minted_here(id) {
+        return Err(super::not_found(tenant, id));
+    }
+    pull(host, tenant, at, offset, Some(len)).await.map(|(data, _)| data)
+}
+
+/// The slot to wait on for object `id`: its own, or for another host's
+/// object a stand-in filled when that host says the object is ready (or
+/// failed), without moving its bytes. The stand-in's watch stops when the
+/// returned guard drops.
+pub fn watch(
+    host: &Arc<HostInner>,
+    tenant: &Arc<str>,
+    id: ObjectId,
+) -> Result<(Arc<Cell>, Option<AbortOnDrop>), FabricError> {
+    if let Some(cell) = host.objects.lookup(tenant, id) {
+        return Ok((cell, None));
+    }
+    if host.objects.minted_here(id) {
+        return Err(super::not_found(tenant, id));
+    }
+    let cell = Arc::new(Cell::default());
+    let (host, tenant, standin) = (host.clone(), tenant.clone(), cell.clone());
+    let task = tokio::spawn(async move {
+        match pull(&host, &tenant, id, 0, Some(0)).await {
+            Ok((_, len)) => host.objects.fill_elsewhere(&standin, id, len),
+            Err(error) => host.objects.fill(&standin, Err(error)),
+        }
+    });
+    Ok((cell, Some(AbortOnDrop(task.abort_handle()))))
+}
+
+/// Stops a spawned task when dropped.
+#[derive(Debug)]
+pub struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The byte range `offset..offset + len` of an object of `total` bytes.
+pub(crate) fn range_of(total: u64, offset: u64, len: u64) -> Result<std::ops::Range<usize>, FabricError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= total => Ok(offset as usize..end as usize),
+        _ => Err(FabricError::new(
+            ErrorKind::InvalidArgument,
+            format!("read of {len} bytes at offset {offset} is past the end of a {total}-byte object"),
+        )),
+    }
+}
+
+/// Reads `len` bytes (to the end when `None`) of object `id` from `offset`
+/// off the host holding it; returns them and the object's whole size.
+pub async fn pull(
+    host: &Arc<HostInner>,
+    tenant: &str,
+    id: ObjectId,
+    offset: u64,
+    len: Option<u64>,
+) -> Result<(Vec<u8>, u64), FabricError> {
+    let mut id = id;
+    for _ in 0..MAX_HOPS {
+        let holder = id.holder();
+        if holder == host.id {
+            return Err(super::not_found(tenant, id));
+        }
+        let mut attempt = 1;
+        let first = loop {
+            let addr = host.cluster.addr_of(&holder).ok_or_else(|| lost_object(id, &holder))?;
+            match first_range(host, &addr, tenant, id, offset, len).await {
+                Ok(first) => break (addr, first),
+                Err(error) => retry_or_fail(host, &holder, id, &mut attempt, error)?,
+            }
+        };
+        let (addr, mut buffer, total, got) = match first {
+            (_, First::Moved(held)) => {
+                id = held;
+                continue;
+            }
+            (addr, First::Bytes { buffer, total, got }) => (addr, buffer, total, got),
+        };
+        if got < buffer.len() {
+            fill_rest(host, &addr, tenant, id, offset, &mut buffer[got..], got as u64).await?;
+        }
+        if len != Some(0) {
+            host.transfers.pulls.fetch_add(1, Ordering::Relaxed);
+            host.transfers.pulled_bytes.fetch_add(buffer.len() as u64, Ordering::Relaxed);
+        }
+        return Ok((buffer, total));
+    }
+    Err(FabricError::new(ErrorKind::Internal, format!("object {id} was redirected more than {MAX_HOPS} times")))
+}
+
+/// Decides after a failed range: `Ok` to ask again, or the error to give.
+fn retry_or_fail(
+    host: &HostInner,
+    holder: &str,
+    id: ObjectId,
+    attempt: &mut u32,
+    error: PeerError,
+) -> Result<(), FabricError> {
+    match error {
+        PeerError::Answered(error) => Err(error),
+        PeerError::Lost(_) if host.cluster.addr_of(holder).is_none() => Err(lost_object(id, holder)),
+        PeerError::Lost(error) if *attempt >= RANGE_ATTEMPTS => Err(FabricError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "object {id} could not be read from host {holder} after {RANGE_ATTEMPTS} attempts: {}",
+                error.message
+            ),
+        )),
+        PeerError::Lost(error) => {
+            tracing::warn!(object = %id, host = %holder, "asking again for a range: {}", error.message);
+            host.transfers.retried_ranges.fetch_add(1, Ordering::Relaxed);
+            *attempt += 1;
+            Ok(())
+        }
+    }
+}
+
+/// What the first request of a pull learns.
+enum First {
+    /// Another host holds the object, under this id.
+    Moved(ObjectId),
+    /// The destination, sized for the whole read, with its first `got`
+    /// bytes filled; `total` is the object's size.
+    Bytes { buffer: Vec<u8>, total: u64, got: usize },
+}
+
+/// Asks for the first range of a read and allocates the final buffer.
+async fn first_range(
+    host: &HostInner,
+    addr: &str,
+    tenant: &str,
+    id: ObjectId,
+    offset: u64,
+    len: Option<u64>,
+) -> Result<First, PeerError> {
+    let ask = len.unwrap_or(u64::MAX).min(FIRST_RANGE);
+    let (mut recv, header) = open_range(host, addr, tenant, id, offset, ask).await?;
+    let (total, got, checksum) = match header {
+        Header::Moved(held) => return Ok(First::Moved(held)),
+        Header::Range { total, len, checksum } => (total, len, checksum),
+    };
+    let wanted = match len {
+        Some(len) => len,
+        None => total.saturating_sub(offset),
+    };
+    range_of(total, offset, wanted).map_err(PeerError::Answered)?;
+    if wanted > host.config.max_object_bytes {
+        return Err(PeerError::Answered(FabricError::new(
+            ErrorKind::ResourceLimit,
+            format!(
+                "object {id} of {wanted} bytes exceeds this host's limit of {} bytes",
+                host.config.max_object_bytes
+            ),
+        )));
+    }
+    if got != wanted.min(ask) {
+        return Err(broken(addr, format!("asked for {} bytes at {offset}, was offered {got}", wanted.min(ask))));
+    }
+    // Zeroed pages come from the kernel untouched, and a buffer this size is
+    // aligned by the allocator: the bytes land in their final place.
+    let mut buffer = vec![0u8; wanted as usize];
+    debug_assert!(buffer.len() < OBJECT_ALIGN || (buffer.as_ptr() as usize).is_multiple_of(OBJECT_ALIGN));
+    receive(addr, &mut recv, &mut buffer[..got as usize], checksum).await?;
+    Ok(First::Bytes { buffer, total, got: got as usize })
+}
+
+/// Reads the rest of a pull into `rest` (which starts `start` bytes into the
+/// read, itself at `offset` in the object), over up to [`STREAMS`] streams
+/// at once, each range asked again when it arrives short or corrupted.
+async fn fill_rest(
+    host: &Arc<HostInner>,
+    addr: &str,
+    tenant: &str,
+    id: ObjectId,
+    offset: u64,
+    rest: &mut [u8],
+    start: u64,
+) -> Result<(), FabricError> {
+    let parts = (rest.len() as u64 / MIN_PART).clamp(1, STREAMS as u64) as usize;
+    let part_len = rest.len().div_ceil(parts);
+    let holder = id.holder();
+    let reads = rest.chunks_mut(part_len).enumerate().map(|(i, part)| {
+        let at = offset + start + (i * part_len) as u64;
+        let holder = &holder;
+        async move {
+            let mut attempt = 1;
+            loop {
+                match read_range(host, addr, tenant, id, at, part).await {
+                    Ok(()) => return Ok(()),
+                    Err(error) => retry_or_fail(host, holder, id, &mut attempt, error)?,
+                }
+            }
+        }
+    });
+    futures_util::future::try_join_all(reads).await.map(|_| ())
+}
+
+/// Reads exactly `dest.len()` bytes of object `id` from `offset`.
+async fn read_range(
+    host: &HostInner,
+    addr: &str,
+    tenant: &str,
+    id: ObjectId,
+    offset: u64,
+    dest: &mut [u8],
+) -> Result<(), PeerError> {
+    let (mut recv, header) = open_range(host, addr, tenant, id, offset, dest.len() as u64).await?;
+    match header {
+        Header::Range { len, checksum, .. } if len == dest.len() as u64 => {
+            receive(addr, &mut recv, dest, checksum).await
+        }
+        Header::Range { len, .. } => Err(broken(addr, format!("asked for {} bytes, was offered {len}", dest.len()))),
+        Header::Moved(_) => Err(broken(addr, "the object moved during the transfer")),
+    }
+}
+
+/// A range request's answer, before its bytes.
+enum Header {
+    Moved(ObjectId),
+    Range { total: u64, len: u64, checksum: u64 },
+}
+
+async fn open_range(
+    host: &HostInner,
+    addr: &str,
+    tenant: &str,
+    id: ObjectId,
+    offset: u64,
+    len: u64,
+) -> Result<(quinn::RecvStream, Header), PeerError> {
+    let request = Request::PeerObjectRead { tenant: tenant.to_string(), id: id.into(), offset, len };
+    let (_send, mut recv) = host.peers.open(addr, &request).await?;
+    let header = match read_frame::<_, Response>(&mut recv, MAX_FRAME).await {
+        Ok(Some(Response::ObjectMoved { id })) => Header::Moved(id.into()),
+        Ok(Some(Response::ObjectRange { total, offset: at, len, checksum })) if at == offset => {
+            Header::Range { total, len, checksum }
+        }
+        Ok(Some(Response::Error(e))) => return Err(PeerError::Answered(e)),
+        Ok(Some(other)) => return Err(broken(addr, format!("unexpected answer to a read: {other:?}"))),
+        Ok(None) => return Err(broken(addr, "the stream ended without an answer")),
+        Err(e) => return Err(broken(addr, e)),
+    };
+    Ok((recv, header))
+}
+
+/// Reads a range's bytes into `dest` and checks them against `checksum`.
+async fn receive(addr: &str, recv: &mut quinn::RecvStream, dest: &mut [u8], checksum: u64) -> Result<(), PeerError> {
+    recv.read_exact(dest).await.map_err(|e| broken(addr, format!("range of {} bytes cut short: {e}", dest.len())))?;
+    if xxh3_64(dest) != checksum {
+        return Err(broken(addr, format!("range of {} bytes arrived corrupted (checksum mismatch)", dest.len())));
+    }
+    Ok(())
+}
+
+/// An object's bytes as a `Bytes` that shares them (quinn sends it without
+/// a copy).
+struct Shared(ObjectBytes);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Serves [`Request::PeerObjectRead`]: waits for the object, then sends the
+/// range (or where the object is, or the error it holds).
+pub async fn serve_read(
+    host: &Arc<HostInner>,
+    tenant: &str,
+    id: WireObjectId,
+    offset: u64,
+    len: u64,
+    send: &mut quinn::SendStream,
+) -> Result<(), FabricError> {
+    crate::validate_name("tenant", tenant)?;
+    let id = ObjectId::from(id);
+    let cell = host.objects.cell(tenant, id)?;
+    let value = tokio::select! {
+        value = cell.ready() => value.clone()?,
+        _ = send.stopped() => return Ok(()),
+    };
+    let bytes = match value {
+        Value::Here(bytes) => bytes,
+        Value::Elsewhere { id: held, .. } => return reply(send, &Response::ObjectMoved { id: held.into() }).await,
+    };
+    let total = bytes.len() as u64;
+    // Up to `len`: the first request of a pull does not know the size yet.
+    let len = len.min(total.saturating_sub(offset));
+    let range = range_of(total, offset, len)?;
+    let mut chunk = bytes::Bytes::from_owner(Shared(bytes)).slice(range);
+    let checksum = xxh3_64(&chunk);
+    if !chunk.is_empty() && Transfers::take_fault(&host.transfers.corrupt) {
+        let mut corrupted = chunk.to_vec();
+        corrupted[0] ^= 0xff;
+        chunk = corrupted.into();
+    } else if !chunk.is_empty() && Transfers::take_fault(&host.transfers.truncate) {
+        chunk.truncate(chunk.len() / 2);
+    }
+    reply(send, &Response::ObjectRange { total, offset, len, checksum }).await?;
+    send.write_chunk(chunk)
+        .await
+        .map_err(|e| FabricError::new(ErrorKind::Unavailable, format!("object stream failed: {e}")))
+}
+
+async fn reply(send: &mut quinn::SendStream, response: &Response) -> Result<(), FabricError> {
+    fabric_proto::write_frame(send, response)
+        .await
+        .map_err(|e| FabricError::new(ErrorKind::Unavailable, format!("object stream failed: {e}")))
+}
+
+/// This host's objects of `tenant`, with its transfer counters.
+pub fn local_usage(host: &HostInner, tenant: &str) -> fabric_proto::HostObjects {
+    let (pulls, pulled_bytes, retried_ranges) = host.transfers.counts();
+    fabric_proto::HostObjects {
+        host: host.id.clone(),
+        jobs: host.objects.usage_by_job(tenant),
+        pulls,
+        pulled_bytes,
+        retried_ranges,
+    }
+}
+
+/// `tenant`'s objects on every member.
+pub async fn cluster_usage(host: &Arc<HostInner>, tenant: &str) -> Result<Vec<fabric_proto::HostObjects>, FabricError> {
+    crate::validate_name("tenant", tenant)?;
+    let mut all = vec![local_usage(host, tenant)];
+    let request = Request::PeerObjects { tenant: tenant.to_string() };
+    for (peer, answer) in crate::remote::ask_members(host, &request).await {
+        match answer {
+            Response::Objects(usage) => all.extend(usage),
+            other => tracing::warn!(host = %peer, "unexpected answer to a list of objects: {other:?}"),
+        }
+    }
+    all.sort_by(|a, b| a.host.cmp(&b.host));
+    Ok(all)
+}

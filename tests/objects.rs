@@ -1,0 +1,178 @@
+//! Objects across hosts, end to end: real etcd, real `fabric host`
+//! processes on loopback, guests that make objects on one host and read them
+//! on another.
+
+use fabric_tests::{all_see, eventually, ids, testkit, Etcd, Up, SETTLE};
+use serde_json::Value;
+
+/// A host labelled `role=maker`, where the tests' objects are made.
+const MAKER: &[&str] = &["--label", "role=maker"];
+
+fn args(len: u64, seed: u64) -> String {
+    format!(r#"{{"len": {len}, "seed": {seed}, "key": "role", "value": "maker"}}"#)
+}
+
+/// Runs `function` on `host` and returns its result, asserting it succeeded.
+fn result_of(host: &Up, function: &str, args: &str) -> Value {
+    let out = host.submit(&testkit(), &["--fn", function, "--args", args]);
+    let v = out.json();
+    assert_eq!(v["state"], "succeeded", "{function}: {v}");
+    v["result"].clone()
+}
+
+/// `tenant`'s object stores, by host id.
+fn stores(host: &Up, tenant: &str) -> Vec<Value> {
+    let out = host.fabric(&["--tenant", tenant, "objects", "--output", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    out.json().as_array().expect("a list of stores").clone()
+}
+
+fn store_of<'a>(stores: &'a [Value], host: &Up) -> &'a Value {
+    let id = host.id();
+    stores.iter().find(|s| s["host"] == id.as_str()).unwrap_or_else(|| panic!("no store of {id}: {stores:?}"))
+}
+
+#[test]
+fn results_and_objects_stay_where_they_were_made_and_are_read_from_anywhere() {
+    let etcd = Etcd::start();
+    let (a, b) = (Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), MAKER));
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+
+    // A result too large to travel back with its task stays on b; a reads
+    // its size, a slice and the whole from there.
+    let v = result_of(&a, "result_elsewhere", &args(8 << 20, 1));
+    assert_eq!(v, serde_json::json!([b.id(), a.id(), true]));
+
+    // An object b's task put is read whole on a.
+    let v = result_of(&a, "pull_elsewhere", &args(64 << 20, 2));
+    assert_eq!((&v[0], &v[1]), (&Value::String(b.id()), &Value::String(a.id())), "{v}");
+    assert_eq!(v[2], v[3], "a read what b put: {v}");
+
+    // Slices of b's object are read without pulling the rest.
+    let pulled_before = store_of(&stores(&a, "default"), &a)["pulled_bytes"].as_u64().unwrap();
+    let slices = r#"{"len": 33554432, "seed": 3, "key": "role", "value": "maker", "slice": 1000, "count": 5}"#;
+    assert_eq!(result_of(&a, "slices_elsewhere", slices), Value::Bool(true));
+    let pulled = store_of(&stores(&a, "default"), &a)["pulled_bytes"].as_u64().unwrap() - pulled_before;
+    assert!(pulled < 1 << 20, "five 1000-byte slices pulled {pulled} bytes");
+
+    // The jobs ended: what they left on b and the copies on a are freed.
+    eventually(SETTLE, "the ended jobs' objects to be freed on every host", || {
+        let stores = stores(&a, "default");
+        stores.iter().all(|s| s["jobs"].as_array().is_some_and(|j| j.is_empty())).then_some(())
+    });
+}
+
+#[test]
+fn a_1_gib_object_crosses_hosts_intact() {
+    let etcd = Etcd::start();
+    let (a, b) = (Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), MAKER));
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let v = result_of(&a, "pull_elsewhere", &args(1 << 30, 4));
+    assert_eq!(v[0], Value::String(b.id()), "{v}");
+    assert_eq!(v[2], v[3], "a read the gibibyte b put: {v}");
+    let a_store = store_of(&stores(&a, "default"), &a).clone();
+    assert!(a_store["pulled_bytes"].as_u64().unwrap() >= 1 << 30, "{a_store}");
+}
+
+#[test]
+fn corrupted_and_truncated_transfers_are_detected_and_retried() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    // b serves its first range corrupted and its second cut short; c cuts
+    // every range short.
+    let b = Up::host_with_env(
+        etcd.endpoint(),
+        MAKER,
+        &[("FABRIC_INJECT_FAULTS", "corrupt-transfers:1,truncate-transfers:1")],
+    );
+    let c = Up::host_with_env(
+        etcd.endpoint(),
+        &["--label", "role=broken"],
+        &[("FABRIC_INJECT_FAULTS", "truncate-transfers:1000")],
+    );
+    all_see(&[&a, &b, &c], &ids(&[&a, &b, &c]), "three hosts to see each other");
+
+    let v = result_of(&a, "pull_elsewhere", &args(64 << 20, 5));
+    assert_eq!(v[2], v[3], "the bytes a kept are the bytes b put: {v}");
+    let retried = store_of(&stores(&a, "default"), &a)["retried_ranges"].as_u64().unwrap();
+    assert!(retried >= 2, "both bad ranges were asked again: {retried}");
+
+    // A host that never sends a whole range: the reader gets a clear error.
+    let broken = r#"{"len": 1048576, "seed": 6, "key": "role", "value": "broken"}"#;
+    let out = a.submit(&testkit(), &["--fn", "pull_elsewhere", "--args", broken]);
+    let v = out.json();
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(v["error"]["kind"], "unavailable", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("after 3 attempts") && message.contains("cut short"), "{message}");
+    // Both hosts still serve.
+    assert_eq!(result_of(&a, "pull_elsewhere", &args(1 << 20, 7))[0], Value::String(b.id()));
+}
+
+#[test]
+fn an_object_whose_host_died_is_reported_lost() {
+    let etcd = Etcd::start();
+    let (a, mut b) = (Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), MAKER));
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let job = a.submit_detached(&testkit(), "read_after_loss", r#"{"key": "role", "value": "maker", "ms": 8000}"#);
+    let b_id = b.id();
+    eventually(SETTLE, "the object to be made", || a.fabric(&["logs", &job]).stdout.contains("made on").then_some(()));
+    b.kill9();
+    let out = a.fabric(&["logs", "--follow", &job]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v = a.fabric(&["status", &job, "--output", "json"]).json();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let error = v["result"].as_str().unwrap();
+    assert!(error.starts_with("Unavailable") && error.contains("is lost") && error.contains(&b_id), "{error}");
+}
+
+#[test]
+fn a_tenant_cannot_read_another_tenants_object_on_another_host() {
+    let etcd = Etcd::start();
+    let (a, b) = (Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), &[]));
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let out = b.fabric(&[
+        "--tenant",
+        "alpha",
+        "submit",
+        &testkit().to_string_lossy(),
+        "--fn",
+        "put_blob_and_hold",
+        "--args",
+        r#"{"len": 100000, "hold_ms": 30000}"#,
+        "--detach",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let job = out.json()["job"].as_str().unwrap().to_string();
+    let id = eventually(SETTLE, "alpha's object to be put", || {
+        let log = b.fabric(&["--tenant", "alpha", "logs", &job]).stdout;
+        log.lines().find_map(|l| l.strip_prefix("object ").map(|id| id.trim().to_string()))
+    });
+
+    // Listed for alpha on b, and for no one else.
+    let alpha = stores(&a, "alpha");
+    assert_eq!(store_of(&alpha, &b)["jobs"][0]["objects"], 1, "{alpha:?}");
+    assert!(stores(&a, "beta").iter().all(|s| s["jobs"].as_array().unwrap().is_empty()));
+
+    // beta, on a, names alpha's object on b: not found, as if it did not exist.
+    let out = a.fabric(&[
+        "--tenant",
+        "beta",
+        "submit",
+        &testkit().to_string_lossy(),
+        "--fn",
+        "read_object",
+        "--args",
+        &format!(r#"{{"hex": "{id}"}}"#),
+        "--output",
+        "json",
+    ]);
+    let v = out.json();
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(v["error"]["kind"], "not-found", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("beta"), "{v}");
+    let stopped = b.fabric(&["--tenant", "alpha", "stop", &job]);
+    assert_eq!(stopped.code, 0, "{stopped:?}");
+}
