@@ -7,6 +7,8 @@
 //! - `actors`: actor round trips, creation, throughput, idle memory.
 //! - `cluster`: placement over 50 simulated hosts; with etcd and three real
 //!   hosts, a remote round trip, a 100,000-task fan-out, failure detection.
+//! - `objects`: 1 GiB pulled between hosts against raw quinn bulk throughput,
+//!   a guest's 64 MiB slice read, and 256 MiB read on three hosts at once.
 //!
 //! Every figure prints as a table row, or with `--json` as one JSON line:
 //! `{"suite", "name", "unit", "p50", "p99", "n"}` for latencies, or
@@ -26,8 +28,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod cluster;
+mod objects;
 
-const SUITES: &[&str] = &["core", "actors", "cluster"];
+const SUITES: &[&str] = &["core", "actors", "cluster", "objects"];
 
 #[derive(Clone, Copy)]
 struct Report {
@@ -114,6 +117,7 @@ fn main() -> anyhow::Result<()> {
             "core" => core(&report)?,
             "actors" => actors(&report)?,
             "cluster" => cluster::run(&report, &fabric_bin()?)?,
+            "objects" => objects::run(&report, &fabric_bin()?)?,
             other => bail!("unknown suite `{other}` (have: {})", SUITES.join(", ")),
         }
     }

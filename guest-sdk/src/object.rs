@@ -204,6 +204,13 @@ impl<T: Element> ArrayRef<T> {
         }
         let size = T::SIZE as u64;
         let bytes = objects::read(self.id.into(), range.start * size, (range.end - range.start) * size)?;
+        // Bytes are already what an `ArrayRef<u8>` holds: hand them over
+        // rather than build a second buffer as large.
+        let mut raw = Some(bytes);
+        if let Some(same) = (&mut raw as &mut dyn std::any::Any).downcast_mut::<Option<Vec<T>>>() {
+            return Ok(same.take().unwrap_or_default());
+        }
+        let bytes = raw.unwrap_or_default();
         Ok(bytes.chunks_exact(T::SIZE).map(T::read_le).collect())
     }
     /// Reads the whole array.

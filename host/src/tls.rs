@@ -115,10 +115,7 @@ impl Identity {
         tls.alpn_protocols = vec![fabric_proto::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        let transport = Arc::get_mut(&mut config.transport).context("fresh transport config is shared")?;
-        transport
-            .max_concurrent_bidi_streams(4096u32.into())
-            .keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+        config.transport_config(Arc::new(transport()));
         Ok(config)
     }
 
@@ -137,11 +134,29 @@ fn quic_client(mut tls: rustls::ClientConfig) -> anyhow::Result<quinn::ClientCon
     tls.alpn_protocols = vec![fabric_proto::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
-    config.transport_config(Arc::new(transport));
+    config.transport_config(Arc::new(transport()));
     Ok(config)
 }
+
+/// Transport settings for both ends of every connection. Many requests may
+/// be in flight on one connection (a stream each). Path MTU discovery may
+/// go up to jumbo frames (loopback and many data-centre networks carry
+/// them): bulk object bytes then need several times fewer packets, each of
+/// which costs a syscall share and an AEAD seal; where the path is smaller
+/// the probes are lost and the MTU stays where it was.
+fn transport() -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(JUMBO_MTU);
+    transport
+        .max_concurrent_bidi_streams(4096u32.into())
+        .keep_alive_interval(Some(std::time::Duration::from_secs(2)))
+        .mtu_discovery_config(Some(mtu));
+    transport
+}
+
+/// The largest UDP payload path MTU discovery tries.
+const JUMBO_MTU: u16 = 8952;
 
 /// QUIC client settings that trust the CA certificate `ca_pem`.
 pub fn client_config_for(ca_pem: &str) -> anyhow::Result<quinn::ClientConfig> {

@@ -423,6 +423,65 @@ fn put_blob_and_hold(len: u64, hold_ms: u64) -> fabric::Result<String> {
     Ok(array.id().to_string())
 }
 
+/// Has a host labelled `key=value` put `mib` MiB, then reads it whole
+/// `rounds` times as one range (a range read keeps no local copy, so every
+/// round pulls it again); the seconds of each round.
+#[fabric::task]
+fn bench_pull(mib: u64, rounds: u32, key: String, value: String) -> fabric::Result<Vec<f64>> {
+    let len = mib << 20;
+    let (array, _, _) = put_blob.remote_with(&on_label(&key, &value), len, 9)?.get()?;
+    let mut seconds = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let bytes = array.slice(0..len)?;
+        seconds.push(t.elapsed().as_secs_f64());
+        if bytes.len() as u64 != len {
+            return Err(fabric::Error::Internal("short read".into()));
+        }
+    }
+    Ok(seconds)
+}
+
+/// Puts `total_mib` MiB here, then reads a `slice_mib` MiB slice of it
+/// `rounds` times; the seconds of each read.
+#[fabric::task]
+fn bench_slice(total_mib: u64, slice_mib: u64, rounds: u32) -> fabric::Result<Vec<f64>> {
+    let array = fabric::put_bytes(&vec![5u8; (total_mib << 20) as usize])?;
+    let mut seconds = Vec::new();
+    for i in 0..rounds as u64 {
+        let start = ((i * 7) % (total_mib - slice_mib + 1)) << 20;
+        let t = Instant::now();
+        let slice = array.slice(start..start + (slice_mib << 20))?;
+        seconds.push(t.elapsed().as_secs_f64());
+        black_box(slice);
+    }
+    Ok(seconds)
+}
+
+/// Reads `array` whole here; returns this host and the byte count.
+#[fabric::task]
+fn read_array(array: fabric::ArrayRef<u8>) -> fabric::Result<(String, u64)> {
+    let bytes = ObjectRef::<()>::from_id(array.id()).get_bytes()?;
+    Ok((fabric::context().host, bytes.len() as u64))
+}
+
+/// Puts `mib` MiB here and has one task on each host labelled `key=1..=n`
+/// read it whole; the seconds until all have, and where they ran.
+#[fabric::task]
+fn bench_broadcast(mib: u64, key: String, n: u64) -> fabric::Result<(f64, Vec<String>)> {
+    let array = fabric::put_bytes(&vec![6u8; (mib << 20) as usize])?;
+    let t = Instant::now();
+    let refs = (1..=n)
+        .map(|i| read_array.remote_with(&on_label(&key, &i.to_string()), array))
+        .collect::<fabric::Result<Vec<_>>>()?;
+    let done = fabric::get_all(&refs)?;
+    let seconds = t.elapsed().as_secs_f64();
+    if done.iter().any(|(_, len)| *len != mib << 20) {
+        return Err(fabric::Error::Internal("a reader got a short object".into()));
+    }
+    Ok((seconds, done.into_iter().map(|(host, _)| host).collect()))
+}
+
 // ---- actors ----
 
 use fabric::ActorHandle;
