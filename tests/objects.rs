@@ -127,6 +127,43 @@ fn an_object_whose_host_died_is_reported_lost() {
 }
 
 #[test]
+fn a_lost_result_is_rebuilt_by_running_its_task_again_unless_it_may_not() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    let mut makers = [Up::host(etcd.endpoint(), MAKER), Up::host(etcd.endpoint(), MAKER)];
+    all_see(&[&a, &makers[0], &makers[1]], &ids(&[&a, &makers[0], &makers[1]]), "three hosts to see each other");
+
+    for retries in [1, 0] {
+        let args = format!(r#"{{"len": 1048576, "key": "role", "value": "maker", "ms": 8000, "retries": {retries}}}"#);
+        let job = a.submit_detached(&testkit(), "result_after_loss", &args);
+        let producer = eventually(SETTLE, "the result to be made", || {
+            let log = a.fabric(&["logs", &job]).stdout;
+            let producer = log.lines().find_map(|l| l.strip_prefix("made on ").map(str::to_string))?;
+            log.contains("result ready").then_some(producer)
+        });
+        let (dead, alive) = if makers[0].id() == producer { (0, 1) } else { (1, 0) };
+        makers[dead].kill9();
+        let log = a.fabric(&["logs", "--follow", &job]).stdout;
+        let v = a.fabric(&["status", &job, "--output", "json"]).json();
+        assert_eq!(v["state"], "succeeded", "{v}");
+        if retries > 0 {
+            // Rebuilt on the surviving maker, byte for byte.
+            assert_eq!(v["result"], serde_json::json!([makers[alive].id(), true]), "{v}");
+            assert!(log.contains("running the task again to rebuild it"), "{log}");
+        } else {
+            let error = v["result"][0].as_str().unwrap();
+            assert!(
+                error.starts_with("Unavailable") && error.contains("is lost") && error.contains(&producer),
+                "{error}"
+            );
+            assert!(error.contains("may not run again"), "{error}");
+        }
+        makers[dead].start_again();
+        all_see(&[&a], &ids(&[&a, &makers[0], &makers[1]]), "the restarted maker to rejoin");
+    }
+}
+
+#[test]
 fn a_tenant_cannot_read_another_tenants_object_on_another_host() {
     let etcd = Etcd::start();
     let (a, b) = (Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), &[]));

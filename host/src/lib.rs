@@ -129,7 +129,9 @@ impl HostInner {
         tokio::spawn(async move {
             match remote::run_anywhere(&host, &job, spec, placement).await {
                 Ok(remote::TaskOutput::Here(bytes)) => host.objects.fill(&cell, Ok(bytes)),
-                Ok(remote::TaskOutput::Kept { id, len }) => host.objects.fill_elsewhere(&cell, id, len),
+                Ok(remote::TaskOutput::Kept { id, len, lineage }) => {
+                    host.objects.fill_elsewhere(&cell, id, len, lineage)
+                }
                 Err(error) => host.objects.fill(&cell, Err(error)),
             }
         });

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// One task to run.
+#[derive(Clone)]
 pub struct TaskSpec {
     /// What to run.
     pub component: Arc<LoadedComponent>,

@@ -81,6 +81,8 @@ pub enum Value {
         id: ObjectId,
         /// Its size.
         len: u64,
+        /// How to make it again if the holder is lost.
+        lineage: Option<Arc<crate::remote::Lineage>>,
     },
 }
 
@@ -214,9 +216,10 @@ impl ObjectStore {
         }
     }
 
-    /// Fills a reserved object with a pointer to where its bytes are kept.
-    pub fn fill_elsewhere(&self, cell: &Cell, id: ObjectId, len: u64) {
-        cell.fill(Ok(Value::Elsewhere { id, len }));
+    /// Fills a reserved object with a pointer to where its bytes are kept
+    /// (and how to make them again).
+    pub fn fill_elsewhere(&self, cell: &Cell, id: ObjectId, len: u64, lineage: Option<Arc<crate::remote::Lineage>>) {
+        cell.fill(Ok(Value::Elsewhere { id, len, lineage }));
     }
 
     /// Fills under the lock, so a concurrent `drop_job` either sees the bytes

@@ -106,35 +106,50 @@ pub async fn bytes(
     id: ObjectId,
 ) -> Result<ObjectBytes, FabricError> {
     let mut id = id;
+    let mut lineage = None;
     for _ in 0..MAX_HOPS {
         match host.objects.lookup(tenant, id) {
             Some(cell) => match cell.ready().await {
                 Ok(Value::Here(bytes)) => return Ok(bytes.clone()),
-                Ok(Value::Elsewhere { id: held, .. }) => id = *held,
+                Ok(Value::Elsewhere { id: held, lineage: how, .. }) => {
+                    id = *held;
+                    lineage = how.clone();
+                }
                 Err(error) => return Err(error.clone()),
             },
             None if host.objects.minted_here(id) => return Err(super::not_found(tenant, id)),
-            None => return pull_copy(host, tenant, job, id).await,
+            None => return pull_copy(host, tenant, job, id, lineage).await,
         }
     }
     Err(FabricError::new(ErrorKind::Internal, format!("object {id} was redirected more than {MAX_HOPS} times")))
 }
 
 /// Pulls another host's object into a local copy, once however many readers
-/// ask at the same time. The pull runs on its own task, so a reader that
-/// gives up does not strand the others.
+/// ask at the same time; if its holder is gone and `lineage` says how, the
+/// copy is made by running its task again instead. The pull runs on its own
+/// task, so a reader that gives up does not strand the others.
 async fn pull_copy(
     host: &Arc<HostInner>,
     tenant: &Arc<str>,
     job: &Arc<str>,
     id: ObjectId,
+    lineage: Option<Arc<crate::remote::Lineage>>,
 ) -> Result<ObjectBytes, FabricError> {
     let (cell, new) = host.objects.copy_slot(tenant, job, id);
     if new {
         let (host, tenant, cell) = (host.clone(), tenant.clone(), cell.clone());
         tokio::spawn(async move {
-            match pull(&host, &tenant, id, 0, None).await {
-                Ok((data, _)) => {
+            let pulled = match pull(&host, &tenant, id, 0, None).await {
+                Ok((data, _)) => Ok(data),
+                Err(error) => match lineage {
+                    Some(lineage) if host.cluster.addr_of(&id.holder()).is_none() => {
+                        crate::remote::rebuild(&host, &lineage, id, error).await
+                    }
+                    _ => Err(error),
+                },
+            };
+            match pulled {
+                Ok(data) => {
                     host.objects.fill_copy(&cell, data);
                 }
                 Err(error) => host.objects.abandon_copy(&tenant, id, &cell, error),
@@ -200,7 +215,7 @@ pub fn watch(
     let (host, tenant, standin) = (host.clone(), tenant.clone(), cell.clone());
     let task = tokio::spawn(async move {
         match pull(&host, &tenant, id, 0, Some(0)).await {
-            Ok((_, len)) => host.objects.fill_elsewhere(&standin, id, len),
+            Ok((_, len)) => host.objects.fill_elsewhere(&standin, id, len, None),
             Err(error) => host.objects.fill(&standin, Err(error)),
         }
     });

@@ -53,7 +53,58 @@ pub enum TaskOutput {
         id: crate::objects::ObjectId,
         /// Its size.
         len: u64,
+        /// The task, to run again if that peer is lost.
+        lineage: Option<Arc<Lineage>>,
     },
+}
+
+/// How a result kept on a peer was made: the task, for its job, to run
+/// again when the peer is lost and a reader still needs the result (Ray's
+/// lineage reconstruction). Only task results have one: an object a task
+/// `put` gets a new id when its task runs again, so it cannot be rebuilt.
+pub struct Lineage {
+    job: std::sync::Weak<Job>,
+    spec: TaskSpec,
+    placement: Placement,
+}
+
+impl std::fmt::Debug for Lineage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lineage({}, {} retries)", self.spec.function, self.placement.retries)
+    }
+}
+
+/// Makes the result whose copy on a lost host (object `lost` there) a reader
+/// needs by running its task again, if the task may run again (it has
+/// retries left) and its job is still running; else `error` (why the copy
+/// could not be pulled) stands, with the reason it was not rebuilt.
+pub(crate) async fn rebuild(
+    host: &Arc<HostInner>,
+    lineage: &Lineage,
+    lost: crate::objects::ObjectId,
+    error: FabricError,
+) -> Result<Vec<u8>, FabricError> {
+    let why_not = |reason: &str| FabricError::new(error.kind, format!("{}; {reason}", error.message));
+    if lineage.placement.retries == 0 {
+        let function = &lineage.spec.function;
+        return Err(why_not(&format!("task `{function}` may not run again (retries 0), so it was not rebuilt")));
+    }
+    let Some(job) = lineage.job.upgrade() else {
+        return Err(why_not("its job has ended"));
+    };
+    let note = format!(
+        "[fabric: the result of task `{}` was lost with host {}; running the task again to rebuild it]\n",
+        lineage.spec.function,
+        lost.holder()
+    );
+    job.log.append(note.as_bytes());
+    let placement = Placement { retries: lineage.placement.retries - 1, ..lineage.placement.clone() };
+    match Box::pin(run_anywhere(host, &job, lineage.spec.clone(), placement)).await? {
+        TaskOutput::Here(bytes) => Ok(bytes),
+        TaskOutput::Kept { id, .. } => {
+            crate::objects::transfer::pull(host, &job.tenant, id, 0, None).await.map(|(data, _)| data)
+        }
+    }
 }
 
 /// Runs `spec` wherever placement says, retrying on other hosts when the
@@ -103,7 +154,10 @@ pub(crate) async fn run_anywhere(
         host.cluster.finished(&target, &needs);
         match outcome {
             Ok(RunOutput::Inline(bytes)) => return Ok(TaskOutput::Here(bytes)),
-            Ok(RunOutput::Kept { id, len }) => return Ok(TaskOutput::Kept { id: id.into(), len }),
+            Ok(RunOutput::Kept { id, len }) => {
+                let lineage = Lineage { job: Arc::downgrade(job), spec, placement };
+                return Ok(TaskOutput::Kept { id: id.into(), len, lineage: Some(Arc::new(lineage)) });
+            }
             Err(PeerError::Answered(error)) => return Err(error),
             Err(PeerError::Lost(error)) if retries > 0 => {
                 retries -= 1;

@@ -345,10 +345,29 @@ fn on_label(key: &str, value: &str) -> fabric::TaskOptions {
     fabric::TaskOptions::default().label(key, value)
 }
 
-/// The pattern as this task's result, and where it was made.
+/// The pattern as this task's result, and where it was made (also printed).
 #[fabric::task]
 fn blob_result(len: u64, seed: u64) -> (String, Vec<u8>) {
-    (fabric::context().host, pattern(len, seed))
+    let host = fabric::context().host;
+    println!("made on {host}");
+    (host, pattern(len, seed))
+}
+
+/// Has a host labelled `key=value` return a `len`-byte pattern as its
+/// result (run again at most `retries` times), prints `result ready`,
+/// sleeps `ms` (the test kills the producer meanwhile), then reads it.
+/// Returns who made what it read and whether the bytes matched, or the
+/// error it got.
+#[fabric::task]
+fn result_after_loss(len: u64, key: String, value: String, ms: u64, retries: u32) -> fabric::Result<(String, bool)> {
+    let made = blob_result.remote_with(&on_label(&key, &value).retries(retries), len, 11)?;
+    fabric::wait(&[made], 1, None)?;
+    println!("result ready");
+    std::thread::sleep(Duration::from_millis(ms));
+    match made.get() {
+        Ok((producer, bytes)) => Ok((producer, bytes == pattern(len, 11))),
+        Err(e) => Ok((format!("{}: {e}", kind(&e)), false)),
+    }
 }
 
 /// Puts the pattern; returns it, its digest and where it was made.
