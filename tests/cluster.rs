@@ -166,6 +166,13 @@ fn fanout_runs_on_every_host_with_the_component_fetched_from_the_first() {
     assert_eq!(ran_on, ids(&[&a, &b, &c]), "tasks ran on every host: {result}");
     let total: u64 = result["hosts"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
     assert_eq!(total, 300);
+    // The objects example: slices of one array put on a, summed on all
+    // three hosts (b and c pull just their slices).
+    let v = a.submit(&example("objects"), &["--args", r#"{"mib": 16, "slices": 60, "spread": true}"#]).json();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["result"]["ok"], true, "{v}");
+    let summed_on: BTreeSet<String> = v["result"]["hosts"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(summed_on, ids(&[&a, &b, &c]), "slices were summed on every host: {v}");
     for other in [&b, &c] {
         assert!(!other
             .data_dir()

@@ -545,11 +545,11 @@ fn print_objects(stores: &[fabric_proto::HostObjects]) {
         for job in &store.jobs {
             println!("{:<18} {:<28} {:>9} {:>14}", store.host, job.job, job.objects, job.bytes);
         }
-        let (objects, bytes) = store.jobs.iter().fold((0, 0), |(n, b), j| (n + j.objects, b + j.bytes));
-        println!(
-            "{:<18} {:<28} {:>9} {:>14}   pulled {} objects, {} bytes; {} ranges retried",
-            store.host, "(all jobs)", objects, bytes, store.pulls, store.pulled_bytes, store.retried_ranges
-        );
+    }
+    println!();
+    println!("{:<18} {:>9} {:>14} {:>15}", "HOST", "PULLS", "PULLED BYTES", "RANGES RETRIED");
+    for store in stores {
+        println!("{:<18} {:>9} {:>14} {:>15}", store.host, store.pulls, store.pulled_bytes, store.retried_ranges);
     }
 }
 
