@@ -215,6 +215,24 @@ fn demands_land_where_they_fit_and_impossible_ones_fail_at_once() {
     let v = placed(r#"{"resources": [], "pool": "tpu", "labels": []}"#);
     assert_eq!(v["error"]["kind"], "resource-limit", "{v}");
 
+    // Actors are placed by the same rules: unnamed or named, they land on
+    // the one host that meets their demand, and an impossible one fails at
+    // once.
+    let actor = |args: &str| a.submit(&testkit, &["--fn", "actor_placed", "--args", args]).json();
+    for args in [
+        r#"{"name": null, "resources": [["gpu", 1]], "pool": null, "labels": []}"#,
+        r#"{"name": "in-the-pool", "resources": [], "pool": "gpu-intensive", "labels": []}"#,
+        r#"{"name": null, "resources": [], "pool": null, "labels": [["zone", "eu"]]}"#,
+    ] {
+        let v = actor(args);
+        assert_eq!(v["state"], "succeeded", "{args}: {v}");
+        assert_eq!(v["result"], Value::String(gpu.id()), "{args}");
+    }
+    let v = actor(r#"{"name": "greedy", "resources": [["gpu", 2]], "pool": null, "labels": []}"#);
+    assert_eq!(v["error"]["kind"], "resource-limit", "{v}");
+    let v = actor(r#"{"name": null, "resources": [], "pool": null, "labels": []}"#);
+    assert_eq!(v["result"], Value::String(a.id()), "an actor with no demand stays where it was created: {v}");
+
     // Three gpu=1 tasks on the one-GPU host run one after another, although
     // it has two slots.
     let out = a.submit(&testkit, &["--fn", "gpu_tasks", "--args", r#"{"n": 3, "ms": 300}"#]);

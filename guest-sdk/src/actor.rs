@@ -80,6 +80,9 @@ impl<H: ActorHandle> ActorBuilder<H> {
                 snapshot_every: None,
                 snapshot_interval_ms: None,
                 memory_bytes: None,
+                resources: Vec::new(),
+                pool: None,
+                labels: Vec::new(),
             },
             _handle: PhantomData,
         }
@@ -124,6 +127,25 @@ impl<H: ActorHandle> ActorBuilder<H> {
     /// Linear memory cap of the actor's instance.
     pub fn memory_bytes(mut self, bytes: u64) -> Self {
         self.options.memory_bytes = Some(bytes);
+        self
+    }
+
+    /// Places the actor on a host with `amount` of resource `name` (`gpu`,
+    /// `memory` in bytes, or a custom name), which it holds while it lives.
+    pub fn resource(mut self, name: impl Into<String>, amount: u64) -> Self {
+        self.options.resources.push((name.into(), amount));
+        self
+    }
+
+    /// Places the actor on a host of pool `name`.
+    pub fn pool(mut self, name: impl Into<String>) -> Self {
+        self.options.pool = Some(name.into());
+        self
+    }
+
+    /// Places the actor on a host labelled `key=value`.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.options.labels.push((key.into(), value.into()));
         self
     }
 

@@ -70,6 +70,9 @@ pub struct ActorOptions {
     pub snapshot_interval: Option<Duration>,
     /// Memory cap of its instance.
     pub memory_bytes: Option<u64>,
+    /// What its host must have; it holds the resources (besides `cpu`)
+    /// while it lives.
+    pub demand: fabric_proto::Demand,
 }
 
 /// Where an actor is in its life.
@@ -447,6 +450,24 @@ struct Runner {
 
 impl Runner {
     async fn run(mut self) {
+        // Hold what the actor demands for as long as it lives; its calls
+        // wait in the mailbox meanwhile.
+        let needs = crate::cluster::placement::effective_resources(&self.options.demand);
+        let _held = tokio::select! {
+            biased;
+            _ = self.actor.job.cancelled() => None,
+            held = self.host.resources.hold(&needs) => match held {
+                Ok(held) => Some(held),
+                Err(cause) => {
+                    self.host.actors.retire(&self.actor, ActorStatus::Dead(cause.clone()));
+                    self.rx.close();
+                    while let Ok(Message::Call { result, .. } | Message::Snapshot { result }) = self.rx.try_recv() {
+                        self.host.objects.fill(&result, Err(cause.clone()));
+                    }
+                    return;
+                }
+            },
+        };
         loop {
             let message = tokio::select! {
                 biased;

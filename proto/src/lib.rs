@@ -311,6 +311,8 @@ pub struct ActorLocation {
 /// How an actor lives, as one host asks another to create it.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ActorSpec {
+    /// What its host must have.
+    pub demand: Demand,
     /// Unique within the tenant.
     pub name: Option<String>,
     /// Outlives its creating job.

@@ -122,11 +122,12 @@ impl Cluster {
         *lock(&self.lease) = lease;
     }
 
-    /// The member that should own the actor `name` of `tenant` (see
-    /// [`naming`]).
-    pub fn owner_of(&self, tenant: &str, name: &str) -> Option<String> {
-        let view = lock(&self.view);
-        naming::owner(view.hosts().map(|h| h.id.as_str()), tenant, name)
+    /// The member that should own the actor `name` of `tenant`, among those
+    /// that meet `demand` (see [`naming`]); `local` is this host's record.
+    pub fn owner_of(&self, local: &HostInfo, tenant: &str, name: &str, demand: &Demand) -> Option<String> {
+        let members = self.members(local);
+        let eligible = members.iter().filter(|h| placement::can_host(h, demand));
+        naming::owner(eligible.map(|h| h.id.as_str()), tenant, name)
     }
 
     /// How many members the view holds.

@@ -239,6 +239,12 @@ fn in_pool_with_labels(host: &HostInfo, demand: &Demand) -> bool {
     pool_ok && demand.labels.iter().all(|label| host.labels.contains(label))
 }
 
+/// Whether `host` could ever run work with `demand` (pool, labels,
+/// capacity), however busy it is now.
+pub fn can_host(host: &HostInfo, demand: &Demand) -> bool {
+    eligible(host, demand, &effective_resources(demand))
+}
+
 fn eligible(host: &HostInfo, demand: &Demand, needs: &[Resource]) -> bool {
     in_pool_with_labels(host, demand) && needs.iter().all(|r| amount(&host.capacity, &r.name) >= r.amount)
 }

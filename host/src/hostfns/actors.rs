@@ -28,6 +28,16 @@ impl From<WitActorOptions> for ActorOptions {
             snapshot_every: o.snapshot_every.unwrap_or(0),
             snapshot_interval: o.snapshot_interval_ms.map(std::time::Duration::from_millis),
             memory_bytes: o.memory_bytes,
+            demand: fabric_proto::Demand {
+                resources: o
+                    .resources
+                    .into_iter()
+                    .map(|(name, amount)| fabric_proto::Resource { name, amount })
+                    .collect(),
+                pool: o.pool,
+                labels: o.labels.into_iter().map(|(key, value)| fabric_proto::Label { key, value }).collect(),
+                strategy: fabric_proto::Strategy::Local,
+            },
         }
     }
 }

@@ -43,6 +43,7 @@ fn spec_of(options: &ActorOptions) -> ActorSpec {
         snapshot_every: options.snapshot_every,
         snapshot_interval_ms: options.snapshot_interval.map(|d| d.as_millis() as u64),
         memory_bytes: options.memory_bytes,
+        demand: options.demand.clone(),
     }
 }
 
@@ -55,6 +56,7 @@ fn options_of(spec: ActorSpec) -> ActorOptions {
         snapshot_every: spec.snapshot_every,
         snapshot_interval: spec.snapshot_interval_ms.map(std::time::Duration::from_millis),
         memory_bytes: spec.memory_bytes,
+        demand: spec.demand,
     }
 }
 
@@ -67,38 +69,61 @@ fn lost(id: ActorId, why: impl std::fmt::Display) -> FabricError {
     FabricError::new(ErrorKind::ActorDead, format!("actor {id} was on host {} and is lost: {why}", home_of(id)))
 }
 
-/// Creates an actor for `job`: where the ring says when it is named and this
-/// host is a member of a cluster, here otherwise.
+/// Creates an actor for `job`. With a demand (resources, pool, labels) it
+/// goes where placement says, and a demand no member could meet fails here
+/// at once. A named one in a cluster goes where the ring puts its name among
+/// the members that meet its demand; an unnamed one without a demand stays
+/// here.
 pub(crate) async fn create(
     host: &Arc<HostInner>,
     new: NewActor,
     options: ActorOptions,
     get_or_create: bool,
 ) -> Result<ActorId, FabricError> {
-    let (Some(name), Some(_)) = (options.name.clone(), host.cluster.lease()) else {
-        return host.actors.create(host, new, options, get_or_create);
-    };
-    let tenant = new.tenant.clone();
-    if let Some(found) = located(host, &tenant, &name).await? {
-        if get_or_create {
-            return Ok(found);
-        }
-        return Err(FabricError::new(
-            ErrorKind::InvalidArgument,
-            format!("tenant `{tenant}` already has an actor named `{name}`"),
-        ));
+    let local = host.local_info();
+    let placed = options.demand != fabric_proto::Demand::default();
+    if placed {
+        host.cluster.place(&local, &options.demand, &[])?;
     }
-    let owner = host.cluster.owner_of(&tenant, &name).unwrap_or_else(|| host.id.clone());
-    if owner == host.id {
+    let clustered = host.cluster.lease().is_some();
+    let target = match options.name.clone() {
+        Some(name) if clustered => {
+            let tenant = new.tenant.clone();
+            if let Some(found) = located(host, &tenant, &name).await? {
+                if get_or_create {
+                    return Ok(found);
+                }
+                return Err(FabricError::new(
+                    ErrorKind::InvalidArgument,
+                    format!("tenant `{tenant}` already has an actor named `{name}`"),
+                ));
+            }
+            host.cluster.owner_of(&local, &tenant, &name, &options.demand).unwrap_or_else(|| host.id.clone())
+        }
+        None if clustered && placed => host.cluster.place(&local, &options.demand, &[])?,
+        _ => return host.actors.create(host, new, options, get_or_create),
+    };
+    if target == host.id {
         return create_here(host, new, options, get_or_create).await;
     }
+    create_on(host, &target, new, options, get_or_create).await
+}
+
+/// Asks member `owner` to create the actor.
+async fn create_on(
+    host: &Arc<HostInner>,
+    owner: &str,
+    new: NewActor,
+    options: ActorOptions,
+    get_or_create: bool,
+) -> Result<ActorId, FabricError> {
     let addr = host
         .cluster
-        .addr_of(&owner)
+        .addr_of(owner)
         .ok_or_else(|| FabricError::new(ErrorKind::Unavailable, format!("host {owner} left the cluster")))?;
     let request = Request::PeerActorCreate {
         origin: host.local_addr(),
-        tenant: tenant.to_string(),
+        tenant: new.tenant.to_string(),
         job: new.creator.id.to_string(),
         component: new.component.sha256.clone(),
         class: new.class.clone(),

@@ -552,6 +552,10 @@ impl Probe {
     }
 
     /// Sleeps `ms` milliseconds.
+    pub fn host(&self) -> String {
+        fabric::context().host
+    }
+
     pub fn slow(&self, ms: u64) -> u64 {
         std::thread::sleep(Duration::from_millis(ms));
         ms
@@ -628,6 +632,31 @@ fn named_race(tasks: u64) -> fabric::Result<(u64, i64)> {
 #[fabric::task]
 fn add_via(probe: ProbeHandle, by: i64) -> fabric::Result<i64> {
     probe.add(by)?.get()
+}
+
+/// Creates a probe actor (named `name` if given) demanding `resources`,
+/// `pool` and `labels`; returns the host it lives on.
+#[fabric::task]
+fn actor_placed(
+    name: Option<String>,
+    resources: Vec<(String, u64)>,
+    pool: Option<String>,
+    labels: Vec<(String, String)>,
+) -> fabric::Result<String> {
+    let mut builder = Probe::new(0);
+    if let Some(name) = name {
+        builder = builder.name(name);
+    }
+    for (resource, amount) in resources {
+        builder = builder.resource(resource, amount);
+    }
+    if let Some(pool) = pool {
+        builder = builder.pool(pool);
+    }
+    for (key, value) in labels {
+        builder = builder.label(key, value);
+    }
+    builder.remote()?.host()?.get()
 }
 
 /// Adds `by` through a handle stored in an object.
