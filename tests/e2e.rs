@@ -538,6 +538,12 @@ fn named_actors_are_listed_called_and_killed_from_the_cli() {
     assert!(bad.stderr.contains("invalid-argument"), "{}", bad.stderr);
     let other = up.fabric(&["--tenant", "other", "actor", "call", "visits", "get"]);
     assert!(other.stderr.contains("no actor named `visits`"), "{}", other.stderr);
+    // 32 bytes that are not 32 hex digits (a multi-byte character where an
+    // id's halves meet): a plain "no such actor", and the host serves on.
+    let odd = format!("{}é{}", "a".repeat(15), "b".repeat(15));
+    let bad = up.fabric(&["actor", "call", &odd, "get"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("no actor named"), "{}", bad.stderr);
 
     assert_eq!(up.fabric(&["actor", "kill", "visits"]).code, 0);
     let gone = up.fabric(&["actor", "call", "visits", "get"]);

@@ -313,14 +313,7 @@ impl Actors {
         if let Ok(id) = self.lookup(tenant, name_or_id) {
             return Ok(id);
         }
-        let parsed = (name_or_id.len() == 32)
-            .then(|| {
-                let hi = u64::from_str_radix(&name_or_id[..16], 16).ok()?;
-                let lo = u64::from_str_radix(&name_or_id[16..], 16).ok()?;
-                Some(ActorId { hi, lo })
-            })
-            .flatten();
-        match parsed {
+        match crate::remote::actors::parse_id(name_or_id).ok() {
             Some(id) => self.get(tenant, id).map(|actor| actor.id),
             None => Err(FabricError::new(
                 ErrorKind::NotFound,
@@ -631,7 +624,7 @@ impl Runner {
         match objects.put(&self.actor.tenant, &self.actor.job.id, state) {
             Ok(id) => {
                 if let Some((previous, _)) = self.snapshot.replace((id, std::time::Instant::now())) {
-                    objects.remove(&self.actor.tenant, previous);
+                    objects.remove(&self.actor.tenant, &self.actor.job.id, previous);
                 }
             }
             Err(error) => self

@@ -245,7 +245,7 @@ impl Host {
         let node: u64 = rand::random();
         let capacity = capacity_of(&config);
         let host = Host(Arc::new(HostInner {
-            id: format!("{node:016x}"),
+            id: objects::host_id(node),
             objects: ObjectStore::new(node, config.max_object_bytes),
             actors: actors::Actors::new(node),
             slots: Slots::new(config.slots),

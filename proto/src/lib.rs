@@ -428,8 +428,9 @@ mod messages {
         Hosts,
         /// Host to host: run one task of a job that lives on another host.
         /// Answered with [`Response::Log`] frames while it runs, then
-        /// [`Response::Output`] or [`Response::Error`]. Closing the stream
-        /// cancels the task.
+        /// [`Response::Output`] (a small result), [`Response::Stored`] (a
+        /// large one, kept on the peer) or [`Response::Error`]. Closing the
+        /// stream cancels the task.
         PeerRun {
             /// The address of the host whose job this is (it has the component).
             origin: String,
@@ -449,7 +450,7 @@ mod messages {
             resources: Vec<Resource>,
         },
         /// Host to host: create (or with `get_or_create` find) an actor here
-        /// for a job on `origin`; answered with [`Response::Value`] holding
+        /// for a job on `origin`; answered with [`Response::Output`] holding
         /// its id.
         PeerActorCreate {
             /// The address of the creating job's host (it has the component).
@@ -495,7 +496,9 @@ mod messages {
             /// Whose actors.
             tenant: String,
         },
-        /// Host to host: a job ended; kill the actors it owns here.
+        /// Host to host: a job ended; free what it left here (its actors
+        /// and objects) and pass the news on to the hosts its tasks here
+        /// reached.
         PeerJobEnded {
             /// Whose job.
             tenant: String,

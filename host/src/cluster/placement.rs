@@ -39,7 +39,8 @@ pub fn effective_resources(demand: &Demand) -> Vec<Resource> {
 
 /// The amount of `name` in `list` (0 if absent).
 pub fn amount(list: &[Resource], name: &str) -> u64 {
-    list.iter().filter(|r| r.name == name).map(|r| r.amount).sum()
+    // Saturating: amounts come from peers' reports and guests' demands.
+    list.iter().filter(|r| r.name == name).fold(0u64, |sum, r| sum.saturating_add(r.amount))
 }
 
 /// Adds (or, with `sign` false, removes) `delta` to `list`.
@@ -181,10 +182,11 @@ impl Placer {
                 if is_local && name == CPU {
                     amount(&host.used, name).max(amount(inflight, name))
                 } else {
-                    amount(&host.used, name) + amount(inflight, name)
+                    amount(&host.used, name).saturating_add(amount(inflight, name))
                 }
             };
-            let fits_now = needs.iter().all(|r| used(&r.name) + r.amount <= amount(&host.capacity, &r.name));
+            let fits_now =
+                needs.iter().all(|r| used(&r.name).saturating_add(r.amount) <= amount(&host.capacity, &r.name));
             if fits_now && is_local && demand.strategy == Strategy::Local {
                 return Ok(host.id.clone());
             }
@@ -193,7 +195,7 @@ impl Placer {
                     .iter()
                     .map(|r| {
                         let backlog = if r.name == CPU { queued } else { 0 };
-                        (used(&r.name) + backlog) as f64 / amount(&host.capacity, &r.name).max(1) as f64
+                        used(&r.name).saturating_add(backlog) as f64 / amount(&host.capacity, &r.name).max(1) as f64
                     })
                     .fold(0.0, f64::max)
             };

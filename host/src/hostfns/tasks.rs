@@ -73,7 +73,8 @@ impl Host for TaskState {
                 })
                 .collect();
             // Done once `needed` more of the pending objects are ready.
-            let needed = wanted - ready_count();
+            // (More may have filled since the check above.)
+            let needed = wanted.saturating_sub(ready_count());
             let initially_pending = pending.len();
             let enough = std::future::poll_fn(move |cx| {
                 pending.retain_mut(|f| f.as_mut().poll(cx).is_pending());

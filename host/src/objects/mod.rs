@@ -273,13 +273,14 @@ impl ObjectStore {
 
     /// Gives up a copy slot whose pull failed: its waiters get `error`, and
     /// the next reader tries again.
-    pub fn abandon_copy(&self, tenant: &str, id: ObjectId, cell: &Arc<Cell>, error: FabricError) {
+    pub fn abandon_copy(&self, tenant: &Arc<str>, job: &Arc<str>, id: ObjectId, cell: &Arc<Cell>, error: FabricError) {
         let mut inner = self.lock();
-        let Inner { objects, count, .. } = &mut *inner;
+        let Inner { objects, count, by_job, .. } = &mut *inner;
         if let Some(objects) = objects.get_mut(tenant) {
             if objects.get(&id).is_some_and(|c| Arc::ptr_eq(c, cell)) {
                 objects.remove(&id);
                 *count -= 1;
+                forget_owned(by_job, tenant, job, id);
             }
         }
         cell.fill(Err(error));
@@ -324,12 +325,13 @@ impl ObjectStore {
         jobs
     }
 
-    /// Frees one object now (its job's list forgets it when the job ends).
-    pub fn remove(&self, tenant: &str, id: ObjectId) {
+    /// Frees one object of `job` now.
+    pub fn remove(&self, tenant: &Arc<str>, job: &Arc<str>, id: ObjectId) {
         let mut inner = self.lock();
-        let Inner { objects, count, bytes, .. } = &mut *inner;
+        let Inner { objects, count, bytes, by_job } = &mut *inner;
         if let Some(cell) = objects.get_mut(tenant).and_then(|o| o.remove(&id)) {
             *count -= 1;
+            forget_owned(by_job, tenant, job, id);
             if let Some(Ok(value)) = cell.peek() {
                 *bytes = bytes.saturating_sub(value.bytes_here());
             }
@@ -373,6 +375,14 @@ impl ObjectStore {
             ));
         }
         Ok(aligned(data))
+    }
+}
+
+/// Takes `id` off `job`'s list, so the job's end does not free whatever
+/// later takes that id (another job's copy of the same remote object).
+fn forget_owned(by_job: &mut HashMap<JobKey, Vec<ObjectId>>, tenant: &Arc<str>, job: &Arc<str>, id: ObjectId) {
+    if let Some(ids) = by_job.get_mut(&(tenant.clone(), job.clone())) {
+        ids.retain(|owned| *owned != id);
     }
 }
 

@@ -8,7 +8,7 @@
 //! over up to [`STREAMS`] streams on the one connection to that peer, each
 //! reading straight into its part of the final, aligned buffer. Each range
 //! carries an xxh3-64 checksum; a range cut short or whose bytes do not match
-//! is asked again (up to [`RANGE_ATTEMPTS`] times), so a bad transfer is
+//! is asked for again ([`RANGE_ATTEMPTS`] attempts in all), so a bad transfer is
 //! detected and repaired, never handed to a guest. The copy lands in this
 //! host's store under the object's id, owned by the reader's job: every
 //! reader here shares one pull and later reads are local.
@@ -137,7 +137,7 @@ async fn pull_copy(
 ) -> Result<ObjectBytes, FabricError> {
     let (cell, new) = host.objects.copy_slot(tenant, job, id);
     if new {
-        let (host, tenant, cell) = (host.clone(), tenant.clone(), cell.clone());
+        let (host, tenant, job, cell) = (host.clone(), tenant.clone(), job.clone(), cell.clone());
         tokio::spawn(async move {
             let pulled = match pull(&host, &tenant, id, 0, None).await {
                 Ok((data, _)) => Ok(data),
@@ -152,7 +152,7 @@ async fn pull_copy(
                 Ok(data) => {
                     host.objects.fill_copy(&cell, data);
                 }
-                Err(error) => host.objects.abandon_copy(&tenant, id, &cell, error),
+                Err(error) => host.objects.abandon_copy(&tenant, &job, id, &cell, error),
             }
         });
     }

@@ -62,7 +62,7 @@ fn options_of(spec: ActorSpec) -> ActorOptions {
 
 /// The host an actor id says it lives on.
 fn home_of(id: ActorId) -> String {
-    format!("{:016x}", id.hi)
+    crate::objects::host_id(id.hi)
 }
 
 fn lost(id: ActorId, why: impl std::fmt::Display) -> FabricError {
