@@ -26,6 +26,11 @@ pub fn resolve_addr(explicit: Option<&str>, data_dir: &Path) -> anyhow::Result<S
     text.trim().parse().with_context(|| format!("invalid host address `{}`", text.trim()))
 }
 
+/// The file in which a host records where its HTTP gateway listens.
+pub fn http_addr_file(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("http.addr")
+}
+
 /// How a submission ended, from the client's side.
 #[derive(Debug)]
 pub enum Submitted {
@@ -277,6 +282,56 @@ impl Client {
     pub async fn hosts(&self) -> anyhow::Result<Vec<fabric_proto::HostInfo>> {
         match self.call(&Request::Hosts).await? {
             Response::Hosts(hosts) => Ok(hosts),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// Deploys `wasm` as `spec` says (its `component` is filled in here),
+    /// uploading the component only if the host lacks it; returns the
+    /// recorded deployment and whether an upload happened.
+    pub async fn deploy(
+        &self,
+        wasm: &[u8],
+        mut spec: fabric_proto::DeploymentSpec,
+    ) -> anyhow::Result<(fabric_proto::Deployment, bool)> {
+        spec.component = fabric_host::components::sha256_hex(wasm);
+        let request = Request::Deploy { tenant: self.tenant.clone(), spec };
+        let mut uploaded = false;
+        loop {
+            match self.call(&request).await? {
+                Response::NeedComponent if !uploaded => {
+                    let Request::Deploy { spec, .. } = &request else { unreachable!("built above") };
+                    self.upload(wasm, &spec.component).await?;
+                    uploaded = true;
+                }
+                Response::Deployed(deployment) => return Ok((deployment, uploaded)),
+                other => bail!("unexpected answer to a deploy: {other:?}"),
+            }
+        }
+    }
+
+    /// The tenant's deployments with their replicas on every host.
+    pub async fn deployments(&self) -> anyhow::Result<Vec<fabric_proto::DeploymentInfo>> {
+        match self.call(&Request::Deployments { tenant: self.tenant.clone() }).await? {
+            Response::Deployments(all) => Ok(all),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// Removes a deployment.
+    pub async fn undeploy(&self, name: &str) -> anyhow::Result<()> {
+        match self.call(&Request::Undeploy { tenant: self.tenant.clone(), name: name.to_string() }).await? {
+            Response::Done => Ok(()),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// Where the host's HTTP gateway listens.
+    pub async fn gateway(&self) -> anyhow::Result<SocketAddr> {
+        match self.call(&Request::Gateway).await? {
+            Response::Value(addr) => {
+                addr.parse().with_context(|| format!("the host named a bad gateway address {addr}"))
+            }
             other => bail!("unexpected answer: {other:?}"),
         }
     }

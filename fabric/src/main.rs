@@ -8,7 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fabric::client::{addr_file, resolve_addr, Client, HostError, SubmitEvent, Submitted};
+use fabric::client::{addr_file, http_addr_file, resolve_addr, Client, HostError, SubmitEvent, Submitted};
 use fabric::output::{error_json, job_json, job_line, result_text};
 use fabric_host::{Host, HostConfig, JobRecord, JobState, SubmitRequest, TaskLimits};
 use std::io::Write;
@@ -80,6 +80,78 @@ enum Command {
         #[command(subcommand)]
         command: ActorCommand,
     },
+    /// Serve a component over HTTP on every host: a wasi:http handler under
+    /// a route, or SDK tasks as POST /v1/call/NAME/FUNCTION. Deploying a
+    /// name again rolls out a new version with no failed request.
+    Deploy(DeployArgs),
+    /// List the tenant's deployments and their replicas on every host.
+    Deployments(OutputArgs),
+    /// Remove a deployment; requests in flight finish.
+    Undeploy {
+        /// The deployment's name.
+        name: String,
+    },
+    /// Send a request through a host's HTTP gateway and print the answer.
+    Call(CallArgs),
+}
+
+#[derive(Args)]
+struct DeployArgs {
+    /// The component (.wasm).
+    wasm: PathBuf,
+    /// The deployment's name (default: the file's name without .wasm).
+    #[arg(long)]
+    name: Option<String>,
+    /// The path prefix a wasi:http component serves under, like /hello.
+    #[arg(long)]
+    route: Option<String>,
+    /// Replicas kept warm on each host, even when idle.
+    #[arg(long, default_value_t = fabric_host::deployments::defaults::MIN)]
+    min: u32,
+    /// Replicas at most on each host.
+    #[arg(long, default_value_t = fabric_host::deployments::defaults::MAX)]
+    max: u32,
+    /// Requests in flight per replica the autoscaler aims for.
+    #[arg(long, default_value_t = fabric_host::deployments::defaults::TARGET_CONCURRENCY)]
+    target_concurrency: u32,
+    /// Seconds of lower load before replicas are let go.
+    #[arg(long, default_value_t = fabric_host::deployments::defaults::SCALE_DOWN_DELAY_MS as f64 / 1000.0)]
+    scale_down_delay: f64,
+    /// A fresh instance for every request (no state survives a request).
+    #[arg(long)]
+    isolate: bool,
+    /// Largest request body accepted, in KiB (larger gets 413).
+    #[arg(long, default_value_t = fabric_host::deployments::defaults::MAX_BODY_BYTES >> 10)]
+    max_body_kib: u64,
+    /// Seconds a request may take (then 504).
+    #[arg(long, default_value_t = fabric_host::deployments::defaults::TIMEOUT_MS as f64 / 1000.0)]
+    timeout: f64,
+    /// CPU seconds one request may use (default: the timeout).
+    #[arg(long)]
+    cpu: Option<f64>,
+    /// Memory cap per instance, in MiB.
+    #[arg(long, default_value_t = fabric_host::deployments::defaults::MEMORY_BYTES >> 20)]
+    memory: u64,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(Args)]
+struct CallArgs {
+    /// A deployment's name, or a path on the gateway (/hello/world).
+    target: String,
+    /// The request body: JSON arguments for a task deployment.
+    #[arg(long)]
+    data: Option<String>,
+    /// The task to call, for a task deployment.
+    #[arg(long = "fn", default_value = "main")]
+    function: String,
+    /// The HTTP method (default: POST with --data or for a task, else GET).
+    #[arg(long, short = 'X')]
+    method: Option<String>,
+    /// Print the status line and headers before the body.
+    #[arg(long, short)]
+    include: bool,
 }
 
 #[derive(Subcommand)]
@@ -112,6 +184,9 @@ struct UpArgs {
     /// Largest object a task may create, in MiB.
     #[arg(long)]
     max_object_mib: Option<u64>,
+    /// Address of the HTTP gateway, or `off`.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: String,
 }
 
 #[derive(Args)]
@@ -220,7 +295,9 @@ fn main() -> ExitCode {
     let output = match &cli.command {
         Command::Submit(a) => a.job.output.output,
         Command::Run(a) => a.output.output,
+        Command::Deploy(a) => a.output.output,
         Command::Jobs(o)
+        | Command::Deployments(o)
         | Command::Actors(o)
         | Command::Objects(o)
         | Command::Hosts(o)
@@ -344,6 +421,20 @@ async fn serve(
     let host =
         Host::new(config).await.map_err(|e| e.context(format!("cannot start a host on {}", data_dir.display())))?;
     let endpoint = fabric_host::server::bind(&host, addr)?;
+    let gateway = match args.http.as_str() {
+        "off" => None,
+        http => {
+            let http_addr: std::net::SocketAddr =
+                http.parse().with_context(|| format!("invalid --http address `{http}` (or `off`)"))?;
+            let listener = fabric_host::gateway::bind(http_addr).await.with_context(|| {
+                format!("cannot serve HTTP on {http_addr} (give another with --http ADDR, or --http off)")
+            })?;
+            let local = listener.local_addr()?;
+            fabric_host::components::write_atomic(&http_addr_file(data_dir), local.to_string().as_bytes())?;
+            eprintln!("fabric: HTTP gateway on http://{local}");
+            Some(tokio::spawn(fabric_host::gateway::serve(host.clone(), listener)))
+        }
+    };
     let local = endpoint.local_addr()?;
     let mut reachable = advertise.unwrap_or(local);
     if reachable.ip().is_unspecified() {
@@ -362,7 +453,11 @@ async fn serve(
     host.shutdown().await;
     endpoint.close(0u32.into(), b"host shutting down");
     server.abort();
+    if let Some(gateway) = gateway {
+        gateway.abort();
+    }
     let _ = std::fs::remove_file(addr_file(data_dir));
+    let _ = std::fs::remove_file(http_addr_file(data_dir));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -535,7 +630,146 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
             print_hosts(&hosts, output.output)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Deploy(args) => deploy(client, args).await,
+        Command::Deployments(output) => {
+            let all = client.deployments().await?;
+            match output.output {
+                Output::Json => println!("{}", serde_json::to_value(&all)?),
+                Output::Text => print_deployments(&all),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Undeploy { name } => {
+            client.undeploy(&name).await?;
+            eprintln!("fabric: undeployed {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Call(args) => call(client, args).await,
         Command::Up(_) | Command::Host(_) | Command::Run(_) => unreachable!("handled before connecting"),
+    }
+}
+
+async fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let wasm = std::fs::read(&args.wasm).with_context(|| format!("cannot read {}", args.wasm.display()))?;
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => args.wasm.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+    };
+    let seconds = |what: &str, s: f64| -> anyhow::Result<u64> {
+        if !(s.is_finite() && s > 0.0) {
+            anyhow::bail!("{what} must be a positive number of seconds");
+        }
+        Ok((s * 1000.0).round().max(1.0) as u64)
+    };
+    if !(args.scale_down_delay.is_finite() && args.scale_down_delay >= 0.0) {
+        anyhow::bail!("--scale-down-delay must be zero or more seconds");
+    }
+    let spec = fabric_proto::DeploymentSpec {
+        name,
+        component: String::new(),
+        route: args.route.clone(),
+        min: args.min,
+        max: args.max,
+        target_concurrency: args.target_concurrency,
+        scale_down_delay_ms: (args.scale_down_delay * 1000.0).round() as u64,
+        isolate: args.isolate,
+        max_body_bytes: args.max_body_kib.saturating_mul(1024),
+        limits: TaskLimits {
+            timeout_ms: Some(seconds("--timeout", args.timeout)?),
+            cpu_ms: args.cpu.map(|c| seconds("--cpu", c)).transpose()?,
+            memory_bytes: Some(args.memory.saturating_mul(1 << 20)),
+        },
+    };
+    let (deployment, uploaded) = client.deploy(&wasm, spec).await?;
+    if uploaded {
+        eprintln!("fabric: uploaded component ({} bytes)", wasm.len());
+    }
+    match args.output.output {
+        Output::Json => println!("{}", serde_json::to_value(&deployment)?),
+        Output::Text => {
+            let at = match &deployment.spec.route {
+                Some(route) => route.clone(),
+                None => format!("/v1/call/{}/<function>", deployment.spec.name),
+            };
+            println!(
+                "deployed {} v{} ({}) at {at}",
+                deployment.spec.name,
+                deployment.version,
+                deployment.kind.as_str()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn call(client: &Client, args: CallArgs) -> anyhow::Result<ExitCode> {
+    let gateway = client.gateway().await?;
+    let (path, task) = if args.target.starts_with('/') {
+        (args.target.clone(), false)
+    } else {
+        let all = client.deployments().await?;
+        let found = all
+            .iter()
+            .find(|d| d.deployment.spec.name == args.target)
+            .with_context(|| format!("tenant `{}` has no deployment `{}`", client.tenant(), args.target))?;
+        match &found.deployment.spec.route {
+            Some(route) => (route.clone(), false),
+            None => (format!("/v1/call/{}/{}", args.target, args.function), true),
+        }
+    };
+    let method = match &args.method {
+        Some(method) => method.to_ascii_uppercase(),
+        None if task || args.data.is_some() => "POST".to_string(),
+        None => "GET".to_string(),
+    };
+    let mut headers = vec![(fabric_host::gateway::TENANT_HEADER, client.tenant())];
+    if task {
+        headers.push(("content-type", "application/json"));
+    }
+    let body = args.data.clone().unwrap_or_default();
+    let answer = fabric::http::request(gateway, &method, &path, &headers, body).await?;
+    if args.include {
+        println!("HTTP {}", answer.status);
+        for (name, value) in &answer.headers {
+            println!("{name}: {}", value.to_str().unwrap_or("<binary>"));
+        }
+        println!();
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&answer.body)?;
+    if !answer.body.ends_with(b"\n") {
+        stdout.write_all(b"\n")?;
+    }
+    if (200..300).contains(&answer.status) {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("fabric: HTTP {}", answer.status);
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn print_deployments(all: &[fabric_proto::DeploymentInfo]) {
+    println!(
+        "{:<20} {:>4} {:<6} {:<24} {:>9} {:>6} {:>6} {:>10}",
+        "NAME", "VER", "KIND", "ROUTE", "MIN-MAX", "WANTED", "BUSY", "SERVED"
+    );
+    for info in all {
+        let d = &info.deployment;
+        let route = d.spec.route.clone().unwrap_or_else(|| format!("/v1/call/{}", d.spec.name));
+        let desired: u32 = info.replicas.iter().map(|r| r.desired).sum();
+        let busy: u32 = info.replicas.iter().map(|r| r.busy).sum();
+        let served: u64 = info.replicas.iter().map(|r| r.served).sum();
+        println!(
+            "{:<20} {:>4} {:<6} {:<24} {:>9} {:>6} {:>6} {:>10}",
+            d.spec.name,
+            d.version,
+            d.kind.as_str(),
+            route,
+            format!("{}-{}", d.spec.min, d.spec.max),
+            desired,
+            busy,
+            served
+        );
     }
 }
 

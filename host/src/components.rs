@@ -10,12 +10,14 @@
 //!   engine's compatibility hash, so an upgrade of wasmtime or a change of
 //!   engine settings never loads a stale artifact; loading one costs well
 //!   under a millisecond against ~100 ms to compile.
-//! - In memory each component is kept as a [`TaskPre`]: imports resolved
-//!   once, so instantiating costs microseconds.
+//! - In memory each component is kept pre-linked ([`World`]): imports
+//!   resolved once, so instantiating costs microseconds. A component is
+//!   either a fabric task component (the `fabric:core/task` world) or a
+//!   standard `wasi:http/proxy` one, told apart by its exports at load.
 
 use crate::hostfns::bindings::TaskPre;
 use crate::sandbox::TaskState;
-use fabric_proto::{ErrorKind, FabricError};
+use fabric_proto::{DeploymentKind, ErrorKind, FabricError};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -23,13 +25,44 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// A component ready to instantiate.
 pub struct LoadedComponent {
     /// sha256 hex of its bytes.
     pub sha256: String,
     /// Pre-linked: instantiation only allocates and initializes.
-    pub pre: TaskPre<TaskState>,
+    pub world: World,
+}
+
+/// Which world a component targets, pre-linked for it.
+pub enum World {
+    /// Built with the fabric SDK: tasks and actors.
+    Task(TaskPre<TaskState>),
+    /// Exports `wasi:http/incoming-handler`.
+    Http(ProxyPre<TaskState>),
+}
+
+impl LoadedComponent {
+    /// The task world's pre-instance; an error for an HTTP handler, which
+    /// runs only behind the gateway.
+    pub fn task(&self) -> Result<&TaskPre<TaskState>, FabricError> {
+        match &self.world {
+            World::Task(pre) => Ok(pre),
+            World::Http(_) => Err(FabricError::new(
+                ErrorKind::InvalidArgument,
+                "this component is a wasi:http handler, not a task component: serve it with `fabric deploy`",
+            )),
+        }
+    }
+
+    /// How a deployment of this component is called.
+    pub fn kind(&self) -> DeploymentKind {
+        match &self.world {
+            World::Task(_) => DeploymentKind::Tasks,
+            World::Http(_) => DeploymentKind::Http,
+        }
+    }
 }
 
 /// The host's components.
@@ -160,15 +193,22 @@ impl Components {
                 format!("the component imports something fabric does not provide: {e:#}"),
             )
         })?;
-        let pre = TaskPre::new(pre).map_err(|e| {
-            FabricError::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "the component does not target the fabric:core/task world (build it with the fabric SDK): {e:#}"
-                ),
-            )
-        })?;
-        let loaded = Arc::new(LoadedComponent { sha256: sha256.to_string(), pre });
+        let world = match TaskPre::new(pre.clone()) {
+            Ok(task) => World::Task(task),
+            Err(task_error) => match ProxyPre::new(pre) {
+                Ok(proxy) => World::Http(proxy),
+                Err(_) => {
+                    return Err(FabricError::new(
+                        ErrorKind::InvalidArgument,
+                        format!(
+                            "the component targets neither the fabric:core/task world (build it with the fabric \
+                             SDK) nor wasi:http/proxy (export wasi:http/incoming-handler): {task_error:#}"
+                        ),
+                    ))
+                }
+            },
+        };
+        let loaded = Arc::new(LoadedComponent { sha256: sha256.to_string(), world });
         self.lock().loaded.insert(sha256.to_string(), loaded.clone());
         Ok(loaded)
     }

@@ -57,7 +57,7 @@ pub struct InstancePool {
     idle: Mutex<HashMap<Key, Vec<Warm>>>,
     per_key: usize,
     total: usize,
-    reaper: Mutex<Option<std::sync::mpsc::SyncSender<Warm>>>,
+    reaper: Mutex<Option<std::sync::mpsc::SyncSender<Box<dyn Send>>>>,
 }
 
 /// Instances waiting for the reaper at most; beyond that the caller tears
@@ -67,8 +67,8 @@ const REAPER_BACKLOG: usize = 16;
 /// Tears instances down on a thread of its own: resetting an instance's
 /// memory (madvise, TLB shootdowns) costs several times what creating one
 /// does, and nobody waits for it.
-fn start_reaper() -> Option<std::sync::mpsc::SyncSender<Warm>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Warm>(REAPER_BACKLOG);
+fn start_reaper() -> Option<std::sync::mpsc::SyncSender<Box<dyn Send>>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Box<dyn Send>>(REAPER_BACKLOG);
     let spawned = std::thread::Builder::new().name("fabric-reaper".into()).spawn(move || {
         for warm in rx {
             drop(warm);
@@ -118,10 +118,16 @@ impl InstancePool {
     /// task (slot, job) at once.
     pub fn discard(&self, mut warm: Warm) {
         warm.store.data_mut().detach();
+        self.reap(Box::new(warm));
+    }
+
+    /// Tears down any instance (a task's or an HTTP handler's) off the
+    /// caller's path.
+    pub fn reap(&self, instance: Box<dyn Send>) {
         let reaper = self.reaper.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(reaper) = reaper {
             // A full backlog (or a gone reaper) tears down here instead.
-            drop(reaper.try_send(warm));
+            drop(reaper.try_send(instance));
         }
     }
 

@@ -17,6 +17,11 @@
 //! - When the entry task ends, the [`jobs`] machinery cancels stragglers,
 //!   frees the job's objects and writes its final record.
 //!
+//! - [`gateway`] serves HTTP: requests under a deployment's route go to a
+//!   `wasi:http` component, `POST /v1/call/...` to a task; [`deployments`]
+//!   keeps every host's table of what is deployed, their replicas and
+//!   autoscalers.
+//!
 //! - [`cluster`] keeps this host a member of the cluster (a lease in the
 //!   registry), its view of the other members, and the placement rules;
 //!   [`tls`] gives it a certificate from the cluster's CA.
@@ -28,6 +33,8 @@ pub mod actors;
 pub mod cluster;
 pub mod components;
 pub mod config;
+pub mod deployments;
+pub mod gateway;
 pub mod hostfns;
 pub mod instances;
 pub mod joblog;
@@ -46,7 +53,8 @@ pub mod tls;
 
 pub use config::{DefaultLimits, HostConfig};
 pub use fabric_proto::{
-    ActorInfo, Demand, ErrorKind, FabricError, HostInfo, JobRecord, JobState, Resource, SubmitRequest, TaskLimits,
+    ActorInfo, Demand, Deployment, DeploymentInfo, DeploymentSpec, ErrorKind, FabricError, HostInfo, JobRecord,
+    JobState, Replicas, Resource, SubmitRequest, TaskLimits,
 };
 
 use components::Components;
@@ -87,6 +95,10 @@ pub struct HostInner {
     pub(crate) visiting: remote::Visiting,
     /// Counters of objects pulled from peers, and faults to inject.
     pub(crate) transfers: objects::transfer::Transfers,
+    /// What this host's gateway serves.
+    pub(crate) deployments: deployments::Deployments,
+    /// Where the gateway listens, once it does.
+    gateway: Mutex<Option<std::net::SocketAddr>>,
     /// What the host offers (read once: placement asks on every decision).
     capacity: Vec<Resource>,
     /// One fetch per missing component at a time, by (tenant, sha256).
@@ -145,6 +157,11 @@ impl HostInner {
         self.actors.kill_owned_by(&job.tenant, &job.id);
         self.objects.drop_job(&job.tenant, &job.id);
         remote::job_ended(self, job);
+    }
+
+    /// Records where the gateway listens.
+    pub(crate) fn set_gateway(&self, addr: std::net::SocketAddr) {
+        *self.gateway.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
     }
 
     /// The address this host serves on (empty before it joins).
@@ -226,6 +243,9 @@ impl Host {
         let engine = sandbox::engine(config.max_instances).map_err(wasm_error)?;
         let mut linker = wasmtime::component::Linker::new(&engine);
         hostfns::add_to_linker(&mut linker).map_err(wasm_error)?;
+        // Task components do not import wasi:http; handlers behind the
+        // gateway do (outgoing requests are refused, see `sandbox`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(wasm_error)?;
         let components = Components::new(engine.clone(), linker, &config.data_dir, config.persist)?;
         let registry: Box<dyn Registry> = if !config.etcd.is_empty() {
             Box::new(registry::etcd::Etcd::connect_waiting(&config.etcd, config.etcd_wait).await?)
@@ -260,6 +280,8 @@ impl Host {
             resources: resources::Resources::new(&capacity),
             visiting: remote::Visiting::default(),
             transfers: objects::transfer::Transfers::from_env(),
+            deployments: deployments::Deployments::default(),
+            gateway: Mutex::new(None),
             capacity,
             fetching: Mutex::new(HashMap::new()),
             identity,
@@ -278,6 +300,28 @@ impl Host {
                 let Some(host) = flusher.upgrade() else { return };
                 if !host.records.is_empty() && host.records.flush(&*host.registry).await == 0 {
                     tracing::warn!("every pending job record is written");
+                }
+            }
+        });
+        let scaling = Arc::downgrade(&host.0);
+        tokio::spawn(async move {
+            let syncs_every = (deployments::SYNC_EVERY.as_millis() / deployments::TICK_EVERY.as_millis()).max(1);
+            let mut ticks: u128 = 0;
+            let mut warned = false;
+            loop {
+                tokio::time::sleep(deployments::TICK_EVERY).await;
+                let Some(host) = scaling.upgrade() else { return };
+                host.deployments.tick(&host, std::time::Instant::now());
+                ticks += 1;
+                if ticks % syncs_every == 0 {
+                    match deployments::sync(&host).await {
+                        Ok(()) => warned = false,
+                        Err(e) if !warned => {
+                            tracing::warn!("cannot read the deployments (serving the last ones read): {e}");
+                            warned = true;
+                        }
+                        Err(_) => {}
+                    }
                 }
             }
         });
@@ -561,6 +605,98 @@ impl Host {
         live_job.cancel(FabricError::new(ErrorKind::Cancelled, "stopped by request"));
         let finished = done.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
         Ok(finished.unwrap_or(record))
+    }
+
+    /// Deploys (or redeploys) a component of `tenant` for HTTP. Returns
+    /// once this host serves the new version; the others follow within
+    /// [`deployments::SYNC_EVERY`].
+    pub async fn deploy(&self, tenant: &str, spec: DeploymentSpec) -> Result<Deployment, FabricError> {
+        validate_name("tenant", tenant)?;
+        let component = self.0.components.get(tenant, &spec.component).await?;
+        let kind = deployments::validate(&spec, &component)?;
+        let record = Deployment {
+            tenant: tenant.to_string(),
+            spec,
+            kind,
+            version: 0,
+            deployed_ms: now_ms(),
+            origin: self.0.local_addr(),
+        };
+        // Start it once before recording it: a component that cannot start
+        // (it traps at start, or exceeds its memory cap) is refused here.
+        deployments::trial(&self.0, &record).await?;
+        let recorded = self.0.registry.put_deployment(&record).await?;
+        deployments::sync(&self.0).await?;
+        match self.0.deployments.named(tenant, &recorded.spec.name) {
+            Some(serving) if serving.record.version >= recorded.version => Ok(recorded),
+            _ => Err(FabricError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "deployment {} v{} is recorded but this host could not start it",
+                    recorded.spec.name, recorded.version
+                ),
+            )),
+        }
+    }
+
+    /// Removes a deployment; its requests in flight finish.
+    pub async fn undeploy(&self, tenant: &str, name: &str) -> Result<(), FabricError> {
+        validate_name("tenant", tenant)?;
+        if !self.0.registry.remove_deployment(tenant, name).await? {
+            return Err(FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no deployment `{name}`")));
+        }
+        deployments::sync(&self.0).await
+    }
+
+    /// The tenant's deployments here: replicas per deployment.
+    pub fn local_replicas(&self, tenant: &str) -> Result<Vec<Replicas>, FabricError> {
+        validate_name("tenant", tenant)?;
+        Ok(self
+            .0
+            .deployments
+            .of(tenant)
+            .iter()
+            .map(|d| {
+                let counts = d.replicas.counts();
+                Replicas {
+                    host: self.0.id.clone(),
+                    name: d.record.spec.name.clone(),
+                    version: d.record.version,
+                    desired: counts.desired,
+                    instances: counts.instances,
+                    busy: counts.busy,
+                    queued: counts.queued,
+                    served: counts.served,
+                }
+            })
+            .collect())
+    }
+
+    /// The tenant's deployments with their replicas on every member.
+    pub async fn deployments(&self, tenant: &str) -> Result<Vec<DeploymentInfo>, FabricError> {
+        let mut replicas = self.local_replicas(tenant)?;
+        let request = fabric_proto::Request::PeerReplicas { tenant: tenant.to_string() };
+        for (peer, answer) in remote::ask_members(&self.0, &request).await {
+            match answer {
+                fabric_proto::Response::Replicas(theirs) => replicas.extend(theirs),
+                other => tracing::warn!(host = %peer, "unexpected answer to a list of replicas: {other:?}"),
+            }
+        }
+        let records = self.0.registry.deployments(Some(tenant)).await?;
+        Ok(records
+            .into_iter()
+            .map(|deployment| {
+                let mut mine: Vec<Replicas> =
+                    replicas.iter().filter(|r| r.name == deployment.spec.name).cloned().collect();
+                mine.sort_by(|a, b| a.host.cmp(&b.host));
+                DeploymentInfo { deployment, replicas: mine }
+            })
+            .collect())
+    }
+
+    /// Where this host's HTTP gateway listens, if it does.
+    pub fn gateway(&self) -> Option<std::net::SocketAddr> {
+        *self.0.gateway.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stops every live job (the host is shutting down) and waits for their

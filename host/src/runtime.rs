@@ -36,15 +36,10 @@ pub async fn run_task(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> 
     }
 }
 
-pub(crate) async fn instantiate(
-    host: &Arc<HostInner>,
-    component: &LoadedComponent,
-    memory_bytes: u64,
-    cpu: Duration,
-) -> Result<Warm, FabricError> {
+/// A store for a new instance, armed with limits (instantiation allocates
+/// memory and may run start functions: the limits apply already).
+pub(crate) fn new_store(host: &HostInner, memory_bytes: u64, cpu: Duration) -> wasmtime::Store<TaskState> {
     let mut state = TaskState::new();
-    // Instantiation allocates memory and may run start functions: the
-    // task's limits apply already.
     state.set_limits(memory_bytes, cpu);
     let mut store = wasmtime::Store::new(&host.engine, state);
     sandbox::arm(&mut store);
@@ -52,7 +47,18 @@ pub(crate) async fn instantiate(
     // object, so `put` fails on the object limit with a clear message.
     store
         .set_hostcall_fuel(usize::try_from(host.config.max_object_bytes).unwrap_or(usize::MAX).saturating_add(1 << 20));
-    match component.pre.instantiate_async(&mut store).await {
+    store
+}
+
+pub(crate) async fn instantiate(
+    host: &Arc<HostInner>,
+    component: &LoadedComponent,
+    memory_bytes: u64,
+    cpu: Duration,
+) -> Result<Warm, FabricError> {
+    let mut store = new_store(host, memory_bytes, cpu);
+    let pre = component.task()?;
+    match pre.instantiate_async(&mut store).await {
         Ok(instance) => Ok(Warm::new(store, instance)),
         Err(first) => {
             if first.downcast_ref::<sandbox::MemoryLimitExceeded>().is_some() {
@@ -60,7 +66,7 @@ pub(crate) async fn instantiate(
             }
             // Idle instances hold pooling-allocator slots: free them, retry once.
             host.instances.clear();
-            let instance = component.pre.instantiate_async(&mut store).await.map_err(|_| {
+            let instance = pre.instantiate_async(&mut store).await.map_err(|_| {
                 FabricError::new(ErrorKind::ResourceLimit, format!("cannot start an instance: {first:#}"))
             })?;
             Ok(Warm::new(store, instance))

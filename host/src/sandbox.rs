@@ -26,6 +26,7 @@ use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 /// How often the epoch advances: the granularity of CPU budgets and of
 /// yielding to other tasks.
@@ -151,6 +152,43 @@ pub struct TaskState {
     pub(crate) stderr: LogStream,
     /// Whether the guest has constructed (or restored) its actor.
     pub(crate) hosts_actor: bool,
+    /// `wasi:http` state, for components behind the gateway.
+    pub(crate) http: WasiHttpCtx,
+    http_hooks: NoOutgoingHttp,
+}
+
+/// `wasi:http` hooks that refuse outgoing requests: a guest gets no
+/// network unless it is granted one (nothing grants it yet).
+struct NoOutgoingHttp;
+
+impl WasiHttpHooks for NoOutgoingHttp {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> OutgoingResponse {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// What [`WasiHttpHooks::send_request`] answers.
+type OutgoingResponse = Box<
+    dyn std::future::Future<
+            Output = Result<
+                (
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpView for TaskState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_hooks }
+    }
 }
 
 impl WasiView for TaskState {
@@ -181,6 +219,8 @@ impl TaskState {
             stdout,
             stderr,
             hosts_actor: false,
+            http: WasiHttpCtx::new(),
+            http_hooks: NoOutgoingHttp,
         }
     }
 

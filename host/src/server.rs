@@ -112,6 +112,21 @@ async fn respond(
             reply(send, &Response::Done).await
         }
         Request::Hosts => reply(send, &Response::Hosts(host.hosts())).await,
+        Request::Deploy { tenant, spec } => {
+            if !host.has_component(&tenant, &spec.component) {
+                return reply(send, &Response::NeedComponent).await;
+            }
+            reply(send, &Response::Deployed(host.deploy(&tenant, spec).await?)).await
+        }
+        Request::Deployments { tenant } => reply(send, &Response::Deployments(host.deployments(&tenant).await?)).await,
+        Request::Undeploy { tenant, name } => {
+            host.undeploy(&tenant, &name).await?;
+            reply(send, &Response::Done).await
+        }
+        Request::Gateway => match host.gateway() {
+            Some(addr) => reply(send, &Response::Value(addr.to_string())).await,
+            None => Err(FabricError::new(ErrorKind::Unavailable, "this host serves no HTTP gateway")),
+        },
         Request::PeerRun { .. }
         | Request::FetchComponent { .. }
         | Request::PeerActorCreate { .. }
@@ -121,6 +136,7 @@ async fn respond(
         | Request::PeerActors { .. }
         | Request::PeerObjectRead { .. }
         | Request::PeerObjects { .. }
+        | Request::PeerReplicas { .. }
             if !peer =>
         {
             Err(FabricError::new(
@@ -157,6 +173,7 @@ async fn respond(
             reply(send, &Response::Done).await
         }
         Request::PeerActors { tenant } => reply(send, &Response::Actors(host.local_actors(&tenant)?)).await,
+        Request::PeerReplicas { tenant } => reply(send, &Response::Replicas(host.local_replicas(&tenant)?)).await,
         Request::PeerJobEnded { tenant, job } => {
             crate::remote::visit_ended(&host.0, &tenant, &job);
             reply(send, &Response::Done).await

@@ -299,6 +299,103 @@ pub struct HostObjects {
     pub retried_ranges: u64,
 }
 
+/// What a deployment's component is, which decides how the gateway calls it.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeploymentKind {
+    /// Exports `wasi:http/incoming-handler`: requests under its route reach
+    /// it as they came.
+    Http,
+    /// Guest SDK tasks, called as `POST /v1/call/<name>/<function>` with
+    /// JSON arguments.
+    Tasks,
+}
+
+impl DeploymentKind {
+    /// `http` or `tasks`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentKind::Http => "http",
+            DeploymentKind::Tasks => "tasks",
+        }
+    }
+}
+
+/// What `fabric deploy` asks for.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeploymentSpec {
+    /// The deployment's name, unique within its tenant.
+    pub name: String,
+    /// sha256 hex of its component.
+    pub component: String,
+    /// The path prefix it serves under (`/hello`); none for a task
+    /// deployment reached only through `/v1/call`.
+    pub route: Option<String>,
+    /// Replicas kept warm on each host even when idle.
+    pub min: u32,
+    /// Replicas at most on each host.
+    pub max: u32,
+    /// Requests in flight per replica the autoscaler aims for.
+    pub target_concurrency: u32,
+    /// Milliseconds of lower load before replicas are let go.
+    pub scale_down_delay_ms: u64,
+    /// A fresh instance per request instead of pooled ones.
+    pub isolate: bool,
+    /// Largest request body accepted, bytes (larger gets 413).
+    pub max_body_bytes: u64,
+    /// Per request: `timeout_ms` (then 504), CPU and memory caps.
+    pub limits: TaskLimits,
+}
+
+/// A deployment as the registry records it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Deployment {
+    /// Its tenant.
+    pub tenant: String,
+    /// What was asked for.
+    pub spec: DeploymentSpec,
+    /// What its component is.
+    pub kind: DeploymentKind,
+    /// 1 for the first deploy of this name, then one more per redeploy.
+    pub version: u64,
+    /// Unix milliseconds of this version's deploy.
+    pub deployed_ms: u64,
+    /// The address of the host it was deployed through (it has the
+    /// component; other hosts fetch it from there).
+    pub origin: String,
+}
+
+/// One host's replicas of one deployment.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Replicas {
+    /// The host's id.
+    pub host: String,
+    /// The deployment's name.
+    pub name: String,
+    /// The version these replicas run.
+    pub version: u64,
+    /// Replicas the autoscaler wants now.
+    pub desired: u32,
+    /// Instances there now (busy or idle).
+    pub instances: u32,
+    /// Requests being handled.
+    pub busy: u32,
+    /// Requests waiting for a replica.
+    pub queued: u32,
+    /// Requests answered since this version started there.
+    pub served: u64,
+}
+
+/// A deployment and its replicas on every host, as `fabric deployments`
+/// shows it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeploymentInfo {
+    /// The record.
+    pub deployment: Deployment,
+    /// Its replicas, per host.
+    pub replicas: Vec<Replicas>,
+}
+
 /// Where a named actor lives, as the registry records it.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ActorLocation {
@@ -538,6 +635,33 @@ mod messages {
             /// Its sha256 hex.
             sha256: String,
         },
+        /// Deploy (or redeploy) a component for HTTP; answered with
+        /// [`Response::Deployed`], or [`Response::NeedComponent`].
+        Deploy {
+            /// Whose deployment.
+            tenant: String,
+            /// What to deploy.
+            spec: DeploymentSpec,
+        },
+        /// The tenant's deployments with their replicas on every host.
+        Deployments {
+            /// Whose deployments.
+            tenant: String,
+        },
+        /// Remove a deployment; its instances drain and go.
+        Undeploy {
+            /// Whose deployment.
+            tenant: String,
+            /// Its name.
+            name: String,
+        },
+        /// Host to host: the tenant's replicas on this host alone.
+        PeerReplicas {
+            /// Whose replicas.
+            tenant: String,
+        },
+        /// The host's HTTP gateway address, answered with [`Response::Value`].
+        Gateway,
     }
 
     /// A host's response frames.
@@ -608,6 +732,12 @@ mod messages {
             /// Its size.
             len: u64,
         },
+        /// The deployment as recorded (with its new version).
+        Deployed(Deployment),
+        /// Deployments with their replicas.
+        Deployments(Vec<DeploymentInfo>),
+        /// Replicas on one host.
+        Replicas(Vec<Replicas>),
         /// The request failed.
         Error(FabricError),
     }

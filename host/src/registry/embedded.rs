@@ -6,9 +6,9 @@
 //! its members are that process's host(s), and leases expire on the same
 //! clock etcd's would (checked on every read and by each watch's ticker).
 
-use super::{sort_newest_first, BoxFuture, CaPem, LeaseId, MemberWatch, Registry};
+use super::{route_owner, route_taken, sort_newest_first, BoxFuture, CaPem, LeaseId, MemberWatch, Registry};
 use crate::cluster::view::MemberEvent;
-use fabric_proto::{ActorLocation, ErrorKind, FabricError, HostInfo, JobRecord};
+use fabric_proto::{ActorLocation, Deployment, ErrorKind, FabricError, HostInfo, JobRecord};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -18,6 +18,9 @@ use tokio::sync::{broadcast, mpsc};
 
 /// Jobs by `tenant/id`.
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+
+/// Deployments by `tenant/name`.
+const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 
 /// Cluster-wide settings by name (the CA).
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
@@ -91,6 +94,7 @@ impl Embedded {
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(JOBS).map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
+        txn.open_table(DEPLOYMENTS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let members = Members {
             next_lease: 1,
@@ -325,6 +329,65 @@ impl Registry for Embedded {
         Box::pin(async move {
             let members = self.members_lock();
             Ok(members.running.iter().filter(|(h, _, _)| h == host).map(|(_, t, j)| (t.clone(), j.clone())).collect())
+        })
+    }
+
+    fn put_deployment<'a>(&'a self, deployment: &'a Deployment) -> BoxFuture<'a, Result<Deployment, FabricError>> {
+        Box::pin(async move {
+            // One write transaction: the route check and the version bump
+            // see no concurrent deploy.
+            let txn = self.db.begin_write().map_err(storage)?;
+            let recorded = {
+                let mut table = txn.open_table(DEPLOYMENTS).map_err(storage)?;
+                let own = key(&deployment.tenant, &deployment.spec.name);
+                let mut previous = 0;
+                for entry in table.iter().map_err(storage)? {
+                    let (k, v) = entry.map_err(storage)?;
+                    let other: Deployment = fabric_proto::decode(v.value()).map_err(storage)?;
+                    if k.value() == own {
+                        previous = other.version;
+                    } else if other.spec.route.is_some() && other.spec.route == deployment.spec.route {
+                        return Err(route_taken(other.spec.route.as_deref().unwrap_or(""), &route_owner(&other)));
+                    }
+                }
+                let mut recorded = deployment.clone();
+                recorded.version = previous + 1;
+                let value = fabric_proto::encode(&recorded).map_err(storage)?;
+                table.insert(own.as_str(), value.as_slice()).map_err(storage)?;
+                recorded
+            };
+            txn.commit().map_err(storage)?;
+            Ok(recorded)
+        })
+    }
+
+    fn deployments<'a>(&'a self, tenant: Option<&'a str>) -> BoxFuture<'a, Result<Vec<Deployment>, FabricError>> {
+        Box::pin(async move {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let table = txn.open_table(DEPLOYMENTS).map_err(storage)?;
+            let prefix = tenant.map(|t| format!("{t}/")).unwrap_or_default();
+            let mut out = Vec::new();
+            for entry in table.range(prefix.as_str()..).map_err(storage)? {
+                let (k, v) = entry.map_err(storage)?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                out.push(fabric_proto::decode(v.value()).map_err(storage)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn remove_deployment<'a>(&'a self, tenant: &'a str, name: &'a str) -> BoxFuture<'a, Result<bool, FabricError>> {
+        Box::pin(async move {
+            let txn = self.db.begin_write().map_err(storage)?;
+            let removed = {
+                let mut table = txn.open_table(DEPLOYMENTS).map_err(storage)?;
+                let removed = table.remove(key(tenant, name).as_str()).map_err(storage)?.is_some();
+                removed
+            };
+            txn.commit().map_err(storage)?;
+            Ok(removed)
         })
     }
 

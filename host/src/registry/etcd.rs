@@ -2,16 +2,19 @@
 //! shared by every host of a cluster.
 //!
 //! Keys: `/fabric/jobs/<tenant>/<id>`, `/fabric/hosts/<id>` (attached to
-//! the member's lease, so etcd deletes it when the lease expires) and
+//! the member's lease, so etcd deletes it when the lease expires),
+//! `/fabric/deployments/<tenant>/<name>` with `/fabric/routes/<hex route>`
+//! naming the deployment that holds each route (etcd compares single keys
+//! in a transaction, so the route key is what makes routes unique), and
 //! `/fabric/ca/{cert,key}`. Values are rkyv archives of the protocol's
 //! records, validated when read, as in the embedded backend. The client is
 //! cloned per call (it is a cheap handle over one channel, which reconnects
 //! by itself when etcd comes back).
 
-use super::{sort_newest_first, BoxFuture, CaPem, LeaseId, MemberWatch, Registry};
+use super::{route_owner, route_taken, sort_newest_first, BoxFuture, CaPem, LeaseId, MemberWatch, Registry};
 use crate::cluster::view::MemberEvent;
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
-use fabric_proto::{ActorLocation, ErrorKind, FabricError, HostInfo, JobRecord};
+use fabric_proto::{ActorLocation, Deployment, ErrorKind, FabricError, HostInfo, JobRecord};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -40,6 +43,18 @@ fn running_key(host: &str, tenant: &str, job: &str) -> String {
 fn actor_key(tenant: &str, name: &str) -> String {
     format!("{ROOT}/actors/{tenant}/{name}")
 }
+fn deployment_key(tenant: &str, name: &str) -> String {
+    format!("{ROOT}/deployments/{tenant}/{name}")
+}
+
+fn route_key(route: &str) -> String {
+    format!("{ROOT}/routes/{}", hex::encode(route))
+}
+
+/// Transactions a deploy retries when another deploy of the same name or
+/// route wins the race.
+const DEPLOY_ATTEMPTS: usize = 8;
+
 const CA_CERT: &str = "/fabric/ca/cert";
 const CA_KEY: &str = "/fabric/ca/key";
 
@@ -336,6 +351,94 @@ impl Registry for Etcd {
                     Some((tenant.to_string(), job.to_string()))
                 })
                 .collect())
+        })
+    }
+
+    fn put_deployment<'a>(&'a self, deployment: &'a Deployment) -> BoxFuture<'a, Result<Deployment, FabricError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            let key = deployment_key(&deployment.tenant, &deployment.spec.name);
+            let owner = route_owner(deployment);
+            for _ in 0..DEPLOY_ATTEMPTS {
+                // Read what is there, then write only if neither the
+                // deployment's key nor its route key changed meanwhile.
+                let current = client.get(key.clone(), None).await.map_err(unavailable)?;
+                let (previous, revision) = match current.kvs().first() {
+                    Some(kv) => {
+                        (Some(fabric_proto::decode::<Deployment>(kv.value()).map_err(unavailable)?), kv.mod_revision())
+                    }
+                    None => (None, 0),
+                };
+                let mut recorded = deployment.clone();
+                recorded.version = previous.as_ref().map_or(0, |p| p.version) + 1;
+                let value = fabric_proto::encode(&recorded).map_err(unavailable)?;
+                let mut when = vec![Compare::mod_revision(key.clone(), CompareOp::Equal, revision)];
+                let mut then = vec![TxnOp::put(key.clone(), value, None)];
+                if let Some(route) = &deployment.spec.route {
+                    let rkey = route_key(route);
+                    let held = client.get(rkey.clone(), None).await.map_err(unavailable)?;
+                    let held = held
+                        .kvs()
+                        .first()
+                        .map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.mod_revision()));
+                    match &held {
+                        Some((holder, _)) if *holder != owner => return Err(route_taken(route, holder)),
+                        _ => {}
+                    }
+                    when.push(Compare::mod_revision(rkey.clone(), CompareOp::Equal, held.map_or(0, |h| h.1)));
+                    then.push(TxnOp::put(rkey, owner.clone(), None));
+                }
+                // A redeploy that moves to another route frees the old one.
+                if let Some(old) = previous.as_ref().and_then(|p| p.spec.route.clone()) {
+                    if Some(&old) != deployment.spec.route.as_ref() {
+                        then.push(TxnOp::delete(route_key(&old), None));
+                    }
+                }
+                let txn = Txn::new().when(when).and_then(then);
+                if client.txn(txn).await.map_err(unavailable)?.succeeded() {
+                    return Ok(recorded);
+                }
+            }
+            Err(unavailable(format!("deployment {owner}: too many concurrent deploys, try again")))
+        })
+    }
+
+    fn deployments<'a>(&'a self, tenant: Option<&'a str>) -> BoxFuture<'a, Result<Vec<Deployment>, FabricError>> {
+        Box::pin(async move {
+            let prefix = match tenant {
+                Some(tenant) => format!("{ROOT}/deployments/{tenant}/"),
+                None => format!("{ROOT}/deployments/"),
+            };
+            let options =
+                GetOptions::new().with_prefix().with_sort(etcd_client::SortTarget::Key, etcd_client::SortOrder::Ascend);
+            let response = self.client.clone().get(prefix, Some(options)).await.map_err(unavailable)?;
+            response
+                .kvs()
+                .iter()
+                .map(|kv| fabric_proto::decode::<Deployment>(kv.value()).map_err(unavailable))
+                .collect()
+        })
+    }
+
+    fn remove_deployment<'a>(&'a self, tenant: &'a str, name: &'a str) -> BoxFuture<'a, Result<bool, FabricError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            let Some(deployment) = self.get_archived::<Deployment>(deployment_key(tenant, name)).await? else {
+                return Ok(false);
+            };
+            let mut then = vec![TxnOp::delete(deployment_key(tenant, name), None)];
+            let mut when = Vec::new();
+            if let Some(route) = &deployment.spec.route {
+                // The route key goes only if it is still this deployment's.
+                let owner = route_owner(&deployment);
+                let held = client.get(route_key(route), None).await.map_err(unavailable)?;
+                if held.kvs().first().is_some_and(|kv| kv.value() == owner.as_bytes()) {
+                    when.push(Compare::value(route_key(route), CompareOp::Equal, owner));
+                    then.push(TxnOp::delete(route_key(route), None));
+                }
+            }
+            client.txn(Txn::new().when(when).and_then(then)).await.map_err(unavailable)?;
+            Ok(true)
         })
     }
 

@@ -23,7 +23,7 @@ pub mod embedded;
 pub mod etcd;
 
 use crate::cluster::view::MemberEvent;
-use fabric_proto::{ActorLocation, FabricError, HostInfo, JobRecord};
+use fabric_proto::{ActorLocation, Deployment, ErrorKind, FabricError, HostInfo, JobRecord};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -110,6 +110,16 @@ pub trait Registry: Send + Sync + 'static {
     /// The (tenant, job) pairs marked as running on `host`.
     fn running_on<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<(String, String)>, FabricError>>;
 
+    /// Records `deployment` as the newest version of its name (the version
+    /// it carries is replaced by the previous one's plus one) and returns
+    /// it as recorded. Refused if another deployment serves the same route.
+    fn put_deployment<'a>(&'a self, deployment: &'a Deployment) -> BoxFuture<'a, Result<Deployment, FabricError>>;
+    /// Every deployment of `tenant` (all tenants when `None`), by tenant
+    /// and name.
+    fn deployments<'a>(&'a self, tenant: Option<&'a str>) -> BoxFuture<'a, Result<Vec<Deployment>, FabricError>>;
+    /// Removes the deployment `name` of `tenant`; `false` if there was none.
+    fn remove_deployment<'a>(&'a self, tenant: &'a str, name: &'a str) -> BoxFuture<'a, Result<bool, FabricError>>;
+
     /// The cluster's CA: the one recorded, or `proposal` if there was none
     /// (whichever host asks first creates it; the rest adopt it).
     fn cluster_ca<'a>(&'a self, proposal: &'a CaPem) -> BoxFuture<'a, Result<CaPem, FabricError>>;
@@ -120,4 +130,14 @@ pub trait Registry: Send + Sync + 'static {
 /// Newest first, ties by id: the order every backend lists jobs in.
 pub(crate) fn sort_newest_first(jobs: &mut [JobRecord]) {
     jobs.sort_by(|a, b| b.submitted_ms.cmp(&a.submitted_ms).then_with(|| b.id.cmp(&a.id)));
+}
+
+/// Who holds a route, as both backends record it: `tenant/name`.
+pub(crate) fn route_owner(deployment: &Deployment) -> String {
+    format!("{}/{}", deployment.tenant, deployment.spec.name)
+}
+
+/// The error for a route another deployment serves.
+pub(crate) fn route_taken(route: &str, owner: &str) -> FabricError {
+    FabricError::new(ErrorKind::InvalidArgument, format!("route {route} is already served by deployment {owner}"))
 }

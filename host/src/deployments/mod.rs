@@ -1,0 +1,325 @@
+//! Deployments: components served over HTTP by every host's gateway.
+//!
+//! - A deployment is a record in the registry (`tenant`, `name`, version,
+//!   route, scaling and limits). Every host keeps the same table of them:
+//!   it reads the registry every [`SYNC_EVERY`] (and at once after a deploy
+//!   through itself), so any host serves any deployment's route, with no
+//!   ingress node. Routes are unique in the cluster (the registry refuses a
+//!   second deployment on a route).
+//! - On each host a deployment version runs as [`Deployed`]: its loaded
+//!   component (fetched from the host it was deployed through if this one
+//!   lacks it), its [`replicas::Replicas`] (the gate, the queue and the idle
+//!   instances) scaled by [`scaler`], and a log for its instances' output.
+//! - A redeploy is a rolling update with nothing dropped: the new version
+//!   is readied first (component loaded, `min` instances started), then the
+//!   table switches to it in one step; requests already holding the old
+//!   version finish on it, and its instances go when the last one ends.
+
+pub mod replicas;
+pub mod scaler;
+
+use crate::components::LoadedComponent;
+use crate::joblog::JobLog;
+use crate::HostInner;
+use fabric_proto::{Deployment, DeploymentKind, DeploymentSpec, ErrorKind, FabricError};
+use replicas::{HttpInstance, Replicas};
+use scaler::ScalePolicy;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+/// How often a host reads the deployments from the registry.
+pub const SYNC_EVERY: Duration = Duration::from_millis(500);
+
+/// How often autoscalers look at their load.
+pub const TICK_EVERY: Duration = Duration::from_millis(100);
+
+/// Requests waiting per replica at most, beyond which the gateway answers 429.
+const QUEUE_PER_REPLICA: u32 = 64;
+
+/// Defaults `fabric deploy` fills in.
+pub mod defaults {
+    /// Replicas kept warm per host.
+    pub const MIN: u32 = 1;
+    /// Replicas per host at most.
+    pub const MAX: u32 = 64;
+    /// Requests per replica aimed for.
+    pub const TARGET_CONCURRENCY: u32 = 1;
+    /// Milliseconds of lower load before replicas go.
+    pub const SCALE_DOWN_DELAY_MS: u64 = 30_000;
+    /// Largest request body, bytes.
+    pub const MAX_BODY_BYTES: u64 = 16 << 20;
+    /// Request timeout, milliseconds.
+    pub const TIMEOUT_MS: u64 = 30_000;
+    /// Memory cap per instance, bytes.
+    pub const MEMORY_BYTES: u64 = 256 << 20;
+}
+
+/// One version of a deployment, running on this host.
+pub struct Deployed {
+    /// Its record.
+    pub record: Deployment,
+    /// Its component.
+    pub component: Arc<LoadedComponent>,
+    /// Its replicas here.
+    pub replicas: Arc<Replicas>,
+    /// Where its instances' stdout and stderr go.
+    pub log: Arc<JobLog>,
+}
+
+impl Deployed {
+    /// The request timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.record.spec.limits.timeout_ms.unwrap_or(defaults::TIMEOUT_MS))
+    }
+
+    /// The CPU budget of one request (the timeout when unset).
+    pub fn cpu(&self) -> Duration {
+        self.record.spec.limits.cpu_ms.map(Duration::from_millis).unwrap_or_else(|| self.timeout())
+    }
+
+    /// The memory cap of one instance.
+    pub fn memory_bytes(&self) -> u64 {
+        self.record.spec.limits.memory_bytes.unwrap_or(defaults::MEMORY_BYTES)
+    }
+
+    /// A new instance of a `wasi:http` deployment.
+    pub async fn instantiate(&self, host: &HostInner) -> Result<HttpInstance, FabricError> {
+        let crate::components::World::Http(pre) = &self.component.world else {
+            return Err(FabricError::new(ErrorKind::Internal, "not a wasi:http component"));
+        };
+        let mut store = crate::runtime::new_store(host, self.memory_bytes(), self.cpu());
+        store.data_mut().stdout.attach(self.log.clone());
+        store.data_mut().stderr.attach(self.log.clone());
+        let proxy = pre.instantiate_async(&mut store).await.map_err(|e| {
+            FabricError::new(ErrorKind::Unavailable, format!("cannot start an instance of {}: {e:#}", self.describe()))
+        })?;
+        Ok(HttpInstance::new(store, proxy))
+    }
+
+    /// `tenant/name@vN`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{}/{}@v{}", self.record.tenant, self.record.spec.name, self.record.version)
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    by_name: HashMap<(String, String), Arc<Deployed>>,
+    /// Longest route first, so the first prefix that matches wins.
+    routes: Vec<(String, Arc<Deployed>)>,
+}
+
+/// The deployments this host serves.
+#[derive(Default)]
+pub struct Deployments {
+    table: RwLock<Arc<Table>>,
+    /// One reconciliation at a time.
+    syncing: tokio::sync::Mutex<()>,
+    /// Versions that failed to start here, logged once each.
+    failed: Mutex<HashMap<(String, String), u64>>,
+}
+
+/// Whether `route` serves `path`: the same, or a prefix ending at a `/`.
+fn serves(route: &str, path: &str) -> bool {
+    route == "/"
+        || path == route
+        || (path.starts_with(route) && (route.ends_with('/') || path.as_bytes().get(route.len()) == Some(&b'/')))
+}
+
+impl Deployments {
+    fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn failed(&self) -> MutexGuard<'_, HashMap<(String, String), u64>> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The deployment whose route serves `path`, longest route first.
+    pub fn route(&self, path: &str) -> Option<Arc<Deployed>> {
+        self.table().routes.iter().find(|(route, _)| serves(route, path)).map(|(_, d)| d.clone())
+    }
+
+    /// The deployment `name` of `tenant`.
+    pub fn named(&self, tenant: &str, name: &str) -> Option<Arc<Deployed>> {
+        self.table().by_name.get(&(tenant.to_string(), name.to_string())).cloned()
+    }
+
+    /// Every deployment served here (of `tenant`).
+    pub fn of(&self, tenant: &str) -> Vec<Arc<Deployed>> {
+        let mut all: Vec<_> = self.table().by_name.values().filter(|d| d.record.tenant == tenant).cloned().collect();
+        all.sort_by(|a, b| a.record.spec.name.cmp(&b.record.spec.name));
+        all
+    }
+
+    /// Lets every autoscaler observe its load; tears down idle instances
+    /// they no longer want.
+    pub fn tick(&self, host: &HostInner, now: Instant) {
+        for deployed in self.table().by_name.values() {
+            for instance in deployed.replicas.tick(now) {
+                host.instances.reap(Box::new(instance));
+            }
+        }
+    }
+}
+
+/// Brings this host's table in line with the registry: starts versions it
+/// lacks (readied before they are switched to), drops removed ones.
+pub async fn sync(host: &Arc<HostInner>) -> Result<(), FabricError> {
+    let deployments = &host.deployments;
+    let _one = deployments.syncing.lock().await;
+    let records = host.registry.deployments(None).await?;
+    let current = deployments.table();
+    let mut next = Table::default();
+    for record in records {
+        let key = (record.tenant.clone(), record.spec.name.clone());
+        let running = current.by_name.get(&key).filter(|d| d.record.version == record.version).cloned();
+        let deployed = match running {
+            Some(deployed) => deployed,
+            None if deployments.failed().get(&key) == Some(&record.version) => {
+                // Keep serving the version that works, if any.
+                match current.by_name.get(&key) {
+                    Some(old) => old.clone(),
+                    None => continue,
+                }
+            }
+            None => match start(host, record.clone()).await {
+                Ok(deployed) => {
+                    deployments.failed().remove(&key);
+                    deployed
+                }
+                Err(e) => {
+                    tracing::warn!("cannot start deployment {}/{} v{}: {e}", key.0, key.1, record.version);
+                    deployments.failed().insert(key.clone(), record.version);
+                    match current.by_name.get(&key) {
+                        Some(old) => old.clone(),
+                        None => continue,
+                    }
+                }
+            },
+        };
+        if let Some(route) = &deployed.record.spec.route {
+            next.routes.push((route.clone(), deployed.clone()));
+        }
+        next.by_name.insert(key, deployed);
+    }
+    next.routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    *deployments.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+    Ok(())
+}
+
+/// Starts `record` once and lets it go: what [`crate::Host::deploy`] checks
+/// before recording a deployment.
+pub async fn trial(host: &Arc<HostInner>, record: &Deployment) -> Result<(), FabricError> {
+    let deployed = start(host, record.clone()).await?;
+    if deployed.record.kind == DeploymentKind::Http && deployed.record.spec.min == 0 {
+        host.instances.reap(Box::new(deployed.instantiate(host).await?));
+    }
+    for instance in deployed.replicas.tick(Instant::now() + Duration::from_secs(1 << 20)) {
+        host.instances.reap(Box::new(instance));
+    }
+    Ok(())
+}
+
+/// Readies one version: its component here, `min` warm instances.
+async fn start(host: &Arc<HostInner>, record: Deployment) -> Result<Arc<Deployed>, FabricError> {
+    let spec = &record.spec;
+    let component = crate::remote::component_from(host, &record.tenant, &spec.component, &record.origin).await?;
+    let policy = ScalePolicy {
+        min: spec.min,
+        max: spec.max,
+        target: spec.target_concurrency,
+        down_delay: Duration::from_millis(spec.scale_down_delay_ms),
+    };
+    let replicas = Replicas::new(policy, spec.max.saturating_mul(QUEUE_PER_REPLICA).max(1), !spec.isolate);
+    let log = JobLog::new(None, host.config.echo_logs)
+        .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create a log: {e}")))?;
+    let deployed = Arc::new(Deployed { record, component, replicas, log });
+    if deployed.record.kind == DeploymentKind::Http && !deployed.record.spec.isolate {
+        for _ in 0..deployed.record.spec.min {
+            deployed.replicas.add_idle(deployed.instantiate(host).await?);
+        }
+    }
+    Ok(deployed)
+}
+
+/// Checks a deployment request, filling in what only the host knows.
+pub fn validate(spec: &DeploymentSpec, component: &LoadedComponent) -> Result<DeploymentKind, FabricError> {
+    let invalid = |m: String| Err(FabricError::new(ErrorKind::InvalidArgument, m));
+    crate::validate_name("deployment name", &spec.name)?;
+    let kind = component.kind();
+    match (&spec.route, kind) {
+        (None, DeploymentKind::Http) => {
+            return invalid(format!(
+                "deployment {} is a wasi:http component: give it a route (`--route /{}`)",
+                spec.name, spec.name
+            ))
+        }
+        (Some(_), DeploymentKind::Tasks) => {
+            return invalid(format!(
+                "deployment {} is a task component, called as POST /v1/call/{}/<function>: it takes no route \
+                 (routes are for wasi:http components)",
+                spec.name, spec.name
+            ))
+        }
+        (Some(route), DeploymentKind::Http) => validate_route(route)?,
+        (None, DeploymentKind::Tasks) => {}
+    }
+    if spec.max == 0 {
+        return invalid("--max must be at least 1".into());
+    }
+    if spec.min > spec.max {
+        return invalid(format!("--min ({}) is above --max ({})", spec.min, spec.max));
+    }
+    if spec.target_concurrency == 0 {
+        return invalid("--target-concurrency must be at least 1".into());
+    }
+    if spec.limits.timeout_ms == Some(0) || spec.limits.cpu_ms == Some(0) || spec.limits.memory_bytes == Some(0) {
+        return invalid("a timeout, CPU budget or memory cap of zero would refuse every request".into());
+    }
+    Ok(kind)
+}
+
+/// A route is an absolute path prefix outside the gateway's own `/v1/`.
+fn validate_route(route: &str) -> Result<(), FabricError> {
+    let ok = route.starts_with('/')
+        && route.len() <= 256
+        && !route.contains("//")
+        && !route.split('/').any(|seg| seg == "." || seg == "..")
+        && route.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
+    if !ok {
+        return Err(FabricError::new(
+            ErrorKind::InvalidArgument,
+            format!("invalid route `{route}`: an absolute path of letters, digits and -_.~ (like /api/hello)"),
+        ));
+    }
+    if route == "/v1" || route.starts_with("/v1/") {
+        return Err(FabricError::new(ErrorKind::InvalidArgument, "routes under /v1/ belong to the gateway itself"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_whole_segments() {
+        assert!(serves("/hello", "/hello"));
+        assert!(serves("/hello", "/hello/world"));
+        assert!(!serves("/hello", "/helloworld"));
+        assert!(serves("/api/", "/api/x"));
+        assert!(serves("/", "/anything"));
+        assert!(!serves("/hello/x", "/hello"));
+    }
+
+    #[test]
+    fn routes_are_checked() {
+        assert!(validate_route("/hello").is_ok());
+        assert!(validate_route("/api/v2/predict").is_ok());
+        for bad in ["hello", "/a//b", "/v1", "/v1/call", "/a/../b", "/sp ace", ""] {
+            assert!(validate_route(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! `POST /v1/call/<deployment>/<function>`: a task of a deployed SDK
+//! component called over HTTP, so a service reaches any task without
+//! writing HTTP code. The body is the JSON arguments (an object keyed by
+//! parameter name, or an array; empty means `{}`), the answer the task's
+//! JSON result, or `{"error": {"kind", "message"}}` with the status that
+//! fits. `<function>` may be left out for `main`.
+//!
+//! The call runs as [`crate::Host::call`] does (a job of its own, without a
+//! record, whose sub-tasks and objects end with it), admitted by the
+//! deployment's replicas like any request.
+
+use super::{declared_too_large, refused, status_of, too_large, Body, TENANT_HEADER, VERSION_HEADER};
+use crate::HostInner;
+use bytes::Bytes;
+use fabric_proto::{DeploymentKind, ErrorKind, FabricError, DEFAULT_TENANT};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use std::sync::Arc;
+
+/// Answers a `/v1/call/...` request.
+pub async fn handle(host: &Arc<HostInner>, request: Request<Incoming>) -> Response<Body> {
+    match call(host, request).await {
+        Ok(response) => response,
+        Err(Refusal::Error(error)) => error_json(status_of(&error), &error),
+        Err(Refusal::Response(response)) => response,
+    }
+}
+
+enum Refusal {
+    Error(FabricError),
+    Response(Response<Body>),
+}
+
+impl From<FabricError> for Refusal {
+    fn from(error: FabricError) -> Self {
+        Refusal::Error(error)
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Refusal {
+    Refusal::Error(FabricError::new(ErrorKind::InvalidArgument, message))
+}
+
+async fn call(host: &Arc<HostInner>, request: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+    if request.method() != Method::POST {
+        let mut response =
+            error_json(StatusCode::METHOD_NOT_ALLOWED, &FabricError::new(ErrorKind::InvalidArgument, "call with POST"));
+        response.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("POST"));
+        return Ok(response);
+    }
+    let tenant = match request.headers().get(TENANT_HEADER) {
+        Some(value) => value.to_str().map_err(|_| invalid("the tenant header is not text"))?.to_string(),
+        None => DEFAULT_TENANT.to_string(),
+    };
+    crate::validate_name("tenant", &tenant)?;
+    let rest = request.uri().path().strip_prefix("/v1/call/").unwrap_or("").to_string();
+    let (name, function) = match rest.split_once('/') {
+        Some((name, function)) => (name, function),
+        None => (rest.as_str(), "main"),
+    };
+    if name.is_empty() || function.is_empty() || function.contains('/') {
+        return Err(invalid("call a task as POST /v1/call/<deployment>/<function>"));
+    }
+    let deployed = host.deployments.named(&tenant, name).ok_or_else(|| {
+        FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no deployment `{name}`"))
+    })?;
+    if deployed.record.kind != DeploymentKind::Tasks {
+        let route = deployed.record.spec.route.clone().unwrap_or_default();
+        return Err(invalid(format!(
+            "deployment `{name}` is a wasi:http component: send requests to its route {route}"
+        )));
+    }
+    let limit = deployed.record.spec.max_body_bytes;
+    if let Some(response) = declared_too_large(&request, limit) {
+        return Err(Refusal::Response(response));
+    }
+    let timeout = deployed.timeout();
+    let turn = match tokio::time::timeout(timeout, deployed.replicas.acquire()).await {
+        Ok(Ok(turn)) => turn,
+        Ok(Err(e)) => return Err(Refusal::Response(refused(&e))),
+        Err(_) => {
+            return Err(FabricError::new(
+                ErrorKind::TimedOut,
+                format!("no replica was free within the timeout of {timeout:?}"),
+            )
+            .into())
+        }
+    };
+    let body = match http_body_util::Limited::new(request.into_body(), limit as usize).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(Refusal::Response(too_large(limit))),
+        Err(e) => return Err(invalid(format!("cannot read the request body: {e}"))),
+    };
+    let args = if body.iter().all(u8::is_ascii_whitespace) {
+        "{}".to_string()
+    } else {
+        let text = std::str::from_utf8(&body).map_err(|_| invalid("the body is not UTF-8 JSON"))?;
+        serde_json::from_str::<serde_json::Value>(text).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+        text.to_string()
+    };
+    let mut limits = deployed.record.spec.limits.clone();
+    limits.timeout_ms = Some(timeout.as_millis() as u64);
+    let host = crate::Host(host.clone());
+    let outcome = host.call(&tenant, &deployed.component.sha256, function, &args, limits).await;
+    drop(turn);
+    let result = outcome?;
+    let mut response = Response::new(super::full(Bytes::from(result)));
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&deployed.record.version.to_string()) {
+        response.headers_mut().insert(VERSION_HEADER, value);
+    }
+    Ok(response)
+}
+
+/// `{"error": {"kind", "message"}}` with `status`.
+fn error_json(status: StatusCode, error: &FabricError) -> Response<Body> {
+    let body = serde_json::json!({ "error": { "kind": error.kind.as_str(), "message": error.message } });
+    let mut response = Response::new(super::full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response
+}

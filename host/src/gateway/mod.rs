@@ -1,0 +1,134 @@
+//! The HTTP gateway every host serves (hyper; HTTP/1.1 and HTTP/2 over
+//! cleartext, told apart per connection).
+//!
+//! Any host takes any request: it finds the deployment by the longest route
+//! that prefixes the path in its copy of the deployments table, and runs
+//! the request on one of that deployment's replicas here.
+//!
+//! - `wasi:http` components get the request as it came, body streaming in
+//!   and out ([`wasi_http`]).
+//! - Task components built with the SDK are called as
+//!   `POST /v1/call/<deployment>/<function>` with JSON arguments, and their
+//!   JSON result comes back ([`call`]).
+//! - Failures are HTTP statuses with a short plain-text body saying why:
+//!   404 no such route or deployment, 413 body over the deployment's limit,
+//!   429 the replicas' queue is full, 500 the handler trapped, 503 no
+//!   instance could be started, 504 the handler ran past its timeout.
+//!
+//! The tenant of a `/v1/call` request is its `x-fabric-tenant` header
+//! (`default` when absent); a route belongs to the tenant that deployed it.
+
+pub mod call;
+pub mod wasi_http;
+
+use crate::{Host, HostInner};
+use bytes::Bytes;
+use fabric_proto::{ErrorKind, FabricError};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+/// The body of every gateway response.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
+
+/// The header naming a `/v1/call` request's tenant.
+pub const TENANT_HEADER: &str = "x-fabric-tenant";
+
+/// The header carrying the version of the deployment that answered.
+pub const VERSION_HEADER: &str = "x-fabric-version";
+
+/// Binds the gateway's listener.
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves HTTP on `listener` until the task is dropped.
+pub async fn serve(host: Host, listener: tokio::net::TcpListener) {
+    if let Ok(addr) = listener.local_addr() {
+        host.0.set_gateway(addr);
+    }
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, go on.
+                tracing::warn!("gateway accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let host = host.0.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let host = host.clone();
+                async move { Ok::<_, Infallible>(handle(&host, request).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // A client that goes away mid-request is its own business.
+            let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// Answers one request.
+pub async fn handle(host: &Arc<HostInner>, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path();
+    if path == "/v1/call" || path.starts_with("/v1/call/") {
+        return call::handle(host, request).await;
+    }
+    match host.deployments.route(path) {
+        Some(deployed) => wasi_http::handle(host, deployed, request).await,
+        None => text(StatusCode::NOT_FOUND, format!("no deployment serves {path}")),
+    }
+}
+
+/// A plain-text response (a newline is added).
+pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    let mut body = message.into();
+    body.push('\n');
+    let mut response = Response::new(full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// A body of `bytes`.
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never: Infallible| match never {}).boxed_unsync()
+}
+
+/// The status that says what went wrong with a request's handling.
+pub fn status_of(error: &FabricError) -> StatusCode {
+    match error.kind {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+        ErrorKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::Unavailable | ErrorKind::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Trapped | ErrorKind::Failed | ErrorKind::ActorDead | ErrorKind::Internal => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        ErrorKind::ResourceLimit => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A request over the deployment's body limit, told by its length.
+pub fn declared_too_large(request: &Request<Incoming>, limit: u64) -> Option<Response<Body>> {
+    let length = request.headers().get(hyper::header::CONTENT_LENGTH)?.to_str().ok()?.parse::<u64>().ok()?;
+    (length > limit).then(|| too_large(limit))
+}
+
+/// 413 for a body over `limit`.
+pub fn too_large(limit: u64) -> Response<Body> {
+    text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds this deployment's limit of {limit} bytes"))
+}
+
+/// 429 when the queue is full, 503 otherwise: a replica could not be had.
+pub fn refused(error: &FabricError) -> Response<Body> {
+    let status = if error.kind == ErrorKind::ResourceLimit { StatusCode::TOO_MANY_REQUESTS } else { status_of(error) };
+    text(status, error.message.clone())
+}
