@@ -38,6 +38,11 @@ pub fn example(name: &str) -> PathBuf {
     guest("examples", name)
 }
 
+/// The test guest that handles HTTP, misbehaving on request.
+pub fn http_kit() -> PathBuf {
+    guest("tests/guests", "http_kit")
+}
+
 /// The test guest with misbehaving and measuring tasks.
 pub fn testkit() -> PathBuf {
     guest("tests/guests", "testkit")
@@ -98,7 +103,8 @@ impl Up {
 
     /// Starts a host with extra `fabric up` flags.
     pub fn start_with(extra: &[&str]) -> Up {
-        let mut command: Vec<String> = ["up", "--listen", "127.0.0.1:0"].iter().map(|s| s.to_string()).collect();
+        let mut command: Vec<String> =
+            ["up", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"].iter().map(|s| s.to_string()).collect();
         command.extend(extra.iter().map(|s| s.to_string()));
         Self::spawn(command, None)
     }
@@ -111,8 +117,10 @@ impl Up {
 
     /// [`Up::host`] with extra environment variables.
     pub fn host_with_env(etcd: &str, extra: &[&str], env: &[(&str, &str)]) -> Up {
-        let mut command: Vec<String> =
-            ["host", "--listen", "127.0.0.1:0", "--lease-ttl", "2"].iter().map(|s| s.to_string()).collect();
+        let mut command: Vec<String> = ["host", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--lease-ttl", "2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         command.extend(extra.iter().map(|s| s.to_string()));
         let dir = tempfile::tempdir().expect("temp dir");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -155,6 +163,25 @@ impl Up {
     pub fn start_again(&mut self) {
         self.kill9();
         self.launch();
+    }
+
+    /// Where the host's HTTP gateway listens.
+    pub fn gateway(&self) -> std::net::SocketAddr {
+        let text = std::fs::read_to_string(self.data_dir().join("http.addr")).expect("the gateway's address");
+        text.trim().parse().expect("a socket address")
+    }
+
+    /// Sends one HTTP request to the host's gateway and waits for the whole
+    /// answer.
+    pub fn http(&self, method: &str, path: &str, body: &str) -> fabric::http::Answer {
+        self.http_with(method, path, &[], body)
+    }
+
+    /// [`Up::http`] with extra headers.
+    pub fn http_with(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> fabric::http::Answer {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let request = fabric::http::request(self.gateway(), method, path, headers, body.to_string());
+        runtime.block_on(request).unwrap_or_else(|e| panic!("{method} {path} failed: {e:#}"))
     }
 
     /// The host's data directory.

@@ -3,7 +3,8 @@
 
 use fabric_host::cluster::view::MemberEvent;
 use fabric_host::registry::{embedded::Embedded, etcd::Etcd, CaPem, MemberWatch, Registry};
-use fabric_host::{FabricError, HostInfo, JobRecord, JobState};
+use fabric_host::{Deployment, DeploymentSpec, FabricError, HostInfo, JobRecord, JobState};
+use fabric_proto::DeploymentKind;
 use fabric_tests::Etcd as EtcdServer;
 use std::time::Duration;
 
@@ -139,6 +140,59 @@ async fn behaves(registry: &dyn Registry) {
     assert_eq!(registry.jobs(Some("a")).await.unwrap().len(), 3);
 }
 
+fn deployment(tenant: &str, name: &str, route: Option<&str>) -> Deployment {
+    Deployment {
+        tenant: tenant.into(),
+        spec: DeploymentSpec {
+            name: name.into(),
+            component: "c0ffee".into(),
+            route: route.map(str::to_string),
+            min: 1,
+            max: 4,
+            target_concurrency: 1,
+            scale_down_delay_ms: 1000,
+            isolate: false,
+            max_body_bytes: 1 << 20,
+            limits: Default::default(),
+        },
+        kind: DeploymentKind::Http,
+        version: 0,
+        deployed_ms: 5,
+        origin: "127.0.0.1:7480".into(),
+    }
+}
+
+/// What every backend must do with deployments: versions count up per
+/// name, routes are unique across tenants, removal frees the route.
+async fn deployments_behave(registry: &dyn Registry) {
+    assert!(registry.deployments(None).await.unwrap().is_empty());
+    let first = registry.put_deployment(&deployment("a", "web", Some("/web"))).await.unwrap();
+    assert_eq!(first.version, 1);
+    let again = registry.put_deployment(&deployment("a", "web", Some("/web"))).await.unwrap();
+    assert_eq!(again.version, 2, "a redeploy is the next version");
+    registry.put_deployment(&deployment("a", "api", None)).await.unwrap();
+    registry.put_deployment(&deployment("ab", "web", Some("/ab"))).await.unwrap();
+
+    let taken = registry.put_deployment(&deployment("b", "other", Some("/web"))).await.unwrap_err();
+    assert_eq!(taken.kind, fabric_host::ErrorKind::InvalidArgument);
+    assert!(taken.message.contains("a/web"), "{taken}");
+
+    let names: Vec<String> = registry.deployments(Some("a")).await.unwrap().into_iter().map(|d| d.spec.name).collect();
+    assert_eq!(names, ["api", "web"], "one tenant, by name");
+    assert_eq!(registry.deployments(None).await.unwrap().len(), 3);
+
+    // Moving a deployment to another route frees the old one.
+    let moved = registry.put_deployment(&deployment("a", "web", Some("/web2"))).await.unwrap();
+    assert_eq!(moved.version, 3);
+    registry.put_deployment(&deployment("b", "other", Some("/web"))).await.unwrap();
+
+    assert!(registry.remove_deployment("a", "web").await.unwrap());
+    assert!(!registry.remove_deployment("a", "web").await.unwrap(), "gone already");
+    registry.put_deployment(&deployment("b", "third", Some("/web2"))).await.unwrap();
+    let fresh = registry.put_deployment(&deployment("a", "web", Some("/web3"))).await.unwrap();
+    assert_eq!(fresh.version, 1, "a removed name starts again");
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -152,6 +206,7 @@ fn embedded_registry_behaves_and_persists() {
         let reopened = Embedded::open(&path).unwrap();
         assert_eq!(reopened.jobs(None).await.unwrap().len(), 4, "records survive a reopen");
         behaves(&Embedded::in_memory().unwrap()).await;
+        deployments_behave(&Embedded::in_memory().unwrap()).await;
         membership_behaves(&reopened).await;
         drop(reopened);
         let again = Embedded::open(&path).unwrap();
@@ -167,6 +222,7 @@ fn etcd_registry_behaves_and_is_shared() {
         let first = Etcd::connect(&endpoints).await.unwrap();
         behaves(&first).await;
         membership_behaves(&first).await;
+        deployments_behave(&first).await;
         // A second client (another host) sees the same records.
         let second = Etcd::connect(&endpoints).await.unwrap();
         assert_eq!(second.jobs(None).await.unwrap().len(), 4);

@@ -313,7 +313,7 @@ impl Host {
                 let Some(host) = scaling.upgrade() else { return };
                 host.deployments.tick(&host, std::time::Instant::now());
                 ticks += 1;
-                if ticks % syncs_every == 0 {
+                if ticks.is_multiple_of(syncs_every) {
                     match deployments::sync(&host).await {
                         Ok(()) => warned = false,
                         Err(e) if !warned => {

@@ -116,7 +116,7 @@ pub struct Deployments {
     table: RwLock<Arc<Table>>,
     /// One reconciliation at a time.
     syncing: tokio::sync::Mutex<()>,
-    /// Versions that failed to start here, logged once each.
+    /// Versions that failed to start here (each is logged once).
     failed: Mutex<HashMap<(String, String), u64>>,
 }
 
@@ -177,21 +177,18 @@ pub async fn sync(host: &Arc<HostInner>) -> Result<(), FabricError> {
         let running = current.by_name.get(&key).filter(|d| d.record.version == record.version).cloned();
         let deployed = match running {
             Some(deployed) => deployed,
-            None if deployments.failed().get(&key) == Some(&record.version) => {
-                // Keep serving the version that works, if any.
-                match current.by_name.get(&key) {
-                    Some(old) => old.clone(),
-                    None => continue,
-                }
-            }
             None => match start(host, record.clone()).await {
                 Ok(deployed) => {
                     deployments.failed().remove(&key);
                     deployed
                 }
                 Err(e) => {
-                    tracing::warn!("cannot start deployment {}/{} v{}: {e}", key.0, key.1, record.version);
-                    deployments.failed().insert(key.clone(), record.version);
+                    // Tried again at every sync (the host it comes from may
+                    // be back), but said once per version.
+                    if deployments.failed().insert(key.clone(), record.version) != Some(record.version) {
+                        tracing::warn!("cannot start deployment {}/{} v{}: {e}", key.0, key.1, record.version);
+                    }
+                    // Keep serving the version that works, if any.
                     match current.by_name.get(&key) {
                         Some(old) => old.clone(),
                         None => continue,
@@ -204,7 +201,7 @@ pub async fn sync(host: &Arc<HostInner>) -> Result<(), FabricError> {
         }
         next.by_name.insert(key, deployed);
     }
-    next.routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    next.routes.sort_by_key(|route| std::cmp::Reverse(route.0.len()));
     *deployments.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
     Ok(())
 }

@@ -1,0 +1,293 @@
+//! The HTTP gateway end to end: real `fabric up` processes, deployments made
+//! with the CLI, requests over real HTTP on loopback.
+
+use fabric_tests::{eventually, example, http_kit, Etcd, Up};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+/// `fabric deploy WASM ARGS... -o json`, asserting it worked.
+fn deploy(host: &Up, wasm: &std::path::Path, args: &[&str]) -> Value {
+    let wasm = wasm.to_string_lossy().into_owned();
+    let mut all = vec!["deploy", wasm.as_str(), "--output", "json"];
+    all.extend_from_slice(args);
+    let out = host.fabric(&all);
+    assert_eq!(out.code, 0, "{out:?}");
+    out.json()
+}
+
+/// `fabric deploy` that must fail; its error text.
+fn deploy_refused(host: &Up, wasm: &std::path::Path, args: &[&str]) -> String {
+    let wasm = wasm.to_string_lossy().into_owned();
+    let mut all = vec!["deploy", wasm.as_str()];
+    all.extend_from_slice(args);
+    let out = host.fabric(&all);
+    assert_ne!(out.code, 0, "{out:?}");
+    out.stderr
+}
+
+/// The deployment `name` as `fabric deployments -o json` shows it.
+fn listed(host: &Up, name: &str) -> Option<Value> {
+    let out = host.fabric(&["deployments", "--output", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    out.json().as_array()?.iter().find(|d| d["deployment"]["spec"]["name"] == name).cloned()
+}
+
+#[test]
+fn wasi_http_and_task_components_are_served_over_http() {
+    let host = Up::start();
+    let hello = deploy(&host, &example("http_hello"), &["--name", "hello", "--route", "/hello"]);
+    assert_eq!(hello["version"], 1);
+    assert_eq!(hello["kind"], "http");
+
+    let answer = host.http("GET", "/hello/world?x=1", "");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.text(), "Hello from fabric! You asked for /hello/world?x=1\n");
+    assert_eq!(answer.header("x-fabric-version").as_deref(), Some("1"));
+    assert_eq!(answer.header("content-type").as_deref(), Some("text/plain; charset=utf-8"));
+    // A route matches whole path segments only.
+    let elsewhere = host.http("GET", "/helloworld", "");
+    assert_eq!(elsewhere.status, 404);
+    assert!(elsewhere.text().contains("no deployment serves /helloworld"), "{}", elsewhere.text());
+
+    deploy(&host, &example("http_json"), &["--name", "stats"]);
+    let summary = host.http("POST", "/v1/call/stats/summarize", r#"{"values": [3, 1, 4, 1, 5]}"#);
+    assert_eq!(summary.status, 200, "{}", summary.text());
+    let summary: Value = serde_json::from_slice(&summary.body).unwrap();
+    assert_eq!(summary, serde_json::json!({"count": 5, "mean": 2.8, "min": 1.0, "max": 5.0}));
+    // Sub-tasks work from a call too.
+    let squares = host.http("POST", "/v1/call/stats/squares", r#"{"values": [2, 3]}"#);
+    assert_eq!(squares.text(), "[4,9]");
+
+    // The CLI's call goes through the same gateway.
+    let out = host.fabric(&["call", "stats", "--fn", "summarize", "--data", r#"{"values": [2]}"#]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), r#"{"count":1,"mean":2.0,"min":2.0,"max":2.0}"#);
+    let out = host.fabric(&["call", "hello"]);
+    assert_eq!(out.stdout, "Hello from fabric! You asked for /hello\n", "{out:?}");
+
+    // Bad calls say what is wrong, with the status that fits.
+    let failed = host.http("POST", "/v1/call/stats/summarize", r#"{"values": []}"#);
+    assert_eq!(failed.status, 500);
+    let error: Value = serde_json::from_slice(&failed.body).unwrap();
+    assert_eq!(error["error"]["kind"], "failed");
+    assert_eq!(error["error"]["message"], "no values to summarize");
+    assert_eq!(host.http("POST", "/v1/call/stats/summarize", "{not json").status, 400);
+    assert_eq!(host.http("GET", "/v1/call/stats/summarize", "").status, 405);
+    let missing = host.http("POST", "/v1/call/nothing/main", "{}");
+    assert_eq!(missing.status, 404);
+    assert!(missing.text().contains("no deployment `nothing`"), "{}", missing.text());
+    let other_tenant = host.http_with("POST", "/v1/call/stats/summarize", &[("x-fabric-tenant", "other")], "{}");
+    assert_eq!(other_tenant.status, 404, "deployments are tenant-scoped: {}", other_tenant.text());
+    let wrong_kind = host.http("POST", "/v1/call/hello/main", "{}");
+    assert_eq!(wrong_kind.status, 400);
+    assert!(wrong_kind.text().contains("send requests to its route /hello"), "{}", wrong_kind.text());
+
+    // Deploys that cannot work are refused with the reason.
+    let hello_wasm = example("http_hello");
+    assert!(deploy_refused(&host, &hello_wasm, &["--name", "bare"]).contains("give it a route"));
+    assert!(deploy_refused(&host, &hello_wasm, &["--name", "twin", "--route", "/hello"])
+        .contains("route /hello is already served by deployment default/hello"));
+    assert!(deploy_refused(&host, &hello_wasm, &["--name", "x", "--route", "/v1/x"]).contains("/v1/"));
+    assert!(deploy_refused(&host, &hello_wasm, &["--name", "x", "--route", "no-slash"]).contains("invalid route"));
+    assert!(deploy_refused(&host, &hello_wasm, &["--name", "x", "--route", "/x", "--min", "5", "--max", "2"])
+        .contains("--min (5) is above --max (2)"));
+    assert!(deploy_refused(&host, &example("http_json"), &["--name", "x", "--route", "/x"]).contains("takes no route"));
+    let garbage = host.data_dir().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm\x01\0\0\0").unwrap();
+    assert!(deploy_refused(&host, &garbage, &["--name", "x", "--route", "/x"]).contains("core WebAssembly module"));
+
+    let listed_hello = listed(&host, "hello").expect("hello is listed");
+    assert_eq!(listed_hello["deployment"]["spec"]["route"], "/hello");
+    assert_eq!(listed_hello["replicas"][0]["served"], 2);
+
+    let out = host.fabric(&["undeploy", "hello"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(host.http("GET", "/hello", "").status, 404);
+    assert!(listed(&host, "hello").is_none());
+    assert_ne!(host.fabric(&["undeploy", "hello"]).code, 0, "already gone");
+}
+
+/// Sends a chunked request (no length up front) of `len` bytes to
+/// `/kit/echo` and returns the status.
+fn chunked_echo(host: &Up, len: usize) -> u16 {
+    let mut stream = std::net::TcpStream::connect(host.gateway()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = "POST /kit/echo HTTP/1.1\r\nHost: fabric\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'x'; 8192];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        // The gateway may answer 413 and close before the rest is sent.
+        if stream.write_all(format!("{n:x}\r\n").as_bytes()).is_err()
+            || stream.write_all(&chunk[..n]).is_err()
+            || stream.write_all(b"\r\n").is_err()
+        {
+            break;
+        }
+        left -= n;
+    }
+    let _ = stream.write_all(b"0\r\n\r\n");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer.split_whitespace().nth(1).unwrap_or_default();
+    status.parse().unwrap_or_else(|_| panic!("no status in {answer:?}"))
+}
+
+#[test]
+fn misbehaving_requests_get_statuses_and_the_host_keeps_serving() {
+    let host = Up::start();
+    deploy(&host, &http_kit(), &["--name", "kit", "--route", "/kit", "--timeout", "1", "--max-body-kib", "64"]);
+
+    // A handler that loops forever times out with 504, while other
+    // requests keep being served meanwhile.
+    let looping = {
+        let gateway = host.gateway();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(fabric::http::request(gateway, "GET", "/kit/loop", &[], "")).unwrap()
+        })
+    };
+    for _ in 0..20 {
+        assert_eq!(host.http("GET", "/kit/other", "").status, 200);
+    }
+    let looped = looping.join().unwrap();
+    assert_eq!(looped.status, 504, "{}", looped.text());
+    assert!(looped.text().contains("timeout"), "{}", looped.text());
+
+    // A trap is a 500 saying so; the next request is served.
+    let trapped = host.http("GET", "/kit/trap", "");
+    assert_eq!(trapped.status, 500);
+    assert!(trapped.text().contains("trapped") || trapped.text().contains("aborted"), "{}", trapped.text());
+    assert_eq!(host.http("GET", "/kit/after-trap", "").text(), "kit /kit/after-trap");
+
+    // Bodies stream through; over the limit is 413, whether the length is
+    // declared or only found while reading.
+    let small = "y".repeat(10_000);
+    assert_eq!(host.http("POST", "/kit/echo", &small).text(), small);
+    let big = "z".repeat(100 << 10);
+    let declared = host.http("POST", "/kit/echo", &big);
+    assert_eq!(declared.status, 413, "{}", declared.text());
+    assert!(declared.text().contains("65536 bytes"), "{}", declared.text());
+    assert_eq!(chunked_echo(&host, 8 << 10), 200);
+    assert_eq!(chunked_echo(&host, 100 << 10), 413);
+
+    // None of it hurt the host or the deployment.
+    assert_eq!(host.http("GET", "/kit/still-here", "").status, 200);
+    assert_eq!(host.http("GET", "/nowhere", "").status, 404);
+    assert!(host.up_log().contains("listening"), "the host is up");
+}
+
+#[test]
+fn instances_are_reused_unless_the_deployment_isolates_requests() {
+    let host = Up::start();
+    deploy(&host, &http_kit(), &["--name", "pooled", "--route", "/kit", "--max", "1"]);
+    let counts: Vec<String> = (0..3).map(|_| host.http("GET", "/kit/count", "").text()).collect();
+    assert_eq!(counts, ["1", "2", "3"], "one warm instance served all three");
+
+    deploy(&host, &http_kit(), &["--name", "pooled", "--route", "/kit", "--max", "1", "--isolate"]);
+    let counts: Vec<String> = (0..3).map(|_| host.http("GET", "/kit/count", "").text()).collect();
+    assert_eq!(counts, ["1", "1", "1"], "a fresh instance per request");
+}
+
+#[test]
+fn a_rolling_redeploy_under_load_fails_no_request() {
+    let host = Up::start();
+    deploy(&host, &http_kit(), &["--name", "kit", "--route", "/kit"]);
+    let gateway = host.gateway();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async {
+                    let mut connection = fabric::http::Connection::open(gateway).await.unwrap();
+                    let mut versions = Vec::new();
+                    for _ in 0..400 {
+                        let answer = connection.send("GET", "/kit/sleep?ms=2", &[], bytes::Bytes::new()).await.unwrap();
+                        assert_eq!(answer.status, 200, "{}", answer.text());
+                        versions.push(answer.header("x-fabric-version").unwrap().parse::<u64>().unwrap());
+                    }
+                    versions
+                })
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    deploy(&host, &http_kit(), &["--name", "kit", "--route", "/kit", "--min", "2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let last = deploy(&host, &http_kit(), &["--name", "kit", "--route", "/kit"]);
+    assert_eq!(last["version"], 3);
+    let mut seen = std::collections::BTreeSet::new();
+    for client in clients {
+        let versions = client.join().expect("every request succeeded");
+        assert!(versions.windows(2).all(|w| w[0] <= w[1]), "a client never goes back a version: {versions:?}");
+        seen.extend(versions);
+    }
+    assert!(seen.contains(&1) && seen.contains(&3), "traffic switched versions: {seen:?}");
+}
+
+#[test]
+fn replicas_scale_up_under_load_and_down_after_the_delay() {
+    let host = Up::start();
+    deploy(
+        &host,
+        &http_kit(),
+        &["--name", "kit", "--route", "/kit", "--min", "1", "--max", "8", "--scale-down-delay", "1"],
+    );
+    let desired = |host: &Up| listed(host, "kit").unwrap()["replicas"][0]["desired"].as_u64().unwrap();
+    assert_eq!(desired(&host), 1);
+    let gateway = host.gateway();
+    let load: Vec<_> = (0..6)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(fabric::http::request(gateway, "GET", "/kit/sleep?ms=2000", &[], "")).unwrap().status
+            })
+        })
+        .collect();
+    let peak = eventually(Duration::from_secs(10), "six replicas wanted under load", || {
+        let busy = listed(&host, "kit").unwrap()["replicas"][0].clone();
+        (busy["busy"].as_u64() == Some(6)).then_some(busy)
+    });
+    assert_eq!(peak["desired"], 6, "{peak}");
+    assert_eq!(peak["queued"], 0, "{peak}");
+    for request in load {
+        assert_eq!(request.join().unwrap(), 200);
+    }
+    assert_eq!(desired(&host), 6, "replicas stay right after the load ends");
+    eventually(Duration::from_secs(15), "replicas back to min after the delay", || (desired(&host) == 1).then_some(()));
+    let after = listed(&host, "kit").unwrap()["replicas"][0].clone();
+    assert_eq!(after["instances"], 1, "idle instances beyond min went: {after}");
+}
+
+#[test]
+fn any_host_serves_a_deployment_made_through_another() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    let b = Up::host(etcd.endpoint(), &[]);
+    deploy(&a, &example("http_hello"), &["--name", "hello", "--route", "/hello"]);
+    deploy(&a, &example("http_json"), &["--name", "stats"]);
+    // B learns of them from the registry and fetches the component from A.
+    let answer = eventually(Duration::from_secs(15), "host B serves /hello", || {
+        let answer = b.http("GET", "/hello/from-b", "");
+        (answer.status == 200).then_some(answer)
+    });
+    assert_eq!(answer.text(), "Hello from fabric! You asked for /hello/from-b\n");
+    let summary = eventually(Duration::from_secs(15), "host B serves stats", || {
+        let answer = b.http("POST", "/v1/call/stats/summarize", r#"{"values": [1, 2]}"#);
+        (answer.status == 200).then_some(answer)
+    });
+    assert_eq!(summary.text(), r#"{"count":2,"mean":1.5,"min":1.0,"max":2.0}"#);
+    // Both hosts' replicas show in the listing, from either host.
+    let hello = listed(&b, "hello").unwrap();
+    let hosts: Vec<&str> = hello["replicas"].as_array().unwrap().iter().map(|r| r["host"].as_str().unwrap()).collect();
+    let mut expected = vec![a.id(), b.id()];
+    expected.sort();
+    assert_eq!(hosts, expected);
+    // An undeploy through B reaches A.
+    assert_eq!(b.fabric(&["undeploy", "hello"]).code, 0);
+    eventually(Duration::from_secs(15), "host A stops serving /hello", || {
+        (a.http("GET", "/hello", "").status == 404).then_some(())
+    });
+}
