@@ -104,16 +104,18 @@ impl Replicas {
     pub async fn acquire(self: &Arc<Self>) -> Result<Turn, FabricError> {
         {
             let mut gate = self.lock();
-            if gate.queued >= self.max_queue {
+            gate.queued += 1;
+            let before = gate.scaler.desired();
+            let ongoing = gate.busy + gate.queued;
+            let desired = gate.scaler.observe(ongoing, Instant::now());
+            if gate.busy >= desired && gate.queued > self.max_queue {
+                gate.queued -= 1;
                 return Err(FabricError::new(
                     ErrorKind::ResourceLimit,
                     format!("too many requests: {} already wait for a replica", gate.queued),
                 ));
             }
-            gate.queued += 1;
-            let before = gate.scaler.desired();
-            let ongoing = gate.busy + gate.queued;
-            if gate.scaler.observe(ongoing, Instant::now()) > before {
+            if desired > before {
                 // More replicas: wake the requests already waiting.
                 self.freed.notify_waiters();
             }
