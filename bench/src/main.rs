@@ -9,6 +9,9 @@
 //!   hosts, a remote round trip, a 100,000-task fan-out, failure detection.
 //! - `objects`: 1 GiB pulled between hosts against raw quinn bulk throughput,
 //!   a guest's 64 MiB slice read, and 256 MiB read on three hosts at once.
+//! - `http`: the gateway at 32 connections (wasi:http hello, `/v1/call`
+//!   JSON) beside a native hyper server and `wasmtime serve`, and the time
+//!   from a deploy to its first 200.
 //!
 //! Every figure prints as a table row, or with `--json` as one JSON line:
 //! `{"suite", "name", "unit", "p50", "p99", "n"}` for latencies, or
@@ -28,9 +31,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod cluster;
+mod http;
 mod objects;
 
-const SUITES: &[&str] = &["core", "actors", "cluster", "objects"];
+const SUITES: &[&str] = &["core", "actors", "cluster", "objects", "http"];
 
 #[derive(Clone, Copy)]
 struct Report {
@@ -118,6 +122,7 @@ fn main() -> anyhow::Result<()> {
             "actors" => actors(&report)?,
             "cluster" => cluster::run(&report, &fabric_bin()?)?,
             "objects" => objects::run(&report, &fabric_bin()?)?,
+            "http" => http::run(&report, &fabric_bin()?)?,
             other => bail!("unknown suite `{other}` (have: {})", SUITES.join(", ")),
         }
     }
