@@ -11,7 +11,7 @@ fabric="${CARGO_TARGET_DIR:-$root/target}/release/fabric"
 guests="$root/examples/target/wasm32-wasip2/release"
 
 data="$(mktemp -d)"
-"$fabric" --data-dir "$data" up --listen 127.0.0.1:0 &
+"$fabric" --data-dir "$data" up --listen 127.0.0.1:0 --http 127.0.0.1:0 &
 up=$!
 trap 'kill $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 200); do [ -f "$data/host.addr" ] && break; sleep 0.05; done
@@ -24,3 +24,11 @@ echo "\$ fabric submit objects.wasm --args '{\"mib\": 64, \"slices\": 64}'"
 "$fabric" --data-dir "$data" submit "$guests/objects.wasm" --args '{"mib": 64, "slices": 64}'
 echo "\$ fabric jobs"
 "$fabric" --data-dir "$data" jobs
+echo "\$ fabric deploy http_hello.wasm --name hello --route /hello"
+"$fabric" --data-dir "$data" deploy "$guests/http_hello.wasm" --name hello --route /hello
+echo "\$ fabric call /hello/world"
+"$fabric" --data-dir "$data" call /hello/world
+echo "\$ fabric deploy http_json.wasm --name stats"
+"$fabric" --data-dir "$data" deploy "$guests/http_json.wasm" --name stats
+echo "\$ fabric call stats --fn summarize --data '{\"values\": [3, 1, 4, 1, 5]}'"
+"$fabric" --data-dir "$data" call stats --fn summarize --data '{"values": [3, 1, 4, 1, 5]}'
