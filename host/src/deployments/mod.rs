@@ -34,6 +34,9 @@ pub const SYNC_EVERY: Duration = Duration::from_millis(500);
 /// How often autoscalers look at their load.
 pub const TICK_EVERY: Duration = Duration::from_millis(100);
 
+/// Replicas per host at most (each holds a pooling-allocator slot).
+pub const MAX_REPLICAS: u32 = 1024;
+
 /// Requests waiting per replica at most, beyond which the gateway answers 429.
 const QUEUE_PER_REPLICA: u32 = 64;
 
@@ -174,7 +177,9 @@ pub async fn sync(host: &Arc<HostInner>) -> Result<(), FabricError> {
     let mut next = Table::default();
     for record in records {
         let key = (record.tenant.clone(), record.spec.name.clone());
-        let running = current.by_name.get(&key).filter(|d| d.record.version == record.version).cloned();
+        // The whole record, not just the version: versions start again at 1
+        // after an undeploy, which a host may not have seen between syncs.
+        let running = current.by_name.get(&key).filter(|d| d.record == record).cloned();
         let deployed = match running {
             Some(deployed) => deployed,
             None => match start(host, record.clone()).await {
@@ -275,12 +280,25 @@ pub fn validate(spec: &DeploymentSpec, component: &LoadedComponent) -> Result<De
     if spec.limits.timeout_ms == Some(0) || spec.limits.cpu_ms == Some(0) || spec.limits.memory_bytes == Some(0) {
         return invalid("a timeout, CPU budget or memory cap of zero would refuse every request".into());
     }
+    if spec.max > MAX_REPLICAS {
+        return invalid(format!("--max is at most {MAX_REPLICAS} replicas per host"));
+    }
+    let day = 24 * 3600 * 1000;
+    if spec.limits.timeout_ms.unwrap_or(0) > day || spec.limits.cpu_ms.unwrap_or(0) > day {
+        return invalid("a request's timeout or CPU budget is at most a day".into());
+    }
+    if spec.scale_down_delay_ms > day {
+        return invalid("--scale-down-delay is at most a day".into());
+    }
     Ok(kind)
 }
 
 /// A route is an absolute path prefix outside the gateway's own `/v1/`.
 fn validate_route(route: &str) -> Result<(), FabricError> {
+    // No trailing `/` (but the root): `/api` and `/api/` would be two
+    // routes to the registry yet serve the same paths.
     let ok = route.starts_with('/')
+        && (route == "/" || !route.ends_with('/'))
         && route.len() <= 256
         && !route.contains("//")
         && !route.split('/').any(|seg| seg == "." || seg == "..")
@@ -306,7 +324,7 @@ mod tests {
         assert!(serves("/hello", "/hello"));
         assert!(serves("/hello", "/hello/world"));
         assert!(!serves("/hello", "/helloworld"));
-        assert!(serves("/api/", "/api/x"));
+        assert!(serves("/api", "/api/x"));
         assert!(serves("/", "/anything"));
         assert!(!serves("/hello/x", "/hello"));
     }
@@ -315,7 +333,7 @@ mod tests {
     fn routes_are_checked() {
         assert!(validate_route("/hello").is_ok());
         assert!(validate_route("/api/v2/predict").is_ok());
-        for bad in ["hello", "/a//b", "/v1", "/v1/call", "/a/../b", "/sp ace", ""] {
+        for bad in ["hello", "/a//b", "/v1", "/v1/call", "/a/../b", "/sp ace", "", "/api/"] {
             assert!(validate_route(bad).is_err(), "{bad}");
         }
     }

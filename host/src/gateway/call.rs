@@ -75,22 +75,25 @@ async fn call(host: &Arc<HostInner>, request: Request<Incoming>) -> Result<Respo
     if let Some(response) = declared_too_large(&request, limit) {
         return Err(Refusal::Response(response));
     }
+    // One deadline for reading the body, waiting for a replica and the
+    // call; the body is read before a replica is taken, so a slow upload
+    // holds no replica.
     let timeout = deployed.timeout();
-    let turn = match tokio::time::timeout(timeout, deployed.replicas.acquire()).await {
+    let started = tokio::time::Instant::now();
+    let deadline = started.checked_add(timeout).unwrap_or(started);
+    let late =
+        || FabricError::new(ErrorKind::TimedOut, format!("the call did not finish within its timeout of {timeout:?}"));
+    let read = http_body_util::Limited::new(request.into_body(), limit as usize).collect();
+    let body = match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(Refusal::Response(too_large(limit))),
+        Ok(Err(e)) => return Err(invalid(format!("cannot read the request body: {e}"))),
+        Err(_) => return Err(late().into()),
+    };
+    let turn = match tokio::time::timeout_at(deadline, deployed.replicas.acquire()).await {
         Ok(Ok(turn)) => turn,
         Ok(Err(e)) => return Err(Refusal::Response(refused(&e))),
-        Err(_) => {
-            return Err(FabricError::new(
-                ErrorKind::TimedOut,
-                format!("no replica was free within the timeout of {timeout:?}"),
-            )
-            .into())
-        }
-    };
-    let body = match http_body_util::Limited::new(request.into_body(), limit as usize).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(Refusal::Response(too_large(limit))),
-        Err(e) => return Err(invalid(format!("cannot read the request body: {e}"))),
+        Err(_) => return Err(late().into()),
     };
     let args = if body.iter().all(u8::is_ascii_whitespace) {
         "{}".to_string()
@@ -100,7 +103,8 @@ async fn call(host: &Arc<HostInner>, request: Request<Incoming>) -> Result<Respo
         text.to_string()
     };
     let mut limits = deployed.record.spec.limits.clone();
-    limits.timeout_ms = Some(timeout.as_millis() as u64);
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    limits.timeout_ms = Some((left.as_millis() as u64).max(1));
     let host = crate::Host(host.clone());
     let outcome = host.call(&tenant, &deployed.component.sha256, function, &args, limits).await;
     drop(turn);

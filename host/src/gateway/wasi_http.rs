@@ -42,7 +42,7 @@ pub async fn handle(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Req
         return response;
     }
     let timeout = deployed.timeout();
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now().checked_add(timeout).unwrap_or_else(Instant::now);
     let turn = match tokio::time::timeout_at(deadline, deployed.replicas.acquire()).await {
         Ok(Ok(turn)) => turn,
         Ok(Err(e)) => return refused(&e),
@@ -72,7 +72,9 @@ pub async fn handle(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Req
     let (req, out) = match resources {
         Ok(pair) => pair,
         Err(e) => {
-            keep_or_reap(host, &deployed, instance);
+            // Whatever it pushed into the instance's table stays there: let
+            // the instance go rather than reuse it.
+            host.instances.reap(Box::new(instance));
             return text(StatusCode::BAD_REQUEST, format!("cannot hand the request to the handler: {e:#}"));
         }
     };

@@ -423,22 +423,28 @@ impl Registry for Etcd {
     fn remove_deployment<'a>(&'a self, tenant: &'a str, name: &'a str) -> BoxFuture<'a, Result<bool, FabricError>> {
         Box::pin(async move {
             let mut client = self.client.clone();
-            let Some(deployment) = self.get_archived::<Deployment>(deployment_key(tenant, name)).await? else {
-                return Ok(false);
-            };
-            let mut then = vec![TxnOp::delete(deployment_key(tenant, name), None)];
-            let mut when = Vec::new();
-            if let Some(route) = &deployment.spec.route {
-                // The route key goes only if it is still this deployment's.
-                let owner = route_owner(&deployment);
-                let held = client.get(route_key(route), None).await.map_err(unavailable)?;
-                if held.kvs().first().is_some_and(|kv| kv.value() == owner.as_bytes()) {
-                    when.push(Compare::value(route_key(route), CompareOp::Equal, owner));
-                    then.push(TxnOp::delete(route_key(route), None));
+            let key = deployment_key(tenant, name);
+            for _ in 0..DEPLOY_ATTEMPTS {
+                let current = client.get(key.clone(), None).await.map_err(unavailable)?;
+                let Some(kv) = current.kvs().first() else { return Ok(false) };
+                let deployment: Deployment = fabric_proto::decode(kv.value()).map_err(unavailable)?;
+                // Delete only what was read: a concurrent redeploy wins.
+                let mut when = vec![Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())];
+                let mut then = vec![TxnOp::delete(key.clone(), None)];
+                if let Some(route) = &deployment.spec.route {
+                    // The route key goes only if it is still this deployment's.
+                    let owner = route_owner(&deployment);
+                    let held = client.get(route_key(route), None).await.map_err(unavailable)?;
+                    if let Some(held) = held.kvs().first().filter(|kv| kv.value() == owner.as_bytes()) {
+                        when.push(Compare::mod_revision(route_key(route), CompareOp::Equal, held.mod_revision()));
+                        then.push(TxnOp::delete(route_key(route), None));
+                    }
+                }
+                if client.txn(Txn::new().when(when).and_then(then)).await.map_err(unavailable)?.succeeded() {
+                    return Ok(true);
                 }
             }
-            client.txn(Txn::new().when(when).and_then(then)).await.map_err(unavailable)?;
-            Ok(true)
+            Err(unavailable(format!("deployment {tenant}/{name}: too many concurrent changes, try again")))
         })
     }
 
