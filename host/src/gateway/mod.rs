@@ -109,10 +109,11 @@ pub fn status_of(error: &FabricError) -> StatusCode {
         ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
         ErrorKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Unavailable | ErrorKind::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorKind::Trapped | ErrorKind::Failed | ErrorKind::ActorDead | ErrorKind::Internal => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-        ErrorKind::ResourceLimit => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Trapped
+        | ErrorKind::Failed
+        | ErrorKind::ActorDead
+        | ErrorKind::Internal
+        | ErrorKind::ResourceLimit => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
