@@ -1,7 +1,7 @@
 //! The HTTP gateway end to end: real `fabric up` processes, deployments made
 //! with the CLI, requests over real HTTP on loopback.
 
-use fabric_tests::{eventually, example, http_kit, Etcd, Up};
+use fabric_tests::{all_see, eventually, example, http_kit, ids, Etcd, Up};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -290,4 +290,96 @@ fn any_host_serves_a_deployment_made_through_another() {
     eventually(Duration::from_secs(15), "host A stops serving /hello", || {
         (a.http("GET", "/hello", "").status == 404).then_some(())
     });
+}
+
+/// The replicas `host` reports for deployment `name` on host `on`.
+fn replicas_on(host: &Up, name: &str, on: &str) -> Value {
+    let listed = listed(host, name).unwrap_or_else(|| panic!("{name} is listed"));
+    let replicas = listed["replicas"].as_array().unwrap();
+    replicas.iter().find(|r| r["host"] == on).cloned().unwrap_or_else(|| panic!("no replicas on {on}: {listed}"))
+}
+
+#[test]
+fn a_host_forwards_requests_to_the_hosts_that_can_run_replicas() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    let b = Up::host(etcd.endpoint(), &["--resources", "special=2"]);
+    all_see(&[&a, &b], &ids(&[&a, &b]), "both hosts to be members");
+
+    // What no host has is refused at deploy, saying what is missing.
+    let refused = deploy_refused(&a, &http_kit(), &["--name", "kit", "--route", "/kit", "--resources", "special=3"]);
+    assert!(refused.contains("no host in the cluster can run a replica") && refused.contains("special=3"), "{refused}");
+
+    let kit =
+        ["--name", "kit", "--route", "/kit", "--resources", "special=1", "--max-body-kib", "64", "--timeout", "2"];
+    deploy(&a, &http_kit(), &kit);
+    // A cannot run a replica and forwards; B runs them.
+    let answer = a.http("GET", "/kit/hi?x=1", "");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.text(), "kit /kit/hi");
+    assert_eq!(answer.header("x-fabric-host"), Some(b.id()));
+    assert_eq!(answer.header("x-fabric-version").as_deref(), Some("1"));
+    // Bodies stream through the hop both ways.
+    let body: String = (0..60_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let echoed = a.http("POST", "/kit/echo", &body);
+    assert_eq!(echoed.status, 200);
+    assert_eq!(echoed.text(), body);
+    assert_eq!(chunked_echo(&a, 8 << 10), 200);
+    // The peer's limits and failures come back as they are.
+    assert_eq!(a.http("POST", "/kit/echo", &"z".repeat(100 << 10)).status, 413);
+    assert_eq!(chunked_echo(&a, 100 << 10), 413);
+    let trapped = a.http("GET", "/kit/trap", "");
+    assert_eq!(trapped.status, 500, "{}", trapped.text());
+    let looped = a.http("GET", "/kit/loop", "");
+    assert_eq!(looped.status, 504, "{}", looped.text());
+    assert_eq!(a.http("GET", "/kit/after", "").text(), "kit /kit/after");
+    // Only B holds replicas: A's cap is zero.
+    let on_a = replicas_on(&a, "kit", &a.id());
+    assert_eq!((on_a["desired"].as_u64(), on_a["instances"].as_u64()), (Some(0), Some(0)), "{on_a}");
+    assert!(replicas_on(&a, "kit", &b.id())["instances"].as_u64().unwrap() >= 1);
+
+    // Task deployments forward too.
+    deploy(&a, &example("http_json"), &["--name", "stats", "--resources", "special=1"]);
+    let summary = a.http("POST", "/v1/call/stats/summarize", r#"{"values": [1, 2]}"#);
+    assert_eq!(summary.status, 200, "{}", summary.text());
+    assert_eq!(summary.text(), r#"{"count":2,"mean":1.5,"min":1.0,"max":2.0}"#);
+    assert_eq!(summary.header("x-fabric-host"), Some(b.id()));
+    // Unknown names are still the forwarder's own 404.
+    assert_eq!(a.http("POST", "/v1/call/nothing/here", "{}").status, 404);
+
+    // With B gone, A has nowhere to send them: 503 saying why.
+    drop(b);
+    let gone = eventually(Duration::from_secs(20), "A answers 503 once B is gone", || {
+        let answer = a.http("GET", "/kit/hi", "");
+        (answer.status == 503).then_some(answer)
+    });
+    assert!(gone.text().contains("no host in the cluster can run a replica"), "{}", gone.text());
+}
+
+#[test]
+fn a_full_host_sends_its_overflow_to_a_peer() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    let b = Up::host(etcd.endpoint(), &[]);
+    all_see(&[&a, &b], &ids(&[&a, &b]), "both hosts to be members");
+    deploy(&a, &http_kit(), &["--name", "kit", "--route", "/kit", "--max", "1"]);
+
+    // A's one replica is busy...
+    let gateway = a.gateway();
+    let slow = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(fabric::http::request(gateway, "GET", "/kit/sleep?ms=3000", &[], "")).unwrap()
+    });
+    eventually(Duration::from_secs(10), "A's replica to be busy", || {
+        (replicas_on(&a, "kit", &a.id())["busy"].as_u64() == Some(1)).then_some(())
+    });
+    // ...so the next request to A is served by B, at once.
+    let quick = a.http("GET", "/kit/quick", "");
+    assert_eq!(quick.status, 200, "{}", quick.text());
+    assert_eq!(quick.header("x-fabric-host"), Some(b.id()));
+    let slow = slow.join().unwrap();
+    assert_eq!(slow.status, 200);
+    assert_eq!(slow.header("x-fabric-host"), Some(a.id()));
+    // Free again, A serves its own requests.
+    assert_eq!(a.http("GET", "/kit/again", "").header("x-fabric-host"), Some(a.id()));
 }

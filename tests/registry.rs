@@ -153,6 +153,7 @@ fn deployment(tenant: &str, name: &str, route: Option<&str>) -> Deployment {
             scale_down_delay_ms: 1000,
             isolate: false,
             max_body_bytes: 1 << 20,
+            demand: Default::default(),
             limits: Default::default(),
         },
         kind: DeploymentKind::Http,

@@ -196,6 +196,7 @@ pub fn run(report: &Report, fabric: &std::path::Path) -> anyhow::Result<()> {
             scale_down_delay_ms: 30_000,
             isolate: false,
             max_body_bytes: 1 << 20,
+            demand: Default::default(),
             limits: Default::default(),
         };
         let t = Instant::now();

@@ -132,6 +132,16 @@ struct DeployArgs {
     /// Memory cap per instance, in MiB.
     #[arg(long, default_value_t = fabric_host::deployments::defaults::MEMORY_BYTES >> 20)]
     memory: u64,
+    /// What each replica needs from its host, like gpu=1 or cpu=2,memory=4G
+    /// (hosts without it forward the deployment's requests to hosts with it).
+    #[arg(long, default_value = "")]
+    resources: String,
+    /// The pool replicas' hosts must belong to.
+    #[arg(long)]
+    pool: Option<String>,
+    /// A `key=value` label replicas' hosts must carry (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -349,6 +359,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `--resources`, `--pool` and `--label` flags as one demand.
+fn demand(resources: &str, pool: Option<String>, labels: &[String]) -> anyhow::Result<fabric_proto::Demand> {
+    use fabric_host::cluster::placement::{parse_label, parse_resources};
+    let resources = parse_resources(resources).map_err(|e| anyhow::anyhow!("--resources: {}", e.message))?;
+    let labels = labels
+        .iter()
+        .map(|l| parse_label(l).map_err(|e| anyhow::anyhow!("--label: {}", e.message)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(fabric_proto::Demand { resources, pool, labels, strategy: Default::default() })
+}
+
 /// What `fabric host` adds to `fabric up`'s settings.
 struct Membership {
     advertise: Option<String>,
@@ -359,13 +380,7 @@ struct Membership {
 
 impl HostArgs {
     fn membership(&self) -> anyhow::Result<Membership> {
-        use fabric_host::cluster::placement::{parse_label, parse_resources};
-        let resources = parse_resources(&self.resources).map_err(|e| anyhow::anyhow!("--resources: {}", e.message))?;
-        let labels = self
-            .labels
-            .iter()
-            .map(|l| parse_label(l).map_err(|e| anyhow::anyhow!("--label: {}", e.message)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let fabric_proto::Demand { resources, labels, .. } = demand(&self.resources, None, &self.labels)?;
         if !(self.lease_ttl >= 1.0 && self.lease_ttl <= 3600.0) {
             anyhow::bail!("--lease-ttl must be between 1 and 3600 seconds");
         }
@@ -679,6 +694,7 @@ async fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<ExitCode> {
             cpu_ms: args.cpu.map(|c| seconds("--cpu", c)).transpose()?,
             memory_bytes: Some(args.memory.saturating_mul(1 << 20)),
         },
+        demand: demand(&args.resources, args.pool.clone(), &args.labels)?,
     };
     let (deployment, uploaded) = client.deploy(&wasm, spec).await?;
     if uploaded {

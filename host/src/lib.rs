@@ -97,6 +97,8 @@ pub struct HostInner {
     pub(crate) transfers: objects::transfer::Transfers,
     /// What this host's gateway serves.
     pub(crate) deployments: deployments::Deployments,
+    /// Gateway requests sent to peers and not yet answered.
+    pub(crate) forwarded: gateway::forward::InFlight,
     /// Where the gateway listens, once it does.
     gateway: Mutex<Option<std::net::SocketAddr>>,
     /// What the host offers (read once: placement asks on every decision).
@@ -281,6 +283,7 @@ impl Host {
             visiting: remote::Visiting::default(),
             transfers: objects::transfer::Transfers::from_env(),
             deployments: deployments::Deployments::default(),
+            forwarded: Default::default(),
             gateway: Mutex::new(None),
             capacity,
             fetching: Mutex::new(HashMap::new()),
@@ -614,6 +617,7 @@ impl Host {
         validate_name("tenant", tenant)?;
         let component = self.0.components.get(tenant, &spec.component).await?;
         let kind = deployments::validate(&spec, &component)?;
+        deployments::check_placeable(&spec, &self.0.cluster.members(&self.0.local_info()))?;
         let record = Deployment {
             tenant: tenant.to_string(),
             spec,

@@ -119,8 +119,9 @@ impl Peers {
         }
     }
 
-    /// Opens a stream to `addr` and sends `request`.
-    pub(crate) async fn open(
+    /// Opens a stream to `addr` and sends `request`, leaving the stream
+    /// open for what follows it.
+    pub(crate) async fn open_stream(
         &self,
         addr: &str,
         request: &Request,
@@ -128,6 +129,16 @@ impl Peers {
         let connection = self.connection(addr).await?;
         let (mut send, recv) = connection.open_bi().await.map_err(|e| lost(addr, e))?;
         write_frame(&mut send, request).await.map_err(|e| lost(addr, e))?;
+        Ok((send, recv))
+    }
+
+    /// Opens a stream to `addr` and sends `request`, all there is to send.
+    pub(crate) async fn open(
+        &self,
+        addr: &str,
+        request: &Request,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), PeerError> {
+        let (mut send, recv) = self.open_stream(addr, request).await?;
         let _ = send.finish();
         Ok((send, recv))
     }

@@ -37,6 +37,12 @@ pub async fn serve(host: Host, endpoint: quinn::Endpoint) {
 
 async fn handle_stream(host: Host, peer: bool, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let outcome = match read_frame::<_, Request>(&mut recv, MAX_FRAME).await {
+        // A forwarded HTTP request keeps both halves of the stream for its
+        // bodies.
+        Ok(Some(Request::PeerHttp { tenant, name, method, uri, headers })) if peer => {
+            let head = crate::gateway::forward::PeerRequest { tenant, name, method, uri, headers };
+            return crate::gateway::forward::serve(&host.0, head, send, recv).await;
+        }
         Ok(Some(request)) => respond(&host, peer, request, &mut send, &mut recv).await,
         Ok(None) => Ok(()),
         Err(e) => Err(FabricError::new(ErrorKind::InvalidArgument, format!("bad request frame: {e}"))),
@@ -137,6 +143,7 @@ async fn respond(
         | Request::PeerObjectRead { .. }
         | Request::PeerObjects { .. }
         | Request::PeerReplicas { .. }
+        | Request::PeerHttp { .. }
             if !peer =>
         {
             Err(FabricError::new(
@@ -174,6 +181,9 @@ async fn respond(
         }
         Request::PeerActors { tenant } => reply(send, &Response::Actors(host.local_actors(&tenant)?)).await,
         Request::PeerReplicas { tenant } => reply(send, &Response::Replicas(host.local_replicas(&tenant)?)).await,
+        Request::PeerHttp { .. } => {
+            Err(FabricError::new(ErrorKind::Internal, "a forwarded request reached the wrong handler"))
+        }
         Request::PeerJobEnded { tenant, job } => {
             crate::remote::visit_ended(&host.0, &tenant, &job);
             reply(send, &Response::Done).await

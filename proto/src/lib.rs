@@ -345,6 +345,18 @@ pub struct DeploymentSpec {
     pub max_body_bytes: u64,
     /// Per request: `timeout_ms` (then 504), CPU and memory caps.
     pub limits: TaskLimits,
+    /// What a replica needs from its host (resources per replica, pool,
+    /// labels): hosts that cannot meet it run no replicas and forward.
+    pub demand: Demand,
+}
+
+/// One header of an HTTP request or response a host forwards to another.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HttpHeader {
+    /// Its name.
+    pub name: String,
+    /// Its value, as sent.
+    pub value: Vec<u8>,
 }
 
 /// A deployment as the registry records it.
@@ -662,6 +674,22 @@ mod messages {
         },
         /// The host's HTTP gateway address, answered with [`Response::Value`].
         Gateway,
+        /// Host to host: serve this gateway request with replicas there
+        /// (never forwarded again). The request body follows raw until the
+        /// stream's end; the answer is [`Response::HttpHead`], then the
+        /// response body raw until the end (a reset stream: it broke off).
+        PeerHttp {
+            /// The tenant of the deployment.
+            tenant: String,
+            /// The deployment.
+            name: String,
+            /// The method.
+            method: String,
+            /// The path and query.
+            uri: String,
+            /// The end-to-end headers.
+            headers: Vec<HttpHeader>,
+        },
     }
 
     /// A host's response frames.
@@ -738,6 +766,13 @@ mod messages {
         Deployments(Vec<DeploymentInfo>),
         /// Replicas on one host.
         Replicas(Vec<Replicas>),
+        /// The head of a forwarded request's response; its body follows.
+        HttpHead {
+            /// The status code.
+            status: u16,
+            /// The end-to-end headers.
+            headers: Vec<HttpHeader>,
+        },
         /// The request failed.
         Error(FabricError),
     }

@@ -10,6 +10,13 @@
 //!   component (fetched from the host it was deployed through if this one
 //!   lacks it), its [`replicas::Replicas`] (the gate, the queue and the idle
 //!   instances) scaled by [`scaler`], and a log for its instances' output.
+//! - Where replicas run: a deployment may demand resources per replica,
+//!   a pool and labels (`--resources gpu=1`). A host that cannot meet the
+//!   demand runs none (its *cap* is zero) and its gateway forwards the
+//!   deployment's requests; one that can runs at most `max`, fewer when its
+//!   capacity holds fewer replicas' worth ([`replica_cap`]). A request holds
+//!   the demanded resources (but `cpu`) while it runs, so replicas and tasks
+//!   never oversubscribe a GPU between them.
 //! - A redeploy is a rolling update with nothing dropped: the new version
 //!   is readied first (component loaded, `min` instances started), then the
 //!   table switches to it in one step; requests already holding the old
@@ -18,10 +25,11 @@
 pub mod replicas;
 pub mod scaler;
 
+use crate::cluster::placement::{amount, can_host, format_resources};
 use crate::components::LoadedComponent;
 use crate::joblog::JobLog;
 use crate::HostInner;
-use fabric_proto::{Deployment, DeploymentKind, DeploymentSpec, ErrorKind, FabricError};
+use fabric_proto::{Demand, Deployment, DeploymentKind, DeploymentSpec, ErrorKind, FabricError, HostInfo};
 use replicas::{HttpInstance, Replicas};
 use scaler::ScalePolicy;
 use std::collections::HashMap;
@@ -68,6 +76,39 @@ pub struct Deployed {
     pub replicas: Arc<Replicas>,
     /// Where its instances' stdout and stderr go.
     pub log: Arc<JobLog>,
+    /// Replicas this host may run (0: it forwards every request).
+    pub cap: u32,
+}
+
+/// How many replicas of `spec` the host `info` may run: none when it cannot
+/// meet the demand (pool, labels, capacity), else `max`, fewer when its
+/// capacity holds fewer replicas' worth of a demanded resource.
+pub fn replica_cap(spec: &DeploymentSpec, info: &HostInfo) -> u32 {
+    if !can_host(info, &spec.demand) {
+        return 0;
+    }
+    spec.demand.resources.iter().filter(|r| r.amount > 0).fold(spec.max, |cap, need| {
+        let fits = amount(&info.capacity, &need.name) / need.amount;
+        cap.min(u32::try_from(fits).unwrap_or(u32::MAX))
+    })
+}
+
+/// `gpu=1, pool gpus, label zone=a`, for messages.
+pub fn describe_demand(demand: &Demand) -> String {
+    let mut parts = Vec::new();
+    let resources: Vec<_> = demand.resources.iter().filter(|r| r.amount > 0).cloned().collect();
+    if !resources.is_empty() {
+        parts.push(format_resources(&resources));
+    }
+    if let Some(pool) = &demand.pool {
+        parts.push(format!("pool `{pool}`"));
+    }
+    parts.extend(demand.labels.iter().map(|l| format!("label {}={}", l.key, l.value)));
+    if parts.is_empty() {
+        "nothing special".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 impl Deployed {
@@ -215,7 +256,7 @@ pub async fn sync(host: &Arc<HostInner>) -> Result<(), FabricError> {
 /// before recording a deployment.
 pub async fn trial(host: &Arc<HostInner>, record: &Deployment) -> Result<(), FabricError> {
     let deployed = start(host, record.clone()).await?;
-    if deployed.record.kind == DeploymentKind::Http && deployed.record.spec.min == 0 {
+    if deployed.record.kind == DeploymentKind::Http && deployed.record.spec.min.min(deployed.cap) == 0 {
         host.instances.reap(Box::new(deployed.instantiate(host).await?));
     }
     for instance in deployed.replicas.tick(Instant::now() + Duration::from_secs(1 << 20)) {
@@ -228,18 +269,19 @@ pub async fn trial(host: &Arc<HostInner>, record: &Deployment) -> Result<(), Fab
 async fn start(host: &Arc<HostInner>, record: Deployment) -> Result<Arc<Deployed>, FabricError> {
     let spec = &record.spec;
     let component = crate::remote::component_from(host, &record.tenant, &spec.component, &record.origin).await?;
+    let cap = replica_cap(spec, &host.local_info());
     let policy = ScalePolicy {
-        min: spec.min,
-        max: spec.max,
+        min: spec.min.min(cap),
+        max: cap,
         target: spec.target_concurrency,
         down_delay: Duration::from_millis(spec.scale_down_delay_ms),
     };
-    let replicas = Replicas::new(policy, spec.max.saturating_mul(QUEUE_PER_REPLICA).max(1), !spec.isolate);
+    let replicas = Replicas::new(policy, cap.saturating_mul(QUEUE_PER_REPLICA).max(1), !spec.isolate);
     let log = JobLog::new(None, host.config.echo_logs)
         .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create a log: {e}")))?;
-    let deployed = Arc::new(Deployed { record, component, replicas, log });
+    let deployed = Arc::new(Deployed { record, component, replicas, log, cap });
     if deployed.record.kind == DeploymentKind::Http && !deployed.record.spec.isolate {
-        for _ in 0..deployed.record.spec.min {
+        for _ in 0..deployed.record.spec.min.min(cap) {
             deployed.replicas.add_idle(deployed.instantiate(host).await?);
         }
     }
@@ -293,6 +335,26 @@ pub fn validate(spec: &DeploymentSpec, component: &LoadedComponent) -> Result<De
     Ok(kind)
 }
 
+/// Refuses a deployment no member of the cluster can run a replica of.
+pub fn check_placeable(spec: &DeploymentSpec, members: &[HostInfo]) -> Result<(), FabricError> {
+    if members.iter().any(|member| replica_cap(spec, member) > 0) {
+        return Ok(());
+    }
+    Err(FabricError::new(
+        ErrorKind::ResourceLimit,
+        format!(
+            "no host in the cluster can run a replica of {} (it needs {}; hosts: {})",
+            spec.name,
+            describe_demand(&spec.demand),
+            members
+                .iter()
+                .map(|m| format!("{} has {}", m.id, format_resources(&m.capacity)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    ))
+}
+
 /// A route is an absolute path prefix outside the gateway's own `/v1/`.
 fn validate_route(route: &str) -> Result<(), FabricError> {
     // No trailing `/` (but the root): `/api` and `/api/` would be two
@@ -327,6 +389,67 @@ mod tests {
         assert!(serves("/api", "/api/x"));
         assert!(serves("/", "/anything"));
         assert!(!serves("/hello/x", "/hello"));
+    }
+
+    fn host(capacity: &[(&str, u64)], pool: Option<&str>) -> HostInfo {
+        HostInfo {
+            id: "h".into(),
+            addr: "127.0.0.1:1".into(),
+            capacity: capacity
+                .iter()
+                .map(|(n, a)| fabric_proto::Resource { name: n.to_string(), amount: *a })
+                .collect(),
+            used: Vec::new(),
+            queued: 0,
+            pool: pool.map(str::to_string),
+            labels: Vec::new(),
+            started_ms: 0,
+        }
+    }
+
+    fn spec(max: u32, resources: &[(&str, u64)], pool: Option<&str>) -> DeploymentSpec {
+        let demand = Demand {
+            resources: resources
+                .iter()
+                .map(|(n, a)| fabric_proto::Resource { name: n.to_string(), amount: *a })
+                .collect(),
+            pool: pool.map(str::to_string),
+            ..Demand::default()
+        };
+        DeploymentSpec {
+            name: "d".into(),
+            component: String::new(),
+            route: None,
+            min: 1,
+            max,
+            target_concurrency: 1,
+            scale_down_delay_ms: 0,
+            isolate: false,
+            max_body_bytes: 1,
+            limits: Default::default(),
+            demand,
+        }
+    }
+
+    #[test]
+    fn replica_caps_follow_capacity_pool_and_max() {
+        let plain = host(&[("cpu", 2)], None);
+        let gpus = host(&[("cpu", 2), ("gpu", 3)], Some("gpu"));
+        // No demand: `max` on any host (replicas do not hold task slots).
+        assert_eq!(replica_cap(&spec(64, &[], None), &plain), 64);
+        // A demanded resource: none where it is missing, capacity/need elsewhere.
+        assert_eq!(replica_cap(&spec(64, &[("gpu", 1)], None), &plain), 0);
+        assert_eq!(replica_cap(&spec(64, &[("gpu", 1)], None), &gpus), 3);
+        assert_eq!(replica_cap(&spec(64, &[("gpu", 2)], None), &gpus), 1);
+        assert_eq!(replica_cap(&spec(2, &[("gpu", 1)], None), &gpus), 2);
+        assert_eq!(replica_cap(&spec(64, &[("gpu", 4)], None), &gpus), 0);
+        // Pools.
+        assert_eq!(replica_cap(&spec(8, &[], Some("gpu")), &plain), 0);
+        assert_eq!(replica_cap(&spec(8, &[], Some("gpu")), &gpus), 8);
+        // Refused at deploy when nobody can, saying what it needs.
+        let err = check_placeable(&spec(8, &[("gpu", 4)], None), &[plain.clone(), gpus.clone()]).unwrap_err();
+        assert!(err.message.contains("gpu=4"), "{}", err.message);
+        assert!(check_placeable(&spec(8, &[("gpu", 3)], None), &[plain, gpus]).is_ok());
     }
 
     #[test]

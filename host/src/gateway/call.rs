@@ -9,27 +9,52 @@
 //! record, whose sub-tasks and objects end with it), admitted by the
 //! deployment's replicas like any request.
 
-use super::{declared_too_large, refused, status_of, too_large, Body, TENANT_HEADER, VERSION_HEADER};
+use super::{admit, declared_too_large, refused_status, status_of, too_large, Body, TENANT_HEADER, VERSION_HEADER};
+use crate::deployments::Deployed;
 use crate::HostInner;
 use bytes::Bytes;
 use fabric_proto::{DeploymentKind, ErrorKind, FabricError, DEFAULT_TENANT};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 
-/// Answers a `/v1/call/...` request.
-pub async fn handle(host: &Arc<HostInner>, request: Request<Incoming>) -> Response<Body> {
-    match call(host, request).await {
-        Ok(response) => response,
-        Err(Refusal::Error(error)) => error_json(status_of(&error), &error),
-        Err(Refusal::Response(response)) => response,
+/// The deployment a `/v1/call/...` request names, or the answer that
+/// refuses it.
+pub fn target(host: &HostInner, request: &Request<Body>) -> Result<Arc<Deployed>, Refusal> {
+    let (tenant, name, _) = parse(request)?;
+    let deployed = host.deployments.named(&tenant, &name).ok_or_else(|| {
+        FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no deployment `{name}`"))
+    })?;
+    if deployed.record.kind != DeploymentKind::Tasks {
+        let route = deployed.record.spec.route.clone().unwrap_or_default();
+        return Err(invalid(format!(
+            "deployment `{name}` is a wasi:http component: send requests to its route {route}"
+        )));
     }
+    Ok(deployed)
 }
 
-enum Refusal {
+/// Answers a `/v1/call/...` request with `deployed` (its [`target`]) here.
+pub async fn handle(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Request<Body>) -> Response<Body> {
+    call(host, deployed, request).await.unwrap_or_else(Refusal::into_response)
+}
+
+/// Why a call is not made.
+pub enum Refusal {
+    /// An error, answered as JSON with the status that fits.
     Error(FabricError),
-    Response(Response<Body>),
+    /// The answer itself.
+    Response(Box<Response<Body>>),
+}
+
+impl Refusal {
+    /// The answer that says so.
+    pub fn into_response(self) -> Response<Body> {
+        match self {
+            Refusal::Error(error) => error_json(status_of(&error), &error),
+            Refusal::Response(response) => *response,
+        }
+    }
 }
 
 impl From<FabricError> for Refusal {
@@ -42,38 +67,36 @@ fn invalid(message: impl Into<String>) -> Refusal {
     Refusal::Error(FabricError::new(ErrorKind::InvalidArgument, message))
 }
 
-async fn call(host: &Arc<HostInner>, request: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+/// The tenant, deployment and function a call names.
+fn parse(request: &Request<Body>) -> Result<(String, String, String), Refusal> {
     if request.method() != Method::POST {
         let mut response =
             error_json(StatusCode::METHOD_NOT_ALLOWED, &FabricError::new(ErrorKind::InvalidArgument, "call with POST"));
         response.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("POST"));
-        return Ok(response);
+        return Err(Refusal::Response(Box::new(response)));
     }
     let tenant = match request.headers().get(TENANT_HEADER) {
         Some(value) => value.to_str().map_err(|_| invalid("the tenant header is not text"))?.to_string(),
         None => DEFAULT_TENANT.to_string(),
     };
     crate::validate_name("tenant", &tenant)?;
-    let rest = request.uri().path().strip_prefix("/v1/call/").unwrap_or("").to_string();
-    let (name, function) = match rest.split_once('/') {
-        Some((name, function)) => (name, function),
-        None => (rest.as_str(), "main"),
-    };
+    let rest = request.uri().path().strip_prefix("/v1/call/").unwrap_or("");
+    let (name, function) = rest.split_once('/').unwrap_or((rest, "main"));
     if name.is_empty() || function.is_empty() || function.contains('/') {
         return Err(invalid("call a task as POST /v1/call/<deployment>/<function>"));
     }
-    let deployed = host.deployments.named(&tenant, name).ok_or_else(|| {
-        FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no deployment `{name}`"))
-    })?;
-    if deployed.record.kind != DeploymentKind::Tasks {
-        let route = deployed.record.spec.route.clone().unwrap_or_default();
-        return Err(invalid(format!(
-            "deployment `{name}` is a wasi:http component: send requests to its route {route}"
-        )));
-    }
+    Ok((tenant, name.to_string(), function.to_string()))
+}
+
+async fn call(
+    host: &Arc<HostInner>,
+    deployed: Arc<Deployed>,
+    request: Request<Body>,
+) -> Result<Response<Body>, Refusal> {
+    let (tenant, _, function) = parse(&request)?;
     let limit = deployed.record.spec.max_body_bytes;
     if let Some(response) = declared_too_large(&request, limit) {
-        return Err(Refusal::Response(response));
+        return Err(Refusal::Response(Box::new(response)));
     }
     // One deadline for reading the body, waiting for a replica and the
     // call; the body is read before a replica is taken, so a slow upload
@@ -86,15 +109,15 @@ async fn call(host: &Arc<HostInner>, request: Request<Incoming>) -> Result<Respo
     let read = http_body_util::Limited::new(request.into_body(), limit as usize).collect();
     let body = match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(Refusal::Response(too_large(limit))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(Refusal::Response(Box::new(too_large(limit))))
+        }
         Ok(Err(e)) => return Err(invalid(format!("cannot read the request body: {e}"))),
         Err(_) => return Err(late().into()),
     };
-    let turn = match tokio::time::timeout_at(deadline, deployed.replicas.acquire()).await {
-        Ok(Ok(turn)) => turn,
-        Ok(Err(e)) => return Err(Refusal::Response(refused(&e))),
-        Err(_) => return Err(late().into()),
-    };
+    let turn = admit(host, &deployed, deadline)
+        .await
+        .map_err(|e| Refusal::Response(Box::new(error_json(refused_status(&e), &e))))?;
     let args = if body.iter().all(u8::is_ascii_whitespace) {
         "{}".to_string()
     } else {
@@ -106,7 +129,7 @@ async fn call(host: &Arc<HostInner>, request: Request<Incoming>) -> Result<Respo
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     limits.timeout_ms = Some((left.as_millis() as u64).max(1));
     let host = crate::Host(host.clone());
-    let outcome = host.call(&tenant, &deployed.component.sha256, function, &args, limits).await;
+    let outcome = host.call(&tenant, &deployed.component.sha256, &function, &args, limits).await;
     drop(turn);
     let result = outcome?;
     let mut response = Response::new(super::full(Bytes::from(result)));

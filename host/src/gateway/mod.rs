@@ -3,7 +3,8 @@
 //!
 //! Any host takes any request: it finds the deployment by the longest route
 //! that prefixes the path in its copy of the deployments table, and runs
-//! the request on one of that deployment's replicas here.
+//! the request on one of that deployment's replicas here, or, when it has
+//! none free, on a peer's ([`forward`]).
 //!
 //! - `wasi:http` components get the request as it came, body streaming in
 //!   and out ([`wasi_http`]).
@@ -12,25 +13,30 @@
 //!   JSON result comes back ([`call`]).
 //! - Failures are HTTP statuses with a short plain-text body saying why:
 //!   404 no such route or deployment, 413 body over the deployment's limit,
-//!   429 the replicas' queue is full, 500 the handler trapped, 503 no
-//!   instance could be started, 504 the handler ran past its timeout.
+//!   429 the replicas' queue is full, 500 the handler trapped, 502 the
+//!   peer serving it was lost, 503 no instance could be started (or no host
+//!   can run one), 504 the handler ran past its timeout.
+//! - Every answer from a replica names the host that served it in
+//!   `x-fabric-host` and the deployment's version in `x-fabric-version`.
 //!
 //! The tenant of a `/v1/call` request is its `x-fabric-tenant` header
 //! (`default` when absent); a route belongs to the tenant that deployed it.
 
 pub mod call;
+pub mod forward;
 pub mod wasi_http;
 
+use crate::deployments::Deployed;
 use crate::{Host, HostInner};
 use bytes::Bytes;
-use fabric_proto::{ErrorKind, FabricError};
+use fabric_proto::{DeploymentKind, ErrorKind, FabricError};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use std::convert::Infallible;
 use std::sync::Arc;
 
-/// The body of every gateway response.
+/// The body of every gateway request and response.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
 
 /// The header naming a `/v1/call` request's tenant.
@@ -38,6 +44,9 @@ pub const TENANT_HEADER: &str = "x-fabric-tenant";
 
 /// The header carrying the version of the deployment that answered.
 pub const VERSION_HEADER: &str = "x-fabric-version";
+
+/// The header naming the host whose replica answered.
+pub const HOST_HEADER: &str = "x-fabric-host";
 
 /// Binds the gateway's listener.
 pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
@@ -62,8 +71,9 @@ pub async fn serve(host: Host, listener: tokio::net::TcpListener) {
         let _ = stream.set_nodelay(true);
         let host = host.0.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let host = host.clone();
+                let request = request.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
                 async move { Ok::<_, Infallible>(handle(&host, request).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -73,16 +83,56 @@ pub async fn serve(host: Host, listener: tokio::net::TcpListener) {
     }
 }
 
-/// Answers one request.
-pub async fn handle(host: &Arc<HostInner>, request: Request<Incoming>) -> Response<Body> {
+/// Answers one request that came to this host's gateway.
+pub async fn handle(host: &Arc<HostInner>, request: Request<Body>) -> Response<Body> {
     let path = request.uri().path();
-    if path == "/v1/call" || path.starts_with("/v1/call/") {
-        return call::handle(host, request).await;
+    let deployed = if path == "/v1/call" || path.starts_with("/v1/call/") {
+        match call::target(host, &request) {
+            Ok(deployed) => deployed,
+            Err(refusal) => return refusal.into_response(),
+        }
+    } else {
+        match host.deployments.route(path) {
+            Some(deployed) => deployed,
+            None => return text(StatusCode::NOT_FOUND, format!("no deployment serves {path}")),
+        }
+    };
+    match forward::choose(host, &deployed) {
+        forward::Route::Here => serve_here(host, deployed, request).await,
+        forward::Route::Peer(peer) => forward::to_peer(host, &deployed, peer, request).await,
+        forward::Route::Nowhere => forward::nowhere(&deployed),
     }
-    match host.deployments.route(path) {
-        Some(deployed) => wasi_http::handle(host, deployed, request).await,
-        None => text(StatusCode::NOT_FOUND, format!("no deployment serves {path}")),
+}
+
+/// Serves `request` with `deployed`'s replicas on this host.
+pub async fn serve_here(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Request<Body>) -> Response<Body> {
+    let mut response = match deployed.record.kind {
+        DeploymentKind::Http => wasi_http::handle(host, deployed, request).await,
+        DeploymentKind::Tasks => call::handle(host, deployed, request).await,
+    };
+    if let Ok(id) = hyper::header::HeaderValue::from_str(&host.id) {
+        response.headers_mut().insert(HOST_HEADER, id);
     }
+    response
+}
+
+/// Waits until `deadline` for a turn on one of `deployed`'s replicas here,
+/// then for the resources a request holds while it runs.
+pub async fn admit(
+    host: &HostInner,
+    deployed: &Deployed,
+    deadline: tokio::time::Instant,
+) -> Result<(crate::deployments::replicas::Turn, crate::resources::Held), FabricError> {
+    let late = || {
+        FabricError::new(
+            ErrorKind::TimedOut,
+            format!("no replica was free within the timeout of {:?}", deployed.timeout()),
+        )
+    };
+    let turn = tokio::time::timeout_at(deadline, deployed.replicas.acquire()).await.map_err(|_| late())??;
+    let needs = &deployed.record.spec.demand.resources;
+    let held = tokio::time::timeout_at(deadline, host.resources.hold(needs)).await.map_err(|_| late())??;
+    Ok((turn, held))
 }
 
 /// A plain-text response (a newline is added).
@@ -118,7 +168,7 @@ pub fn status_of(error: &FabricError) -> StatusCode {
 }
 
 /// A request over the deployment's body limit, told by its length.
-pub fn declared_too_large(request: &Request<Incoming>, limit: u64) -> Option<Response<Body>> {
+pub fn declared_too_large<B>(request: &Request<B>, limit: u64) -> Option<Response<Body>> {
     let length = request.headers().get(hyper::header::CONTENT_LENGTH)?.to_str().ok()?.parse::<u64>().ok()?;
     (length > limit).then(|| too_large(limit))
 }
@@ -128,8 +178,12 @@ pub fn too_large(limit: u64) -> Response<Body> {
     text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds this deployment's limit of {limit} bytes"))
 }
 
-/// 429 when the queue is full, 503 otherwise: a replica could not be had.
-pub fn refused(error: &FabricError) -> Response<Body> {
-    let status = if error.kind == ErrorKind::ResourceLimit { StatusCode::TOO_MANY_REQUESTS } else { status_of(error) };
-    text(status, error.message.clone())
+/// The status for a replica that could not be had: 429 when the queue is
+/// full, 504 when none came free in time, 503 otherwise.
+pub fn refused_status(error: &FabricError) -> StatusCode {
+    if error.kind == ErrorKind::ResourceLimit {
+        StatusCode::TOO_MANY_REQUESTS
+    } else {
+        status_of(error)
+    }
 }

@@ -8,14 +8,15 @@
 //! trapped or ran out of time is torn down, so a bad request never leaves a
 //! broken instance behind for the next.
 
-use super::{declared_too_large, refused, status_of, text, too_large, Body, VERSION_HEADER};
+use super::{admit, declared_too_large, refused_status, status_of, text, too_large, Body, VERSION_HEADER};
 use crate::deployments::replicas::{HttpInstance, Turn};
 use crate::deployments::Deployed;
+use crate::resources::Held;
 use crate::sandbox;
 use crate::HostInner;
 use bytes::Bytes;
 use fabric_proto::FabricError;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Frame, SizeHint};
 use hyper::{Request, Response, StatusCode};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,19 +37,16 @@ enum Ended {
 }
 
 /// Answers `request` with `deployed`.
-pub async fn handle(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Request<Body>) -> Response<Body> {
     let limit = deployed.record.spec.max_body_bytes;
     if let Some(response) = declared_too_large(&request, limit) {
         return response;
     }
     let timeout = deployed.timeout();
     let deadline = Instant::now().checked_add(timeout).unwrap_or_else(Instant::now);
-    let turn = match tokio::time::timeout_at(deadline, deployed.replicas.acquire()).await {
-        Ok(Ok(turn)) => turn,
-        Ok(Err(e)) => return refused(&e),
-        Err(_) => {
-            return text(StatusCode::GATEWAY_TIMEOUT, format!("no replica was free within the timeout of {timeout:?}"))
-        }
+    let turn = match admit(host, &deployed, deadline).await {
+        Ok(turn) => turn,
+        Err(e) => return text(refused_status(&e), e.message),
     };
     let mut instance = match deployed.replicas.take_idle() {
         Some(instance) => instance,
@@ -120,7 +118,7 @@ async fn run(
     req: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
     out: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
     deadline: Instant,
-    turn: Turn,
+    turn: (Turn, Held),
 ) -> Ended {
     let HttpInstance { store, proxy, .. } = &mut instance;
     let call = proxy.wasi_http_incoming_handler().call_handle(&mut *store, req, out);
@@ -155,7 +153,7 @@ fn keep_or_reap(host: &HostInner, deployed: &Deployed, instance: HttpInstance) {
 /// The request body, cut off with an error past the deployment's limit
 /// (the gateway then answers 413 whatever the guest did with the error).
 struct Limited {
-    inner: Incoming,
+    inner: Body,
     left: u64,
     limit: u64,
     exceeded: Arc<AtomicBool>,
@@ -182,7 +180,7 @@ impl hyper::body::Body for Limited {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -1,0 +1,324 @@
+//! Forwarding: a request this host has no free replica for goes to a peer
+//! that has one, so any host takes any request and load spreads over the
+//! cluster.
+//!
+//! - **When.** A host serves a request itself while its replicas of the
+//!   deployment have room (busy plus queued below this host's cap, see
+//!   [`crate::deployments::replica_cap`]). A host whose cap is zero (it
+//!   cannot meet the deployment's demand: resources, pool, labels) forwards
+//!   every request; one that is full forwards its overflow, which makes the
+//!   peer's autoscaler add replicas there: scaling spreads across hosts.
+//! - **Where.** Among the members that can run replicas, the one with the
+//!   lowest share of its cap taken by what this host has forwarded to it and
+//!   not yet seen answered (load reports lag; like task placement, a host
+//!   counts what it sent). When every peer is as full as this host knows,
+//!   the request queues here instead (or, with no replica here at all, on
+//!   the least loaded peer).
+//! - **How.** One QUIC stream per request ([`Request::PeerHttp`]): the head
+//!   as a frame, then the request body raw until the stream's end; back
+//!   comes [`Response::HttpHead`] and the response body raw. Both bodies
+//!   stream: neither side buffers a whole body. A forwarded request is
+//!   served on the peer and never forwarded again, so a request crosses at
+//!   most one hop. The peer applies the deployment's limits as if the
+//!   request came to it (413, 429, 504 travel back as they are); a peer lost
+//!   mid-request gives 502.
+
+use super::{status_of, text, Body};
+use crate::deployments::{replica_cap, Deployed};
+use crate::HostInner;
+use fabric_proto::{
+    read_frame, write_frame, ErrorKind, FabricError, HostInfo, HttpHeader, Request, Response, MAX_FRAME,
+};
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::StatusCode;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How long past the deployment's timeout a forwarder waits for the peer's
+/// answer before it gives up on the peer (the peer answers 504 itself first).
+const PEER_SLACK: Duration = Duration::from_secs(5);
+
+/// The application error code a stream is reset with when a body broke off.
+const BODY_BROKEN: u32 = 1;
+
+/// Largest chunk read from a stream at once.
+const CHUNK: usize = 64 << 10;
+
+/// Where a request is served.
+pub enum Route {
+    /// On this host's replicas.
+    Here,
+    /// On this peer's.
+    Peer(HostInfo),
+    /// Nowhere: no host can run a replica.
+    Nowhere,
+}
+
+/// Requests this host has forwarded and not yet seen answered, by peer id.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<Mutex<HashMap<String, u32>>>);
+
+/// One forwarded request, counted until dropped (when its response body
+/// ended).
+struct Counted {
+    inflight: InFlight,
+    peer: String,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut map = self.inflight.lock();
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+impl InFlight {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, u32>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self, peer: &str) -> Counted {
+        *self.lock().entry(peer.to_string()).or_default() += 1;
+        Counted { inflight: self.clone(), peer: peer.to_string() }
+    }
+
+    fn of(&self, peer: &str) -> u32 {
+        self.lock().get(peer).copied().unwrap_or(0)
+    }
+}
+
+/// Where `deployed`'s next request should be served.
+pub fn choose(host: &HostInner, deployed: &Deployed) -> Route {
+    let counts = deployed.replicas.counts();
+    if deployed.cap > 0 && counts.busy + counts.queued < deployed.cap {
+        return Route::Here;
+    }
+    let local = host.local_info();
+    let peers: Vec<(HostInfo, u32, u32)> = host
+        .cluster
+        .members(&local)
+        .into_iter()
+        .filter(|member| member.id != local.id)
+        .filter_map(|member| {
+            let cap = replica_cap(&deployed.record.spec, &member);
+            let sent = host.forwarded.of(&member.id);
+            (cap > 0).then_some((member, cap, sent))
+        })
+        .collect();
+    // Lowest share sent/cap first (compared without division), then id.
+    let best = peers.into_iter().min_by(|a, b| {
+        (u64::from(a.2) * u64::from(b.1)).cmp(&(u64::from(b.2) * u64::from(a.1))).then_with(|| a.0.id.cmp(&b.0.id))
+    });
+    match best {
+        Some((peer, cap, sent)) if deployed.cap == 0 || sent < cap => Route::Peer(peer),
+        _ if deployed.cap > 0 => Route::Here,
+        _ => Route::Nowhere,
+    }
+}
+
+/// 503 for a deployment no member can run.
+pub fn nowhere(deployed: &Deployed) -> hyper::Response<Body> {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "no host in the cluster can run a replica of {} (it needs {})",
+            deployed.describe(),
+            crate::deployments::describe_demand(&deployed.record.spec.demand)
+        ),
+    )
+}
+
+/// Serves `request` on `peer` and streams its answer back.
+pub async fn to_peer(
+    host: &Arc<HostInner>,
+    deployed: &Deployed,
+    peer: HostInfo,
+    request: hyper::Request<Body>,
+) -> hyper::Response<Body> {
+    let counted = host.forwarded.count(&peer.id);
+    let (parts, body) = request.into_parts();
+    let head = Request::PeerHttp {
+        tenant: deployed.record.tenant.clone(),
+        name: deployed.record.spec.name.clone(),
+        method: parts.method.to_string(),
+        uri: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into()),
+        headers: end_to_end(&parts.headers),
+    };
+    let broke = |e: &dyn std::fmt::Display| {
+        text(StatusCode::BAD_GATEWAY, format!("host {} (serving {}) broke off: {e}", peer.id, deployed.describe()))
+    };
+    let (send, mut recv) = match host.peers.open_stream(&peer.addr, &head).await {
+        Ok(streams) => streams,
+        Err(e) => return broke(&e.into_error()),
+    };
+    // The request body goes out while the answer comes back.
+    let pump = tokio::spawn(pump(body, send));
+    let pump = AbortOnDrop(pump);
+    let wait = deployed.timeout().saturating_add(PEER_SLACK);
+    match tokio::time::timeout(wait, read_frame::<_, Response>(&mut recv, MAX_FRAME)).await {
+        Ok(Ok(Some(Response::HttpHead { status, headers }))) => {
+            let mut response = hyper::Response::new(quic_body(recv, (counted, pump)));
+            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            restore(&headers, response.headers_mut());
+            response
+        }
+        Ok(Ok(Some(Response::Error(e)))) => text(status_of(&e), e.message),
+        Ok(Ok(Some(other))) => broke(&format!("unexpected answer {other:?}")),
+        Ok(Ok(None)) => broke(&"the stream ended without an answer"),
+        Ok(Err(e)) => broke(&e),
+        Err(_) => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("host {} did not answer for {} within {wait:?}", peer.id, deployed.describe()),
+        ),
+    }
+}
+
+/// The head of a request a peer forwarded ([`Request::PeerHttp`]).
+pub struct PeerRequest {
+    /// The deployment's tenant.
+    pub tenant: String,
+    /// The deployment.
+    pub name: String,
+    /// The method.
+    pub method: String,
+    /// The path and query.
+    pub uri: String,
+    /// The end-to-end headers.
+    pub headers: Vec<HttpHeader>,
+}
+
+/// Serves a request a peer forwarded (never forwarding it again): the
+/// answer's head as a frame, then its body raw.
+pub async fn serve(host: &Arc<HostInner>, head: PeerRequest, mut send: quinn::SendStream, recv: quinn::RecvStream) {
+    let PeerRequest { tenant, name, method, uri, headers } = head;
+    let response = match request_from(&method, &uri, &headers, recv) {
+        Ok(request) => match deployed_here(host, &tenant, &name).await {
+            Ok(deployed) => super::serve_here(host, deployed, request).await,
+            Err(e) => text(status_of(&e), e.message),
+        },
+        Err(e) => text(StatusCode::BAD_REQUEST, e.message),
+    };
+    let (parts, body) = response.into_parts();
+    let head = Response::HttpHead { status: parts.status.as_u16(), headers: end_to_end(&parts.headers) };
+    if write_frame(&mut send, &head).await.is_err() {
+        return;
+    }
+    pump(body, send).await;
+}
+
+/// Writes `body` raw to `send` and finishes the stream; a body that breaks
+/// off resets it instead. Stops when the other side stops reading (it has
+/// answered, or gone).
+async fn pump(mut body: Body, mut send: quinn::SendStream) {
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    if send.write_chunk(data).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(_) => {
+                let _ = send.reset(BODY_BROKEN.into());
+                return;
+            }
+        }
+    }
+    let _ = send.finish();
+}
+
+/// The deployment a forwarded request names; a host that has not seen it
+/// yet (its last sync was before the deploy) reads the registry once.
+async fn deployed_here(host: &Arc<HostInner>, tenant: &str, name: &str) -> Result<Arc<Deployed>, FabricError> {
+    crate::validate_name("tenant", tenant)?;
+    if let Some(deployed) = host.deployments.named(tenant, name) {
+        return Ok(deployed);
+    }
+    crate::deployments::sync(host).await?;
+    host.deployments
+        .named(tenant, name)
+        .ok_or_else(|| FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no deployment `{name}`")))
+}
+
+fn request_from(
+    method: &str,
+    uri: &str,
+    headers: &[HttpHeader],
+    recv: quinn::RecvStream,
+) -> Result<hyper::Request<Body>, FabricError> {
+    let bad = |what: &str| FabricError::new(ErrorKind::InvalidArgument, format!("forwarded request has a bad {what}"));
+    let mut request = hyper::Request::new(quic_body(recv, ()));
+    *request.method_mut() = hyper::Method::from_bytes(method.as_bytes()).map_err(|_| bad("method"))?;
+    *request.uri_mut() = uri.parse().map_err(|_| bad("path"))?;
+    restore(headers, request.headers_mut());
+    Ok(request)
+}
+
+/// Headers that describe one connection, not the message: never forwarded.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
+}
+
+fn end_to_end(headers: &HeaderMap) -> Vec<HttpHeader> {
+    headers
+        .iter()
+        .filter(|(name, _)| !hop_by_hop(name))
+        .map(|(name, value)| HttpHeader { name: name.as_str().to_string(), value: value.as_bytes().to_vec() })
+        .collect()
+}
+
+/// Adds `headers` to `map`, skipping any a peer should not have sent.
+fn restore(headers: &[HttpHeader], map: &mut HeaderMap) {
+    for header in headers {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(header.name.as_bytes()), HeaderValue::from_bytes(&header.value))
+        {
+            if !hop_by_hop(&name) {
+                map.append(name, value);
+            }
+        }
+    }
+}
+
+/// A body read from a QUIC stream until its end; `keep` lives as long as
+/// the body is read (what must outlast the exchange).
+fn quic_body<K: Send + 'static>(recv: quinn::RecvStream, keep: K) -> Body {
+    let stream = futures_util::stream::unfold(Some((recv, keep)), |state| async move {
+        let (mut recv, keep) = state?;
+        match recv.read_chunk(CHUNK, true).await {
+            Ok(Some(chunk)) => Some((Ok(Frame::data(chunk.bytes)), Some((recv, keep)))),
+            Ok(None) => None,
+            Err(_) => Some((Err(wasmtime_wasi_http::Error::ConnectionTerminated), None)),
+        }
+    });
+    http_body_util::StreamBody::new(stream).boxed_unsync()
+}
+
+/// Stops the request body's pump when the exchange ends early.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
