@@ -32,3 +32,9 @@ echo "\$ fabric deploy http_json.wasm --name stats"
 "$fabric" --data-dir "$data" deploy "$guests/http_json.wasm" --name stats
 echo "\$ fabric call stats --fn summarize --data '{\"values\": [3, 1, 4, 1, 5]}'"
 "$fabric" --data-dir "$data" call stats --fn summarize --data '{"values": [3, 1, 4, 1, 5]}'
+for stage in preprocess classify router; do
+  echo "\$ fabric deploy pipeline_$stage.wasm --name $stage"
+  "$fabric" --data-dir "$data" deploy "$guests/pipeline_$stage.wasm" --name "$stage"
+done
+echo "\$ fabric call router --fn classify --data '{\"text\": \"I love this fast, wonderful fabric!\"}'"
+"$fabric" --data-dir "$data" call router --fn classify --data '{"text": "I love this fast, wonderful fabric!"}'

@@ -1,7 +1,7 @@
 //! The HTTP gateway end to end: real `fabric up` processes, deployments made
 //! with the CLI, requests over real HTTP on loopback.
 
-use fabric_tests::{all_see, eventually, example, http_kit, ids, Etcd, Up};
+use fabric_tests::{all_see, eventually, example, http_kit, ids, testkit, Etcd, Up};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -382,4 +382,112 @@ fn a_full_host_sends_its_overflow_to_a_peer() {
     assert_eq!(slow.header("x-fabric-host"), Some(a.id()));
     // Free again, A serves its own requests.
     assert_eq!(a.http("GET", "/kit/again", "").header("x-fabric-host"), Some(a.id()));
+}
+
+#[test]
+fn a_pipeline_of_deployments_calls_its_stages_through_the_fabric() {
+    let host = Up::start();
+    deploy(&host, &example("pipeline_router"), &["--name", "router"]);
+    // Before its stages exist, the router says which one is missing.
+    let missing = host.http("POST", "/v1/call/router/classify", r#"{"text": "good"}"#);
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    assert!(missing.text().contains("no deployment `preprocess`"), "{}", missing.text());
+
+    deploy(&host, &example("pipeline_preprocess"), &["--name", "preprocess"]);
+    deploy(&host, &example("pipeline_classify"), &["--name", "classify"]);
+    let one = host.http("POST", "/v1/call/router/classify", r#"{"text": "I love this fast, wonderful fabric!"}"#);
+    assert_eq!(one.status, 200, "{}", one.text());
+    let one: Value = serde_json::from_slice(&one.body).unwrap();
+    assert_eq!(
+        one,
+        serde_json::json!({"label": "positive", "score": 1.0, "tokens": ["love", "fast", "wonderful", "fabric"]})
+    );
+    let many = host.http(
+        "POST",
+        "/v1/call/router/classify_many",
+        r#"{"texts": ["what a terrible, slow day", "the sky is blue", "good but broken"]}"#,
+    );
+    assert_eq!(many.status, 200, "{}", many.text());
+    let labels: Vec<Value> =
+        serde_json::from_slice::<Vec<Value>>(&many.body).unwrap().iter().map(|r| r["label"].clone()).collect();
+    assert_eq!(labels, ["negative", "neutral", "neutral"]);
+
+    // A stage's own error reaches the caller with its kind.
+    let empty = host.http("POST", "/v1/call/router/classify", r#"{"text": "?!"}"#);
+    assert_eq!(empty.status, 500, "{}", empty.text());
+    let empty: Value = serde_json::from_slice(&empty.body).unwrap();
+    assert_eq!(empty["error"]["kind"], "failed");
+    assert!(empty["error"]["message"].as_str().unwrap().contains("no words"), "{empty}");
+
+    // A stage rolls out on its own: the router calls the version serving now.
+    deploy(&host, &example("http_json"), &["--name", "classify"]);
+    let rolled = host.http("POST", "/v1/call/router/classify", r#"{"text": "good"}"#);
+    assert_eq!(rolled.status, 404, "{}", rolled.text());
+    assert!(rolled.text().contains("no task `predict`"), "{}", rolled.text());
+    // Only task deployments are called as tasks.
+    deploy(&host, &example("http_hello"), &["--name", "preprocess", "--route", "/pre"]);
+    let wrong = host.http("POST", "/v1/call/router/classify", r#"{"text": "good"}"#);
+    assert_eq!(wrong.status, 400, "{}", wrong.text());
+    assert!(wrong.text().contains("wasi:http component"), "{}", wrong.text());
+}
+
+/// `POST /v1/call/{path}` with `body` from `n` threads at once; the answers
+/// in order.
+fn concurrent_calls(host: &Up, path: &str, bodies: Vec<String>) -> Vec<fabric::http::Answer> {
+    let gateway = host.gateway();
+    let calls: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let path = path.to_string();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(fabric::http::request(gateway, "POST", &path, &[], body)).unwrap()
+            })
+        })
+        .collect();
+    calls.into_iter().map(|call| call.join().unwrap()).collect()
+}
+
+#[test]
+fn batched_calls_share_one_call_of_the_batch_function() {
+    let host = Up::start();
+    let batched = ["--batch", "batch_double", "--max-batch-size", "4", "--batch-wait-ms", "3000"];
+    deploy(&host, &testkit(), &[&["--name", "kit"][..], &batched[..]].concat());
+
+    // Eight requests at once: two full batches of four, each answered with
+    // its own item.
+    let bodies = (0..8).map(|n| format!(r#"{{"n": {n}}}"#)).collect();
+    for (n, answer) in concurrent_calls(&host, "/v1/call/kit/batch_double", bodies).into_iter().enumerate() {
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let item: Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(item, serde_json::json!({"n": n, "doubled": 2 * n, "batch": 4}));
+    }
+    // The other functions are called one request at a time.
+    assert_eq!(host.http("POST", "/v1/call/kit/add", r#"{"a": 2, "b": 3}"#).text(), "5");
+
+    // A lone request waits out the batch window, then runs alone.
+    deploy(&host, &testkit(), &["--name", "quick", "--batch", "batch_double", "--batch-wait-ms", "20"]);
+    let alone: Value =
+        serde_json::from_slice(&host.http("POST", "/v1/call/quick/batch_double", r#"{"n": 7}"#).body).unwrap();
+    assert_eq!(alone, serde_json::json!({"n": 7, "doubled": 14, "batch": 1}));
+
+    // A batch function that answers a list of the wrong length fails every
+    // request of its batch, saying so.
+    deploy(
+        &host,
+        &testkit(),
+        &["--name", "short", "--batch", "batch_short", "--max-batch-size", "2", "--batch-wait-ms", "3000"],
+    );
+    let bodies = (0..2).map(|n| format!(r#"{{"n": {n}}}"#)).collect();
+    for answer in concurrent_calls(&host, "/v1/call/short/batch_short", bodies) {
+        assert_eq!(answer.status, 500, "{}", answer.text());
+        assert!(answer.text().contains("answered 1 results for a batch of 2"), "{}", answer.text());
+    }
+
+    // Batching is for task deployments, within bounds.
+    let refused = deploy_refused(&host, &http_kit(), &["--name", "web", "--route", "/web", "--batch", "handle"]);
+    assert!(refused.contains("batching is for task deployments"), "{refused}");
+    let refused =
+        deploy_refused(&host, &testkit(), &["--name", "zero", "--batch", "batch_double", "--max-batch-size", "0"]);
+    assert!(refused.contains("--max-batch-size is 1 to"), "{refused}");
 }

@@ -154,6 +154,7 @@ fn deployment(tenant: &str, name: &str, route: Option<&str>) -> Deployment {
             isolate: false,
             max_body_bytes: 1 << 20,
             demand: Default::default(),
+            batch: None,
             limits: Default::default(),
         },
         kind: DeploymentKind::Http,

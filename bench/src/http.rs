@@ -197,6 +197,7 @@ pub fn run(report: &Report, fabric: &std::path::Path) -> anyhow::Result<()> {
             isolate: false,
             max_body_bytes: 1 << 20,
             demand: Default::default(),
+            batch: None,
             limits: Default::default(),
         };
         let t = Instant::now();

@@ -136,6 +136,16 @@ struct DeployArgs {
     /// (hosts without it forward the deployment's requests to hosts with it).
     #[arg(long, default_value = "")]
     resources: String,
+    /// A task deployment's batch function: /v1/call requests to it are
+    /// gathered into one call that takes their arguments as a list.
+    #[arg(long = "batch")]
+    batch_function: Option<String>,
+    /// Requests in one batch at most.
+    #[arg(long, default_value_t = 16, requires = "batch_function")]
+    max_batch_size: u32,
+    /// Milliseconds the first request of a batch waits for more.
+    #[arg(long, default_value_t = 10, requires = "batch_function")]
+    batch_wait_ms: u64,
     /// The pool replicas' hosts must belong to.
     #[arg(long)]
     pool: Option<String>,
@@ -695,6 +705,11 @@ async fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<ExitCode> {
             memory_bytes: Some(args.memory.saturating_mul(1 << 20)),
         },
         demand: demand(&args.resources, args.pool.clone(), &args.labels)?,
+        batch: args.batch_function.clone().map(|function| fabric_proto::Batching {
+            function,
+            max_size: args.max_batch_size,
+            max_wait_ms: args.batch_wait_ms,
+        }),
     };
     let (deployment, uploaded) = client.deploy(&wasm, spec).await?;
     if uploaded {

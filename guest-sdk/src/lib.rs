@@ -138,6 +138,42 @@ pub fn context() -> Context {
     Context { tenant: c.tenant, job: c.job, component: c.component, host: c.host }
 }
 
+/// A task deployment of the caller's tenant, called through the fabric
+/// rather than over HTTP (see [`deployment`]).
+#[derive(Clone, Debug)]
+pub struct Deployment {
+    name: String,
+}
+
+/// The task deployment `name` of the caller's tenant: how one deployment
+/// calls another in a deployment graph.
+///
+/// ```ignore
+/// let tokens: Vec<String> = fabric::deployment("preprocess").call("clean", &(text,))?.get()?;
+/// ```
+pub fn deployment(name: impl Into<String>) -> Deployment {
+    Deployment { name: name.into() }
+}
+
+impl Deployment {
+    /// Queues `function` of the deployment (its version serving now, under
+    /// its limits and resource demand) and returns at once a reference to
+    /// its result. `args` encode as the function's parameters in order: a
+    /// tuple `(a, b)` for `fn f(a: A, b: B)`, or a struct with the same
+    /// fields in the same order.
+    pub fn call<A: serde::Serialize, T>(&self, function: &str, args: &A) -> Result<ObjectRef<T>> {
+        let bytes = postcard::to_stdvec(args)
+            .map_err(|e| Error::InvalidArgument(format!("cannot encode arguments of `{}/{function}`: {e}", self.name)))?;
+        let id = bindings::fabric::core::tasks::call_deployment(&self.name, function, &bytes)?;
+        Ok(ObjectRef::from_id(id.into()))
+    }
+
+    /// The deployment's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// Log levels for [`log`].
 pub use wit_log::Level;
 

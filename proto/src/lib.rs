@@ -348,6 +348,20 @@ pub struct DeploymentSpec {
     /// What a replica needs from its host (resources per replica, pool,
     /// labels): hosts that cannot meet it run no replicas and forward.
     pub demand: Demand,
+    /// Calls of one function of a task deployment gathered into one call
+    /// with a list (none: each request is its own call).
+    pub batch: Option<Batching>,
+}
+
+/// Request batching for a task deployment (Ray Serve's `@serve.batch`).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Batching {
+    /// The function that takes a batch (its one parameter is the list).
+    pub function: String,
+    /// Requests per call at most.
+    pub max_size: u32,
+    /// Milliseconds the first request of a batch waits for more.
+    pub max_wait_ms: u64,
 }
 
 /// One header of an HTTP request or response a host forwards to another.

@@ -45,6 +45,12 @@ pub const TICK_EVERY: Duration = Duration::from_millis(100);
 /// Replicas per host at most (each holds a pooling-allocator slot).
 pub const MAX_REPLICAS: u32 = 1024;
 
+/// Requests in one batch at most.
+pub const MAX_BATCH: u32 = 4096;
+
+/// Milliseconds a batch waits for more requests at most.
+pub const MAX_BATCH_WAIT_MS: u64 = 60_000;
+
 /// Requests waiting per replica at most, beyond which the gateway answers 429.
 const QUEUE_PER_REPLICA: u32 = 64;
 
@@ -78,6 +84,8 @@ pub struct Deployed {
     pub log: Arc<JobLog>,
     /// Replicas this host may run (0: it forwards every request).
     pub cap: u32,
+    /// The request batches it is gathering (when it batches).
+    pub batcher: crate::gateway::batch::Batcher,
 }
 
 /// How many replicas of `spec` the host `info` may run: none when it cannot
@@ -279,7 +287,7 @@ async fn start(host: &Arc<HostInner>, record: Deployment) -> Result<Arc<Deployed
     let replicas = Replicas::new(policy, cap.saturating_mul(QUEUE_PER_REPLICA).max(1), !spec.isolate);
     let log = JobLog::new(None, host.config.echo_logs)
         .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create a log: {e}")))?;
-    let deployed = Arc::new(Deployed { record, component, replicas, log, cap });
+    let deployed = Arc::new(Deployed { record, component, replicas, log, cap, batcher: Default::default() });
     if deployed.record.kind == DeploymentKind::Http && !deployed.record.spec.isolate {
         for _ in 0..deployed.record.spec.min.min(cap) {
             deployed.replicas.add_idle(deployed.instantiate(host).await?);
@@ -331,6 +339,17 @@ pub fn validate(spec: &DeploymentSpec, component: &LoadedComponent) -> Result<De
     }
     if spec.scale_down_delay_ms > day {
         return invalid("--scale-down-delay is at most a day".into());
+    }
+    if let Some(batch) = &spec.batch {
+        if kind != DeploymentKind::Tasks {
+            return invalid("batching is for task deployments (their functions take the batch as a list)".into());
+        }
+        if batch.max_size == 0 || batch.max_size > MAX_BATCH {
+            return invalid(format!("--max-batch-size is 1 to {MAX_BATCH}"));
+        }
+        if batch.max_wait_ms > MAX_BATCH_WAIT_MS {
+            return invalid(format!("--batch-wait-ms is at most {MAX_BATCH_WAIT_MS}"));
+        }
     }
     Ok(kind)
 }
@@ -428,6 +447,7 @@ mod tests {
             max_body_bytes: 1,
             limits: Default::default(),
             demand,
+            batch: None,
         }
     }
 

@@ -115,9 +115,6 @@ async fn call(
         Ok(Err(e)) => return Err(invalid(format!("cannot read the request body: {e}"))),
         Err(_) => return Err(late().into()),
     };
-    let turn = admit(host, &deployed, deadline)
-        .await
-        .map_err(|e| Refusal::Response(Box::new(error_json(refused_status(&e), &e))))?;
     let args = if body.iter().all(u8::is_ascii_whitespace) {
         "{}".to_string()
     } else {
@@ -125,13 +122,28 @@ async fn call(
         serde_json::from_str::<serde_json::Value>(text).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
         text.to_string()
     };
-    let mut limits = deployed.record.spec.limits.clone();
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    limits.timeout_ms = Some((left.as_millis() as u64).max(1));
-    let host = crate::Host(host.clone());
-    let outcome = host.call(&tenant, &deployed.component.sha256, &function, &args, limits).await;
-    drop(turn);
-    let result = outcome?;
+    let result = match &deployed.record.spec.batch {
+        Some(batching) if batching.function == function => {
+            let answer = super::batch::Batcher::add(host, &deployed, batching, &function, args);
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok(result)) => result?.into_bytes(),
+                Ok(Err(_)) => return Err(FabricError::new(ErrorKind::Internal, "the batch was dropped").into()),
+                Err(_) => return Err(late().into()),
+            }
+        }
+        _ => {
+            let turn = admit(host, &deployed, deadline)
+                .await
+                .map_err(|e| Refusal::Response(Box::new(error_json(refused_status(&e), &e))))?;
+            let mut limits = deployed.record.spec.limits.clone();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            limits.timeout_ms = Some((left.as_millis() as u64).max(1));
+            let host = crate::Host(host.clone());
+            let outcome = host.call(&tenant, &deployed.component.sha256, &function, &args, limits).await;
+            drop(turn);
+            outcome?
+        }
+    };
     let mut response = Response::new(super::full(Bytes::from(result)));
     response
         .headers_mut()

@@ -22,6 +22,7 @@
 //! The tenant of a `/v1/call` request is its `x-fabric-tenant` header
 //! (`default` when absent); a route belongs to the tenant that deployed it.
 
+pub mod batch;
 pub mod call;
 pub mod forward;
 pub mod wasi_http;

@@ -6,7 +6,7 @@ use crate::objects::transfer;
 use crate::remote::{Placement, DEFAULT_RETRIES};
 use crate::runtime::TaskSpec;
 use crate::sandbox::TaskState;
-use fabric_proto::{Demand, Label, Resource, Strategy, TaskLimits};
+use fabric_proto::{Demand, DeploymentKind, ErrorKind, FabricError, Label, Resource, Strategy, TaskLimits};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
@@ -88,6 +88,41 @@ impl Host for TaskState {
             let _ = task.blocking(tokio::time::timeout(timeout, enough)).await?;
         }
         Ok(ids.into_iter().zip(&cells).filter(|(_, c)| c.peek().is_some()).map(|(id, _)| id).collect())
+    }
+
+    async fn call_deployment(
+        &mut self,
+        deployment: String,
+        function: String,
+        args: Vec<u8>,
+    ) -> Result<WitObjectId, WitError> {
+        let task = self.task()?;
+        let tenant = &task.job.tenant;
+        let deployed = task.host.deployments.named(tenant, &deployment).ok_or_else(|| {
+            FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no deployment `{deployment}`"))
+        })?;
+        if deployed.record.kind != DeploymentKind::Tasks {
+            return Err(FabricError::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "deployment `{deployment}` is a wasi:http component: only task deployments are called as tasks"
+                ),
+            )
+            .into());
+        }
+        let spec = &deployed.record.spec;
+        if spec.demand != Demand::default() {
+            task.host.cluster.place(&task.host.local_info(), &spec.demand, &[])?;
+        }
+        let placement = Placement { demand: spec.demand.clone(), retries: DEFAULT_RETRIES };
+        let spec = TaskSpec {
+            component: deployed.component.clone(),
+            function,
+            args,
+            encoding: Encoding::Binary,
+            limits: spec.limits.clone(),
+        };
+        Ok(task.host.spawn_task(&task.job, spec, placement).into())
     }
 
     async fn context(&mut self) -> WitTaskContext {

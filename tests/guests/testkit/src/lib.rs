@@ -914,3 +914,31 @@ fn custom_snapshot_restores() -> fabric::Result<u64> {
     tally.boom()?.get().expect_err("boom traps");
     tally.count("a".into())?.get()
 }
+
+/// One item of a batch.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Numbered {
+    n: u64,
+}
+
+/// What `batch_double` answers per item: the item doubled, and the size of
+/// the batch it came in.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Doubled {
+    n: u64,
+    doubled: u64,
+    batch: usize,
+}
+
+/// A batch function: one call for many requests.
+#[fabric::task]
+fn batch_double(batch: Vec<Numbered>) -> Vec<Doubled> {
+    let size = batch.len();
+    batch.into_iter().map(|item| Doubled { n: item.n, doubled: item.n * 2, batch: size }).collect()
+}
+
+/// A batch function that answers one result too few.
+#[fabric::task]
+fn batch_short(batch: Vec<Numbered>) -> Vec<u64> {
+    batch.iter().skip(1).map(|item| item.n).collect()
+}
