@@ -93,6 +93,14 @@ fn wasi_http_and_task_components_are_served_over_http() {
     assert!(deploy_refused(&host, &hello_wasm, &["--name", "x", "--route", "/x", "--min", "5", "--max", "2"])
         .contains("--min (5) is above --max (2)"));
     assert!(deploy_refused(&host, &example("http_json"), &["--name", "x", "--route", "/x"]).contains("takes no route"));
+    assert!(deploy_refused(&host, &hello_wasm, &["--name", "x", "--route", "/x", "--max", "1025"])
+        .contains("--max is at most 1024"));
+    assert!(deploy_refused(&host, &hello_wasm, &["--name", "x", "--route", "/x", "--timeout", "86401"])
+        .contains("at most a day"));
+    assert!(deploy_refused(&host, &hello_wasm, &["--name", "x", "--route", "/x", "--scale-down-delay", "90000"])
+        .contains("--scale-down-delay is at most a day"));
+    assert!(deploy_refused(&host, &hello_wasm, &["--name", "x", "--route", "/x", "--resources", "gpu=1"])
+        .contains("no host in the cluster can run a replica"));
     let garbage = host.data_dir().join("garbage.wasm");
     std::fs::write(&garbage, b"\0asm\x01\0\0\0").unwrap();
     assert!(deploy_refused(&host, &garbage, &["--name", "x", "--route", "/x"]).contains("core WebAssembly module"));
@@ -172,6 +180,9 @@ fn misbehaving_requests_get_statuses_and_the_host_keeps_serving() {
     assert!(declared.text().contains("65536 bytes"), "{}", declared.text());
     assert_eq!(chunked_echo(&host, 8 << 10), 200);
     assert_eq!(chunked_echo(&host, 100 << 10), 413);
+    // A body the handler goes on writing after its head arrives all the same.
+    let dripped = host.http("GET", "/kit/drip", "");
+    assert_eq!((dripped.status, dripped.text()), (200, "first second third".to_string()));
 
     // None of it hurt the host or the deployment.
     assert_eq!(host.http("GET", "/kit/still-here", "").status, 200);

@@ -1,10 +1,13 @@
 //! Suite `http`: the gateway under load. A `fabric up` process on loopback,
-//! driven by a load generator in this process (hyper HTTP/1.1 clients on
-//! kept-alive connections, like wrk's): the `http-hello` wasi:http example
-//! and a `/v1/call` JSON round trip of the `http-json` example at 32
-//! connections, a native hyper hello server measured the same way as the
-//! ceiling, `wasmtime serve` on the same component when a `wasmtime` binary
-//! is on the PATH, and the time from a deploy to its first 200.
+//! driven by `wrk` (2 threads, 32 kept-alive connections, 10 s after 2 s of
+//! warm-up) when it is
+//! installed, else by a load generator in this process (hyper HTTP/1.1
+//! clients on kept-alive connections, slower than wrk): the `http-hello`
+//! wasi:http example and a `/v1/call` JSON round trip of the `http-json`
+//! example, a native hyper hello server measured the same way as the
+//! ceiling, `wasmtime serve` on the same component when a `wasmtime`
+//! binary is on the PATH, and the time from a deploy to its first 200.
+//! `bench/setup.sh` installs wrk and `wasmtime serve`.
 
 use crate::Report;
 use bytes::Bytes;
@@ -15,17 +18,92 @@ use std::time::{Duration, Instant};
 const SUITE: &str = "http";
 const CONNECTIONS: usize = 32;
 const RUN: Duration = Duration::from_secs(10);
-const WARM_UP: Duration = Duration::from_secs(1);
+const WARM_UP: Duration = Duration::from_secs(2);
 
 /// What a load run measured.
 struct Load {
     per_second: f64,
-    latencies: Vec<Duration>,
+    p50_us: f64,
+    p99_us: f64,
+    answered: usize,
     failed: u64,
+    generator: &'static str,
 }
 
-/// `CONNECTIONS` clients each sending requests back to back for `RUN`.
+/// Drives `CONNECTIONS` connections at `addr` for `RUN`: with wrk when it is
+/// installed, else in this process.
 fn load(addr: SocketAddr, method: &'static str, path: &'static str, body: &'static str) -> anyhow::Result<Load> {
+    if wrk_installed() {
+        wrk(addr, method, path, body)
+    } else {
+        in_process(addr, method, path, body)
+    }
+}
+
+fn wrk_installed() -> bool {
+    std::process::Command::new("wrk")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// One wrk run; a POST's body and header go in a Lua script.
+fn wrk(addr: SocketAddr, method: &str, path: &str, body: &str) -> anyhow::Result<Load> {
+    let script = tempfile::NamedTempFile::new()?;
+    let lua_string = |s: &str| format!("{s:?}");
+    std::fs::write(
+        script.path(),
+        format!(
+            "wrk.method = {}\nwrk.body = {}\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+            lua_string(method),
+            lua_string(body)
+        ),
+    )?;
+    // A warm-up run first (replicas scale up, instances start), as the
+    // in-process generator does.
+    let mut text = String::new();
+    for duration in [WARM_UP, RUN] {
+        let out = std::process::Command::new("wrk")
+            .args(["-t2", &format!("-c{CONNECTIONS}"), &format!("-d{}s", duration.as_secs()), "--latency", "-s"])
+            .arg(script.path())
+            .arg(format!("http://{addr}{path}"))
+            .output()?;
+        text = String::from_utf8_lossy(&out.stdout).into_owned();
+        anyhow::ensure!(out.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&text).ok_or_else(|| anyhow::anyhow!("cannot read wrk's output:\n{text}"))
+}
+
+/// Reads requests/s, p50, p99, the request count and the non-2xx count
+/// from wrk's `--latency` report.
+fn parse_wrk(text: &str) -> Option<Load> {
+    let duration_us = |value: &str| -> Option<f64> {
+        let split = value.find(|c: char| c.is_ascii_alphabetic())?;
+        let number: f64 = value[..split].parse().ok()?;
+        Some(match &value[split..] {
+            "us" => number,
+            "ms" => number * 1e3,
+            "s" => number * 1e6,
+            "m" => number * 60e6,
+            _ => return None,
+        })
+    };
+    let field = |prefix: &str| -> Option<&str> {
+        text.lines().map(str::trim).find_map(|line| line.strip_prefix(prefix)).map(str::trim)
+    };
+    let per_second: f64 = field("Requests/sec:")?.parse().ok()?;
+    let p50_us = duration_us(field("50%")?)?;
+    let p99_us = duration_us(field("99%")?)?;
+    let answered = text.lines().find(|line| line.contains(" requests in "))?.split_whitespace().next()?.parse().ok()?;
+    let failed = field("Non-2xx or 3xx responses:").and_then(|n| n.parse().ok()).unwrap_or(0);
+    Some(Load { per_second, p50_us, p99_us, answered, failed, generator: "wrk" })
+}
+
+/// `CONNECTIONS` clients in this process, each sending requests back to
+/// back for `RUN`.
+fn in_process(addr: SocketAddr, method: &'static str, path: &'static str, body: &'static str) -> anyhow::Result<Load> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let start = Instant::now();
@@ -55,14 +133,23 @@ fn load(addr: SocketAddr, method: &'static str, path: &'static str, body: &'stat
                 anyhow::Ok((latencies, failed))
             })
         });
-        let mut all = Load { per_second: 0.0, latencies: Vec::new(), failed: 0 };
+        let (mut all, mut failed) = (Vec::new(), 0);
         for client in futures_util::future::join_all(clients).await {
-            let (latencies, failed) = client??;
-            all.latencies.extend(latencies);
-            all.failed += failed;
+            let (latencies, client_failed) = client??;
+            all.extend(latencies);
+            failed += client_failed;
         }
-        all.per_second = all.latencies.len() as f64 / RUN.as_secs_f64();
-        Ok(all)
+        anyhow::ensure!(!all.is_empty(), "no request was answered");
+        all.sort_unstable();
+        let pick = |q: f64| all[((all.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
+        Ok(Load {
+            per_second: all.len() as f64 / RUN.as_secs_f64(),
+            p50_us: pick(0.5),
+            p99_us: pick(0.99),
+            answered: all.len(),
+            failed,
+            generator: "in-process",
+        })
     })
 }
 
@@ -126,7 +213,8 @@ fn wasmtime_serve(wasm: &std::path::Path) -> Option<(SocketAddr, std::process::C
 
 fn rate_and_latency(report: &Report, name: &str, load: &Load, limit: Option<(f64, &str)>, goal: &str) {
     report.rate(SUITE, &format!("{name}_rps"), "req/s", load.per_second, limit, goal);
-    report.latency(SUITE, &format!("{name}_latency"), load.latencies.clone(), "(goal p99 <= 2 ms)");
+    let note = format!("(goal p99 <= 2 ms; load by {})", load.generator);
+    report.latency_us(SUITE, &format!("{name}_latency"), "us", load.p50_us, load.p99_us, load.answered, &note);
     if load.failed > 0 {
         eprintln!("http: {name}: {} requests did not answer 200", load.failed);
     }
@@ -145,15 +233,20 @@ pub fn run(report: &Report, fabric: &std::path::Path) -> anyhow::Result<()> {
     let ceiling = (native_load.per_second, "native hyper");
     rate_and_latency(report, "native_hyper_hello_32c", &native_load, None, "(the ceiling)");
 
-    match wasmtime_serve(&hello_wasm) {
+    let peer = match wasmtime_serve(&hello_wasm) {
         Some((addr, mut child)) => {
-            let peer = load(addr, "GET", "/hello", "")?;
+            let peer = load(addr, "GET", "/hello", "");
             let _ = child.kill();
             let _ = child.wait();
+            let peer = peer?;
             rate_and_latency(report, "wasmtime_serve_hello_32c", &peer, Some(ceiling), "(peer, instance reuse)");
+            Some((peer.per_second, "wasmtime serve"))
         }
-        None => eprintln!("http: no `wasmtime` on the PATH: `wasmtime serve` not measured"),
-    }
+        None => {
+            eprintln!("http: no `wasmtime` 48 on the PATH (bench/setup.sh installs it): `wasmtime serve` not measured");
+            None
+        }
+    };
 
     let host = Up::start_with(&["--slots", "2"]);
     let deploy = |wasm: &std::path::Path, args: &[&str]| -> anyhow::Result<()> {
@@ -169,7 +262,16 @@ pub fn run(report: &Report, fabric: &std::path::Path) -> anyhow::Result<()> {
     let gateway = host.gateway();
 
     let hello = load(gateway, "GET", "/hello", "")?;
-    rate_and_latency(report, "fabric_hello_32c", &hello, Some(ceiling), "(goal >= 1.5x wasmtime serve)");
+    rate_and_latency(
+        report,
+        "fabric_hello_32c",
+        &hello,
+        Some(peer.unwrap_or(ceiling)),
+        "(goal >= 1.5x wasmtime serve)",
+    );
+    if peer.is_some() {
+        report.rate(SUITE, "fabric_hello_32c_of_native", "req/s", hello.per_second, Some(ceiling), "(the ceiling)");
+    }
     let call = load(gateway, "POST", "/v1/call/stats/summarize", r#"{"values": [3, 1, 4, 1, 5, 9, 2, 6]}"#)?;
     rate_and_latency(report, "fabric_v1_call_json_32c", &call, Some(ceiling), "");
 
@@ -185,11 +287,11 @@ pub fn run(report: &Report, fabric: &std::path::Path) -> anyhow::Result<()> {
     let mut samples = Vec::new();
     for i in 0..30 {
         let name = format!("d{i}");
-        let route: &'static str = Box::leak(format!("/d{i}").into_boxed_str());
+        let route = format!("/d{i}");
         let spec = fabric_proto::DeploymentSpec {
             name,
             component: String::new(),
-            route: Some(route.to_string()),
+            route: Some(route.clone()),
             min: 1,
             max: 4,
             target_concurrency: 1,
@@ -204,7 +306,7 @@ pub fn run(report: &Report, fabric: &std::path::Path) -> anyhow::Result<()> {
         runtime.block_on(async {
             client.deploy(&wasm, spec).await?;
             loop {
-                let answer = fabric::http::request(gateway, "GET", route, &[], Bytes::new()).await?;
+                let answer = fabric::http::request(gateway, "GET", &route, &[], Bytes::new()).await?;
                 if answer.status == 200 {
                     return anyhow::Ok(());
                 }

@@ -1,12 +1,15 @@
 //! Serving a request with a `wasi:http/incoming-handler` component.
 //!
 //! The request waits for a replica (bounded by the request's timeout), then
-//! takes an idle instance or starts one, and the handler runs on a task of
-//! its own: the response head comes back as soon as the guest sets it,
-//! while the guest may go on writing the body. When the call returns
-//! cleanly the instance goes back to the deployment's idle set; one that
-//! trapped or ran out of time is torn down, so a bad request never leaves a
-//! broken instance behind for the next.
+//! takes an idle instance or starts one, and the handler is called inline:
+//! most handlers set their response and finish their body without waiting,
+//! so by the time the head is read the call is over, the body goes out
+//! whole with its length (one write), and nothing is spawned. A handler
+//! still running when its head arrives goes on on a task of its own while
+//! its body streams. When the call returns cleanly the instance goes back
+//! to the deployment's idle set; one that trapped or ran out of time is
+//! torn down, so a bad request never leaves a broken instance behind for
+//! the next.
 
 use super::{admit, declared_too_large, refused_status, status_of, text, too_large, Body, VERSION_HEADER};
 use crate::deployments::replicas::{HttpInstance, Turn};
@@ -16,6 +19,8 @@ use crate::sandbox;
 use crate::HostInner;
 use bytes::Bytes;
 use fabric_proto::FabricError;
+use futures_util::{FutureExt, StreamExt};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use hyper::{Request, Response, StatusCode};
 use std::pin::Pin;
@@ -24,6 +29,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::Error as HttpError;
 use wasmtime_wasi_http::WasiHttpView;
 
 /// How a handler's call ended.
@@ -61,7 +67,7 @@ pub async fn handle(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Req
     let exceeded = Arc::new(AtomicBool::new(false));
     let (parts, body) = request.into_parts();
     let body = Limited { inner: body, left: limit, limit, exceeded: exceeded.clone() };
-    let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+    let (head_tx, mut head_rx) = tokio::sync::oneshot::channel();
     let resources = {
         let mut http = instance.store.data_mut().http();
         http.new_incoming_request(Scheme::Http, Request::from_parts(parts, body))
@@ -76,20 +82,43 @@ pub async fn handle(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Req
             return text(StatusCode::BAD_REQUEST, format!("cannot hand the request to the handler: {e:#}"));
         }
     };
-    let call = tokio::spawn(run(host.clone(), deployed.clone(), instance, req, out, deadline, turn));
-
-    let response = tokio::select! {
-        head = head_rx => match head {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err(text(StatusCode::INTERNAL_SERVER_ERROR, format!("the handler answered with an error: {code:?}"))),
-            Err(_) => Err(match call.await {
-                Ok(Ended::Returned) => text(StatusCode::INTERNAL_SERVER_ERROR, "the handler returned without a response"),
-                Ok(Ended::Failed(e)) => text(status_of(&e), format!("the handler failed: {e}")),
-                Ok(Ended::TimedOut) => timed_out(timeout),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("the handler's task failed: {e}")),
-            }),
-        },
-        _ = tokio::time::sleep_until(deadline) => Err(timed_out(timeout)),
+    // The call runs inline first: a handler that answers without waiting
+    // (most do) has finished by the time its head is read, so its whole
+    // body is sent in one write with a length, and no task is spawned.
+    // One still running after that goes on on a task of its own while its
+    // body streams.
+    let mut call = Box::pin(run(host.clone(), deployed.clone(), instance, req, out, deadline, turn));
+    let first = tokio::select! {
+        biased;
+        head = &mut head_rx => First::Head(head.ok()),
+        ended = &mut call => First::Ended(ended),
+        _ = tokio::time::sleep_until(deadline) => First::Late,
+    };
+    let (head, ended) = match first {
+        First::Late => {
+            // It stops at the same deadline and tears its instance down.
+            tokio::spawn(call);
+            return timed_out(timeout);
+        }
+        First::Ended(ended) => (head_rx.try_recv().ok(), Some(ended)),
+        First::Head(head) => (head, (&mut call).now_or_never()),
+    };
+    let response = match (head, ended) {
+        (Some(Ok(response)), Some(_)) => Ok(buffered(response)),
+        (Some(Ok(response)), None) => {
+            tokio::spawn(call);
+            Ok(response)
+        }
+        (Some(Err(code)), ended) => {
+            if ended.is_none() {
+                tokio::spawn(call);
+            }
+            Err(text(StatusCode::INTERNAL_SERVER_ERROR, format!("the handler answered with an error: {code:?}")))
+        }
+        (None, ended) => Err(match ended {
+            Some(ended) => failed(ended, timeout),
+            None => failed(call.await, timeout),
+        }),
     };
     if exceeded.load(Ordering::Relaxed) {
         return too_large(limit);
@@ -103,6 +132,65 @@ pub async fn handle(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Req
         }
         Err(response) => response,
     }
+}
+
+/// What came first while a handler ran.
+enum First {
+    /// Its response head (none: it dropped the outparam).
+    Head(Option<Result<Response<Body>, wasmtime_wasi_http::p2::bindings::http::types::ErrorCode>>),
+    /// Its end.
+    Ended(Ended),
+    /// The deadline.
+    Late,
+}
+
+/// The answer for a handler that ended without a response.
+fn failed(ended: Ended, timeout: std::time::Duration) -> Response<Body> {
+    match ended {
+        Ended::Returned => text(StatusCode::INTERNAL_SERVER_ERROR, "the handler returned without a response"),
+        Ended::Failed(e) => text(status_of(&e), format!("the handler failed: {e}")),
+        Ended::TimedOut => timed_out(timeout),
+    }
+}
+
+/// The response of a handler that has returned: its body is all written,
+/// so it goes out whole with its length (one write instead of chunks).
+/// Whatever is not ready at once (it should all be) still streams.
+fn buffered(response: Response<Body>) -> Response<Body> {
+    let (mut parts, mut body) = response.into_parts();
+    let mut data = bytes::BytesMut::new();
+    loop {
+        match body.frame().now_or_never() {
+            Some(Some(Ok(frame))) => match frame.into_data() {
+                Ok(chunk) => data.extend_from_slice(&chunk),
+                Err(trailers) => {
+                    return streamed(parts, vec![Ok(Frame::data(data.freeze())), Ok(trailers)], Some(body))
+                }
+            },
+            Some(Some(Err(e))) => return streamed(parts, vec![Ok(Frame::data(data.freeze())), Err(e)], None),
+            Some(None) => break,
+            None => return streamed(parts, vec![Ok(Frame::data(data.freeze()))], Some(body)),
+        }
+    }
+    parts.headers.insert(hyper::header::CONTENT_LENGTH, hyper::header::HeaderValue::from(data.len()));
+    parts.headers.remove(hyper::header::TRANSFER_ENCODING);
+    Response::from_parts(parts, super::full(data.freeze()))
+}
+
+/// A response whose body is `first`, then what is left of `rest`.
+fn streamed(
+    parts: hyper::http::response::Parts,
+    first: Vec<Result<Frame<Bytes>, HttpError>>,
+    rest: Option<Body>,
+) -> Response<Body> {
+    let first = futures_util::stream::iter(first);
+    let body = match rest {
+        Some(rest) => {
+            http_body_util::StreamBody::new(first.chain(http_body_util::BodyStream::new(rest))).boxed_unsync()
+        }
+        None => http_body_util::StreamBody::new(first).boxed_unsync(),
+    };
+    Response::from_parts(parts, body)
 }
 
 fn timed_out(timeout: std::time::Duration) -> Response<Body> {

@@ -54,6 +54,21 @@ impl wasi::exports::http::incoming_handler::Guest for Kit {
                 respond(out, 200, format!("slept {ms} ms").as_bytes());
             }
             "/kit/count" => respond(out, 200, served.to_string().as_bytes()),
+            // The head and a first part at once, the rest later: a body that
+            // streams while the handler still runs.
+            "/kit/drip" => {
+                let response = OutgoingResponse::new(Fields::new());
+                let outgoing = response.body().expect("the body is taken once");
+                ResponseOutparam::set(out, Ok(response));
+                let mut stream = outgoing.write().expect("the stream is taken once");
+                for part in ["first ", "second ", "third"] {
+                    stream.write_all(part.as_bytes()).expect("the client is there");
+                    stream.flush().expect("the client is there");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                drop(stream);
+                OutgoingBody::finish(outgoing, None).expect("the body ends once");
+            }
             other => respond(out, 200, format!("kit {other}").as_bytes()),
         }
     }
