@@ -99,6 +99,8 @@ pub struct HostInner {
     pub(crate) deployments: deployments::Deployments,
     /// Gateway requests sent to peers and not yet answered.
     pub(crate) forwarded: gateway::forward::InFlight,
+    /// The host's id as the gateway's `x-fabric-host` header.
+    pub(crate) host_header: hyper::header::HeaderValue,
     /// Where the gateway listens, once it does.
     gateway: Mutex<Option<std::net::SocketAddr>>,
     /// What the host offers (read once: placement asks on every decision).
@@ -266,8 +268,10 @@ impl Host {
         }
         let node: u64 = rand::random();
         let capacity = capacity_of(&config);
+        let id = objects::host_id(node);
+        let host_header = hyper::header::HeaderValue::from_str(&id)?;
         let host = Host(Arc::new(HostInner {
-            id: objects::host_id(node),
+            id,
             objects: ObjectStore::new(node, config.max_object_bytes),
             actors: actors::Actors::new(node),
             slots: Slots::new(config.slots),
@@ -284,6 +288,7 @@ impl Host {
             transfers: objects::transfer::Transfers::from_env(),
             deployments: deployments::Deployments::default(),
             forwarded: Default::default(),
+            host_header,
             gateway: Mutex::new(None),
             capacity,
             fetching: Mutex::new(HashMap::new()),
@@ -306,25 +311,29 @@ impl Host {
                 }
             }
         });
+        // Autoscalers tick on their own task, so a slow sync (an origin
+        // host that is slow to send a component) never delays a scale-down.
         let scaling = Arc::downgrade(&host.0);
         tokio::spawn(async move {
-            let syncs_every = (deployments::SYNC_EVERY.as_millis() / deployments::TICK_EVERY.as_millis()).max(1);
-            let mut ticks: u128 = 0;
-            let mut warned = false;
             loop {
                 tokio::time::sleep(deployments::TICK_EVERY).await;
                 let Some(host) = scaling.upgrade() else { return };
                 host.deployments.tick(&host, std::time::Instant::now());
-                ticks += 1;
-                if ticks.is_multiple_of(syncs_every) {
-                    match deployments::sync(&host).await {
-                        Ok(()) => warned = false,
-                        Err(e) if !warned => {
-                            tracing::warn!("cannot read the deployments (serving the last ones read): {e}");
-                            warned = true;
-                        }
-                        Err(_) => {}
+            }
+        });
+        let syncing = Arc::downgrade(&host.0);
+        tokio::spawn(async move {
+            let mut warned = false;
+            loop {
+                tokio::time::sleep(deployments::SYNC_EVERY).await;
+                let Some(host) = syncing.upgrade() else { return };
+                match deployments::sync(&host).await {
+                    Ok(()) => warned = false,
+                    Err(e) if !warned => {
+                        tracing::warn!("cannot read the deployments (serving the last ones read): {e}");
+                        warned = true;
                     }
+                    Err(_) => {}
                 }
             }
         });
@@ -626,11 +635,17 @@ impl Host {
             deployed_ms: now_ms(),
             origin: self.0.local_addr(),
         };
-        // Start it once before recording it: a component that cannot start
-        // (it traps at start, or exceeds its memory cap) is refused here.
-        deployments::trial(&self.0, &record).await?;
-        let recorded = self.0.registry.put_deployment(&record).await?;
-        deployments::sync(&self.0).await?;
+        // Ready it before recording it: a component that cannot start (it
+        // traps at start, or exceeds its memory cap) is refused here.
+        let trialled = deployments::trial(&self.0, &record).await?;
+        let recorded = match self.0.registry.put_deployment(&record).await {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                deployments::discard(&self.0, trialled);
+                return Err(e);
+            }
+        };
+        deployments::install(&self.0, trialled, recorded.clone()).await?;
         match self.0.deployments.named(tenant, &recorded.spec.name) {
             Some(serving) if serving.record.version >= recorded.version => Ok(recorded),
             _ => Err(FabricError::new(

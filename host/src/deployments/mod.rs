@@ -250,27 +250,63 @@ pub async fn sync(host: &Arc<HostInner>) -> Result<(), FabricError> {
                 }
             },
         };
-        if let Some(route) = &deployed.record.spec.route {
-            next.routes.push((route.clone(), deployed.clone()));
-        }
         next.by_name.insert(key, deployed);
     }
-    next.routes.sort_by_key(|route| std::cmp::Reverse(route.0.len()));
+    next.routes = routes_of(&next.by_name);
     *deployments.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
     Ok(())
 }
 
-/// Starts `record` once and lets it go: what [`crate::Host::deploy`] checks
-/// before recording a deployment.
-pub async fn trial(host: &Arc<HostInner>, record: &Deployment) -> Result<(), FabricError> {
+/// Readies `record` before it is recorded, so that a component that cannot
+/// start (it traps at start, or exceeds its memory cap) is refused before
+/// the registry has it; what [`install`] serves once it is recorded.
+pub async fn trial(host: &Arc<HostInner>, record: &Deployment) -> Result<Arc<Deployed>, FabricError> {
     let deployed = start(host, record.clone()).await?;
     if deployed.record.kind == DeploymentKind::Http && deployed.record.spec.min.min(deployed.cap) == 0 {
+        // No warm instance was started: start one to see that it can.
         host.instances.reap(Box::new(deployed.instantiate(host).await?));
     }
-    for instance in deployed.replicas.tick(Instant::now() + Duration::from_secs(1 << 20)) {
+    Ok(deployed)
+}
+
+/// Lets a trialled version go without serving it (its record was refused).
+pub fn discard(host: &HostInner, trialled: Arc<Deployed>) {
+    for instance in trialled.replicas.tick(Instant::now() + Duration::from_secs(1 << 20)) {
         host.instances.reap(Box::new(instance));
     }
-    Ok(())
+}
+
+/// Serves `trialled` at once as `recorded` (the version the registry gave
+/// it: its component and warm instances are ready, so this host does not
+/// start it a second time), then brings the rest of the table in line.
+pub async fn install(host: &Arc<HostInner>, trialled: Arc<Deployed>, recorded: Deployment) -> Result<(), FabricError> {
+    {
+        let deployments = &host.deployments;
+        let _one = deployments.syncing.lock().await;
+        let key = (recorded.tenant.clone(), recorded.spec.name.clone());
+        let deployed = Arc::new(Deployed {
+            record: recorded,
+            component: trialled.component.clone(),
+            replicas: trialled.replicas.clone(),
+            log: trialled.log.clone(),
+            cap: trialled.cap,
+            batcher: Default::default(),
+        });
+        let current = deployments.table();
+        let mut next = Table { by_name: current.by_name.clone(), routes: Vec::new() };
+        next.by_name.insert(key, deployed);
+        next.routes = routes_of(&next.by_name);
+        *deployments.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+    }
+    sync(host).await
+}
+
+/// The route table of `by_name`, longest route first.
+fn routes_of(by_name: &HashMap<(String, String), Arc<Deployed>>) -> Vec<(String, Arc<Deployed>)> {
+    let mut routes: Vec<_> =
+        by_name.values().filter_map(|d| d.record.spec.route.clone().map(|route| (route, d.clone()))).collect();
+    routes.sort_by_key(|route| std::cmp::Reverse(route.0.len()));
+    routes
 }
 
 /// Readies one version: its component here, `min` warm instances.

@@ -9,7 +9,7 @@
 //! record, whose sub-tasks and objects end with it), admitted by the
 //! deployment's replicas like any request.
 
-use super::{admit, declared_too_large, refused_status, status_of, too_large, Body, TENANT_HEADER, VERSION_HEADER};
+use super::{admit, declared_too_large, refused_status, status_of, too_large, Body, TENANT_HEADER};
 use crate::deployments::Deployed;
 use crate::HostInner;
 use bytes::Bytes;
@@ -148,9 +148,6 @@ async fn call(
     response
         .headers_mut()
         .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
-    if let Ok(value) = hyper::header::HeaderValue::from_str(&deployed.record.version.to_string()) {
-        response.headers_mut().insert(VERSION_HEADER, value);
-    }
     Ok(response)
 }
 

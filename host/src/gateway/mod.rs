@@ -108,12 +108,13 @@ pub async fn handle(host: &Arc<HostInner>, request: Request<Body>) -> Response<B
 /// Serves `request` with `deployed`'s replicas on this host.
 pub async fn serve_here(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Request<Body>) -> Response<Body> {
     let mut response = match deployed.record.kind {
-        DeploymentKind::Http => wasi_http::handle(host, deployed, request).await,
-        DeploymentKind::Tasks => call::handle(host, deployed, request).await,
+        DeploymentKind::Http => wasi_http::handle(host, deployed.clone(), request).await,
+        DeploymentKind::Tasks => call::handle(host, deployed.clone(), request).await,
     };
-    if let Ok(id) = hyper::header::HeaderValue::from_str(&host.id) {
-        response.headers_mut().insert(HOST_HEADER, id);
-    }
+    let version = hyper::header::HeaderValue::from(deployed.record.version);
+    let headers = response.headers_mut();
+    headers.insert(VERSION_HEADER, version);
+    headers.insert(HOST_HEADER, host.host_header.clone());
     response
 }
 

@@ -11,7 +11,7 @@
 //! torn down, so a bad request never leaves a broken instance behind for
 //! the next.
 
-use super::{admit, declared_too_large, refused_status, status_of, text, too_large, Body, VERSION_HEADER};
+use super::{admit, declared_too_large, refused_status, status_of, text, too_large, Body};
 use crate::deployments::replicas::{HttpInstance, Turn};
 use crate::deployments::Deployed;
 use crate::resources::Held;
@@ -124,12 +124,7 @@ pub async fn handle(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Req
         return too_large(limit);
     }
     match response {
-        Ok(mut response) => {
-            if let Ok(value) = hyper::header::HeaderValue::from_str(&deployed.record.version.to_string()) {
-                response.headers_mut().insert(VERSION_HEADER, value);
-            }
-            response
-        }
+        Ok(response) => response,
         Err(response) => response,
     }
 }
