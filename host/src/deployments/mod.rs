@@ -271,7 +271,7 @@ pub async fn trial(host: &Arc<HostInner>, record: &Deployment) -> Result<Arc<Dep
 
 /// Lets a trialled version go without serving it (its record was refused).
 pub fn discard(host: &HostInner, trialled: Arc<Deployed>) {
-    for instance in trialled.replicas.tick(Instant::now() + Duration::from_secs(1 << 20)) {
+    for instance in trialled.replicas.drain_idle() {
         host.instances.reap(Box::new(instance));
     }
 }
@@ -298,7 +298,12 @@ pub async fn install(host: &Arc<HostInner>, trialled: Arc<Deployed>, recorded: D
         next.routes = routes_of(&next.by_name);
         *deployments.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
     }
-    sync(host).await
+    // The version serves already; the rest of the table catches up at the
+    // next periodic sync if the registry cannot be read now.
+    if let Err(e) = sync(host).await {
+        tracing::warn!("cannot read the deployments after a deploy (the next sync will): {e}");
+    }
+    Ok(())
 }
 
 /// The route table of `by_name`, longest route first.

@@ -160,6 +160,11 @@ impl Replicas {
         }
     }
 
+    /// Takes every idle instance (the version is let go).
+    pub fn drain_idle(&self) -> Vec<HttpInstance> {
+        std::mem::take(&mut self.lock().idle)
+    }
+
     /// Keeps a new idle instance (warming up to `min`).
     pub fn add_idle(&self, instance: HttpInstance) {
         self.lock().idle.push(instance);

@@ -126,7 +126,9 @@ async fn call(
         Some(batching) if batching.function == function => {
             let answer = super::batch::Batcher::add(host, &deployed, batching, &function, args);
             match tokio::time::timeout_at(deadline, answer).await {
-                Ok(Ok(result)) => result?.into_bytes(),
+                Ok(Ok(Ok(result))) => result.into_bytes(),
+                // A full queue is 429 here as for a single call.
+                Ok(Ok(Err(e))) => return Err(Refusal::Response(Box::new(error_json(refused_status(&e), &e)))),
                 Ok(Err(_)) => return Err(FabricError::new(ErrorKind::Internal, "the batch was dropped").into()),
                 Err(_) => return Err(late().into()),
             }

@@ -57,41 +57,50 @@ pub enum Route {
     Nowhere,
 }
 
-/// Requests this host has forwarded and not yet seen answered, by peer id.
+/// Requests this host has forwarded and not yet seen answered, by peer id
+/// and deployment (each deployment has its own cap there).
 #[derive(Clone, Default)]
-pub struct InFlight(Arc<Mutex<HashMap<String, u32>>>);
+pub struct InFlight(Arc<Mutex<HashMap<PeerDeployment, u32>>>);
+
+/// A peer's id, a tenant and a deployment name.
+type PeerDeployment = (String, String, String);
 
 /// One forwarded request, counted until dropped (when its response body
 /// ended).
 struct Counted {
     inflight: InFlight,
-    peer: String,
+    key: PeerDeployment,
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
         let mut map = self.inflight.lock();
-        if let Some(n) = map.get_mut(&self.peer) {
+        if let Some(n) = map.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                map.remove(&self.peer);
+                map.remove(&self.key);
             }
         }
     }
 }
 
 impl InFlight {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, u32>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<PeerDeployment, u32>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn count(&self, peer: &str) -> Counted {
-        *self.lock().entry(peer.to_string()).or_default() += 1;
-        Counted { inflight: self.clone(), peer: peer.to_string() }
+    fn key(peer: &str, deployed: &Deployed) -> PeerDeployment {
+        (peer.to_string(), deployed.record.tenant.clone(), deployed.record.spec.name.clone())
     }
 
-    fn of(&self, peer: &str) -> u32 {
-        self.lock().get(peer).copied().unwrap_or(0)
+    fn count(&self, peer: &str, deployed: &Deployed) -> Counted {
+        let key = Self::key(peer, deployed);
+        *self.lock().entry(key.clone()).or_default() += 1;
+        Counted { inflight: self.clone(), key }
+    }
+
+    fn of(&self, peer: &str, deployed: &Deployed) -> u32 {
+        self.lock().get(&Self::key(peer, deployed)).copied().unwrap_or(0)
     }
 }
 
@@ -109,7 +118,7 @@ pub fn choose(host: &HostInner, deployed: &Deployed) -> Route {
         .filter(|member| member.id != local.id)
         .filter_map(|member| {
             let cap = replica_cap(&deployed.record.spec, &member);
-            let sent = host.forwarded.of(&member.id);
+            let sent = host.forwarded.of(&member.id, deployed);
             (cap > 0).then_some((member, cap, sent))
         })
         .collect();
@@ -143,14 +152,14 @@ pub async fn to_peer(
     peer: HostInfo,
     request: hyper::Request<Body>,
 ) -> hyper::Response<Body> {
-    let counted = host.forwarded.count(&peer.id);
+    let counted = host.forwarded.count(&peer.id, deployed);
     let (parts, body) = request.into_parts();
     let head = Request::PeerHttp {
         tenant: deployed.record.tenant.clone(),
         name: deployed.record.spec.name.clone(),
         method: parts.method.to_string(),
         uri: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into()),
-        headers: end_to_end(&parts.headers),
+        headers: with_host(&parts),
     };
     let broke = |e: &dyn std::fmt::Display| {
         text(StatusCode::BAD_GATEWAY, format!("host {} (serving {}) broke off: {e}", peer.id, deployed.describe()))
@@ -201,6 +210,9 @@ pub async fn serve(host: &Arc<HostInner>, head: PeerRequest, mut send: quinn::Se
     let PeerRequest { tenant, name, method, uri, headers } = head;
     let response = match request_from(&method, &uri, &headers, recv) {
         Ok(request) => match deployed_here(host, &tenant, &name).await {
+            // Its view of the deployment or of this host differs: say so
+            // rather than queue where no replica can run.
+            Ok(deployed) if deployed.cap == 0 => nowhere(&deployed),
             Ok(deployed) => super::serve_here(host, deployed, request).await,
             Err(e) => text(status_of(&e), e.message),
         },
@@ -217,23 +229,39 @@ pub async fn serve(host: &Arc<HostInner>, head: PeerRequest, mut send: quinn::Se
 /// Writes `body` raw to `send` and finishes the stream; a body that breaks
 /// off resets it instead. Stops when the other side stops reading (it has
 /// answered, or gone).
-async fn pump(mut body: Body, mut send: quinn::SendStream) {
+async fn pump(mut body: Body, send: quinn::SendStream) {
+    let mut sending = Sending { send, finished: false };
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
                 if let Ok(data) = frame.into_data() {
-                    if send.write_chunk(data).await.is_err() {
+                    if sending.send.write_chunk(data).await.is_err() {
                         return;
                     }
                 }
             }
-            Err(_) => {
-                let _ = send.reset(BODY_BROKEN.into());
-                return;
-            }
+            // Reset when dropped.
+            Err(_) => return,
         }
     }
-    let _ = send.finish();
+    sending.finished = true;
+    let _ = sending.send.finish();
+}
+
+/// A stream a body is written to: reset unless the body was all written,
+/// so a body cut short (its sender gone, the exchange dropped) is never
+/// taken for a whole one (quinn finishes a stream dropped as it is).
+struct Sending {
+    send: quinn::SendStream,
+    finished: bool,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.send.reset(BODY_BROKEN.into());
+        }
+    }
 }
 
 /// The deployment a forwarded request names; a host that has not seen it
@@ -277,6 +305,18 @@ fn hop_by_hop(name: &HeaderName) -> bool {
             | "proxy-authenticate"
             | "proxy-authorization"
     )
+}
+
+/// The end-to-end headers of a request, with a `host` header from the URI's
+/// authority when there is none (HTTP/2 carries it in the URI alone).
+fn with_host(parts: &hyper::http::request::Parts) -> Vec<HttpHeader> {
+    let mut headers = end_to_end(&parts.headers);
+    if !parts.headers.contains_key(hyper::header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            headers.push(HttpHeader { name: "host".into(), value: authority.as_str().as_bytes().to_vec() });
+        }
+    }
+    headers
 }
 
 fn end_to_end(headers: &HeaderMap) -> Vec<HttpHeader> {
