@@ -371,7 +371,7 @@ fn a_host_forwards_requests_to_the_hosts_that_can_run_replicas() {
 fn a_full_host_sends_its_overflow_to_a_peer() {
     let etcd = Etcd::start();
     let a = Up::host(etcd.endpoint(), &[]);
-    let b = Up::host(etcd.endpoint(), &[]);
+    let mut b = Up::host(etcd.endpoint(), &[]);
     all_see(&[&a, &b], &ids(&[&a, &b]), "both hosts to be members");
     deploy(&a, &http_kit(), &["--name", "kit", "--route", "/kit", "--max", "1"]);
 
@@ -393,6 +393,20 @@ fn a_full_host_sends_its_overflow_to_a_peer() {
     assert_eq!(slow.header("x-fabric-host"), Some(a.id()));
     // Free again, A serves its own requests.
     assert_eq!(a.http("GET", "/kit/again", "").header("x-fabric-host"), Some(a.id()));
+
+    // A peer that died is still in A's view until its lease runs out: A
+    // gives up on reaching it before reading the body and serves the
+    // request itself once its replica is free.
+    b.kill9();
+    let slow = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(fabric::http::request(gateway, "GET", "/kit/sleep?ms=1500", &[], "")).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let fallback = a.http("GET", "/kit/fallback", "");
+    assert_eq!(fallback.status, 200, "{}", fallback.text());
+    assert_eq!(fallback.header("x-fabric-host"), Some(a.id()));
+    assert_eq!(slow.join().unwrap().status, 200);
 }
 
 #[test]

@@ -41,6 +41,10 @@ use std::time::Duration;
 /// answer before it gives up on the peer (the peer answers 504 itself first).
 const PEER_SLACK: Duration = Duration::from_secs(5);
 
+/// How long a forwarder waits for a stream to a peer before it gives up on
+/// it (and serves the request itself when it can).
+const PEER_CONNECT: Duration = Duration::from_secs(1);
+
 /// The application error code a stream is reset with when a body broke off.
 const BODY_BROKEN: u32 = 1;
 
@@ -148,26 +152,33 @@ pub fn nowhere(deployed: &Deployed) -> hyper::Response<Body> {
 /// Serves `request` on `peer` and streams its answer back.
 pub async fn to_peer(
     host: &Arc<HostInner>,
-    deployed: &Deployed,
+    deployed: &Arc<Deployed>,
     peer: HostInfo,
     request: hyper::Request<Body>,
 ) -> hyper::Response<Body> {
-    let counted = host.forwarded.count(&peer.id, deployed);
-    let (parts, body) = request.into_parts();
     let head = Request::PeerHttp {
         tenant: deployed.record.tenant.clone(),
         name: deployed.record.spec.name.clone(),
-        method: parts.method.to_string(),
-        uri: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into()),
-        headers: with_host(&parts),
+        method: request.method().to_string(),
+        uri: request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into()),
+        headers: with_host(request.headers(), request.uri()),
     };
     let broke = |e: &dyn std::fmt::Display| {
         text(StatusCode::BAD_GATEWAY, format!("host {} (serving {}) broke off: {e}", peer.id, deployed.describe()))
     };
-    let (send, mut recv) = match host.peers.open_stream(&peer.addr, &head).await {
-        Ok(streams) => streams,
-        Err(e) => return broke(&e.into_error()),
+    let opened = tokio::time::timeout(PEER_CONNECT, host.peers.open_stream(&peer.addr, &head)).await;
+    let (send, mut recv) = match opened {
+        Ok(Ok(streams)) => streams,
+        // Nothing of the body was read: serve it here if this host can.
+        _ if deployed.cap > 0 => return super::serve_here(host, deployed.clone(), request).await,
+        Ok(Err(e)) => return broke(&e.into_error()),
+        Err(_) => return broke(&format!("no stream to it within {PEER_CONNECT:?}")),
     };
+    let counted = host.forwarded.count(&peer.id, deployed);
+    // A request without a body can be served here still if the peer is
+    // lost before it answers.
+    let replay = hyper::body::Body::is_end_stream(request.body()).then(|| without_body(&request));
+    let body = request.into_body();
     // The request body goes out while the answer comes back.
     let pump = tokio::spawn(pump(body, send));
     let pump = AbortOnDrop(pump);
@@ -181,8 +192,16 @@ pub async fn to_peer(
         }
         Ok(Ok(Some(Response::Error(e)))) => text(status_of(&e), e.message),
         Ok(Ok(Some(other))) => broke(&format!("unexpected answer {other:?}")),
-        Ok(Ok(None)) => broke(&"the stream ended without an answer"),
-        Ok(Err(e)) => broke(&e),
+        Ok(lost) => match replay {
+            Some(request) if deployed.cap > 0 => {
+                drop((counted, pump));
+                super::serve_here(host, deployed.clone(), request).await
+            }
+            _ => match lost {
+                Ok(_) => broke(&"the stream ended without an answer"),
+                Err(e) => broke(&e),
+            },
+        },
         Err(_) => text(
             StatusCode::GATEWAY_TIMEOUT,
             format!("host {} did not answer for {} within {wait:?}", peer.id, deployed.describe()),
@@ -224,6 +243,16 @@ pub async fn serve(host: &Arc<HostInner>, head: PeerRequest, mut send: quinn::Se
         return;
     }
     pump(body, send).await;
+}
+
+/// The same request with an empty body.
+fn without_body(request: &hyper::Request<Body>) -> hyper::Request<Body> {
+    let mut copy = hyper::Request::new(super::full(bytes::Bytes::new()));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 /// Writes `body` raw to `send` and finishes the stream; a body that breaks
@@ -309,10 +338,10 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 
 /// The end-to-end headers of a request, with a `host` header from the URI's
 /// authority when there is none (HTTP/2 carries it in the URI alone).
-fn with_host(parts: &hyper::http::request::Parts) -> Vec<HttpHeader> {
-    let mut headers = end_to_end(&parts.headers);
-    if !parts.headers.contains_key(hyper::header::HOST) {
-        if let Some(authority) = parts.uri.authority() {
+fn with_host(map: &HeaderMap, uri: &hyper::Uri) -> Vec<HttpHeader> {
+    let mut headers = end_to_end(map);
+    if !map.contains_key(hyper::header::HOST) {
+        if let Some(authority) = uri.authority() {
             headers.push(HttpHeader { name: "host".into(), value: authority.as_str().as_bytes().to_vec() });
         }
     }
