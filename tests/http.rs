@@ -515,4 +515,9 @@ fn batched_calls_share_one_call_of_the_batch_function() {
     let refused =
         deploy_refused(&host, &testkit(), &["--name", "zero", "--batch", "batch_double", "--max-batch-size", "0"]);
     assert!(refused.contains("--max-batch-size is 1 to"), "{refused}");
+    let refused =
+        deploy_refused(&host, &testkit(), &["--name", "slow", "--batch", "batch_double", "--batch-wait-ms", "60001"]);
+    assert!(refused.contains("--batch-wait-ms is at most 60000"), "{refused}");
+    let refused = deploy_refused(&host, &testkit(), &["--name", "nofn", "--batch-wait-ms", "5"]);
+    assert!(refused.contains("--batch"), "{refused}");
 }

@@ -15,6 +15,7 @@
 //! requests; a failed call fails every request in it with the same error,
 //! and an answer that is not a list of the right length is a 500 for all.
 
+use super::call::{invoke, CallError};
 use crate::deployments::Deployed;
 use crate::HostInner;
 use fabric_proto::{Batching, ErrorKind, FabricError};
@@ -27,7 +28,7 @@ use tokio::sync::oneshot;
 /// goes.
 struct Item {
     args: String,
-    reply: oneshot::Sender<Result<String, FabricError>>,
+    reply: oneshot::Sender<Result<String, CallError>>,
 }
 
 /// The batch gathering for one function.
@@ -59,7 +60,7 @@ impl Batcher {
         batching: &Batching,
         function: &str,
         args: String,
-    ) -> oneshot::Receiver<Result<String, FabricError>> {
+    ) -> oneshot::Receiver<Result<String, CallError>> {
         let batcher = &deployed.batcher;
         let (reply, answer) = oneshot::channel();
         let mut open = batcher.lock();
@@ -119,31 +120,21 @@ async fn run(
     deployed: &Deployed,
     function: &str,
     args: &[String],
-) -> Result<Vec<String>, FabricError> {
+) -> Result<Vec<String>, CallError> {
     let timeout = deployed.timeout();
     let deadline = tokio::time::Instant::now().checked_add(timeout).unwrap_or_else(tokio::time::Instant::now);
-    let turn = super::admit(host, deployed, deadline).await?;
     // The function's one parameter, given positionally: the list.
     let batch = format!("[[{}]]", args.join(","));
-    let mut limits = deployed.record.spec.limits.clone();
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    limits.timeout_ms = Some((left.as_millis() as u64).max(1));
-    let host = crate::Host(host.clone());
-    let outcome = host.call(&deployed.record.tenant, &deployed.component.sha256, function, &batch, limits).await;
-    drop(turn);
-    let answer = outcome?;
-    let results: Vec<serde_json::Value> = serde_json::from_slice(answer.as_ref()).map_err(|e| {
-        FabricError::new(ErrorKind::Failed, format!("batch function `{function}` did not answer with a list: {e}"))
-    })?;
+    let answer = invoke(host, deployed, function, &batch, deadline).await?;
+    let failed = |message: String| CallError::Failed(FabricError::new(ErrorKind::Failed, message));
+    let results: Vec<serde_json::Value> = serde_json::from_slice(&answer)
+        .map_err(|e| failed(format!("batch function `{function}` did not answer with a list: {e}")))?;
     if results.len() != args.len() {
-        return Err(FabricError::new(
-            ErrorKind::Failed,
-            format!(
-                "batch function `{function}` answered {} results for a batch of {} requests",
-                results.len(),
-                args.len()
-            ),
-        ));
+        return Err(failed(format!(
+            "batch function `{function}` answered {} results for a batch of {} requests",
+            results.len(),
+            args.len()
+        )));
     }
     Ok(results.iter().map(serde_json::Value::to_string).collect())
 }

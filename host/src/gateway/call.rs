@@ -93,7 +93,7 @@ async fn call(
     deployed: Arc<Deployed>,
     request: Request<Body>,
 ) -> Result<Response<Body>, Refusal> {
-    let (tenant, _, function) = parse(&request)?;
+    let (_, _, function) = parse(&request)?;
     let limit = deployed.record.spec.max_body_bytes;
     if let Some(response) = declared_too_large(&request, limit) {
         return Err(Refusal::Response(Box::new(response)));
@@ -126,31 +126,55 @@ async fn call(
         Some(batching) if batching.function == function => {
             let answer = super::batch::Batcher::add(host, &deployed, batching, &function, args);
             match tokio::time::timeout_at(deadline, answer).await {
-                Ok(Ok(Ok(result))) => result.into_bytes(),
-                // A full queue is 429 here as for a single call.
-                Ok(Ok(Err(e))) => return Err(Refusal::Response(Box::new(error_json(refused_status(&e), &e)))),
+                Ok(Ok(result)) => result.map_err(Refusal::from)?.into_bytes(),
                 Ok(Err(_)) => return Err(FabricError::new(ErrorKind::Internal, "the batch was dropped").into()),
                 Err(_) => return Err(late().into()),
             }
         }
-        _ => {
-            let turn = admit(host, &deployed, deadline)
-                .await
-                .map_err(|e| Refusal::Response(Box::new(error_json(refused_status(&e), &e))))?;
-            let mut limits = deployed.record.spec.limits.clone();
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            limits.timeout_ms = Some((left.as_millis() as u64).max(1));
-            let host = crate::Host(host.clone());
-            let outcome = host.call(&tenant, &deployed.component.sha256, &function, &args, limits).await;
-            drop(turn);
-            outcome?
-        }
+        _ => invoke(host, &deployed, &function, &args, deadline).await?,
     };
     let mut response = Response::new(super::full(Bytes::from(result)));
     response
         .headers_mut()
         .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     Ok(response)
+}
+
+/// How a call through a deployment's replicas failed.
+#[derive(Clone, Debug)]
+pub enum CallError {
+    /// No replica could be had (429 for a full queue, 504 past the deadline).
+    Refused(FabricError),
+    /// The call itself failed.
+    Failed(FabricError),
+}
+
+impl From<CallError> for Refusal {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::Refused(e) => Refusal::Response(Box::new(error_json(refused_status(&e), &e))),
+            CallError::Failed(e) => Refusal::Error(e),
+        }
+    }
+}
+
+/// Calls `function` of `deployed` with JSON `args` on one of its replicas,
+/// all by `deadline`: the task's JSON result.
+pub async fn invoke(
+    host: &Arc<HostInner>,
+    deployed: &Deployed,
+    function: &str,
+    args: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<u8>, CallError> {
+    let turn = admit(host, deployed, deadline).await.map_err(CallError::Refused)?;
+    let mut limits = deployed.record.spec.limits.clone();
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    limits.timeout_ms = Some((left.as_millis() as u64).max(1));
+    let host = crate::Host(host.clone());
+    let outcome = host.call(&deployed.record.tenant, &deployed.component.sha256, function, args, limits).await;
+    drop(turn);
+    outcome.map_err(CallError::Failed)
 }
 
 /// `{"error": {"kind", "message"}}` with `status`.

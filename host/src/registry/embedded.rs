@@ -135,8 +135,21 @@ impl Embedded {
     }
 
     fn jobs_now(&self, tenant: Option<&str>) -> Result<Vec<JobRecord>, FabricError> {
+        let mut out: Vec<JobRecord> = self.records_of(JOBS, tenant)?;
+        sort_newest_first(&mut out);
+        Ok(out)
+    }
+
+    /// Every record in `table` under `tenant/` (all of them without a
+    /// tenant), in key order.
+    fn records_of<T>(&self, table: TableDefinition<&str, &[u8]>, tenant: Option<&str>) -> Result<Vec<T>, FabricError>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
+            + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+    {
         let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(JOBS).map_err(storage)?;
+        let table = txn.open_table(table).map_err(storage)?;
         let prefix = tenant.map(|t| format!("{t}/")).unwrap_or_default();
         let mut out = Vec::new();
         for entry in table.range(prefix.as_str()..).map_err(storage)? {
@@ -144,9 +157,8 @@ impl Embedded {
             if !k.value().starts_with(&prefix) {
                 break;
             }
-            out.push(fabric_proto::decode::<JobRecord>(v.value()).map_err(storage)?);
+            out.push(fabric_proto::decode::<T>(v.value()).map_err(storage)?);
         }
-        sort_newest_first(&mut out);
         Ok(out)
     }
 }
@@ -362,20 +374,7 @@ impl Registry for Embedded {
     }
 
     fn deployments<'a>(&'a self, tenant: Option<&'a str>) -> BoxFuture<'a, Result<Vec<Deployment>, FabricError>> {
-        Box::pin(async move {
-            let txn = self.db.begin_read().map_err(storage)?;
-            let table = txn.open_table(DEPLOYMENTS).map_err(storage)?;
-            let prefix = tenant.map(|t| format!("{t}/")).unwrap_or_default();
-            let mut out = Vec::new();
-            for entry in table.range(prefix.as_str()..).map_err(storage)? {
-                let (k, v) = entry.map_err(storage)?;
-                if !k.value().starts_with(&prefix) {
-                    break;
-                }
-                out.push(fabric_proto::decode(v.value()).map_err(storage)?);
-            }
-            Ok(out)
-        })
+        Box::pin(async move { self.records_of(DEPLOYMENTS, tenant) })
     }
 
     fn remove_deployment<'a>(&'a self, tenant: &'a str, name: &'a str) -> BoxFuture<'a, Result<bool, FabricError>> {
