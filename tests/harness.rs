@@ -136,6 +136,15 @@ impl Up {
         up
     }
 
+    /// The most memory the host process has had resident (VmHWM), in bytes.
+    pub fn peak_memory_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("a running host").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the host's /proc status");
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+        let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmHWM in kB");
+        kib * 1024
+    }
+
     /// The host's id (from its start-up line).
     pub fn id(&self) -> String {
         let log = self.up_log();

@@ -215,3 +215,69 @@ fn a_tenant_cannot_read_another_tenants_object_on_another_host() {
     let stopped = b.fabric(&["--tenant", "alpha", "stop", &job]);
     assert_eq!(stopped.code, 0, "{stopped:?}");
 }
+
+/// The one store of a single host's listing.
+fn only_store(host: &Up) -> Value {
+    let all = stores(host, "default");
+    assert_eq!(all.len(), 1, "{all:?}");
+    all[0].clone()
+}
+
+#[test]
+fn a_working_set_four_times_the_object_memory_spills_and_finishes() {
+    let up = Up::start_with(&["--object-memory-mib", "16"]);
+    // 64 objects of 1 MiB in one job: four times what may stay in memory.
+    let right = result_of(&up, "spill_working_set", r#"{"count": 64, "len": 1048576}"#);
+    assert_eq!(right, 128, "every object read back right, whole and sliced");
+    let store = only_store(&up);
+    assert!(store["spills"].as_u64().unwrap() >= 48, "{store}");
+    assert_eq!(store["memory_budget"], 16 << 20, "{store}");
+    // The job ended: its objects and their spill files are gone.
+    eventually(SETTLE, "the job's objects to be freed", || {
+        let store = only_store(&up);
+        (store["memory_bytes"] == 0 && store["spilled_bytes"] == 0).then_some(())
+    });
+    let out = up.fabric(&["objects"]);
+    assert!(out.stdout.contains("SPILLED") && out.stdout.contains("16.0MiB"), "{out:?}");
+}
+
+#[test]
+fn an_object_four_times_the_object_memory_streams_through_disk() {
+    let up = Up::start_with(&["--object-memory-mib", "512", "--max-object-mib", "3072"]);
+    let total: u64 = 2 << 30;
+    let v = result_of(&up, "stream_object", &format!(r#"{{"total": {total}, "part": {}}}"#, 8 << 20));
+    assert_eq!(v[0], v[1], "read back what was written: {v}");
+    assert_eq!(v[2], total, "{v}");
+    // It went through disk, not memory: the host never held half of it.
+    let peak = up.peak_memory_bytes();
+    assert!(peak < 1 << 30, "the host's peak memory was {peak} bytes");
+}
+
+#[test]
+fn a_tenant_over_its_object_limit_gets_a_clear_error() {
+    let up = Up::start_with(&["--max-tenant-object-mib", "4"]);
+    let v = result_of(&up, "write_until_refused", r#"{"part": 1048576}"#);
+    let message = v[0].as_str().unwrap();
+    assert!(message.contains("tenant `default`") && message.contains("limit of 4194304 bytes"), "{v}");
+    assert_eq!(v[1], 4 << 20, "{v}");
+}
+
+#[test]
+fn a_spilled_object_is_pulled_from_its_holders_disk() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    let b = Up::host(etcd.endpoint(), &[MAKER, &["--object-memory-mib", "8"]].concat());
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    // b puts 32 MiB (four times its object memory): it spills, and a reads
+    // it whole and in slices from b's disk.
+    let v = result_of(&a, "pull_elsewhere", &args(32 << 20, 5));
+    assert_eq!(v[2], v[3], "a read what b put: {v}");
+    let v = result_of(
+        &a,
+        "slices_elsewhere",
+        r#"{"len": 33554432, "seed": 6, "key": "role", "value": "maker", "slice": 65536, "count": 16}"#,
+    );
+    assert_eq!(v, true);
+    let b_store = store_of(&stores(&a, "default"), &b).clone();
+    assert!(b_store["spills"].as_u64().unwrap() >= 2, "{b_store}");
+}

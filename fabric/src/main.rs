@@ -204,6 +204,16 @@ struct UpArgs {
     /// Largest object a task may create, in MiB.
     #[arg(long)]
     max_object_mib: Option<u64>,
+    /// Object memory budget in MiB; past it the least recently used objects
+    /// spill to disk (default: 30% of the machine's memory).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    object_memory_mib: Option<u64>,
+    /// Objects one tenant may hold on this host, in MiB (default: no limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_tenant_object_mib: Option<u64>,
+    /// Where objects spill (default: `spill` under the data directory).
+    #[arg(long)]
+    spill_dir: Option<PathBuf>,
     /// Address of the HTTP gateway, or `off`.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: String,
@@ -418,8 +428,15 @@ async fn serve(
         config.slots = slots.max(1);
     }
     if let Some(mib) = args.max_object_mib {
-        config.max_object_bytes = mib << 20;
+        config.max_object_bytes = mib_to_bytes("--max-object-mib", mib)?;
     }
+    if let Some(mib) = args.object_memory_mib {
+        config.object_memory_bytes = mib_to_bytes("--object-memory-mib", mib)?;
+    }
+    if let Some(mib) = args.max_tenant_object_mib {
+        config.max_tenant_object_bytes = mib_to_bytes("--max-tenant-object-mib", mib)?;
+    }
+    config.spill_dir = args.spill_dir;
     config.etcd = etcd.to_vec();
     let mut advertise = None;
     let joins_cluster = membership.is_some();
@@ -804,6 +821,27 @@ fn print_deployments(all: &[fabric_proto::DeploymentInfo]) {
     }
 }
 
+/// `mib` MiB in bytes, or an error naming `flag` when that does not fit.
+fn mib_to_bytes(flag: &str, mib: u64) -> anyhow::Result<u64> {
+    mib.checked_mul(1 << 20).ok_or_else(|| anyhow::anyhow!("{flag} {mib} is too large"))
+}
+
+/// `bytes` in the largest binary unit that keeps it at least 1.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
 fn print_objects(stores: &[fabric_proto::HostObjects]) {
     println!("{:<18} {:<28} {:>9} {:>14}", "HOST", "JOB", "OBJECTS", "BYTES");
     for store in stores {
@@ -812,9 +850,22 @@ fn print_objects(stores: &[fabric_proto::HostObjects]) {
         }
     }
     println!();
-    println!("{:<18} {:>9} {:>14} {:>15}", "HOST", "PULLS", "PULLED BYTES", "RANGES RETRIED");
+    println!(
+        "{:<18} {:>10} {:>10} {:>10} {:>8} {:>7} {:>10} {:>8}",
+        "HOST", "MEMORY", "BUDGET", "SPILLED", "SPILLS", "PULLS", "PULLED", "RETRIED"
+    );
     for store in stores {
-        println!("{:<18} {:>9} {:>14} {:>15}", store.host, store.pulls, store.pulled_bytes, store.retried_ranges);
+        println!(
+            "{:<18} {:>10} {:>10} {:>10} {:>8} {:>7} {:>10} {:>8}",
+            store.host,
+            human_bytes(store.memory_bytes),
+            human_bytes(store.memory_budget),
+            human_bytes(store.spilled_bytes),
+            store.spills,
+            store.pulls,
+            human_bytes(store.pulled_bytes),
+            store.retried_ranges
+        );
     }
 }
 

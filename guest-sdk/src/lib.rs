@@ -40,7 +40,9 @@ mod object;
 pub use actor::{ActorBuilder, ActorHandle, ActorId};
 pub use error::{Error, Result};
 pub use fabric_sdk_macros::{actor, task};
-pub use object::{get_all, put, put_array, put_bytes, wait, ArrayRef, Element, ObjectId, ObjectRef, ReadyAndPending};
+pub use object::{
+    get_all, put, put_array, put_bytes, wait, ArrayRef, Element, ObjectId, ObjectRef, ObjectWriter, ReadyAndPending,
+};
 
 use bindings::fabric::core::{log as wit_log, tasks as wit_tasks};
 use std::time::Duration;

@@ -175,6 +175,62 @@ pub fn put_array<T: Element>(values: &[T]) -> Result<ArrayRef<T>> {
     Ok(ArrayRef { id, len: values.len() as u64, _type: PhantomData })
 }
 
+/// Builds one raw byte object from parts, for objects larger than the task
+/// wants to hold in its memory at once: write parts in any sizes, then
+/// `finish`. The host keeps small objects in memory and sends large ones
+/// to its disk as they are written, so an object may be larger than the
+/// host's object memory. Read it back a slice at a time with
+/// [`ArrayRef::slice`].
+///
+/// ```ignore
+/// let mut writer = fabric::ObjectWriter::new();
+/// for part in parts {
+///     writer.write(&part)?;
+/// }
+/// let object: fabric::ArrayRef<u8> = writer.finish()?;
+/// ```
+pub struct ObjectWriter {
+    inner: objects::Writer,
+    len: u64,
+}
+
+impl ObjectWriter {
+    /// A writer for a new object owned by this task's job.
+    pub fn new() -> Self {
+        ObjectWriter { inner: objects::Writer::new(), len: 0 }
+    }
+
+    /// Appends `bytes`. Past the object size limit or the tenant's limit
+    /// this fails, and so does every later write.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.inner.write(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Seals the object.
+    pub fn finish(self) -> Result<ArrayRef<u8>> {
+        let id = self.inner.finish()?.into();
+        Ok(ArrayRef { id, len: self.len, _type: PhantomData })
+    }
+}
+
+impl Default for ObjectWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<T> ArrayRef<T> {
     pub(crate) fn from_parts(id: ObjectId, len: u64) -> Self {
         ArrayRef { id, len, _type: PhantomData }

@@ -41,6 +41,13 @@ pub struct HostConfig {
     pub limits: DefaultLimits,
     /// Largest single object, in bytes.
     pub max_object_bytes: u64,
+    /// Bytes of objects kept in memory before the least recently used spill
+    /// to disk (default: 30% of the machine's memory).
+    pub object_memory_bytes: u64,
+    /// Bytes of objects one tenant may hold on this host (default: no limit).
+    pub max_tenant_object_bytes: u64,
+    /// Where objects spill (default: `spill` under the data directory).
+    pub spill_dir: Option<PathBuf>,
     /// Reuse a cleanly finished task's instance for the next task of the same
     /// tenant and component (see `instances`); off gives every task a fresh
     /// instance.
@@ -71,6 +78,9 @@ impl HostConfig {
             max_instances: 1000,
             limits: DefaultLimits::default(),
             max_object_bytes: 3 << 30,
+            object_memory_bytes: crate::objects::default_memory_budget(),
+            max_tenant_object_bytes: u64::MAX,
+            spill_dir: None,
             reuse_instances: true,
             etcd: Vec::new(),
             etcd_wait: Duration::ZERO,
@@ -78,6 +88,18 @@ impl HostConfig {
             declared: crate::cluster::Declared::default(),
             lease_ttl: Duration::from_secs(3),
             advertise_names: Vec::new(),
+        }
+    }
+}
+
+impl HostConfig {
+    /// What bounds the host's object store.
+    pub fn store_limits(&self) -> crate::objects::StoreLimits {
+        crate::objects::StoreLimits {
+            max_object_bytes: self.max_object_bytes,
+            memory_budget: self.object_memory_bytes,
+            max_tenant_bytes: self.max_tenant_object_bytes,
+            spill_dir: self.spill_dir.clone().unwrap_or_else(|| self.data_dir.join("spill")),
         }
     }
 }

@@ -272,7 +272,7 @@ impl Host {
         let host_header = hyper::header::HeaderValue::from_str(&id)?;
         let host = Host(Arc::new(HostInner {
             id,
-            objects: ObjectStore::new(node, config.max_object_bytes),
+            objects: ObjectStore::new(node, config.store_limits()),
             actors: actors::Actors::new(node),
             slots: Slots::new(config.slots),
             instances: instances::InstancePool::new(config.slots * 4, (config.max_instances / 4) as usize),

@@ -297,6 +297,14 @@ pub struct HostObjects {
     pub pulled_bytes: u64,
     /// Ranges it pulled again after a truncated or corrupted transfer.
     pub retried_ranges: u64,
+    /// Bytes of objects (all tenants) in the host's memory now.
+    pub memory_bytes: u64,
+    /// Its object memory budget; past it, objects spill to disk.
+    pub memory_budget: u64,
+    /// Bytes of objects (all tenants) in spill files now.
+    pub spilled_bytes: u64,
+    /// Objects spilled since the host started.
+    pub spills: u64,
 }
 
 /// What a deployment's component is, which decides how the gateway calls it.

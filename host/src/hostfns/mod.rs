@@ -24,8 +24,12 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "fabric:core/task",
-        imports: { default: async },
+        imports: {
+            "fabric:core/objects.[constructor]writer": async | trappable,
+            default: async,
+        },
         exports: { default: async },
+        with: { "fabric:core/objects.writer": crate::objects::writer::ObjectWriter },
     });
 }
 

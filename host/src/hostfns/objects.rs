@@ -1,14 +1,15 @@
-//! `fabric:core/objects`: put, get and slice reads against the host's store,
-//! in the calling task's tenant.
+//! `fabric:core/objects`: put, get, slice reads and writers against the
+//! host's store, in the calling task's tenant.
 
-use super::bindings::fabric::core::objects::Host;
+use super::bindings::fabric::core::objects::{Host, HostWriter};
 use super::{WitError, WitObjectId};
+use crate::objects::writer::ObjectWriter;
 use crate::objects::{transfer, Cell, ObjectBytes, ObjectId, Value};
 use crate::sandbox::TaskState;
 use crate::HostInner;
 use fabric_proto::FabricError;
 use std::sync::Arc;
-use wasmtime::component::Linker;
+use wasmtime::component::{Linker, Resource};
 use wasmtime::StoreContextMut;
 
 impl TaskState {
@@ -36,8 +37,9 @@ impl TaskState {
     /// The object's bytes, waiting if it is pending or must be pulled.
     async fn object(&mut self, id: WitObjectId) -> Result<ObjectBytes, FabricError> {
         let id: ObjectId = id.into();
-        if let Some(Value::Here(bytes)) = self.ready_here(id)? {
-            return Ok(bytes);
+        if let Some(Value::Here(local)) = self.ready_here(id)? {
+            let host = self.task()?.host.clone();
+            return host.objects.bytes(&local).await;
         }
         self.waiting(|host, tenant, job| async move { transfer::bytes(&host, &tenant, &job, id).await }).await
     }
@@ -63,7 +65,10 @@ pub(crate) fn add_zero_copy_get(linker: &mut Linker<TaskState>) -> wasmtime::Res
 impl Host for TaskState {
     async fn put(&mut self, data: Vec<u8>) -> Result<WitObjectId, WitError> {
         let task = self.task()?;
-        Ok(task.host.objects.put(&task.job.tenant, &task.job.id, data)?.into())
+        let id = task.host.objects.put(&task.job.tenant, &task.job.id, data)?;
+        // A task putting faster than the host can spill waits here.
+        task.host.objects.room().await?;
+        Ok(id.into())
     }
 
     /// Shadowed by [`add_zero_copy_get`], which avoids this copy; kept for
@@ -84,9 +89,47 @@ impl Host for TaskState {
     /// object and this one has no copy.
     async fn read(&mut self, id: WitObjectId, offset: u64, len: u64) -> Result<Vec<u8>, WitError> {
         let id: ObjectId = id.into();
-        if let Some(Value::Here(bytes)) = self.ready_here(id)? {
-            return Ok(bytes[transfer::range_of(bytes.len() as u64, offset, len)?].to_vec());
+        if let Some(Value::Here(local)) = self.ready_here(id)? {
+            let range = transfer::range_of(local.len(), offset, len)?;
+            let host = self.task()?.host.clone();
+            return Ok(host.objects.slice(&local, range).await.map(Vec::from)?);
         }
         Ok(self.waiting(|host, tenant, _| async move { transfer::read(&host, &tenant, id, offset, len).await }).await?)
     }
+}
+
+impl HostWriter for TaskState {
+    async fn new(&mut self) -> wasmtime::Result<Resource<ObjectWriter>> {
+        let task = self.task()?;
+        let writer = ObjectWriter::new(task.job.tenant.clone(), task.job.id.clone());
+        Ok(self.table.push(writer)?)
+    }
+
+    async fn write(&mut self, writer: Resource<ObjectWriter>, data: Vec<u8>) -> Result<(), WitError> {
+        let host = self.task()?.host.clone();
+        let writer = self.table.get_mut(&writer).map_err(no_writer)?;
+        host.objects.write(writer, data).await?;
+        host.objects.room().await?;
+        Ok(())
+    }
+
+    async fn finish(&mut self, writer: Resource<ObjectWriter>) -> Result<WitObjectId, WitError> {
+        let host = self.task()?.host.clone();
+        let writer = self.table.get_mut(&writer).map_err(no_writer)?;
+        let id = host.objects.finish(writer)?;
+        host.objects.room().await?;
+        Ok(id.into())
+    }
+
+    async fn drop(&mut self, writer: Resource<ObjectWriter>) -> wasmtime::Result<()> {
+        self.table.delete(writer)?;
+        Ok(())
+    }
+}
+
+fn no_writer(error: wasmtime::component::ResourceTableError) -> WitError {
+    WitError::from(FabricError::new(
+        fabric_proto::ErrorKind::InvalidArgument,
+        format!("no such object writer: {error}"),
+    ))
 }

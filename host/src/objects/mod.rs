@@ -17,11 +17,29 @@
 //! copy that every reader on its host shares. Objects belong to the job that
 //! created them (a peer keeps a visiting job's objects until the job's own
 //! host says it ended) and are freed when it ends.
+//!
+//! Memory: each host keeps its objects' bytes within a memory budget. Past
+//! it, the least recently used objects that no reader holds right now go to
+//! local disk ([`spill`]) and come back on the next whole read; a slice read
+//! of a spilled object reads only that range from disk. An object built with
+//! a [`writer::ObjectWriter`] larger than a quarter of the budget goes to
+//! disk as it is written, so an object larger than the whole budget streams
+//! through. Producers that outrun the disk wait ([`ObjectStore::room`]), so
+//! a working set larger than memory finishes, slower, instead of the host
+//! running out of memory. Limits per object and per tenant (on this host)
+//! give resource-limit errors naming them.
+//!
+//! Locks: the store's `inner` before an object's `place`, never the other
+//! way round; no lock is held across disk IO.
 
+pub mod spill;
 pub mod transfer;
+pub mod writer;
 
 use fabric_proto::{ErrorKind, FabricError};
-use std::collections::HashMap;
+use spill::SpillFile;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::Notify;
@@ -72,8 +90,8 @@ impl From<fabric_proto::WireObjectId> for ObjectId {
 /// A ready object.
 #[derive(Clone, Debug)]
 pub enum Value {
-    /// Its bytes, here.
-    Here(ObjectBytes),
+    /// Its bytes, on this host (in memory or spilled to its disk).
+    Here(Arc<Local>),
     /// A task result kept by the peer that ran it, as object `id` there
     /// (`id.hi` names the peer), `len` bytes long.
     Elsewhere {
@@ -90,7 +108,7 @@ impl Value {
     /// Its size in bytes, wherever it is.
     pub fn len(&self) -> u64 {
         match self {
-            Value::Here(bytes) => bytes.len() as u64,
+            Value::Here(local) => local.len,
             Value::Elsewhere { len, .. } => *len,
         }
     }
@@ -102,7 +120,7 @@ impl Value {
 
     fn bytes_here(&self) -> u64 {
         match self {
-            Value::Here(bytes) => bytes.len() as u64,
+            Value::Here(local) => local.len,
             Value::Elsewhere { .. } => 0,
         }
     }
@@ -112,19 +130,71 @@ impl Value {
 /// was to produce it.
 pub type ObjectResult = Result<Value, FabricError>;
 
-/// An object's bytes, shared by every reader. `Arc<Vec<u8>>` rather than a
-/// `Bytes` because wasmtime lowers it into guest memory as a `list<u8>`
-/// directly.
+/// An object's bytes in memory, shared by every reader. `Arc<Vec<u8>>`
+/// rather than a `Bytes` because wasmtime lowers it into guest memory as a
+/// `list<u8>` directly.
 pub type ObjectBytes = Arc<Vec<u8>>;
 
-/// One object: pending until filled once.
+/// An object's bytes on this host: in memory, in a spill file on local
+/// disk, or both (one read back keeps its file, so spilling it again costs
+/// no write).
+#[derive(Debug)]
+pub struct Local {
+    len: u64,
+    tenant: Arc<str>,
+    place: Mutex<Place>,
+}
+
 #[derive(Debug, Default)]
+struct Place {
+    memory: Option<ObjectBytes>,
+    disk: Option<Arc<SpillFile>>,
+    /// Its key in the store's least-recently-used order while it is in
+    /// memory and may be spilled (0: not listed).
+    tick: u64,
+    /// Freed: a spill finishing after this throws its file away.
+    freed: bool,
+}
+
+impl Local {
+    fn new(tenant: Arc<str>, len: u64, memory: Option<ObjectBytes>, disk: Option<Arc<SpillFile>>) -> Self {
+        Local { len, tenant, place: Mutex::new(Place { memory, disk, tick: 0, freed: false }) }
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn place(&self) -> MutexGuard<'_, Place> {
+        self.place.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether its bytes are in memory now.
+    pub fn in_memory(&self) -> bool {
+        self.place().memory.is_some()
+    }
+}
+
+/// One object: pending until filled once.
+#[derive(Debug)]
 pub struct Cell {
+    tenant: Arc<str>,
     value: OnceLock<ObjectResult>,
     filled: Notify,
 }
 
 impl Cell {
+    /// An empty slot for an object of `tenant`.
+    pub fn new(tenant: Arc<str>) -> Self {
+        Cell { tenant, value: OnceLock::new(), filled: Notify::new() }
+    }
+
     /// The value if it is there.
     pub fn peek(&self) -> Option<&ObjectResult> {
         self.value.get()
@@ -158,13 +228,54 @@ impl Cell {
 
 type JobKey = (Arc<str>, Arc<str>);
 
+/// What bounds a host's objects.
+#[derive(Clone, Debug)]
+pub struct StoreLimits {
+    /// Largest single object, in bytes.
+    pub max_object_bytes: u64,
+    /// Bytes of objects kept in memory; the rest spill to disk.
+    pub memory_budget: u64,
+    /// Bytes of objects (in memory and spilled) one tenant may hold on this
+    /// host.
+    pub max_tenant_bytes: u64,
+    /// Where spilled objects go (as unnamed files: nothing is left behind,
+    /// even when the host is killed).
+    pub spill_dir: PathBuf,
+}
+
+impl StoreLimits {
+    /// An object built by a writer goes to disk once it is larger than this.
+    fn stream_threshold(&self) -> u64 {
+        (self.memory_budget / 4).max(1)
+    }
+}
+
+/// 30% of the machine's memory, or 2 GiB when that cannot be read.
+pub fn default_memory_budget() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    total.map_or(2 << 30, |bytes| bytes / 10 * 3)
+}
+
 /// A host's objects.
 #[derive(Debug)]
 pub struct ObjectStore {
     node: u64,
     counter: AtomicU64,
-    max_object_bytes: u64,
+    shared: Arc<Shared>,
+}
+
+/// What the store and its spiller thread share.
+#[derive(Debug)]
+struct Shared {
+    limits: StoreLimits,
     inner: Mutex<Inner>,
+    /// Woken when bytes leave memory (or spilling gives up).
+    room: Notify,
+    spiller: spill::Wake,
 }
 
 #[derive(Debug, Default)]
@@ -173,23 +284,119 @@ struct Inner {
     objects: HashMap<Arc<str>, HashMap<ObjectId, Arc<Cell>>>,
     count: usize,
     by_job: HashMap<JobKey, Vec<ObjectId>>,
+    /// Bytes of ready objects here, in memory or not.
     bytes: u64,
+    /// Of which in memory.
+    resident: u64,
+    /// Bytes in spill files.
+    spilled: u64,
+    /// `bytes` per tenant.
+    tenant_bytes: HashMap<Arc<str>, u64>,
+    /// Objects in memory that may spill, least recently used first.
+    lru: BTreeMap<u64, Arc<Local>>,
+    tick: u64,
+    /// Objects spilled since the host started.
+    spills: u64,
+    /// Why the last spill failed, until one succeeds.
+    spill_error: Option<String>,
+    /// Over budget with nothing that can spill now (every object in memory
+    /// is being read): producers go on rather than wait.
+    stuck: bool,
+}
+
+impl Inner {
+    /// Puts `local` last in the spill order (it was just used).
+    fn touch(&mut self, local: &Arc<Local>, place: &mut Place) {
+        if place.freed || place.memory.is_none() {
+            return;
+        }
+        if place.tick != 0 {
+            self.lru.remove(&place.tick);
+        }
+        self.tick += 1;
+        place.tick = self.tick;
+        self.lru.insert(self.tick, local.clone());
+    }
+
+    /// Uncounts a freed object's bytes and lets its memory and file go.
+    fn release(&mut self, local: &Local) {
+        let mut place = local.place();
+        if place.freed {
+            return;
+        }
+        place.freed = true;
+        if place.tick != 0 {
+            self.lru.remove(&place.tick);
+            place.tick = 0;
+        }
+        if place.memory.take().is_some() {
+            self.resident -= local.len;
+        }
+        if place.disk.take().is_some() {
+            self.spilled -= local.len;
+        }
+        self.bytes -= local.len;
+        if let Some(held) = self.tenant_bytes.get_mut(&local.tenant) {
+            *held -= local.len;
+            if *held == 0 {
+                self.tenant_bytes.remove(&local.tenant);
+            }
+        }
+    }
+
+    /// Frees the object in `cell` (if it holds bytes here) and fills it with
+    /// `error` for anyone still waiting.
+    fn free(&mut self, cell: &Cell, error: FabricError) {
+        if let Some(Ok(Value::Here(local))) = cell.peek() {
+            self.release(local);
+        }
+        cell.fill(Err(error));
+    }
+}
+
+/// How much of its memory and disk a host's store uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Objects (ready or pending).
+    pub objects: usize,
+    /// Bytes of ready objects, wherever they are.
+    pub bytes: u64,
+    /// Of which in memory.
+    pub memory_bytes: u64,
+    /// Bytes in spill files.
+    pub spilled_bytes: u64,
+    /// The memory budget.
+    pub memory_budget: u64,
+    /// Objects spilled since the host started.
+    pub spills: u64,
 }
 
 impl ObjectStore {
     /// A store whose ids carry `node` in their high half.
-    pub fn new(node: u64, max_object_bytes: u64) -> Self {
-        ObjectStore { node, counter: AtomicU64::new(1), max_object_bytes, inner: Mutex::new(Inner::default()) }
+    pub fn new(node: u64, limits: StoreLimits) -> Self {
+        let shared = Arc::new(Shared {
+            limits,
+            inner: Mutex::new(Inner::default()),
+            room: Notify::new(),
+            spiller: spill::Wake::default(),
+        });
+        spill::start(Arc::downgrade(&shared), shared.spiller.clone());
+        ObjectStore { node, counter: AtomicU64::new(1), shared }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.lock()
+    }
+
+    /// What bounds this store.
+    pub fn limits(&self) -> &StoreLimits {
+        &self.shared.limits
     }
 
     /// Creates a pending object owned by `job` (a task's result slot).
     pub fn reserve(&self, tenant: &Arc<str>, job: &Arc<str>) -> (ObjectId, Arc<Cell>) {
         let id = ObjectId { hi: self.node, lo: self.counter.fetch_add(1, Ordering::Relaxed) };
-        let cell = Arc::new(Cell::default());
+        let cell = Arc::new(Cell::new(tenant.clone()));
         let mut inner = self.lock();
         inner.objects.entry(tenant.clone()).or_default().insert(id, cell.clone());
         inner.count += 1;
@@ -197,11 +404,16 @@ impl ObjectStore {
         (id, cell)
     }
 
-    /// Stores `data` as a new object owned by `job`.
+    /// Stores `data` as a new object owned by `job`. Async callers then
+    /// wait for [`room`](Self::room).
     pub fn put(&self, tenant: &Arc<str>, job: &Arc<str>, data: Vec<u8>) -> Result<ObjectId, FabricError> {
         let data = self.check_size(data)?;
+        self.check_tenant(tenant, data.len() as u64)?;
         let (id, cell) = self.reserve(tenant, job);
         self.fill_ok(&cell, data);
+        if let Some(Err(error)) = cell.peek() {
+            return Err(error.clone());
+        }
         Ok(id)
     }
 
@@ -224,13 +436,47 @@ impl ObjectStore {
 
     /// Fills under the lock, so a concurrent `drop_job` either sees the bytes
     /// (and uncounts them) or has already filled the cell (and they are never
-    /// counted).
+    /// counted). Over the tenant's limit the object is that error instead.
     fn fill_ok(&self, cell: &Cell, data: ObjectBytes) {
-        let mut inner = self.lock();
         let len = data.len() as u64;
-        if cell.fill(Ok(Value::Here(data))) {
-            inner.bytes += len;
+        let local = Arc::new(Local::new(cell.tenant.clone(), len, Some(data), None));
+        let over = {
+            let mut inner = self.lock();
+            if let Err(error) = self.shared.tenant_room(&inner, &cell.tenant, len) {
+                cell.fill(Err(error));
+                return;
+            }
+            if !cell.fill(Ok(Value::Here(local.clone()))) {
+                return;
+            }
+            inner.count_new(&local);
+            inner.resident += len;
+            let mut place = local.place();
+            inner.touch(&local, &mut place);
+            inner.resident > self.shared.limits.memory_budget
+        };
+        if over {
+            self.shared.spiller.wake();
         }
+    }
+
+    /// Stores a finished writer's object (in memory or already on disk).
+    fn fill_local(&self, cell: &Cell, local: Arc<Local>) -> Result<(), FabricError> {
+        let mut inner = self.lock();
+        self.shared.tenant_room(&inner, &cell.tenant, local.len)?;
+        if !cell.fill(Ok(Value::Here(local.clone()))) {
+            return Ok(());
+        }
+        inner.count_new(&local);
+        let mut place = local.place();
+        if place.disk.is_some() {
+            inner.spilled += local.len;
+        }
+        if place.memory.is_some() {
+            inner.resident += local.len;
+            inner.touch(&local, &mut place);
+        }
+        Ok(())
     }
 
     /// The object `id` of `tenant`, ready or not.
@@ -257,7 +503,7 @@ impl ObjectStore {
         if let Some(cell) = objects.get(&id) {
             return (cell.clone(), false);
         }
-        let cell = Arc::new(Cell::default());
+        let cell = Arc::new(Cell::new(tenant.clone()));
         objects.insert(id, cell.clone());
         inner.count += 1;
         inner.by_job.entry((tenant.clone(), job.clone())).or_default().push(id);
@@ -265,10 +511,8 @@ impl ObjectStore {
     }
 
     /// Fills a copy slot with the pulled bytes.
-    pub fn fill_copy(&self, cell: &Cell, data: Vec<u8>) -> ObjectBytes {
-        let data = aligned(data);
-        self.fill_ok(cell, data.clone());
-        data
+    pub fn fill_copy(&self, cell: &Cell, data: Vec<u8>) {
+        self.fill_ok(cell, aligned(data));
     }
 
     /// Gives up a copy slot whose pull failed: its waiters get `error`, and
@@ -287,14 +531,101 @@ impl ObjectStore {
     }
 
     /// Waits for object `id`, which must be here, and returns its bytes
-    /// without copying them.
+    /// (read back from disk if it was spilled).
     pub async fn get(&self, tenant: &str, id: ObjectId) -> Result<ObjectBytes, FabricError> {
         let cell = self.cell(tenant, id)?;
         match cell.ready().await.clone()? {
-            Value::Here(bytes) => Ok(bytes),
+            Value::Here(local) => self.bytes(&local).await,
             Value::Elsewhere { id: held, .. } => {
                 Err(FabricError::new(ErrorKind::Unavailable, format!("object {id} is kept on host {}", held.holder())))
             }
+        }
+    }
+
+    /// An object's whole bytes: shared when in memory; read back from disk
+    /// when spilled, and kept in memory again when it takes at most half
+    /// the budget (larger ones are read for this reader alone).
+    pub async fn bytes(&self, local: &Arc<Local>) -> Result<ObjectBytes, FabricError> {
+        let file = {
+            let mut inner = self.lock();
+            let mut place = local.place();
+            if let Some(bytes) = place.memory.clone() {
+                inner.touch(local, &mut place);
+                return Ok(bytes);
+            }
+            place.disk.clone().ok_or_else(|| freed(local))?
+        };
+        let len = usize::try_from(local.len).map_err(|_| too_big_here(local.len))?;
+        let bytes = read_spilled(file, 0, len).await?;
+        let bytes = aligned(bytes);
+        if local.len <= self.shared.limits.memory_budget / 2 {
+            let over = {
+                let mut inner = self.lock();
+                let mut place = local.place();
+                if place.freed {
+                    return Ok(bytes);
+                }
+                match &place.memory {
+                    // Another reader brought it back first: share theirs.
+                    Some(theirs) => return Ok(theirs.clone()),
+                    None => {
+                        place.memory = Some(bytes.clone());
+                        inner.resident += local.len;
+                        inner.touch(local, &mut place);
+                    }
+                }
+                inner.resident > self.shared.limits.memory_budget
+            };
+            if over {
+                self.shared.spiller.wake();
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// The bytes `range` of an object: shared with memory when it is there,
+    /// else read from its spill file (only that range).
+    pub async fn slice(&self, local: &Arc<Local>, range: std::ops::Range<usize>) -> Result<bytes::Bytes, FabricError> {
+        let file = {
+            let mut inner = self.lock();
+            let mut place = local.place();
+            if let Some(bytes) = place.memory.clone() {
+                inner.touch(local, &mut place);
+                return Ok(bytes::Bytes::from_owner(SharedBytes(bytes)).slice(range));
+            }
+            place.disk.clone().ok_or_else(|| freed(local))?
+        };
+        let len = range.len();
+        read_spilled(file, range.start as u64, len).await.map(bytes::Bytes::from)
+    }
+
+    /// Waits while this host's objects take more memory than the budget and
+    /// spilling is under way: producers (a guest's `put`) slow down to what
+    /// the disk takes rather than run the host out of memory. An error when
+    /// spilling fails (a full disk).
+    pub async fn room(&self) -> Result<(), FabricError> {
+        loop {
+            let notified = self.shared.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let inner = self.lock();
+                if inner.resident <= self.shared.limits.memory_budget || inner.stuck {
+                    return Ok(());
+                }
+                if let Some(why) = &inner.spill_error {
+                    return Err(FabricError::new(
+                        ErrorKind::ResourceLimit,
+                        format!(
+                            "objects on this host take {} bytes, over its memory budget of {} bytes, and cannot spill to disk: {why}",
+                            inner.resident, self.shared.limits.memory_budget
+                        ),
+                    ));
+                }
+            }
+            self.shared.spiller.wake();
+            // Bounded, in case a wake-up is missed: the check above decides.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), notified).await;
         }
     }
 
@@ -328,15 +659,12 @@ impl ObjectStore {
     /// Frees one object of `job` now.
     pub fn remove(&self, tenant: &Arc<str>, job: &Arc<str>, id: ObjectId) {
         let mut inner = self.lock();
-        let Inner { objects, count, bytes, by_job } = &mut *inner;
-        if let Some(cell) = objects.get_mut(tenant).and_then(|o| o.remove(&id)) {
-            *count -= 1;
-            forget_owned(by_job, tenant, job, id);
-            if let Some(Ok(value)) = cell.peek() {
-                *bytes = bytes.saturating_sub(value.bytes_here());
-            }
-            cell.fill(Err(FabricError::new(ErrorKind::NotFound, format!("object {id} was freed"))));
-        }
+        let Some(cell) = inner.objects.get_mut(tenant).and_then(|o| o.remove(&id)) else {
+            return;
+        };
+        inner.count -= 1;
+        forget_owned(&mut inner.by_job, tenant, job, id);
+        inner.free(&cell, FabricError::new(ErrorKind::NotFound, format!("object {id} was freed")));
     }
 
     /// Frees every object `job` created.
@@ -345,36 +673,83 @@ impl ObjectStore {
         let Some(ids) = inner.by_job.remove(&(tenant.clone(), job.clone())) else {
             return;
         };
-        let Inner { objects, count, bytes, .. } = &mut *inner;
-        let Some(tenant_objects) = objects.get_mut(tenant) else {
-            return;
-        };
         for id in ids {
-            if let Some(cell) = tenant_objects.remove(&id) {
-                *count -= 1;
-                if let Some(Ok(value)) = cell.peek() {
-                    *bytes = bytes.saturating_sub(value.bytes_here());
-                }
-                // Wake anyone still waiting: the object is gone for good.
-                cell.fill(Err(FabricError::new(ErrorKind::Cancelled, format!("object {id} was freed: its job ended"))));
-            }
+            let Some(cell) = inner.objects.get_mut(tenant).and_then(|o| o.remove(&id)) else {
+                continue;
+            };
+            inner.count -= 1;
+            // Wake anyone still waiting: the object is gone for good.
+            let gone = FabricError::new(ErrorKind::Cancelled, format!("object {id} was freed: its job ended"));
+            inner.free(&cell, gone);
         }
     }
 
-    /// (objects, bytes) held now.
-    pub fn usage(&self) -> (usize, u64) {
+    /// How much the store holds, where.
+    pub fn footprint(&self) -> Footprint {
         let inner = self.lock();
-        (inner.count, inner.bytes)
+        Footprint {
+            objects: inner.count,
+            bytes: inner.bytes,
+            memory_bytes: inner.resident,
+            spilled_bytes: inner.spilled,
+            memory_budget: self.shared.limits.memory_budget,
+            spills: inner.spills,
+        }
     }
 
     fn check_size(&self, data: Vec<u8>) -> Result<ObjectBytes, FabricError> {
-        if data.len() as u64 > self.max_object_bytes {
+        self.check_len(data.len() as u64)?;
+        Ok(aligned(data))
+    }
+
+    fn check_len(&self, len: u64) -> Result<(), FabricError> {
+        let limit = self.shared.limits.max_object_bytes;
+        if len > limit {
             return Err(FabricError::new(
                 ErrorKind::ResourceLimit,
-                format!("object of {} bytes exceeds the limit of {} bytes", data.len(), self.max_object_bytes),
+                format!("object of {len} bytes exceeds the limit of {limit} bytes"),
             ));
         }
-        Ok(aligned(data))
+        Ok(())
+    }
+
+    /// Whether `tenant` may hold `more` bytes of objects on this host.
+    fn check_tenant(&self, tenant: &str, more: u64) -> Result<(), FabricError> {
+        let inner = self.lock();
+        self.shared.tenant_room(&inner, tenant, more)
+    }
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
+        self.shared.spiller.stop();
+    }
+}
+
+impl Inner {
+    fn count_new(&mut self, local: &Local) {
+        self.bytes += local.len;
+        *self.tenant_bytes.entry(local.tenant.clone()).or_default() += local.len;
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn tenant_room(&self, inner: &Inner, tenant: &str, more: u64) -> Result<(), FabricError> {
+        let limit = self.limits.max_tenant_bytes;
+        let held = inner.tenant_bytes.get(tenant).copied().unwrap_or(0);
+        if held.saturating_add(more) > limit {
+            return Err(FabricError::new(
+                ErrorKind::ResourceLimit,
+                format!(
+                    "tenant `{tenant}` holds {held} bytes of objects on this host; {more} more would exceed its limit of {limit} bytes"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -388,6 +763,29 @@ fn forget_owned(by_job: &mut HashMap<JobKey, Vec<ObjectId>>, tenant: &Arc<str>, 
 
 fn not_found(tenant: &str, id: ObjectId) -> FabricError {
     FabricError::new(ErrorKind::NotFound, format!("no object {id} for tenant `{tenant}`"))
+}
+
+fn freed(local: &Local) -> FabricError {
+    FabricError::new(ErrorKind::NotFound, format!("an object of {} bytes was freed while being read", local.len))
+}
+
+fn too_big_here(len: u64) -> FabricError {
+    FabricError::new(ErrorKind::ResourceLimit, format!("object of {len} bytes does not fit this host's address space"))
+}
+
+/// Reads `len` bytes at `offset` of a spill file off the async workers.
+async fn read_spilled(file: Arc<SpillFile>, offset: u64, len: usize) -> Result<Vec<u8>, FabricError> {
+    spill::blocking("cannot read a spilled object back", move || file.read_at(offset, len)).await
+}
+
+/// An object's bytes as a `Bytes` that shares them (quinn sends it without
+/// a copy).
+struct SharedBytes(ObjectBytes);
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// Takes ownership of `data` without copying when its start is aligned (the
@@ -408,24 +806,36 @@ fn aligned(data: Vec<u8>) -> ObjectBytes {
 mod tests {
     use super::*;
 
+    fn store(node: u64, max_object_bytes: u64, memory_budget: u64, spill_dir: &std::path::Path) -> ObjectStore {
+        let limits = StoreLimits {
+            max_object_bytes,
+            memory_budget,
+            max_tenant_bytes: u64::MAX,
+            spill_dir: spill_dir.to_path_buf(),
+        };
+        ObjectStore::new(node, limits)
+    }
+
     #[tokio::test]
     async fn objects_are_tenant_scoped_and_freed_with_their_job() {
-        let store = ObjectStore::new(7, 1 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(7, 1 << 20, 1 << 20, dir.path());
         let (a, b, job): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "j".into());
         let id = store.put(&a, &job, vec![1, 2, 3]).unwrap();
         assert_eq!(&store.get("a", id).await.unwrap()[..], &[1, 2, 3]);
         assert_eq!(store.get("b", id).await.unwrap_err().kind, ErrorKind::NotFound);
-        assert_eq!(store.usage(), (1, 3));
+        assert_eq!((store.footprint().objects, store.footprint().bytes), (1, 3));
         store.drop_job(&b, &job);
-        assert_eq!(store.usage(), (1, 3));
+        assert_eq!((store.footprint().objects, store.footprint().bytes), (1, 3));
         store.drop_job(&a, &job);
-        assert_eq!(store.usage(), (0, 0));
+        assert_eq!(store.footprint(), Footprint { memory_budget: 1 << 20, ..Footprint::default() });
         assert_eq!(store.get("a", id).await.unwrap_err().kind, ErrorKind::NotFound);
     }
 
     #[tokio::test]
     async fn readers_wait_for_a_pending_object() {
-        let store = Arc::new(ObjectStore::new(1, 1 << 20));
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(store(1, 1 << 20, 1 << 20, dir.path()));
         let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
         let (id, cell) = store.reserve(&t, &j);
         let reader = {
@@ -439,10 +849,112 @@ mod tests {
         assert_eq!(bytes.as_ptr() as usize % OBJECT_ALIGN, 0);
     }
 
-    #[test]
-    fn oversized_objects_are_refused() {
-        let store = ObjectStore::new(1, 10);
+    #[tokio::test]
+    async fn oversized_objects_and_tenants_over_their_limit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(1, 10, 1 << 20, dir.path());
         let err = store.put(&"t".into(), &"j".into(), vec![0; 11]).unwrap_err();
         assert_eq!(err.kind, ErrorKind::ResourceLimit);
+
+        let mut limits = store.limits().clone();
+        limits.max_tenant_bytes = 25;
+        let store = ObjectStore::new(2, limits);
+        let (t, u, j): (Arc<str>, Arc<str>, Arc<str>) = ("t".into(), "u".into(), "j".into());
+        store.put(&t, &j, vec![0; 10]).unwrap();
+        store.put(&t, &j, vec![0; 10]).unwrap();
+        let err = store.put(&t, &j, vec![0; 10]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::ResourceLimit);
+        assert!(err.message.contains("tenant `t` holds 20 bytes"), "{}", err.message);
+        // Another tenant has its own allowance; a task result over the
+        // limit becomes that error.
+        store.put(&u, &j, vec![0; 10]).unwrap();
+        let (id, cell) = store.reserve(&t, &j);
+        store.fill(&cell, Ok(vec![0; 10]));
+        assert_eq!(store.get("t", id).await.unwrap_err().kind, ErrorKind::ResourceLimit);
+        // Freed bytes count no more.
+        store.drop_job(&t, &j);
+        store.put(&t, &j, vec![0; 10]).unwrap();
+        store.put(&t, &j, vec![0; 10]).unwrap();
+    }
+
+    /// Each object's bytes are its index, repeated.
+    fn pattern(index: usize, len: usize) -> Vec<u8> {
+        vec![index as u8; len]
+    }
+
+    #[tokio::test]
+    async fn a_working_set_four_times_the_budget_spills_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 64 << 10;
+        let store = store(3, 1 << 20, budget, dir.path());
+        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let mut ids = Vec::new();
+        for i in 0..32 {
+            ids.push(store.put(&t, &j, pattern(i, 8 << 10)).unwrap());
+            store.room().await.unwrap();
+            assert!(store.footprint().memory_bytes <= budget, "{:?}", store.footprint());
+        }
+        let footprint = store.footprint();
+        assert_eq!(footprint.bytes, 32 * (8 << 10));
+        assert!(footprint.spilled_bytes >= footprint.bytes - budget, "{footprint:?}");
+        // Every object reads back whole, and any slice of it.
+        for (i, id) in ids.iter().enumerate() {
+            let Some(Ok(Value::Here(local))) = store.cell("t", *id).unwrap().peek().cloned() else { panic!() };
+            assert_eq!(&store.slice(&local, 100..200).await.unwrap()[..], &pattern(i, 100)[..]);
+            assert_eq!(&store.get("t", *id).await.unwrap()[..], &pattern(i, 8 << 10)[..]);
+            store.room().await.unwrap();
+        }
+        assert!(store.footprint().memory_bytes <= budget);
+        // Freeing them lets their files go.
+        store.drop_job(&t, &j);
+        let footprint = store.footprint();
+        assert_eq!((footprint.bytes, footprint.memory_bytes, footprint.spilled_bytes), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_object_read_by_a_reader_is_not_spilled_from_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(4, 1 << 20, 10 << 10, dir.path());
+        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let held = store.put(&t, &j, pattern(1, 8 << 10)).unwrap();
+        let reading = store.get("t", held).await.unwrap();
+        for i in 2..6 {
+            store.put(&t, &j, pattern(i, 8 << 10)).unwrap();
+            store.room().await.unwrap();
+        }
+        let Some(Ok(Value::Here(local))) = store.cell("t", held).unwrap().peek().cloned() else { panic!() };
+        assert!(local.in_memory());
+        assert_eq!(&reading[..], &pattern(1, 8 << 10)[..]);
+    }
+
+    #[tokio::test]
+    async fn a_writer_larger_than_the_budget_goes_to_disk_as_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 16 << 10;
+        let store = store(5, 1 << 20, budget, dir.path());
+        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let mut writer = writer::ObjectWriter::new(t.clone(), j.clone());
+        for i in 0..16 {
+            store.write(&mut writer, pattern(i, 4 << 10)).await.unwrap();
+            assert!(store.footprint().memory_bytes <= budget);
+        }
+        let id = store.finish(&mut writer).unwrap();
+        assert_eq!(store.finish(&mut writer).unwrap_err().kind, ErrorKind::InvalidArgument);
+        let footprint = store.footprint();
+        assert_eq!((footprint.bytes, footprint.memory_bytes, footprint.spilled_bytes), (64 << 10, 0, 64 << 10));
+        let Some(Ok(Value::Here(local))) = store.cell("t", id).unwrap().peek().cloned() else { panic!() };
+        for i in 0..16 {
+            let part = store.slice(&local, i * (4 << 10)..(i + 1) * (4 << 10)).await.unwrap();
+            assert_eq!(&part[..], &pattern(i, 4 << 10)[..]);
+        }
+        // Larger than half the budget: read whole for this reader alone.
+        assert_eq!(store.get("t", id).await.unwrap().len(), 64 << 10);
+        assert!(!local.in_memory());
+
+        // A writer crossing the object size limit fails at that part.
+        let mut writer = writer::ObjectWriter::new(t.clone(), j.clone());
+        store.write(&mut writer, vec![0; 1 << 20]).await.unwrap();
+        assert_eq!(store.write(&mut writer, vec![0; 1]).await.unwrap_err().kind, ErrorKind::ResourceLimit);
+        assert_eq!(store.finish(&mut writer).unwrap_err().kind, ErrorKind::ResourceLimit);
     }
 }

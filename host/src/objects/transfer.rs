@@ -110,7 +110,7 @@ pub async fn bytes(
     for _ in 0..MAX_HOPS {
         match host.objects.lookup(tenant, id) {
             Some(cell) => match cell.ready().await {
-                Ok(Value::Here(bytes)) => return Ok(bytes.clone()),
+                Ok(Value::Here(local)) => return host.objects.bytes(local).await,
                 Ok(Value::Elsewhere { id: held, lineage: how, .. }) => {
                     id = *held;
                     lineage = how.clone();
@@ -157,7 +157,7 @@ async fn pull_copy(
         });
     }
     match cell.ready().await {
-        Ok(Value::Here(bytes)) => Ok(bytes.clone()),
+        Ok(Value::Here(local)) => host.objects.bytes(local).await,
         Ok(Value::Elsewhere { .. }) => {
             Err(FabricError::new(ErrorKind::Internal, format!("copy of object {id} is not here")))
         }
@@ -187,7 +187,10 @@ pub async fn read(
     let mut at = id;
     if let Some(cell) = host.objects.lookup(tenant, id) {
         match cell.ready().await.clone()? {
-            Value::Here(bytes) => return Ok(bytes[range_of(bytes.len() as u64, offset, len)?].to_vec()),
+            Value::Here(local) => {
+                let range = range_of(local.len(), offset, len)?;
+                return host.objects.slice(&local, range).await.map(Vec::from);
+            }
             Value::Elsewhere { id: held, .. } => at = held,
         }
     } else if host.objects.minted_here(id) {
@@ -211,7 +214,7 @@ pub fn watch(
     if host.objects.minted_here(id) {
         return Err(super::not_found(tenant, id));
     }
-    let cell = Arc::new(Cell::default());
+    let cell = Arc::new(Cell::new(tenant.clone()));
     let (host, tenant, standin) = (host.clone(), tenant.clone(), cell.clone());
     let task = tokio::spawn(async move {
         match pull(&host, &tenant, id, 0, Some(0)).await {
@@ -449,16 +452,6 @@ async fn receive(addr: &str, recv: &mut quinn::RecvStream, dest: &mut [u8], chec
     Ok(())
 }
 
-/// An object's bytes as a `Bytes` that shares them (quinn sends it without
-/// a copy).
-struct Shared(ObjectBytes);
-
-impl AsRef<[u8]> for Shared {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
 /// Serves [`Request::PeerObjectRead`]: waits for the object, then sends the
 /// range (or where the object is, or the error it holds).
 pub async fn serve_read(
@@ -476,15 +469,15 @@ pub async fn serve_read(
         value = cell.ready() => value.clone()?,
         _ = send.stopped() => return Ok(()),
     };
-    let bytes = match value {
-        Value::Here(bytes) => bytes,
+    let local = match value {
+        Value::Here(local) => local,
         Value::Elsewhere { id: held, .. } => return reply(send, &Response::ObjectMoved { id: held.into() }).await,
     };
-    let total = bytes.len() as u64;
+    let total = local.len();
     // Up to `len`: the first request of a pull does not know the size yet.
     let len = len.min(total.saturating_sub(offset));
     let range = range_of(total, offset, len)?;
-    let mut chunk = bytes::Bytes::from_owner(Shared(bytes)).slice(range);
+    let mut chunk = host.objects.slice(&local, range).await?;
     let checksum = xxh3_64(&chunk);
     if !chunk.is_empty() && Transfers::take_fault(&host.transfers.corrupt) {
         let mut corrupted = chunk.to_vec();
@@ -508,12 +501,17 @@ async fn reply(send: &mut quinn::SendStream, response: &Response) -> Result<(), 
 /// This host's objects of `tenant`, with its transfer counters.
 pub fn local_usage(host: &HostInner, tenant: &str) -> fabric_proto::HostObjects {
     let (pulls, pulled_bytes, retried_ranges) = host.transfers.counts();
+    let footprint = host.objects.footprint();
     fabric_proto::HostObjects {
         host: host.id.clone(),
         jobs: host.objects.usage_by_job(tenant),
         pulls,
         pulled_bytes,
         retried_ranges,
+        memory_bytes: footprint.memory_bytes,
+        memory_budget: footprint.memory_budget,
+        spilled_bytes: footprint.spilled_bytes,
+        spills: footprint.spills,
     }
 }
 

@@ -353,6 +353,66 @@ fn blob_result(len: u64, seed: u64) -> (String, Vec<u8>) {
     (host, pattern(len, seed))
 }
 
+/// Puts `count` objects of `len` bytes (patterns seeded 1..=count), then
+/// reads each back whole, then a slice of each in reverse order. Returns how
+/// many read back right (whole and slice).
+#[fabric::task]
+fn spill_working_set(count: u64, len: u64) -> fabric::Result<u64> {
+    let mut arrays = Vec::new();
+    for seed in 1..=count {
+        arrays.push(fabric::put_bytes(&pattern(len, seed))?);
+    }
+    let mut right = 0;
+    for (seed, array) in (1..=count).zip(&arrays) {
+        let bytes = ObjectRef::<()>::from_id(array.id()).get_bytes()?;
+        right += u64::from(bytes == pattern(len, seed));
+    }
+    for (index, array) in arrays.iter().enumerate().rev() {
+        let seed = index as u64 + 1;
+        let (start, end) = (len / 3, len / 3 + len / 4);
+        right += u64::from(array.slice(start..end)? == pattern(len, seed)[start as usize..end as usize]);
+    }
+    Ok(right)
+}
+
+/// The digests of `total` bytes written as one object in parts of `part`
+/// bytes (each part a pattern seeded by its index), and of the object read
+/// back a part at a time; then its length.
+#[fabric::task]
+fn stream_object(total: u64, part: u64) -> fabric::Result<(u64, u64, u64)> {
+    let mut writer = fabric::ObjectWriter::new();
+    let mut written = 0u64;
+    let mut offset = 0;
+    while offset < total {
+        let bytes = pattern(part.min(total - offset), offset / part + 1);
+        written = written.rotate_left(5) ^ digest(&bytes);
+        writer.write(&bytes)?;
+        offset += bytes.len() as u64;
+    }
+    let array = writer.finish()?;
+    let mut read = 0u64;
+    let mut offset = 0;
+    while offset < array.len() {
+        let end = (offset + part).min(array.len());
+        read = read.rotate_left(5) ^ digest(&array.slice(offset..end)?);
+        offset = end;
+    }
+    Ok((written, read, array.len()))
+}
+
+/// Writes parts of `part` bytes into one object until the host refuses one;
+/// returns the error and how much was written.
+#[fabric::task]
+fn write_until_refused(part: u64) -> fabric::Result<(String, u64)> {
+    let mut writer = fabric::ObjectWriter::new();
+    let bytes = vec![7u8; part as usize];
+    loop {
+        if let Err(e) = writer.write(&bytes) {
+            return Ok((e.to_string(), writer.len()));
+        }
+    }
+}
+
 /// Has a host labelled `key=value` return a `len`-byte pattern as its
 /// result (run again at most `retries` times), prints `result ready`,
 /// sleeps `ms` (the test kills the producer meanwhile), then reads it.
