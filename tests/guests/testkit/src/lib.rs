@@ -537,6 +537,25 @@ fn bench_slice(total_mib: u64, slice_mib: u64, rounds: u32) -> fabric::Result<Ve
     Ok(seconds)
 }
 
+/// Puts `count` objects of `mib` MiB here, then reads each back whole, in
+/// the order put; the seconds of each phase, `rounds` times.
+#[fabric::task]
+fn bench_spill(mib: u64, count: u64, rounds: u32) -> fabric::Result<Vec<(f64, f64)>> {
+    let mut phases = Vec::new();
+    for round in 0..rounds {
+        let data = vec![round as u8; (mib << 20) as usize];
+        let t = Instant::now();
+        let arrays = (0..count).map(|_| fabric::put_bytes(&data)).collect::<fabric::Result<Vec<_>>>()?;
+        let put = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for array in &arrays {
+            black_box(ObjectRef::<()>::from_id(array.id()).get_bytes()?);
+        }
+        phases.push((put, t.elapsed().as_secs_f64()));
+    }
+    Ok(phases)
+}
+
 /// Reads `array` whole here; returns this host and the byte count.
 #[fabric::task]
 fn read_array(array: fabric::ArrayRef<u8>) -> fabric::Result<(String, u64)> {
