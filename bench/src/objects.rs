@@ -99,3 +99,81 @@ fn spilling(report: &Report) -> anyhow::Result<()> {
     report.rate(SUITE, "spill_get_4x_budget", "GB/s", get_spilled, Some((get_memory, "in_memory")), note);
     Ok(())
 }
+
+fn result_of(host: &Up, function: &str, args: &str) -> anyhow::Result<Value> {
+    let out = host.submit(&fabric_tests::testkit(), &["--fn", function, "--args", args]);
+    let v = out.json();
+    if v["state"] != "succeeded" {
+        anyhow::bail!("{function} failed: {v}");
+    }
+    Ok(v["result"].clone())
+}
+
+fn seconds(v: &Value) -> Vec<f64> {
+    v.as_array().into_iter().flatten().filter_map(Value::as_f64).collect()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Sends `bytes` from a quinn server to a client over `streams` streams at
+/// once, on loopback, with the hosts' TLS setup; the client writes each
+/// stream's bytes straight into its part of one buffer. GB/s.
+async fn quinn_bulk_gbps(bytes: usize, streams: usize) -> anyhow::Result<f64> {
+    let ca = fabric_host::tls::new_ca()?;
+    let identity = fabric_host::tls::Identity::issue(&ca, &[])?;
+    let server = quinn::Endpoint::server(identity.server_config()?, "127.0.0.1:0".parse()?)?;
+    let addr = server.local_addr()?;
+    let data = bytes::Bytes::from(vec![7u8; bytes]);
+    let serving = tokio::spawn(async move {
+        let connection = server.accept().await.ok_or_else(|| anyhow::anyhow!("no connection"))?.await?;
+        while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+            let data = data.clone();
+            tokio::spawn(async move {
+                let mut range = [0u8; 16];
+                recv.read_exact(&mut range).await?;
+                let start = u64::from_le_bytes(range[..8].try_into()?) as usize;
+                let end = u64::from_le_bytes(range[8..].try_into()?) as usize;
+                send.write_chunk(data.slice(start..end)).await?;
+                send.finish()?;
+                send.stopped().await?;
+                anyhow::Ok(())
+            });
+        }
+        anyhow::Ok(())
+    });
+    let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let connection = client.connect_with(identity.peer_client_config()?, addr, fabric_host::tls::SERVER_NAME)?.await?;
+    // Warm the connection as the hosts' connections are warm (congestion
+    // window open, path MTU found), then time the whole transfer.
+    let mut warm = vec![0u8; 64 << 20];
+    fetch(&connection, &mut warm, 0, streams).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut buffer = vec![0u8; bytes];
+    let started = Instant::now();
+    fetch(&connection, &mut buffer, 0, streams).await?;
+    let elapsed = started.elapsed();
+    connection.close(0u32.into(), b"done");
+    serving.abort();
+    anyhow::ensure!(buffer.iter().step_by(4096).all(|b| *b == 7), "raw quinn delivered wrong bytes");
+    Ok(bytes as f64 / elapsed.as_secs_f64() / 1e9)
+}
+
+/// Reads `dest.len()` bytes from `offset` of the server's data over
+/// `streams` streams at once, each straight into its part of `dest`.
+async fn fetch(connection: &quinn::Connection, dest: &mut [u8], offset: u64, streams: usize) -> anyhow::Result<()> {
+    let part = dest.len().div_ceil(streams);
+    let reads = dest.chunks_mut(part).enumerate().map(|(i, dest)| async move {
+        let (mut send, mut recv) = connection.open_bi().await?;
+        let start = offset + (i * part) as u64;
+        let mut range = start.to_le_bytes().to_vec();
+        range.extend_from_slice(&(start + dest.len() as u64).to_le_bytes());
+        send.write_all(&range).await?;
+        send.finish()?;
+        recv.read_exact(dest).await?;
+        anyhow::Ok(())
+    });
+    futures_util::future::try_join_all(reads).await.map(|_| ())
+}
