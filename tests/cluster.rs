@@ -358,3 +358,46 @@ fn a_named_actor_resolves_to_the_same_host_from_every_host() {
         (out.json()["result"] == 1).then_some(())
     });
 }
+
+#[test]
+fn a_stopping_host_takes_no_new_work_and_finishes_its_peers_tasks() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    let mut b = Up::host(etcd.endpoint(), &["--label", "role=sleeper"]);
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+
+    // a's job runs a five-second task on b (the only host with the label,
+    // and the task may not run again).
+    let testkit = fabric_tests::testkit();
+    let job = a.submit_detached(&testkit, "sleep_on", r#"{"key": "role", "value": "sleeper", "ms": 5000}"#);
+    let b_id = b.id();
+    eventually(SETTLE, "b to run the task", || {
+        let hosts = a.fabric(&["hosts", "--output", "json"]).json();
+        let busy = hosts.as_array()?.iter().any(|h| {
+            h["id"] == b_id.as_str()
+                && h["used"].as_array().is_some_and(|u| u.iter().any(|r| r["amount"].as_u64() > Some(0)))
+        });
+        busy.then_some(())
+    });
+    b.terminate();
+    // At once every member sees b draining, so no new work goes there...
+    eventually(SETTLE, "a to see b draining", || {
+        let hosts = a.fabric(&["hosts", "--output", "json"]).json();
+        hosts.as_array()?.iter().any(|h| h["id"] == b_id.as_str() && h["draining"] == true).then_some(())
+    });
+    assert!(b.running(), "b drains before it exits: {}", b.up_log());
+    let refused =
+        a.submit(&testkit, &["--fn", "sleep_on", "--args", r#"{"key": "role", "value": "sleeper", "ms": 1}"#]);
+    assert_eq!(refused.json()["error"]["kind"], "unavailable", "{refused:?}");
+    assert!(refused.stdout.contains("shutting down"), "{refused:?}");
+    // ...but b finishes the task it has and hands the result back, then
+    // leaves.
+    let out = a.fabric(&["logs", "--follow", &job]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v = a.fabric(&["status", &job, "--output", "json"]).json();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["result"], b_id.as_str(), "{v}");
+    assert!(b.wait_exit(Duration::from_secs(20)), "b exits once its task is done");
+    let only_a: BTreeSet<String> = ids(&[&a]);
+    eventually(SETTLE, "b to leave a's view", || (view_of(&a)? == only_a).then_some(()));
+}

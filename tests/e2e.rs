@@ -660,3 +660,36 @@ fn concurrent_first_submits_of_one_component_all_upload_cleanly() {
         assert_eq!(v["state"], "succeeded", "{v}");
     }
 }
+
+#[test]
+fn a_stopping_host_finishes_its_running_jobs_first_and_refuses_new_ones() {
+    let mut up = Up::start();
+    let detached = up.submit(&testkit(), &["--fn", "sleep", "--args", "[2000]", "--detach"]).json();
+    let job = detached["job"].as_str().unwrap().to_string();
+    up.terminate();
+    fabric_tests::eventually(fabric_tests::SETTLE, "the host to drain", || {
+        up.up_log().contains("draining").then_some(())
+    });
+    let refused = up.submit(&example("hello"), &[]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert_eq!(refused.json()["error"]["kind"], "unavailable", "{refused:?}");
+    assert!(refused.stdout.contains("is shutting down"), "{refused:?}");
+    assert!(up.wait_exit(std::time::Duration::from_secs(20)), "the host exits once its job is done");
+    up.start_stopped();
+    let status = up.fabric(&["status", &job, "--output", "json"]).json();
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["result"], 2000);
+}
+
+#[test]
+fn a_second_signal_stops_a_draining_host_at_once() {
+    let mut up = Up::start();
+    let detached = up.submit(&testkit(), &["--fn", "sleep", "--args", "[600000]", "--detach"]).json();
+    let job = detached["job"].as_str().unwrap().to_string();
+    // Two SIGTERMs: the ten-minute job is cancelled rather than waited for.
+    up.stop();
+    assert!(!up.running());
+    up.start_stopped();
+    let status = up.fabric(&["status", &job, "--output", "json"]).json();
+    assert_eq!(status["state"], "failed", "{status}");
+}

@@ -255,17 +255,50 @@ impl Up {
         self.fabric(&all)
     }
 
-    /// Stops the host gracefully (SIGTERM) and waits for it.
+    /// Stops the host now: SIGTERM, and once it is draining, SIGTERM again
+    /// (stop without waiting for running work); waits for it to exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        self.terminate();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.running() && !self.up_log().contains("draining") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
+        self.terminate();
+        self.wait_exit(Duration::from_secs(20));
+    }
+
+    /// Sends SIGTERM (a graceful stop: the host drains), without waiting.
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        }
+    }
+
+    /// Waits up to `limit` for the host to exit (then kills it); whether it
+    /// exited by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Whether the host process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Starts the host again on the same data directory after it exited.
+    pub fn start_stopped(&mut self) {
+        assert!(self.child.is_none(), "the host is still running");
+        self.launch();
     }
 
     /// Stops and starts the host on the same data directory.

@@ -521,3 +521,23 @@ fn batched_calls_share_one_call_of_the_batch_function() {
     let refused = deploy_refused(&host, &testkit(), &["--name", "nofn", "--batch-wait-ms", "5"]);
     assert!(refused.contains("--batch"), "{refused}");
 }
+
+#[test]
+fn a_stopping_host_answers_the_requests_it_has_begun() {
+    let mut host = Up::start();
+    deploy(&host, &http_kit(), &["--name", "kit", "--route", "/kit"]);
+    let gateway = host.gateway();
+    let slow = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(fabric::http::request(gateway, "GET", "/kit/sleep?ms=1500", &[], String::new()))
+    });
+    eventually(Duration::from_secs(10), "the request to be under way", || {
+        (listed(&host, "kit")?["replicas"][0]["busy"].as_u64() == Some(1)).then_some(())
+    });
+    host.terminate();
+    let answer = slow.join().unwrap().expect("an answer");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(host.wait_exit(Duration::from_secs(20)), "the host exits once the request is answered");
+    // The gateway is gone: a new connection is refused.
+    assert!(std::net::TcpStream::connect(gateway).is_err());
+}

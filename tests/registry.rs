@@ -18,6 +18,7 @@ fn member(id: &str, queued: u64) -> HostInfo {
         pool: None,
         labels: Vec::new(),
         started_ms: 1,
+        draining: false,
     }
 }
 

@@ -44,6 +44,7 @@ fn placement(report: &Report) {
             pool: (i % 10 == 0).then(|| "gpu-intensive".to_string()),
             labels: vec![Label { key: "zone".into(), value: format!("z{}", i % 4) }],
             started_ms: 0,
+            draining: false,
         })
         .collect();
     let mut view = View::new();

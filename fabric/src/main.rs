@@ -217,6 +217,10 @@ struct UpArgs {
     /// Address of the HTTP gateway, or `off`.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: String,
+    /// Seconds a stopping host lets running jobs, peers' tasks and HTTP
+    /// requests finish before it cancels them (a second signal cuts it short).
+    #[arg(long, default_value_t = 30.0, value_parser = seconds)]
+    drain_timeout: f64,
 }
 
 #[derive(Args)]
@@ -237,7 +241,7 @@ struct HostArgs {
     #[arg(long = "label")]
     labels: Vec<String>,
     /// Seconds the membership outlives the host's last renewal.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = seconds)]
     lease_ttl: f64,
     /// Seconds to wait at start for etcd to answer.
     #[arg(long, default_value_t = 60)]
@@ -490,10 +494,13 @@ async fn serve(
     host.join(endpoint.clone(), &reachable.to_string());
     eprintln!("fabric: host {} listening on {local} (data dir {})", host.id(), data_dir.display());
     let server = tokio::spawn(fabric_host::server::serve(host.clone(), endpoint.clone()));
-    shutdown_signal().await;
-    eprintln!("fabric: shutting down");
-    host.shutdown().await;
+    Signals::new()?.next().await;
+    let again = Signals::new()?;
+    eprintln!("fabric: shutting down: draining for up to {}s (signal again to stop now)", args.drain_timeout);
+    host.shutdown(std::time::Duration::from_secs_f64(args.drain_timeout), again.next()).await;
     endpoint.close(0u32.into(), b"host shutting down");
+    // Let the peers hear it, rather than time the connections out.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
     server.abort();
     if let Some(gateway) = gateway {
         gateway.abort();
@@ -503,25 +510,38 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, listened for from the moment this is made (so a
+/// signal that comes while the host is busy is not missed).
+struct Signals {
     #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+                interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// Waits for the next signal.
+    async fn next(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -821,6 +841,16 @@ fn print_deployments(all: &[fabric_proto::DeploymentInfo]) {
     }
 }
 
+/// A number of seconds from 0 to a week (fractions allowed).
+fn seconds(text: &str) -> Result<f64, String> {
+    const WEEK: f64 = 7.0 * 24.0 * 3600.0;
+    match text.parse::<f64>() {
+        Ok(secs) if (0.0..=WEEK).contains(&secs) => Ok(secs),
+        Ok(_) => Err(format!("{text} is not between 0 and {WEEK} seconds")),
+        Err(e) => Err(format!("{text} is not a number of seconds: {e}")),
+    }
+}
+
 /// `mib` MiB in bytes, or an error naming `flag` when that does not fit.
 fn mib_to_bytes(flag: &str, mib: u64) -> anyhow::Result<u64> {
     mib.checked_mul(1 << 20).ok_or_else(|| anyhow::anyhow!("{flag} {mib} is too large"))
@@ -890,14 +920,15 @@ fn print_hosts(hosts: &[fabric_host::HostInfo], output: Output) -> anyhow::Resul
                     })
                     .collect();
                 println!(
-                    "{:<18} {:<22} {:>7} {:>7}  {:<14} {:<20} {}",
+                    "{:<18} {:<22} {:>7} {:>7}  {:<14} {:<20} {}{}",
                     h.id,
                     h.addr,
                     format!("{}/{}", amount(&h.used, CPU), amount(&h.capacity, CPU)),
                     h.queued,
                     h.pool.as_deref().unwrap_or("-"),
                     if labels.is_empty() { "-".to_string() } else { labels.join(",") },
-                    others.join(",")
+                    others.join(","),
+                    if h.draining { "  (draining: takes no new work)" } else { "" }
                 );
             }
         }

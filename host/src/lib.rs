@@ -34,6 +34,7 @@ pub mod cluster;
 pub mod components;
 pub mod config;
 pub mod deployments;
+pub mod drain;
 pub mod gateway;
 pub mod hostfns;
 pub mod instances;
@@ -93,6 +94,8 @@ pub struct HostInner {
     pub(crate) resources: resources::Resources,
     /// Jobs of other hosts that left objects or actors here.
     pub(crate) visiting: remote::Visiting,
+    /// Whether the host is shutting down, and what it waits for first.
+    pub(crate) drain: drain::Drain,
     /// Counters of objects pulled from peers, and faults to inject.
     pub(crate) transfers: objects::transfer::Transfers,
     /// What this host's gateway serves.
@@ -197,6 +200,7 @@ impl HostInner {
             pool: declared.pool.clone(),
             labels: declared.labels.clone(),
             started_ms: self.started_ms,
+            draining: self.drain.is_draining(),
         }
     }
 }
@@ -285,6 +289,7 @@ impl Host {
             peers: peers::Peers::new(identity.peer_client_config()?),
             resources: resources::Resources::new(&capacity),
             visiting: remote::Visiting::default(),
+            drain: drain::Drain::default(),
             transfers: objects::transfer::Transfers::from_env(),
             deployments: deployments::Deployments::default(),
             forwarded: Default::default(),
@@ -423,6 +428,10 @@ impl Host {
     pub async fn submit(&self, tenant: &str, request: SubmitRequest) -> Result<JobHandle, FabricError> {
         validate_name("tenant", tenant)?;
         let inner = &self.0;
+        if inner.drain.is_draining() {
+            let why = format!("host {} is shutting down: submit the job to another host", inner.id);
+            return Err(FabricError::new(ErrorKind::Unavailable, why));
+        }
         let component = inner.components.get(tenant, &request.component).await?;
         let id = format!("job-{:012x}", rand::random::<u64>() >> 16);
         let log_path =
@@ -718,21 +727,42 @@ impl Host {
         *self.0.gateway.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stops every live job (the host is shutting down) and waits for their
-    /// records to be written.
-    pub async fn shutdown(&self) {
-        // Leave first, so no peer places new work here while it drains.
-        let membership = self.0.membership.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((stop, task)) = membership {
-            let _ = stop.send(true);
-            let _ = task.await;
+    /// Shuts the host down gracefully ([`drain`]): marks itself draining in
+    /// the cluster (peers place nothing new here), refuses new work, and
+    /// lets what is under way finish until `drain` has passed or
+    /// `cut_short` resolves (a second signal); then cancels every job still
+    /// live, waits for their records to be written, and leaves.
+    pub async fn shutdown(&self, drain: std::time::Duration, cut_short: impl std::future::Future<Output = ()>) {
+        self.0.drain.start();
+        let live: Vec<_> = self.0.live().values().map(|l| l.done.clone()).collect();
+        let finished = async {
+            for mut done in live {
+                let _ = done.wait_for(Option::is_some).await;
+            }
+            self.0.drain.idle().await;
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(drain, finished) => {}
+            _ = cut_short => {}
         }
         let live: Vec<_> = self.0.live().values().map(|l| (l.job.clone(), l.done.clone())).collect();
         for (job, mut done) in live {
             job.cancel(FabricError::new(ErrorKind::Unavailable, "the host is shutting down"));
             let _ = done.wait_for(Option::is_some).await;
         }
+        // Leave now rather than when the lease runs out: peers see at once
+        // that what still ran here is gone, and run it again elsewhere.
+        let membership = self.0.membership.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((stop, task)) = membership {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         // Give idle instances' memory back now rather than at exit.
         self.0.instances.clear();
+    }
+
+    /// Whether the host is draining (shutting down).
+    pub fn draining(&self) -> bool {
+        self.0.drain.is_draining()
     }
 }

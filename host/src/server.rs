@@ -35,7 +35,12 @@ pub async fn serve(host: Host, endpoint: quinn::Endpoint) {
     }
 }
 
+/// How long a draining host waits for an answer to reach its reader.
+const FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn handle_stream(host: Host, peer: bool, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    // A shutdown lets every request under way finish and its answer arrive.
+    let _working = host.0.drain.work();
     let outcome = match read_frame::<_, Request>(&mut recv, MAX_FRAME).await {
         // A forwarded HTTP request keeps both halves of the stream for its
         // bodies.
@@ -51,6 +56,10 @@ async fn handle_stream(host: Host, peer: bool, mut send: quinn::SendStream, mut 
         let _ = write_frame(&mut send, &Response::Error(error)).await;
     }
     let _ = send.finish();
+    if host.0.drain.is_draining() {
+        // The host is about to go: wait until the reader has it all.
+        let _ = tokio::time::timeout(FLUSH, send.stopped()).await;
+    }
 }
 
 fn gone(e: fabric_proto::WireError) -> FabricError {

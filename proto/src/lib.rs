@@ -261,6 +261,9 @@ pub struct HostInfo {
     pub labels: Vec<Label>,
     /// Unix milliseconds when it joined.
     pub started_ms: u64,
+    /// Shutting down: it finishes what it runs and takes nothing new.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// An object's id on the wire: the minting host's id in `hi`, a counter in

@@ -96,6 +96,14 @@ async fn serve_lease(
         };
         tokio::select! {
             _ = stopped(stop) => return true,
+            // Say at once that this host is shutting down, so peers place
+            // nothing new here while it drains.
+            _ = host.drain.started(), if !reported.draining && !unreachable => {
+                let now = host.local_info();
+                if within(renew_every, host.registry.report(&now, lease)).await.is_ok() {
+                    reported = now;
+                }
+            }
             event = event => match event {
                 Some(Ok(event)) => {
                     for (id, addr) in host.cluster.apply(event) {

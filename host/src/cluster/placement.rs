@@ -165,6 +165,7 @@ impl Placer {
         let mut best_now: Option<(f64, bool, &str)> = None;
         let mut best_queue: Option<(f64, bool, &str)> = None;
         let mut avoided = 0;
+        let mut draining = 0;
         let others = view.hosts().filter(|h| h.id != local.id);
         for host in std::iter::once(local).chain(others) {
             if !eligible(host, demand, &needs) {
@@ -175,6 +176,13 @@ impl Placer {
                 continue;
             }
             let is_local = host.id == local.id;
+            // A host shutting down takes nothing new; its own jobs' work
+            // goes elsewhere too, and stays with it only when no other host
+            // can run it.
+            if host.draining {
+                draining += 1;
+                continue;
+            }
             let inflight = self.inflight.get(&host.id).map_or(&[][..], Vec::as_slice);
             // The local record is live: its held slots already include the
             // placed tasks that started, so count whichever is larger.
@@ -217,6 +225,13 @@ impl Placer {
         }
         match best_now.or(best_queue) {
             Some((_, _, id)) => Ok(id.to_string()),
+            None if local.draining && eligible(local, demand, &needs) && !avoid.contains(&local.id) => {
+                Ok(local.id.clone())
+            }
+            None if draining > 0 => Err(FabricError::new(
+                ErrorKind::Unavailable,
+                format!("every host that can run this ({draining}) is shutting down"),
+            )),
             None if avoided > 0 => Err(FabricError::new(
                 ErrorKind::Unavailable,
                 format!("every host that can run this ({avoided}) was lost while running it"),
@@ -241,10 +256,10 @@ fn in_pool_with_labels(host: &HostInfo, demand: &Demand) -> bool {
     pool_ok && demand.labels.iter().all(|label| host.labels.contains(label))
 }
 
-/// Whether `host` could ever run work with `demand` (pool, labels,
-/// capacity), however busy it is now.
+/// Whether `host` could run new work with `demand` (pool, labels,
+/// capacity, and not shutting down), however busy it is now.
 pub fn can_host(host: &HostInfo, demand: &Demand) -> bool {
-    eligible(host, demand, &effective_resources(demand))
+    !host.draining && eligible(host, demand, &effective_resources(demand))
 }
 
 fn eligible(host: &HostInfo, demand: &Demand, needs: &[Resource]) -> bool {
@@ -311,6 +326,7 @@ mod tests {
             pool: None,
             labels: Vec::new(),
             started_ms: 0,
+            draining: false,
         }
     }
 
@@ -446,5 +462,33 @@ mod tests {
         placer.dispatched("gone", &res("cpu=3"));
         placer.forget("gone");
         assert!(placer.inflight.is_empty());
+    }
+
+    #[test]
+    fn hosts_shutting_down_take_no_new_work() {
+        let mut b = host("b", "cpu=4", "");
+        b.draining = true;
+        let local = host("a", "cpu=4", "cpu=4");
+        let placer = Placer::new();
+        // A busy local host queues its work rather than send it to b.
+        let v = view(&[local.clone(), b.clone()]);
+        assert_eq!(placer.place(&v, &local, &demand("", Strategy::Spread), &[]).unwrap(), "a");
+        assert!(!can_host(&b, &demand("", Strategy::Local)));
+        // A draining local host sends its jobs' work elsewhere...
+        let mut draining_local = host("a", "cpu=4", "");
+        draining_local.draining = true;
+        let c = host("c", "cpu=4", "cpu=3");
+        let v = view(&[draining_local.clone(), c]);
+        assert_eq!(placer.place(&v, &draining_local, &demand("", Strategy::Local), &[]).unwrap(), "c");
+        // ...and keeps it only when no other host can run it.
+        let v = view(&[draining_local.clone(), b.clone()]);
+        assert_eq!(placer.place(&v, &draining_local, &demand("", Strategy::Local), &[]).unwrap(), "a");
+        // Work only a draining peer could run is unavailable, not impossible.
+        let mut big = host("big", "cpu=8", "");
+        big.draining = true;
+        let err = placer.place(&view(&[local.clone(), big]), &local, &demand("cpu=8", Strategy::Local), &[]);
+        let err = err.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unavailable, "{err:?}");
+        assert!(err.message.contains("shutting down"), "{err:?}");
     }
 }

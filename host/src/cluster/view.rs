@@ -113,6 +113,7 @@ mod tests {
             pool: None,
             labels: Vec::new(),
             started_ms: 0,
+            draining: false,
         }
     }
 

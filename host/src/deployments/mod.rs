@@ -464,6 +464,7 @@ mod tests {
             pool: pool.map(str::to_string),
             labels: Vec::new(),
             started_ms: 0,
+            draining: false,
         }
     }
 

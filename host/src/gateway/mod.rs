@@ -54,13 +54,21 @@ pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::Tcp
     tokio::net::TcpListener::bind(addr).await
 }
 
-/// Serves HTTP on `listener` until the task is dropped.
+/// Serves HTTP on `listener` until the task is dropped or the host drains:
+/// then it stops accepting (the listener closes, so new connections are
+/// refused rather than left waiting) and each connection closes after the
+/// request it is answering (HTTP/1.1 `connection: close`, HTTP/2 GOAWAY).
 pub async fn serve(host: Host, listener: tokio::net::TcpListener) {
     if let Ok(addr) = listener.local_addr() {
         host.0.set_gateway(addr);
     }
+    let drain = host.0.drain.clone();
     loop {
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = drain.started() => return,
+        };
+        let (stream, _) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off, go on.
@@ -71,6 +79,8 @@ pub async fn serve(host: Host, listener: tokio::net::TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let host = host.0.clone();
+        let working = drain.work();
+        let drain = drain.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let host = host.clone();
@@ -78,8 +88,17 @@ pub async fn serve(host: Host, listener: tokio::net::TcpListener) {
                 async move { Ok::<_, Infallible>(handle(&host, request).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
             // A client that goes away mid-request is its own business.
-            let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = drain.started() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(working);
         });
     }
 }

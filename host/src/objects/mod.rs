@@ -380,7 +380,10 @@ impl ObjectStore {
             room: Notify::new(),
             spiller: spill::Wake::default(),
         });
-        spill::start(Arc::downgrade(&shared), shared.spiller.clone());
+        if let Err(e) = spill::start(Arc::downgrade(&shared), shared.spiller.clone()) {
+            tracing::error!("cannot start the object spiller, objects will stay in memory: {e}");
+            shared.lock().spill_error = Some(format!("the spiller thread could not start: {e}"));
+        }
         ObjectStore { node, counter: AtomicU64::new(1), shared }
     }
 

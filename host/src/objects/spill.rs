@@ -103,16 +103,16 @@ impl Wake {
 }
 
 /// Starts the spiller thread of a store; it ends when the store is dropped.
-pub(super) fn start(shared: Weak<Shared>, wake: Wake) {
-    let spawned = std::thread::Builder::new().name("fabric-spiller".into()).spawn(move || {
+/// An error says why it could not start (objects then stay in memory, and
+/// producers over the budget are refused rather than left waiting).
+pub(super) fn start(shared: Weak<Shared>, wake: Wake) -> io::Result<()> {
+    std::thread::Builder::new().name("fabric-spiller".into()).spawn(move || {
         while wake.wait() {
             let Some(shared) = shared.upgrade() else { return };
             shared.spill_round();
         }
-    });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the object spiller, objects will stay in memory: {e}");
-    }
+    })?;
+    Ok(())
 }
 
 impl Shared {

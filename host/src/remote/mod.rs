@@ -244,7 +244,12 @@ pub(crate) async fn serve_run(
         let _ = write_frame_to(send, &Response::Log(chunk.to_vec())).await;
     }
     match outcome {
-        Ok(bytes) if bytes.len() <= crate::objects::transfer::INLINE_MAX => {
+        // A host shutting down hands its result back rather than keep it
+        // (as far as one frame carries; a larger one is rebuilt or lost).
+        Ok(bytes)
+            if bytes.len() <= crate::objects::transfer::INLINE_MAX
+                || (inner.drain.is_draining() && bytes.len() <= fabric_proto::MAX_FRAME - 1024) =>
+        {
             write_frame_to(send, &Response::Output(bytes)).await
         }
         Ok(bytes) => {

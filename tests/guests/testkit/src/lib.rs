@@ -166,6 +166,15 @@ fn sleep_where(index: u64, ms: u64) -> (u64, String) {
     (index, fabric::context().host)
 }
 
+/// Runs `sleep_where` for `ms` on a host labelled `key=value`; prints
+/// `sleeping` once it is placed; returns where it ran.
+#[fabric::task]
+fn sleep_on(key: String, value: String, ms: u64) -> fabric::Result<String> {
+    let slept = sleep_where.remote_with(&on_label(&key, &value).retries(0), 0, ms)?;
+    println!("sleeping");
+    Ok(slept.get()?.1)
+}
+
 /// Spreads `n` tasks of `ms` each over the cluster; returns the sum of
 /// their indexes (n(n-1)/2 when every one completed) and where each ended.
 #[fabric::task]
