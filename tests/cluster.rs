@@ -401,3 +401,22 @@ fn a_stopping_host_takes_no_new_work_and_finishes_its_peers_tasks() {
     let only_a: BTreeSet<String> = ids(&[&a]);
     eventually(SETTLE, "b to leave a's view", || (view_of(&a)? == only_a).then_some(()));
 }
+
+#[test]
+fn an_actor_on_another_host_writes_to_its_jobs_log() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    let b = Up::host(etcd.endpoint(), &["--label", "role=speaker"]);
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let testkit = fabric_tests::testkit();
+    let args = r#"{"key": "role", "value": "speaker", "text": "hello from the probe", "hold_ms": 60000}"#;
+    let job = a.submit_detached(&testkit, "actor_says", args);
+    let b_id = b.id();
+    let log = eventually(SETTLE, "the actor's output in its job's log", || {
+        let out = a.fabric(&["logs", &job]);
+        let log = out.stdout + &out.stderr;
+        (log.contains("hello from the probe") && log.contains(&format!("the probe lives on {b_id}"))).then_some(log)
+    });
+    assert_eq!(log.matches("hello from the probe").count(), 1, "{log}");
+    assert_eq!(a.fabric(&["stop", &job]).code, 0);
+}

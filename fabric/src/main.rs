@@ -494,10 +494,20 @@ async fn serve(
     host.join(endpoint.clone(), &reachable.to_string());
     eprintln!("fabric: host {} listening on {local} (data dir {})", host.id(), data_dir.display());
     let server = tokio::spawn(fabric_host::server::serve(host.clone(), endpoint.clone()));
-    Signals::new()?.next().await;
-    let again = Signals::new()?;
+    let mut signals = Signals::new()?;
+    signals.next().await;
+    // The second signal cuts the drain short; a third exits at once.
+    let cut_short = std::sync::Arc::new(tokio::sync::Notify::new());
+    let cut = cut_short.clone();
+    tokio::spawn(async move {
+        signals.next().await;
+        cut.notify_one();
+        signals.next().await;
+        eprintln!("fabric: stopping now");
+        std::process::exit(130);
+    });
     eprintln!("fabric: shutting down: draining for up to {}s (signal again to stop now)", args.drain_timeout);
-    host.shutdown(std::time::Duration::from_secs_f64(args.drain_timeout), again.next()).await;
+    host.shutdown(std::time::Duration::from_secs_f64(args.drain_timeout), cut_short.notified()).await;
     endpoint.close(0u32.into(), b"host shutting down");
     // Let the peers hear it, rather than time the connections out.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
@@ -534,7 +544,7 @@ impl Signals {
     }
 
     /// Waits for the next signal.
-    async fn next(mut self) {
+    async fn next(&mut self) {
         #[cfg(unix)]
         tokio::select! {
             _ = self.terminate.recv() => {}

@@ -180,6 +180,16 @@ impl HostInner {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Appends a peer's output to `tenant`'s live `job`'s log here.
+    pub(crate) fn append_to_log(&self, tenant: &str, job: &str, chunk: &[u8]) -> Result<(), FabricError> {
+        let live = self.live();
+        let Some(live) = live.get(&(tenant.to_string(), job.to_string())) else {
+            return Err(FabricError::new(ErrorKind::NotFound, format!("job {job} does not run here")));
+        };
+        live.job.log.append(chunk);
+        Ok(())
+    }
+
     /// Whether `tenant`'s `job` runs on this host now.
     pub(crate) fn is_live(&self, tenant: &str, job: &str) -> bool {
         self.live().contains_key(&(tenant.to_string(), job.to_string()))
@@ -734,10 +744,15 @@ impl Host {
     /// live, waits for their records to be written, and leaves.
     pub async fn shutdown(&self, drain: std::time::Duration, cut_short: impl std::future::Future<Output = ()>) {
         self.0.drain.start();
-        let live: Vec<_> = self.0.live().values().map(|l| l.done.clone()).collect();
         let finished = async {
-            for mut done in live {
-                let _ = done.wait_for(Option::is_some).await;
+            // Jobs admitted as the drain began register a moment later:
+            // look again until none is unfinished.
+            loop {
+                let unfinished = self.0.live().values().find(|l| l.done.borrow().is_none()).map(|l| l.done.clone());
+                match unfinished {
+                    Some(mut done) => drop(done.wait_for(Option::is_some).await),
+                    None => break,
+                }
             }
             self.0.drain.idle().await;
         };

@@ -143,6 +143,9 @@ impl ResourceLimiter for MemoryCap {
 pub struct TaskState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
+    /// Object writers the guest holds (`objects.writer`), at most
+    /// `objects::writer::MAX_OPEN_WRITERS`.
+    pub(crate) open_writers: u32,
     pub(crate) cap: MemoryCap,
     pub(crate) cpu_ticks: u64,
     pub(crate) cpu_budget_ticks: u64,
@@ -212,6 +215,7 @@ impl TaskState {
         TaskState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
+            open_writers: 0,
             cap: MemoryCap { memory_bytes: 0 },
             cpu_ticks: 0,
             cpu_budget_ticks: 0,

@@ -39,9 +39,10 @@ pub async fn serve(host: Host, endpoint: quinn::Endpoint) {
 const FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn handle_stream(host: Host, peer: bool, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let request = read_frame::<_, Request>(&mut recv, MAX_FRAME).await;
     // A shutdown lets every request under way finish and its answer arrive.
     let _working = host.0.drain.work();
-    let outcome = match read_frame::<_, Request>(&mut recv, MAX_FRAME).await {
+    let outcome = match request {
         // A forwarded HTTP request keeps both halves of the stream for its
         // bodies.
         Ok(Some(Request::PeerHttp { tenant, name, method, uri, headers })) if peer => {
@@ -148,6 +149,7 @@ async fn respond(
         | Request::PeerActorCall { .. }
         | Request::PeerActorKill { .. }
         | Request::PeerJobEnded { .. }
+        | Request::PeerLog { .. }
         | Request::PeerActors { .. }
         | Request::PeerObjectRead { .. }
         | Request::PeerObjects { .. }
@@ -195,6 +197,10 @@ async fn respond(
         }
         Request::PeerJobEnded { tenant, job } => {
             crate::remote::visit_ended(&host.0, &tenant, &job);
+            reply(send, &Response::Done).await
+        }
+        Request::PeerLog { tenant, job, chunk } => {
+            host.0.append_to_log(&tenant, &job, &chunk)?;
             reply(send, &Response::Done).await
         }
         Request::PeerObjectRead { tenant, id, offset, len } => {

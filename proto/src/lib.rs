@@ -639,6 +639,17 @@ mod messages {
             /// Which job.
             job: String,
         },
+        /// Host to host: output of an actor a job created on the sending
+        /// host, for that job's log here. Answered with [`Response::Done`],
+        /// or `not-found` once the job has ended (the sender stops then).
+        PeerLog {
+            /// Whose job.
+            tenant: String,
+            /// Which job.
+            job: String,
+            /// The output, as written.
+            chunk: Vec<u8>,
+        },
         /// Host to host: up to `len` bytes of an object from `offset` (fewer
         /// at its end), once it is ready. Answered with
         /// [`Response::ObjectRange`] and the raw bytes, with

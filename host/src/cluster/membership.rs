@@ -76,6 +76,8 @@ async fn serve_lease(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renewed = Instant::now();
     let mut unreachable = false;
+    // Whether the drain was announced (or tried): later ticks retry it.
+    let mut announced = false;
     loop {
         if watch.is_none() {
             match within(ttl, host.registry.watch_members()).await {
@@ -98,7 +100,8 @@ async fn serve_lease(
             _ = stopped(stop) => return true,
             // Say at once that this host is shutting down, so peers place
             // nothing new here while it drains.
-            _ = host.drain.started(), if !reported.draining && !unreachable => {
+            _ = host.drain.started(), if !announced => {
+                announced = true;
                 let now = host.local_info();
                 if within(renew_every, host.registry.report(&now, lease)).await.is_ok() {
                     reported = now;

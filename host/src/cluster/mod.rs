@@ -126,7 +126,9 @@ impl Cluster {
     /// that meet `demand` (see [`naming`]); `local` is this host's record.
     pub fn owner_of(&self, local: &HostInfo, tenant: &str, name: &str, demand: &Demand) -> Option<String> {
         let members = self.members(local);
-        let eligible = members.iter().filter(|h| placement::can_host(h, demand));
+        // A draining host still owns its names (it holds their actors until
+        // it leaves): names move only when hosts join or leave.
+        let eligible = members.iter().filter(|h| placement::could_host(h, demand));
         naming::owner(eligible.map(|h| h.id.as_str()), tenant, name)
     }
 

@@ -259,7 +259,13 @@ fn in_pool_with_labels(host: &HostInfo, demand: &Demand) -> bool {
 /// Whether `host` could run new work with `demand` (pool, labels,
 /// capacity, and not shutting down), however busy it is now.
 pub fn can_host(host: &HostInfo, demand: &Demand) -> bool {
-    !host.draining && eligible(host, demand, &effective_resources(demand))
+    !host.draining && could_host(host, demand)
+}
+
+/// Whether `host` meets `demand` at all (pool, labels, capacity), shutting
+/// down or not.
+pub fn could_host(host: &HostInfo, demand: &Demand) -> bool {
+    eligible(host, demand, &effective_resources(demand))
 }
 
 fn eligible(host: &HostInfo, demand: &Demand, needs: &[Resource]) -> bool {

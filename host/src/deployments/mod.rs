@@ -25,7 +25,7 @@
 pub mod replicas;
 pub mod scaler;
 
-use crate::cluster::placement::{amount, can_host, format_resources};
+use crate::cluster::placement::{amount, can_host, could_host, format_resources};
 use crate::components::LoadedComponent;
 use crate::joblog::JobLog;
 use crate::HostInner;
@@ -399,6 +399,12 @@ pub fn validate(spec: &DeploymentSpec, component: &LoadedComponent) -> Result<De
 pub fn check_placeable(spec: &DeploymentSpec, members: &[HostInfo]) -> Result<(), FabricError> {
     if members.iter().any(|member| replica_cap(spec, member) > 0) {
         return Ok(());
+    }
+    if members.iter().any(|m| m.draining && could_host(m, &spec.demand)) {
+        return Err(FabricError::new(
+            ErrorKind::Unavailable,
+            format!("every host that can run a replica of {} is shutting down", spec.name),
+        ));
     }
     Err(FabricError::new(
         ErrorKind::ResourceLimit,

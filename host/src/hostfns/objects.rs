@@ -3,7 +3,7 @@
 
 use super::bindings::fabric::core::objects::{Host, HostWriter};
 use super::{WitError, WitObjectId};
-use crate::objects::writer::ObjectWriter;
+use crate::objects::writer::{ObjectWriter, MAX_OPEN_WRITERS};
 use crate::objects::{transfer, Cell, ObjectBytes, ObjectId, Value};
 use crate::sandbox::TaskState;
 use crate::HostInner;
@@ -65,9 +65,12 @@ pub(crate) fn add_zero_copy_get(linker: &mut Linker<TaskState>) -> wasmtime::Res
 impl Host for TaskState {
     async fn put(&mut self, data: Vec<u8>) -> Result<WitObjectId, WitError> {
         let task = self.task()?;
-        let id = task.host.objects.put(&task.job.tenant, &task.job.id, data)?;
-        // A task putting faster than the host can spill waits here.
+        // A task putting faster than the host can spill waits here: before
+        // (a failure then stores nothing) and after, for the spill its own
+        // put set off.
         task.host.objects.room().await?;
+        let id = task.host.objects.put(&task.job.tenant, &task.job.id, data)?;
+        let _ = task.host.objects.room().await;
         Ok(id.into())
     }
 
@@ -100,30 +103,51 @@ impl Host for TaskState {
 
 impl HostWriter for TaskState {
     async fn new(&mut self) -> wasmtime::Result<Resource<ObjectWriter>> {
+        if self.open_writers >= MAX_OPEN_WRITERS {
+            wasmtime::bail!("a task may hold at most {MAX_OPEN_WRITERS} object writers at once");
+        }
         let task = self.task()?;
-        let writer = ObjectWriter::new(task.job.tenant.clone(), task.job.id.clone());
-        Ok(self.table.push(writer)?)
+        let writer = task.host.objects.writer(task.job.tenant.clone(), task.job.id.clone());
+        let handle = self.table.push(writer)?;
+        self.open_writers += 1;
+        Ok(handle)
     }
 
     async fn write(&mut self, writer: Resource<ObjectWriter>, data: Vec<u8>) -> Result<(), WitError> {
-        let host = self.task()?.host.clone();
+        let host = self.writers_host(&writer)?;
+        // A task writing faster than the host can spill waits here.
+        host.objects.room().await?;
         let writer = self.table.get_mut(&writer).map_err(no_writer)?;
         host.objects.write(writer, data).await?;
-        host.objects.room().await?;
         Ok(())
     }
 
     async fn finish(&mut self, writer: Resource<ObjectWriter>) -> Result<WitObjectId, WitError> {
-        let host = self.task()?.host.clone();
+        let host = self.writers_host(&writer)?;
         let writer = self.table.get_mut(&writer).map_err(no_writer)?;
-        let id = host.objects.finish(writer)?;
-        host.objects.room().await?;
-        Ok(id.into())
+        Ok(host.objects.finish(writer)?.into())
     }
 
     async fn drop(&mut self, writer: Resource<ObjectWriter>) -> wasmtime::Result<()> {
         self.table.delete(writer)?;
+        self.open_writers = self.open_writers.saturating_sub(1);
         Ok(())
+    }
+}
+
+impl TaskState {
+    /// The host of the task calling with `writer`, which must be its job's
+    /// (an instance reused by a later job may still hold an old writer).
+    fn writers_host(&mut self, writer: &Resource<ObjectWriter>) -> Result<Arc<HostInner>, FabricError> {
+        let task = self.task()?;
+        let (host, job) = (task.host.clone(), task.job.id.clone());
+        if self.table.get(writer).map_err(no_writer)?.job() != &job {
+            return Err(FabricError::new(
+                fabric_proto::ErrorKind::InvalidArgument,
+                "this object writer belongs to an earlier job's task",
+            ));
+        }
+        Ok(host)
     }
 }
 

@@ -145,6 +145,8 @@ pub struct Local {
     place: Mutex<Place>,
 }
 
+/// Where an object's bytes are. `tick != 0` only while the bytes are in
+/// memory, the object is not freed, and it is listed in the spill order.
 #[derive(Debug, Default)]
 struct Place {
     memory: Option<ObjectBytes>,
@@ -250,14 +252,21 @@ impl StoreLimits {
     }
 }
 
-/// 30% of the machine's memory, or 2 GiB when that cannot be read.
+/// 30% of the memory this process may use (the machine's, or its cgroup's
+/// limit when lower: a container's), or 2 GiB when neither can be read.
 pub fn default_memory_budget() -> u64 {
-    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
         let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
     });
-    total.map_or(2 << 30, |bytes| bytes / 10 * 3)
+    // cgroup v2 says `max` when unlimited, which does not parse: ignored.
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|max| max.trim().parse().ok());
+    let total = match (machine, cgroup) {
+        (Some(machine), Some(cgroup)) => Some(machine.min(cgroup)),
+        (machine, cgroup) => machine.or(cgroup),
+    };
+    total.map_or(2 << 30, |bytes: u64| bytes / 10 * 3)
 }
 
 /// A host's objects.
@@ -336,12 +345,7 @@ impl Inner {
             self.spilled -= local.len;
         }
         self.bytes -= local.len;
-        if let Some(held) = self.tenant_bytes.get_mut(&local.tenant) {
-            *held -= local.len;
-            if *held == 0 {
-                self.tenant_bytes.remove(&local.tenant);
-            }
-        }
+        self.unreserve(&local.tenant, local.len);
     }
 
     /// Frees the object in `cell` (if it holds bytes here) and fills it with
@@ -415,7 +419,10 @@ impl ObjectStore {
         let (id, cell) = self.reserve(tenant, job);
         self.fill_ok(&cell, data);
         if let Some(Err(error)) = cell.peek() {
-            return Err(error.clone());
+            // Another put of the tenant's took the room meanwhile.
+            let error = error.clone();
+            self.remove(tenant, job, id);
+            return Err(error);
         }
         Ok(id)
     }
@@ -463,22 +470,37 @@ impl ObjectStore {
         }
     }
 
-    /// Stores a finished writer's object (in memory or already on disk).
-    fn fill_local(&self, cell: &Cell, local: Arc<Local>) -> Result<(), FabricError> {
+    /// Stores a finished writer's object (in memory or already on disk),
+    /// whose bytes were already counted for its tenant.
+    fn fill_reserved(&self, cell: &Cell, local: Arc<Local>) {
+        let over = {
+            let mut inner = self.lock();
+            if !cell.fill(Ok(Value::Here(local.clone()))) {
+                inner.unreserve(&local.tenant, local.len);
+                return;
+            }
+            inner.bytes += local.len;
+            let mut place = local.place();
+            if place.disk.is_some() {
+                inner.spilled += local.len;
+            }
+            if place.memory.is_some() {
+                inner.resident += local.len;
+                inner.touch(&local, &mut place);
+            }
+            inner.resident > self.shared.limits.memory_budget
+        };
+        if over {
+            self.shared.spiller.wake();
+        }
+    }
+
+    /// Counts `more` bytes for `tenant` ahead of storing them, if its limit
+    /// allows.
+    fn reserve_for(&self, tenant: &Arc<str>, more: u64) -> Result<(), FabricError> {
         let mut inner = self.lock();
-        self.shared.tenant_room(&inner, &cell.tenant, local.len)?;
-        if !cell.fill(Ok(Value::Here(local.clone()))) {
-            return Ok(());
-        }
-        inner.count_new(&local);
-        let mut place = local.place();
-        if place.disk.is_some() {
-            inner.spilled += local.len;
-        }
-        if place.memory.is_some() {
-            inner.resident += local.len;
-            inner.touch(&local, &mut place);
-        }
+        self.shared.tenant_room(&inner, tenant, more)?;
+        *inner.tenant_bytes.entry(tenant.clone()).or_default() += more;
         Ok(())
     }
 
@@ -513,9 +535,15 @@ impl ObjectStore {
         (cell, true)
     }
 
-    /// Fills a copy slot with the pulled bytes.
-    pub fn fill_copy(&self, cell: &Cell, data: Vec<u8>) {
+    /// Fills a copy slot with the pulled bytes; over the tenant's limit the
+    /// copy is given up (its readers get the error, the next one tries
+    /// again).
+    pub fn fill_copy(&self, job: &Arc<str>, id: ObjectId, cell: &Arc<Cell>, data: Vec<u8>) {
         self.fill_ok(cell, aligned(data));
+        if let Some(Err(error)) = cell.peek() {
+            let error = error.clone();
+            self.abandon_copy(&cell.tenant.clone(), job, id, cell, error);
+        }
     }
 
     /// Gives up a copy slot whose pull failed: its waiters get `error`, and
@@ -556,7 +584,7 @@ impl ObjectStore {
                 inner.touch(local, &mut place);
                 return Ok(bytes);
             }
-            place.disk.clone().ok_or_else(|| freed(local))?
+            place.disk.clone().ok_or_else(|| freed_while_read(local))?
         };
         let len = usize::try_from(local.len).map_err(|_| too_big_here(local.len))?;
         let bytes = read_spilled(file, 0, len).await?;
@@ -596,7 +624,7 @@ impl ObjectStore {
                 inner.touch(local, &mut place);
                 return Ok(bytes::Bytes::from_owner(SharedBytes(bytes)).slice(range));
             }
-            place.disk.clone().ok_or_else(|| freed(local))?
+            place.disk.clone().ok_or_else(|| freed_while_read(local))?
         };
         let len = range.len();
         read_spilled(file, range.start as u64, len).await.map(bytes::Bytes::from)
@@ -734,6 +762,16 @@ impl Inner {
         self.bytes += local.len;
         *self.tenant_bytes.entry(local.tenant.clone()).or_default() += local.len;
     }
+
+    /// Gives `bytes` counted for `tenant` back.
+    fn unreserve(&mut self, tenant: &str, bytes: u64) {
+        if let Some(held) = self.tenant_bytes.get_mut(tenant) {
+            *held = held.saturating_sub(bytes);
+            if *held == 0 {
+                self.tenant_bytes.remove(tenant);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -768,7 +806,7 @@ fn not_found(tenant: &str, id: ObjectId) -> FabricError {
     FabricError::new(ErrorKind::NotFound, format!("no object {id} for tenant `{tenant}`"))
 }
 
-fn freed(local: &Local) -> FabricError {
+fn freed_while_read(local: &Local) -> FabricError {
     FabricError::new(ErrorKind::NotFound, format!("an object of {} bytes was freed while being read", local.len))
 }
 
@@ -874,6 +912,15 @@ mod tests {
         let (id, cell) = store.reserve(&t, &j);
         store.fill(&cell, Ok(vec![0; 10]));
         assert_eq!(store.get("t", id).await.unwrap_err().kind, ErrorKind::ResourceLimit);
+        // A writer's parts count as they are written, and come back when
+        // it is dropped unfinished.
+        store.drop_job(&t, &j);
+        let mut writers: Vec<_> = (0..3).map(|_| store.writer(t.clone(), j.clone())).collect();
+        store.write(&mut writers[0], vec![0; 10]).await.unwrap();
+        store.write(&mut writers[1], vec![0; 10]).await.unwrap();
+        let err = store.write(&mut writers[2], vec![0; 10]).await.unwrap_err();
+        assert!(err.message.contains("tenant `t` holds 20 bytes"), "{}", err.message);
+        drop(writers);
         // Freed bytes count no more.
         store.drop_job(&t, &j);
         store.put(&t, &j, vec![0; 10]).unwrap();
@@ -936,7 +983,7 @@ mod tests {
         let budget = 16 << 10;
         let store = store(5, 1 << 20, budget, dir.path());
         let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
-        let mut writer = writer::ObjectWriter::new(t.clone(), j.clone());
+        let mut writer = store.writer(t.clone(), j.clone());
         for i in 0..16 {
             store.write(&mut writer, pattern(i, 4 << 10)).await.unwrap();
             assert!(store.footprint().memory_bytes <= budget);
@@ -955,7 +1002,7 @@ mod tests {
         assert!(!local.in_memory());
 
         // A writer crossing the object size limit fails at that part.
-        let mut writer = writer::ObjectWriter::new(t.clone(), j.clone());
+        let mut writer = store.writer(t.clone(), j.clone());
         store.write(&mut writer, vec![0; 1 << 20]).await.unwrap();
         assert_eq!(store.write(&mut writer, vec![0; 1]).await.unwrap_err().kind, ErrorKind::ResourceLimit);
         assert_eq!(store.finish(&mut writer).unwrap_err().kind, ErrorKind::ResourceLimit);

@@ -87,12 +87,17 @@ impl Wake {
         condvar.notify_one();
     }
 
-    /// Waits for a wake-up; `false` once stopped.
-    fn wait(&self) -> bool {
+    /// Waits for a wake-up, or at most `limit`; `false` once stopped.
+    fn wait(&self, limit: Duration) -> bool {
         let (signal, condvar) = &*self.0;
+        let deadline = std::time::Instant::now() + limit;
         let mut state = signal.lock().unwrap_or_else(|p| p.into_inner());
         while !state.pending && !state.stop {
-            state = match condvar.wait_timeout(state, Duration::from_secs(1)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = match condvar.wait_timeout(state, left) {
                 Ok((state, _)) => state,
                 Err(poisoned) => poisoned.into_inner().0,
             };
@@ -102,14 +107,32 @@ impl Wake {
     }
 }
 
+/// How soon a spiller that could not get under the budget looks again.
+const STUCK_RETRY: Duration = Duration::from_millis(50);
+
+/// How often an idle spiller checks that its store still exists.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 /// Starts the spiller thread of a store; it ends when the store is dropped.
 /// An error says why it could not start (objects then stay in memory, and
 /// producers over the budget are refused rather than left waiting).
 pub(super) fn start(shared: Weak<Shared>, wake: Wake) -> io::Result<()> {
     std::thread::Builder::new().name("fabric-spiller".into()).spawn(move || {
-        while wake.wait() {
+        // Over the budget with every object in memory being read: look
+        // again soon, as readers let go.
+        let mut over = false;
+        while wake.wait(if over { STUCK_RETRY } else { IDLE_CHECK }) {
             let Some(shared) = shared.upgrade() else { return };
-            shared.spill_round();
+            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.spill_round()));
+            over = shared.lock().stuck;
+            if round.is_err() {
+                // Producers over the budget get an error rather than wait
+                // for a spiller that is gone.
+                tracing::error!("the object spiller failed; objects stay in memory from now on");
+                shared.lock().spill_error = Some("the spiller thread failed".into());
+                shared.room.notify_waiters();
+                return;
+            }
         }
     })?;
     Ok(())
@@ -125,13 +148,21 @@ impl Shared {
                 self.room.notify_waiters();
                 return;
             }
-            for (local, bytes) in victims {
+            let mut victims = victims.into_iter();
+            while let Some((local, bytes)) = victims.next() {
                 let written = SpillFile::create(&self.limits.spill_dir).and_then(|file| {
                     file.write_at(&bytes, 0)?;
                     Ok(file)
                 });
                 drop(bytes);
-                if !self.spilled(&local, written) {
+                if !self.record_spill(&local, written) {
+                    // The rest stay in memory, back in the spill order.
+                    let mut inner = self.lock();
+                    for (local, _) in victims {
+                        let mut place = local.place();
+                        inner.touch(&local, &mut place);
+                    }
+                    drop(inner);
                     self.room.notify_waiters();
                     return;
                 }
@@ -186,7 +217,7 @@ impl Shared {
 
     /// Records a spill's outcome; `false` when it failed (the object stays
     /// in memory and spilling pauses until the next wake-up).
-    fn spilled(&self, local: &Arc<Local>, written: io::Result<SpillFile>) -> bool {
+    fn record_spill(&self, local: &Arc<Local>, written: io::Result<SpillFile>) -> bool {
         let mut inner = self.lock();
         let mut place = local.place();
         match written {

@@ -150,7 +150,7 @@ async fn pull_copy(
             };
             match pulled {
                 Ok(data) => {
-                    host.objects.fill_copy(&cell, data);
+                    host.objects.fill_copy(&job, id, &cell, data);
                 }
                 Err(error) => host.objects.abandon_copy(&tenant, &job, id, &cell, error),
             }

@@ -1,36 +1,44 @@
 //! Building one object from parts (`fabric:core/objects.writer`), for
 //! objects too large to hold in a task's memory at once.
 //!
-//! Parts gather in memory until the object outgrows a quarter of the host's
-//! memory budget; then what was gathered and every later part go straight
-//! to a spill file, so an object larger than the whole budget passes
-//! through memory a part at a time. The object's size and its tenant's
-//! limit are checked at every part, so a writer that would go over fails at
-//! the part that crosses, not after writing gigabytes.
+//! Parts gather in memory until the object outgrows [`WRITER_MEMORY`] (or a
+//! quarter of the host's object memory, if less); then what was gathered
+//! and every later part go straight to a spill file, so an object larger
+//! than the whole budget passes through memory a part at a time. Every part
+//! counts against the tenant's limit as it is written (given back if the
+//! writer is dropped unfinished), and the object's size limit is checked at
+//! every part, so a writer that would go over fails at the part that
+//! crosses, not after writing gigabytes. A task may hold at most
+//! [`MAX_OPEN_WRITERS`] at once (see `hostfns::objects`), which bounds what
+//! open writers keep in memory.
 
 use super::spill::{blocking, SpillFile};
-use super::{Local, ObjectId, ObjectStore};
+use super::{Local, ObjectId, ObjectStore, Shared};
 use fabric_proto::{ErrorKind, FabricError};
 use std::sync::Arc;
+
+/// Bytes a writer keeps in memory at most before it goes to disk.
+pub const WRITER_MEMORY: u64 = 16 << 20;
+
+/// Writers one task instance may hold open at once.
+pub const MAX_OPEN_WRITERS: u32 = 16;
 
 /// An object being written.
 #[derive(Debug)]
 pub struct ObjectWriter {
+    store: Arc<Shared>,
     tenant: Arc<str>,
     job: Arc<str>,
     len: u64,
+    /// Bytes counted against the tenant's limit for this writer.
+    reserved: u64,
     memory: Vec<u8>,
     disk: Option<Arc<SpillFile>>,
-    /// Sealed, or broken by a failed write: takes no more.
+    /// Sealed, or broken by a failed (or abandoned) write: takes no more.
     done: Option<FabricError>,
 }
 
 impl ObjectWriter {
-    /// An empty writer for an object of `tenant`'s job `job`.
-    pub fn new(tenant: Arc<str>, job: Arc<str>) -> Self {
-        ObjectWriter { tenant, job, len: 0, memory: Vec::new(), disk: None, done: None }
-    }
-
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
         self.len
@@ -41,23 +49,64 @@ impl ObjectWriter {
         self.len == 0
     }
 
+    /// The job the object will belong to.
+    pub fn job(&self) -> &Arc<str> {
+        &self.job
+    }
+
     fn usable(&self) -> Result<(), FabricError> {
         match &self.done {
             Some(why) => Err(why.clone()),
             None => Ok(()),
         }
     }
+
+    /// Gives the writer's reservation back to its tenant.
+    fn release(&mut self) {
+        if self.reserved > 0 {
+            let mut inner = self.store.lock();
+            inner.unreserve(&self.tenant, self.reserved);
+            self.reserved = 0;
+        }
+    }
+}
+
+impl Drop for ObjectWriter {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl ObjectStore {
-    /// Appends `data` to `writer`'s object.
+    /// A writer for a new object of `tenant`'s job `job`.
+    pub fn writer(&self, tenant: Arc<str>, job: Arc<str>) -> ObjectWriter {
+        ObjectWriter {
+            store: self.shared.clone(),
+            tenant,
+            job,
+            len: 0,
+            reserved: 0,
+            memory: Vec::new(),
+            disk: None,
+            done: None,
+        }
+    }
+
+    /// Appends `data` to `writer`'s object. A failed write breaks the
+    /// writer (so does a write abandoned midway).
     pub async fn write(&self, writer: &mut ObjectWriter, data: Vec<u8>) -> Result<(), FabricError> {
         writer.usable()?;
-        let len = writer.len.saturating_add(data.len() as u64);
-        if let Err(error) = self.check_len(len).and_then(|()| self.check_tenant(&writer.tenant, len)) {
+        let more = data.len() as u64;
+        let len = writer.len.saturating_add(more);
+        if let Err(error) = self.check_len(len).and_then(|()| self.reserve_for(&writer.tenant, more)) {
             return Err(self.break_writer(writer, error));
         }
-        if writer.disk.is_none() && len > self.limits().stream_threshold() {
+        writer.reserved += more;
+        // Until this write is done: a caller that gives up on it midway
+        // leaves a writer that refuses more rather than one with a hole.
+        writer.done = Some(FabricError::new(ErrorKind::Cancelled, "an earlier write to this writer did not finish"));
+        let threshold = WRITER_MEMORY.min(self.limits().stream_threshold());
+        if writer.disk.is_none() && len > threshold {
             let gathered = std::mem::take(&mut writer.memory);
             let dir = self.limits().spill_dir.clone();
             let created = blocking(WRITE_FAILED, move || {
@@ -82,6 +131,7 @@ impl ObjectStore {
             None => writer.memory.extend_from_slice(&data),
         }
         writer.len = len;
+        writer.done = None;
         Ok(())
     }
 
@@ -96,18 +146,18 @@ impl ObjectStore {
         };
         let local = Arc::new(Local::new(writer.tenant.clone(), writer.len, memory, disk));
         let (id, cell) = self.reserve(&writer.tenant, &writer.job);
-        if let Err(error) = self.fill_local(&cell, local) {
-            self.remove(&writer.tenant, &writer.job, id);
-            return Err(error);
-        }
+        // The object's bytes were counted for the tenant as they came.
+        self.fill_reserved(&cell, local);
+        writer.reserved = 0;
         Ok(id)
     }
 
-    /// Fails `writer` for good with `error` (its parts are let go).
+    /// Fails `writer` for good with `error`; its parts and reservation go.
     fn break_writer(&self, writer: &mut ObjectWriter, error: FabricError) -> FabricError {
         writer.memory = Vec::new();
         writer.disk = None;
         writer.done = Some(error.clone());
+        writer.release();
         error
     }
 }

@@ -305,7 +305,50 @@ pub(crate) async fn serve_create(
     host.visiting.arrive(tenant, job, origin);
     let log = JobLog::new(None, host.config.echo_logs)
         .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create a log: {e}")))?;
+    forward_log(host, &log, origin, tenant, job);
     let creator = Job::new(job, tenant, TaskLimits::default(), log);
     let new = NewActor { tenant: tenant.into(), creator, component, class, args, encoding: Encoding::Binary };
     Ok(create_here(host, new, options_of(spec), get_or_create).await?.to_string())
 }
+
+/// Sends what an actor created here for a peer's job writes to that job's
+/// log on its host, as it comes (what piled up meanwhile goes in one
+/// request), until the actor is gone, the job has ended or its host left.
+fn forward_log(host: &Arc<HostInner>, log: &JobLog, origin: &str, tenant: &str, job: &str) {
+    let (_, mut chunks) = log.subscribe();
+    let (host, origin, tenant, job) = (host.clone(), origin.to_string(), tenant.to_string(), job.to_string());
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        loop {
+            let mut chunk = match chunks.recv().await {
+                Ok(first) => first.to_vec(),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            };
+            while chunk.len() < LOG_BATCH {
+                match chunks.try_recv() {
+                    Ok(more) => chunk.extend_from_slice(&more),
+                    Err(TryRecvError::Lagged(_)) => continue,
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
+            }
+            let request = Request::PeerLog { tenant: tenant.clone(), job: job.clone(), chunk };
+            match host.peers.ask(&origin, &request).await {
+                Ok(_) => {}
+                // The job has ended there, or its host is gone: stop.
+                Err(PeerError::Answered(_)) => return,
+                Err(PeerError::Lost(e)) => {
+                    let members = host.cluster.members(&host.local_info());
+                    if !members.iter().any(|member| member.addr == origin) {
+                        return;
+                    }
+                    tracing::warn!(host = %origin, "cannot send an actor's output: {}", e.message);
+                }
+            }
+        }
+    });
+}
+
+/// Output sent to a job's host in one request at most (more waits for the
+/// next).
+const LOG_BATCH: usize = 256 << 10;

@@ -634,6 +634,12 @@ impl Probe {
         panic!("probe boom")
     }
 
+    /// Prints `text`; returns the host the actor lives on.
+    pub fn say(&self, text: String) -> String {
+        println!("{text}");
+        fabric::context().host
+    }
+
     /// The instance's linear memory size in bytes.
     pub fn memory_bytes(&self) -> u64 {
         (core::arch::wasm32::memory_size(0) as u64) * 65536
@@ -745,6 +751,17 @@ fn actor_placed(
         builder = builder.label(key, value);
     }
     builder.remote()?.host()?.get()
+}
+
+/// Has a probe on a host labelled `key=value` print `text`, prints where
+/// it lives, then holds the job open for `hold_ms`.
+#[fabric::task]
+fn actor_says(key: String, value: String, text: String, hold_ms: u64) -> fabric::Result<String> {
+    let probe = Probe::new(0).label(key, value).remote()?;
+    let host = probe.say(text)?.get()?;
+    println!("the probe lives on {host}");
+    std::thread::sleep(Duration::from_millis(hold_ms));
+    Ok(host)
 }
 
 /// Adds `by` through a handle stored in an object.
