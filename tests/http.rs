@@ -348,6 +348,11 @@ fn a_host_forwards_requests_to_the_hosts_that_can_run_replicas() {
     let on_a = replicas_on(&a, "kit", &a.id());
     assert_eq!((on_a["desired"].as_u64(), on_a["instances"].as_u64()), (Some(0), Some(0)), "{on_a}");
     assert!(replicas_on(&a, "kit", &b.id())["instances"].as_u64().unwrap() >= 1);
+    // B's two `special` hold two replicas of one each, whatever `--max` says.
+    assert_eq!((on_a["cap"].as_u64(), replicas_on(&a, "kit", &b.id())["cap"].as_u64()), (Some(0), Some(2)));
+    let listing = a.fabric(&["deployments"]).stdout;
+    let kit = listing.lines().find(|l| l.starts_with("kit ")).unwrap_or_default();
+    assert!(kit.split_whitespace().nth(5) == Some("2"), "the CAP column: {listing}");
 
     // Task deployments forward too.
     deploy(&a, &example("http_json"), &["--name", "stats", "--resources", "special=1"]);
@@ -365,6 +370,12 @@ fn a_host_forwards_requests_to_the_hosts_that_can_run_replicas() {
         (answer.status == 503).then_some(answer)
     });
     assert!(gone.text().contains("no host in the cluster can run a replica"), "{}", gone.text());
+    // A `/v1/call` caller gets the JSON error shape for it.
+    let call = a.http("POST", "/v1/call/stats/summarize", r#"{"values": [1, 2]}"#);
+    assert_eq!(call.status, 503, "{}", call.text());
+    let error: Value = serde_json::from_slice(&call.body).expect("a JSON error");
+    assert_eq!(error["error"]["kind"], "unavailable", "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("no host in the cluster"), "{error}");
 }
 
 #[test]
@@ -540,4 +551,24 @@ fn a_stopping_host_answers_the_requests_it_has_begun() {
     assert!(host.wait_exit(Duration::from_secs(20)), "the host exits once the request is answered");
     // The gateway is gone: a new connection is refused.
     assert!(std::net::TcpStream::connect(gateway).is_err());
+}
+
+#[test]
+fn a_handler_runs_to_its_end_when_its_client_goes_away() {
+    let host = Up::start();
+    deploy(&host, &http_kit(), &["--name", "kit", "--route", "/kit", "--max", "1"]);
+    assert_eq!(host.http("GET", "/kit/count", "").text(), "1");
+    // A client asks for a slow answer and hangs up before it comes.
+    let mut client = std::net::TcpStream::connect(host.gateway()).unwrap();
+    client.write_all(b"GET /kit/sleep?ms=300 HTTP/1.1\r\nhost: kit\r\n\r\n").unwrap();
+    eventually(Duration::from_secs(10), "the request to be under way", || {
+        (listed(&host, "kit")?["replicas"][0]["busy"].as_u64() == Some(1)).then_some(())
+    });
+    drop(client);
+    eventually(Duration::from_secs(10), "the handler to end", || {
+        (listed(&host, "kit")?["replicas"][0]["busy"].as_u64() == Some(0)).then_some(())
+    });
+    // The handler finished cleanly, so its instance was kept: the same one
+    // answers next, having served all three requests.
+    assert_eq!(host.http("GET", "/kit/count", "").text(), "3");
 }

@@ -827,9 +827,11 @@ async fn call(client: &Client, args: CallArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_deployments(all: &[fabric_proto::DeploymentInfo]) {
+    // MIN-MAX is per host, as deployed; CAP is the most replicas the
+    // cluster's hosts can run (each host's max, bounded by its resources).
     println!(
-        "{:<20} {:>4} {:<6} {:<24} {:>9} {:>6} {:>6} {:>10}",
-        "NAME", "VER", "KIND", "ROUTE", "MIN-MAX", "WANTED", "BUSY", "SERVED"
+        "{:<20} {:>4} {:<6} {:<24} {:>9} {:>5} {:>6} {:>6} {:>10}",
+        "NAME", "VER", "KIND", "ROUTE", "MIN-MAX", "CAP", "WANTED", "BUSY", "SERVED"
     );
     for info in all {
         let d = &info.deployment;
@@ -837,13 +839,15 @@ fn print_deployments(all: &[fabric_proto::DeploymentInfo]) {
         let desired: u32 = info.replicas.iter().map(|r| r.desired).sum();
         let busy: u32 = info.replicas.iter().map(|r| r.busy).sum();
         let served: u64 = info.replicas.iter().map(|r| r.served).sum();
+        let cap: u32 = info.replicas.iter().map(|r| r.cap).sum();
         println!(
-            "{:<20} {:>4} {:<6} {:<24} {:>9} {:>6} {:>6} {:>10}",
+            "{:<20} {:>4} {:<6} {:<24} {:>9} {:>5} {:>6} {:>6} {:>10}",
             d.spec.name,
             d.version,
             d.kind.as_str(),
             route,
             format!("{}-{}", d.spec.min, d.spec.max),
+            cap,
             desired,
             busy,
             served
@@ -866,23 +870,8 @@ fn mib_to_bytes(flag: &str, mib: u64) -> anyhow::Result<u64> {
     mib.checked_mul(1 << 20).ok_or_else(|| anyhow::anyhow!("{flag} {mib} is too large"))
 }
 
-/// `bytes` in the largest binary unit that keeps it at least 1.
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
-}
-
 fn print_objects(stores: &[fabric_proto::HostObjects]) {
+    use fabric_host::cluster::placement::binary_units;
     println!("{:<18} {:<28} {:>9} {:>14}", "HOST", "JOB", "OBJECTS", "BYTES");
     for store in stores {
         for job in &store.jobs {
@@ -898,12 +887,12 @@ fn print_objects(stores: &[fabric_proto::HostObjects]) {
         println!(
             "{:<18} {:>10} {:>10} {:>10} {:>8} {:>7} {:>10} {:>8}",
             store.host,
-            human_bytes(store.memory_bytes),
-            human_bytes(store.memory_budget),
-            human_bytes(store.spilled_bytes),
+            binary_units(store.memory_bytes),
+            binary_units(store.memory_budget),
+            binary_units(store.spilled_bytes),
             store.spills,
             store.pulls,
-            human_bytes(store.pulled_bytes),
+            binary_units(store.pulled_bytes),
             store.retried_ranges
         );
     }

@@ -705,6 +705,7 @@ impl Host {
                     busy: counts.busy,
                     queued: counts.queued,
                     served: counts.served,
+                    cap: d.cap,
                 }
             })
             .collect())

@@ -421,6 +421,9 @@ pub struct Replicas {
     pub queued: u32,
     /// Requests answered since this version started there.
     pub served: u64,
+    /// Replicas this host may run at most (`--max`, bounded by what its
+    /// resources hold of the deployment's demand; 0: it cannot run one).
+    pub cap: u32,
 }
 
 /// A deployment and its replicas on every host, as `fabric deployments`

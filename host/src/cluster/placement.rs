@@ -114,9 +114,32 @@ pub fn parse_label(spec: &str) -> Result<fabric_proto::Label, FabricError> {
     }
 }
 
-/// Formats resources as `cpu=1,gpu=2`.
+/// Formats resources as `cpu=1,gpu=2,memory=1.5GiB` (memory in binary
+/// units, for people to read).
 pub fn format_resources(list: &[Resource]) -> String {
-    list.iter().map(|r| format!("{}={}", r.name, r.amount)).collect::<Vec<_>>().join(",")
+    list.iter()
+        .map(|r| match r.name.as_str() {
+            "memory" => format!("memory={}", binary_units(r.amount)),
+            _ => format!("{}={}", r.name, r.amount),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `bytes` in the largest binary unit that keeps it at least 1 (`1.5GiB`).
+pub fn binary_units(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let text = format!("{value:.1}");
+    format!("{}{}", text.strip_suffix(".0").unwrap_or(&text), UNITS[unit])
 }
 
 /// Placement state: what this host has running on each peer.
@@ -437,6 +460,10 @@ mod tests {
         let parsed = parse_resources("cpu=4, gpu=1,memory=16G,shards=3").unwrap();
         assert_eq!(parsed, res(&format!("cpu=4,gpu=1,memory={},shards=3", 16u64 << 30)));
         assert_eq!(parse_resources("memory=512MiB").unwrap(), res(&format!("memory={}", 512u64 << 20)));
+        let shown = format_resources(&res(&format!("cpu=2,memory={},gpu=1", (3u64 << 30) / 2)));
+        assert_eq!(shown, "cpu=2,memory=1.5GiB,gpu=1");
+        assert_eq!(format_resources(&res("memory=512")), "memory=512B");
+        assert_eq!(format_resources(&res(&format!("memory={}", 16u64 << 30))), "memory=16GiB");
         for bad in ["cpu", "cpu=x", "=3", "cpu=1,cpu=2", "mem=3Q", "a b=1", "cpu=-1"] {
             let err = parse_resources(bad).unwrap_err();
             assert_eq!(err.kind, ErrorKind::InvalidArgument, "{bad}");

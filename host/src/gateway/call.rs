@@ -178,7 +178,7 @@ pub async fn invoke(
 }
 
 /// `{"error": {"kind", "message"}}` with `status`.
-fn error_json(status: StatusCode, error: &FabricError) -> Response<Body> {
+pub(crate) fn error_json(status: StatusCode, error: &FabricError) -> Response<Body> {
     let body = serde_json::json!({ "error": { "kind": error.kind.as_str(), "message": error.message } });
     let mut response = Response::new(super::full(Bytes::from(body.to_string())));
     *response.status_mut() = status;

@@ -23,7 +23,7 @@
 //!   request came to it (413, 429, 504 travel back as they are); a peer lost
 //!   mid-request gives 502.
 
-use super::{status_of, text, Body};
+use super::{failure, status_of, text, Body};
 use crate::deployments::{replica_cap, Deployed};
 use crate::HostInner;
 use fabric_proto::{
@@ -139,14 +139,12 @@ pub fn choose(host: &HostInner, deployed: &Deployed) -> Route {
 
 /// 503 for a deployment no member can run.
 pub fn nowhere(deployed: &Deployed) -> hyper::Response<Body> {
-    text(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!(
-            "no host in the cluster can run a replica of {} (it needs {})",
-            deployed.describe(),
-            crate::deployments::describe_demand(&deployed.record.spec.demand)
-        ),
-    )
+    let why = format!(
+        "no host in the cluster can run a replica of {} (it needs {})",
+        deployed.describe(),
+        crate::deployments::describe_demand(&deployed.record.spec.demand)
+    );
+    failure(deployed, StatusCode::SERVICE_UNAVAILABLE, &FabricError::new(ErrorKind::Unavailable, why))
 }
 
 /// Serves `request` on `peer` and streams its answer back.
@@ -164,7 +162,8 @@ pub async fn to_peer(
         headers: with_host(request.headers(), request.uri()),
     };
     let broke = |e: &dyn std::fmt::Display| {
-        text(StatusCode::BAD_GATEWAY, format!("host {} (serving {}) broke off: {e}", peer.id, deployed.describe()))
+        let why = format!("host {} (serving {}) broke off: {e}", peer.id, deployed.describe());
+        failure(deployed, StatusCode::BAD_GATEWAY, &FabricError::new(ErrorKind::Unavailable, why))
     };
     let opened = tokio::time::timeout(PEER_CONNECT, host.peers.open_stream(&peer.addr, &head)).await;
     let (send, mut recv) = match opened {
@@ -190,7 +189,7 @@ pub async fn to_peer(
             restore(&headers, response.headers_mut());
             response
         }
-        Ok(Ok(Some(Response::Error(e)))) => text(status_of(&e), e.message),
+        Ok(Ok(Some(Response::Error(e)))) => failure(deployed, status_of(&e), &e),
         Ok(Ok(Some(other))) => broke(&format!("unexpected answer {other:?}")),
         Ok(lost) => match replay {
             Some(request) if deployed.cap > 0 => {
@@ -202,10 +201,10 @@ pub async fn to_peer(
                 Err(e) => broke(&e),
             },
         },
-        Err(_) => text(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("host {} did not answer for {} within {wait:?}", peer.id, deployed.describe()),
-        ),
+        Err(_) => {
+            let why = format!("host {} did not answer for {} within {wait:?}", peer.id, deployed.describe());
+            failure(deployed, StatusCode::GATEWAY_TIMEOUT, &FabricError::new(ErrorKind::TimedOut, why))
+        }
     }
 }
 
@@ -227,15 +226,24 @@ pub struct PeerRequest {
 /// answer's head as a frame, then its body raw.
 pub async fn serve(host: &Arc<HostInner>, head: PeerRequest, mut send: quinn::SendStream, recv: quinn::RecvStream) {
     let PeerRequest { tenant, name, method, uri, headers } = head;
+    // Before a deployment is found, the path says which shape of error the
+    // caller expects.
+    let refuse = |status: StatusCode, error: FabricError| {
+        if uri.starts_with("/v1/call") {
+            super::call::error_json(status, &error)
+        } else {
+            text(status, error.message)
+        }
+    };
     let response = match request_from(&method, &uri, &headers, recv) {
         Ok(request) => match deployed_here(host, &tenant, &name).await {
             // Its view of the deployment or of this host differs: say so
             // rather than queue where no replica can run.
             Ok(deployed) if deployed.cap == 0 => nowhere(&deployed),
             Ok(deployed) => super::serve_here(host, deployed, request).await,
-            Err(e) => text(status_of(&e), e.message),
+            Err(e) => refuse(status_of(&e), e),
         },
-        Err(e) => text(StatusCode::BAD_REQUEST, e.message),
+        Err(e) => refuse(StatusCode::BAD_REQUEST, e),
     };
     let (parts, body) = response.into_parts();
     let head = Response::HttpHead { status: parts.status.as_u16(), headers: end_to_end(&parts.headers) };

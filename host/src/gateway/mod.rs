@@ -156,6 +156,16 @@ pub async fn admit(
     Ok((turn, held))
 }
 
+/// A failure in the shape `deployed`'s callers expect: JSON
+/// `{"error": {"kind", "message"}}` for task deployments (`/v1/call`), plain
+/// text for `wasi:http` ones.
+pub fn failure(deployed: &Deployed, status: StatusCode, error: &FabricError) -> Response<Body> {
+    match deployed.record.kind {
+        DeploymentKind::Tasks => call::error_json(status, error),
+        DeploymentKind::Http => text(status, error.message.clone()),
+    }
+}
+
 /// A plain-text response (a newline is added).
 pub fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     let mut body = message.into();

@@ -23,6 +23,7 @@ use futures_util::{FutureExt, StreamExt};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use hyper::{Request, Response, StatusCode};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -87,7 +88,7 @@ pub async fn handle(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Req
     // body is sent in one write with a length, and no task is spawned.
     // One still running after that goes on on a task of its own while its
     // body streams.
-    let mut call = Box::pin(run(host.clone(), deployed.clone(), instance, req, out, deadline, turn));
+    let mut call = RunToEnd(Some(Box::pin(run(host.clone(), deployed.clone(), instance, req, out, deadline, turn))));
     let first = tokio::select! {
         biased;
         head = &mut head_rx => First::Head(head.ok()),
@@ -97,7 +98,7 @@ pub async fn handle(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Req
     let (head, ended) = match first {
         First::Late => {
             // It stops at the same deadline and tears its instance down.
-            tokio::spawn(call);
+            drop(call);
             return timed_out(timeout);
         }
         First::Ended(ended) => (head_rx.try_recv().ok(), Some(ended)),
@@ -105,14 +106,13 @@ pub async fn handle(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Req
     };
     let response = match (head, ended) {
         (Some(Ok(response)), Some(_)) => Ok(buffered(response)),
+        // Still running: it goes on on a task of its own (see `RunToEnd`).
         (Some(Ok(response)), None) => {
-            tokio::spawn(call);
+            drop(call);
             Ok(response)
         }
-        (Some(Err(code)), ended) => {
-            if ended.is_none() {
-                tokio::spawn(call);
-            }
+        (Some(Err(code)), _) => {
+            drop(call);
             Err(text(StatusCode::INTERNAL_SERVER_ERROR, format!("the handler answered with an error: {code:?}")))
         }
         (None, ended) => Err(match ended {
@@ -126,6 +126,35 @@ pub async fn handle(host: &Arc<HostInner>, deployed: Arc<Deployed>, request: Req
     match response {
         Ok(response) => response,
         Err(response) => response,
+    }
+}
+
+/// A handler's call that runs to its end whatever happens to the request:
+/// dropped unfinished (the response goes on streaming, the deadline passed,
+/// or the client went away and hyper dropped the request), it goes on on a
+/// task of its own, so its instance is kept or reaped as after any call
+/// rather than dropped mid-call on this task.
+struct RunToEnd<F: Future<Output = Ended> + Send + 'static>(Option<Pin<Box<F>>>);
+
+impl<F: Future<Output = Ended> + Send + 'static> Future for RunToEnd<F> {
+    type Output = Ended;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let Some(call) = self.0.as_mut() else {
+            debug_assert!(false, "a finished call was polled again");
+            return Poll::Pending;
+        };
+        let ended = std::task::ready!(call.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(ended)
+    }
+}
+
+impl<F: Future<Output = Ended> + Send + 'static> Drop for RunToEnd<F> {
+    fn drop(&mut self) {
+        if let (Some(call), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(call);
+        }
     }
 }
 
