@@ -6,6 +6,17 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// Waits until `observer` lists host `id` as holding some resource.
+fn wait_until_busy(observer: &Up, id: &str, what: &str) {
+    eventually(SETTLE, what, || {
+        let hosts = observer.fabric(&["hosts", "--output", "json"]).json();
+        let busy = hosts.as_array()?.iter().any(|h| {
+            h["id"] == id && h["used"].as_array().is_some_and(|u| u.iter().any(|r| r["amount"].as_u64() > Some(0)))
+        });
+        busy.then_some(())
+    });
+}
+
 #[test]
 fn hosts_join_see_each_other_leave_when_killed_and_rejoin() {
     let etcd = Etcd::start();
@@ -264,15 +275,7 @@ fn tasks_of_a_killed_host_are_retried_elsewhere_and_the_job_completes() {
     let testkit = fabric_tests::testkit();
     let job = a.submit_detached(&testkit, "spread_sleep", r#"{"n": 60, "ms": 300}"#);
     // Kill c once it is running some of the job's tasks.
-    let c_id = c.id();
-    eventually(SETTLE, "c to be busy with the job", || {
-        let hosts = a.fabric(&["hosts", "--output", "json"]).json();
-        let busy = hosts.as_array()?.iter().any(|h| {
-            h["id"] == c_id.as_str()
-                && h["used"].as_array().is_some_and(|u| u.iter().any(|r| r["amount"].as_u64() > Some(0)))
-        });
-        busy.then_some(())
-    });
+    wait_until_busy(&a, &c.id(), "c to be busy with the job");
     c.kill9();
 
     let out = a.fabric(&["logs", "--follow", &job]);
@@ -371,14 +374,7 @@ fn a_stopping_host_takes_no_new_work_and_finishes_its_peers_tasks() {
     let testkit = fabric_tests::testkit();
     let job = a.submit_detached(&testkit, "sleep_on", r#"{"key": "role", "value": "sleeper", "ms": 5000}"#);
     let b_id = b.id();
-    eventually(SETTLE, "b to run the task", || {
-        let hosts = a.fabric(&["hosts", "--output", "json"]).json();
-        let busy = hosts.as_array()?.iter().any(|h| {
-            h["id"] == b_id.as_str()
-                && h["used"].as_array().is_some_and(|u| u.iter().any(|r| r["amount"].as_u64() > Some(0)))
-        });
-        busy.then_some(())
-    });
+    wait_until_busy(&a, &b_id, "b to run the task");
     b.terminate();
     // At once every member sees b draining, so no new work goes there...
     eventually(SETTLE, "a to see b draining", || {

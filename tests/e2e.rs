@@ -664,8 +664,7 @@ fn concurrent_first_submits_of_one_component_all_upload_cleanly() {
 #[test]
 fn a_stopping_host_finishes_its_running_jobs_first_and_refuses_new_ones() {
     let mut up = Up::start();
-    let detached = up.submit(&testkit(), &["--fn", "sleep", "--args", "[2000]", "--detach"]).json();
-    let job = detached["job"].as_str().unwrap().to_string();
+    let job = up.submit_detached(&testkit(), "sleep", "[2000]");
     up.terminate();
     fabric_tests::eventually(fabric_tests::SETTLE, "the host to drain", || {
         up.up_log().contains("draining").then_some(())
@@ -684,8 +683,7 @@ fn a_stopping_host_finishes_its_running_jobs_first_and_refuses_new_ones() {
 #[test]
 fn a_second_signal_stops_a_draining_host_at_once() {
     let mut up = Up::start();
-    let detached = up.submit(&testkit(), &["--fn", "sleep", "--args", "[600000]", "--detach"]).json();
-    let job = detached["job"].as_str().unwrap().to_string();
+    let job = up.submit_detached(&testkit(), "sleep", "[600000]");
     // Two SIGTERMs: the ten-minute job is cancelled rather than waited for.
     up.stop();
     assert!(!up.running());
