@@ -572,3 +572,20 @@ fn a_handler_runs_to_its_end_when_its_client_goes_away() {
     // answers next, having served all three requests.
     assert_eq!(host.http("GET", "/kit/count", "").text(), "3");
 }
+
+#[test]
+fn a_deployments_log_shows_its_instances_output_and_failed_requests() {
+    let host = Up::start();
+    deploy(&host, &http_kit(), &["--name", "kit", "--route", "/kit", "--timeout", "1"]);
+    assert_eq!(host.http("GET", "/kit/trap", "").status, 500);
+    let out = host.fabric(&["logs", "--deployment", "kit"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(&format!("==> kit v1 on host {} <==", host.id())), "{}", out.stdout);
+    assert!(out.stdout.contains("the kit was asked to trap"), "the guest's own output: {}", out.stdout);
+    assert!(out.stdout.contains("[fabric] request failed"), "the gateway's note: {}", out.stdout);
+    let missing = host.fabric(&["logs", "--deployment", "nothing"]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("no host serves a deployment named nothing"), "{missing:?}");
+    let neither = host.fabric(&["logs"]);
+    assert_ne!(neither.code, 0, "{neither:?}");
+}

@@ -256,6 +256,15 @@ impl Client {
         }
     }
 
+    /// The end of deployment `name`'s log on every host that serves it.
+    pub async fn deployment_logs(&self, name: &str) -> anyhow::Result<Vec<fabric_proto::DeploymentLog>> {
+        let request = Request::DeploymentLogs { tenant: self.tenant.clone(), name: name.to_string() };
+        match self.call(&request).await? {
+            Response::DeploymentLogs(logs) => Ok(logs),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
     /// Calls a method of a named actor with JSON arguments; its JSON result.
     pub async fn actor_call(&self, actor: &str, method: &str, args: &str) -> anyhow::Result<String> {
         let request = Request::ActorCall {

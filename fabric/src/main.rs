@@ -59,10 +59,15 @@ enum Command {
     /// Print a job's log.
     Logs {
         /// The job's id.
-        job: String,
+        #[arg(required_unless_present = "deployment")]
+        job: Option<String>,
         /// Keep printing until the job ends.
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "deployment")]
         follow: bool,
+        /// Show a deployment's log instead (its instances' output and failed
+        /// requests): the last MiB of each host's, under a line naming it.
+        #[arg(long, conflicts_with = "job")]
+        deployment: Option<String>,
     },
     /// Stop a job.
     Stop {
@@ -687,7 +692,18 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
             client.actor_kill(&name).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Logs { job, follow } => {
+        Command::Logs { deployment: Some(name), .. } => {
+            let mut stdout = std::io::stdout().lock();
+            for log in client.deployment_logs(&name).await? {
+                writeln!(stdout, "==> {name} v{} on host {} <==", log.version, log.host)?;
+                stdout.write_all(&log.text)?;
+                if !log.text.is_empty() && !log.text.ends_with(b"\n") {
+                    writeln!(stdout)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { job: Some(job), follow, .. } => {
             client
                 .logs(&job, follow, |chunk| {
                     let mut stdout = std::io::stdout().lock();
@@ -697,6 +713,7 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
                 .await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Logs { .. } => anyhow::bail!("give a job id, or --deployment NAME"),
         Command::Hosts(output) => {
             let hosts = client.hosts().await?;
             print_hosts(&hosts, output.output)?;

@@ -54,8 +54,8 @@ pub mod tls;
 
 pub use config::{DefaultLimits, HostConfig};
 pub use fabric_proto::{
-    ActorInfo, Demand, Deployment, DeploymentInfo, DeploymentSpec, ErrorKind, FabricError, HostInfo, JobRecord,
-    JobState, Replicas, Resource, SubmitRequest, TaskLimits,
+    ActorInfo, Demand, Deployment, DeploymentInfo, DeploymentLog, DeploymentSpec, ErrorKind, FabricError, HostInfo,
+    JobRecord, JobState, Replicas, Resource, SubmitRequest, TaskLimits,
 };
 
 use components::Components;
@@ -684,6 +684,39 @@ impl Host {
             return Err(FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no deployment `{name}`")));
         }
         deployments::sync(&self.0).await
+    }
+
+    /// The end of `tenant`'s deployment `name`'s log on this host (none if
+    /// it does not serve it).
+    pub fn local_deployment_logs(&self, tenant: &str, name: &str) -> Result<Vec<DeploymentLog>, FabricError> {
+        validate_name("tenant", tenant)?;
+        let serving = self.0.deployments.of(tenant).into_iter().find(|d| d.record.spec.name == name);
+        Ok(serving
+            .map(|d| {
+                let text = d.log.contents();
+                let tail = text.len().saturating_sub(fabric_proto::DEPLOYMENT_LOG_TAIL);
+                DeploymentLog { host: self.0.id.clone(), version: d.record.version, text: text[tail..].to_vec() }
+            })
+            .into_iter()
+            .collect())
+    }
+
+    /// The end of `tenant`'s deployment `name`'s log on every member that
+    /// serves it.
+    pub async fn deployment_logs(&self, tenant: &str, name: &str) -> Result<Vec<DeploymentLog>, FabricError> {
+        let mut logs = self.local_deployment_logs(tenant, name)?;
+        let request = fabric_proto::Request::PeerDeploymentLogs { tenant: tenant.to_string(), name: name.to_string() };
+        for (peer, answer) in remote::ask_members(&self.0, &request).await {
+            match answer {
+                fabric_proto::Response::DeploymentLogs(theirs) => logs.extend(theirs),
+                other => tracing::warn!(host = %peer, "unexpected answer to a deployment's logs: {other:?}"),
+            }
+        }
+        if logs.is_empty() {
+            return Err(FabricError::new(ErrorKind::NotFound, format!("no host serves a deployment named {name}")));
+        }
+        logs.sort_by(|a, b| a.host.cmp(&b.host));
+        Ok(logs)
     }
 
     /// The tenant's deployments here: replicas per deployment.

@@ -426,6 +426,23 @@ pub struct Replicas {
     pub cap: u32,
 }
 
+/// The end of one host's log of a deployment (its instances' output and
+/// the gateway's notes about failed requests), as `fabric logs
+/// --deployment` shows it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeploymentLog {
+    /// The host's id.
+    pub host: String,
+    /// The version serving there.
+    pub version: u64,
+    /// Its last [`DEPLOYMENT_LOG_TAIL`] bytes at most.
+    pub text: Vec<u8>,
+}
+
+/// How much of each host's log of a deployment `fabric logs --deployment`
+/// gets (the hosts keep up to 8 MiB each).
+pub const DEPLOYMENT_LOG_TAIL: usize = 1 << 20;
+
 /// A deployment and its replicas on every host, as `fabric deployments`
 /// shows it.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -668,6 +685,20 @@ mod messages {
             /// Bytes wanted.
             len: u64,
         },
+        /// The end of a deployment's log on every member.
+        DeploymentLogs {
+            /// Whose deployment.
+            tenant: String,
+            /// Its name.
+            name: String,
+        },
+        /// Host to host: the end of a deployment's log on this host alone.
+        PeerDeploymentLogs {
+            /// Whose deployment.
+            tenant: String,
+            /// Its name.
+            name: String,
+        },
         /// Host to host: the tenant's objects on this host alone.
         PeerObjects {
             /// Whose objects.
@@ -794,6 +825,8 @@ mod messages {
         },
         /// Object stores, per host.
         Objects(Vec<HostObjects>),
+        /// A deployment's logs, per host that serves it.
+        DeploymentLogs(Vec<DeploymentLog>),
         /// A component of `len` bytes follows raw.
         Component {
             /// Its size.
