@@ -691,3 +691,27 @@ fn a_second_signal_stops_a_draining_host_at_once() {
     let status = up.fabric(&["status", &job, "--output", "json"]).json();
     assert_eq!(status["state"], "failed", "{status}");
 }
+
+#[test]
+fn bad_object_and_drain_settings_and_too_many_writers_are_refused() {
+    for (flag, value, says) in [
+        ("--object-memory-mib", "0", "0 is not in 1.."),
+        ("--max-tenant-object-mib", "0", "0 is not in 1.."),
+        ("--max-object-mib", "99999999999999999", "--max-object-mib 99999999999999999 is too large"),
+        ("--drain-timeout=-1", "", "-1 is not between 0 and"),
+        ("--drain-timeout", "soon", "soon is not a number of seconds"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_str().unwrap();
+        let mut args = vec!["--data-dir", data_dir, "up", "--listen", "127.0.0.1:0", "--http", "off", flag];
+        args.extend((!value.is_empty()).then_some(value));
+        let out = fabric(&args);
+        assert_ne!(out.code, 0, "{flag} {value}: {out:?}");
+        assert!(out.stderr.contains(says), "{flag} {value}: {}", out.stderr);
+    }
+    let up = Up::start();
+    assert_eq!(up.submit(&testkit(), &["--fn", "open_writers", "--args", "[16]"]).json()["result"], 16);
+    let err = expect_failure(&up, &["--fn", "open_writers", "--args", "[17]"]);
+    assert!(err["message"].as_str().unwrap().contains("at most 16 object writers at once"), "{err}");
+    assert_serving(&up);
+}

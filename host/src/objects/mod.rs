@@ -314,6 +314,16 @@ struct Inner {
 }
 
 impl Inner {
+    /// Gives `bytes` counted for `tenant` back.
+    fn unreserve(&mut self, tenant: &str, bytes: u64) {
+        if let Some(held) = self.tenant_bytes.get_mut(tenant) {
+            *held = held.saturating_sub(bytes);
+            if *held == 0 {
+                self.tenant_bytes.remove(tenant);
+            }
+        }
+    }
+
     /// Puts `local` last in the spill order (it was just used).
     fn touch(&mut self, local: &Arc<Local>, place: &mut Place) {
         if place.freed || place.memory.is_none() {
@@ -415,11 +425,10 @@ impl ObjectStore {
     /// wait for [`room`](Self::room).
     pub fn put(&self, tenant: &Arc<str>, job: &Arc<str>, data: Vec<u8>) -> Result<ObjectId, FabricError> {
         let data = self.check_size(data)?;
-        self.check_tenant(tenant, data.len() as u64)?;
         let (id, cell) = self.reserve(tenant, job);
         self.fill_ok(&cell, data);
         if let Some(Err(error)) = cell.peek() {
-            // Another put of the tenant's took the room meanwhile.
+            // Over the tenant's limit: nothing is kept.
             let error = error.clone();
             self.remove(tenant, job, id);
             return Err(error);
@@ -444,48 +453,45 @@ impl ObjectStore {
         cell.fill(Ok(Value::Elsewhere { id, len, lineage }));
     }
 
-    /// Fills under the lock, so a concurrent `drop_job` either sees the bytes
-    /// (and uncounts them) or has already filled the cell (and they are never
-    /// counted). Over the tenant's limit the object is that error instead.
+    /// Fills `cell` with bytes in memory, counting them for its tenant (over
+    /// the tenant's limit the object is that error instead).
     fn fill_ok(&self, cell: &Cell, data: ObjectBytes) {
-        let len = data.len() as u64;
-        let local = Arc::new(Local::new(cell.tenant.clone(), len, Some(data), None));
-        let over = {
-            let mut inner = self.lock();
-            if let Err(error) = self.shared.tenant_room(&inner, &cell.tenant, len) {
-                cell.fill(Err(error));
-                return;
-            }
-            if !cell.fill(Ok(Value::Here(local.clone()))) {
-                return;
-            }
-            inner.count_new(&local);
-            inner.resident += len;
-            let mut place = local.place();
-            inner.touch(&local, &mut place);
-            inner.resident > self.shared.limits.memory_budget
-        };
-        if over {
-            self.shared.spiller.wake();
-        }
+        let local = Local::new(cell.tenant.clone(), data.len() as u64, Some(data), None);
+        self.fill_local(cell, Arc::new(local), false);
     }
 
-    /// Stores a finished writer's object (in memory or already on disk),
-    /// whose bytes were already counted for its tenant.
-    fn fill_reserved(&self, cell: &Cell, local: Arc<Local>) {
+    /// Fills `cell` with `local` (in memory, on disk or both) under the
+    /// lock, so a concurrent `drop_job` either sees the bytes (and uncounts
+    /// them) or has already filled the cell (and they are never counted).
+    /// `reserved`: its bytes were already counted for its tenant (a
+    /// writer's, part by part); otherwise they are counted now, if the
+    /// tenant's limit allows.
+    fn fill_local(&self, cell: &Cell, local: Arc<Local>, reserved: bool) {
+        let len = local.len;
         let over = {
             let mut inner = self.lock();
+            if !reserved {
+                if let Err(error) = self.shared.tenant_room(&inner, &cell.tenant, len) {
+                    cell.fill(Err(error));
+                    return;
+                }
+            }
             if !cell.fill(Ok(Value::Here(local.clone()))) {
-                inner.unreserve(&local.tenant, local.len);
+                if reserved {
+                    inner.unreserve(&local.tenant, len);
+                }
                 return;
             }
-            inner.bytes += local.len;
+            inner.bytes += len;
+            if !reserved {
+                *inner.tenant_bytes.entry(local.tenant.clone()).or_default() += len;
+            }
             let mut place = local.place();
             if place.disk.is_some() {
-                inner.spilled += local.len;
+                inner.spilled += len;
             }
             if place.memory.is_some() {
-                inner.resident += local.len;
+                inner.resident += len;
                 inner.touch(&local, &mut place);
             }
             inner.resident > self.shared.limits.memory_budget
@@ -743,34 +749,11 @@ impl ObjectStore {
         }
         Ok(())
     }
-
-    /// Whether `tenant` may hold `more` bytes of objects on this host.
-    fn check_tenant(&self, tenant: &str, more: u64) -> Result<(), FabricError> {
-        let inner = self.lock();
-        self.shared.tenant_room(&inner, tenant, more)
-    }
 }
 
 impl Drop for ObjectStore {
     fn drop(&mut self) {
         self.shared.spiller.stop();
-    }
-}
-
-impl Inner {
-    fn count_new(&mut self, local: &Local) {
-        self.bytes += local.len;
-        *self.tenant_bytes.entry(local.tenant.clone()).or_default() += local.len;
-    }
-
-    /// Gives `bytes` counted for `tenant` back.
-    fn unreserve(&mut self, tenant: &str, bytes: u64) {
-        if let Some(held) = self.tenant_bytes.get_mut(tenant) {
-            *held = held.saturating_sub(bytes);
-            if *held == 0 {
-                self.tenant_bytes.remove(tenant);
-            }
-        }
     }
 }
 

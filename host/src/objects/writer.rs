@@ -147,7 +147,7 @@ impl ObjectStore {
         let local = Arc::new(Local::new(writer.tenant.clone(), writer.len, memory, disk));
         let (id, cell) = self.reserve(&writer.tenant, &writer.job);
         // The object's bytes were counted for the tenant as they came.
-        self.fill_reserved(&cell, local);
+        self.fill_local(&cell, local, true);
         writer.reserved = 0;
         Ok(id)
     }

@@ -422,6 +422,13 @@ fn write_until_refused(part: u64) -> fabric::Result<(String, u64)> {
     }
 }
 
+/// Holds `n` object writers open at once; returns how many it opened.
+#[fabric::task]
+fn open_writers(n: u64) -> u64 {
+    let writers: Vec<fabric::ObjectWriter> = (0..n).map(|_| fabric::ObjectWriter::new()).collect();
+    writers.len() as u64
+}
+
 /// Has a host labelled `key=value` return a `len`-byte pattern as its
 /// result (run again at most `retries` times), prints `result ready`,
 /// sleeps `ms` (the test kills the producer meanwhile), then reads it.
