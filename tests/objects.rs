@@ -281,3 +281,41 @@ fn a_spilled_object_is_pulled_from_its_holders_disk() {
     let b_store = store_of(&stores(&a, "default"), &b).clone();
     assert!(b_store["spills"].as_u64().unwrap() >= 2, "{b_store}");
 }
+
+#[test]
+fn an_object_is_freed_when_its_last_reference_drops() {
+    // A tenant may hold 6 MiB: 40 objects of 4 MiB made one after another
+    // fit only if each goes when nothing refers to it any more.
+    let up = Up::start_with(&["--max-tenant-object-mib", "6"]);
+    let churn = |holder: bool, pass: bool| {
+        let args = format!(r#"{{"rounds": 40, "mib": 4, "through_holder": {holder}, "pass": {pass}}}"#);
+        result_of(&up, "churn", &args)
+    };
+    // Held only by the task's own reference.
+    assert_eq!(churn(false, false), 40 * (4 << 20));
+    // Named inside another object: it lives while that object does (the
+    // task drops its own reference first), then both go.
+    assert_eq!(churn(true, false), 40 * (4 << 20));
+    // Named in a pending task's arguments: it lives until that task read
+    // it, although the caller dropped its reference at once.
+    assert_eq!(churn(false, true), 40 * (4 << 20));
+    // Read again by id after the last reference dropped: a clear error.
+    let v = result_of(&up, "read_freed", "{}");
+    assert!(v.as_str().unwrap().starts_with("NotFound") && v.as_str().unwrap().contains("freed"), "{v}");
+    // Nothing is left behind.
+    let store = only_store(&up);
+    assert_eq!((&store["jobs"], store["memory_bytes"].as_u64()), (&serde_json::json!([]), Some(0)), "{store}");
+}
+
+#[test]
+fn a_result_kept_on_its_producer_is_freed_there_when_its_last_reference_drops() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    // b may hold 10 MiB of the tenant's objects: 20 results of 4 MiB kept
+    // there one after another fit only if a lets each go (a's word may
+    // arrive after the next result is made: two fit).
+    let b = Up::host(etcd.endpoint(), &[MAKER, &["--max-tenant-object-mib", "10"]].concat());
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let v = result_of(&a, "churn_elsewhere", r#"{"rounds": 20, "len": 4194304, "key": "role", "value": "maker"}"#);
+    assert_eq!(v, 20 * (4 << 20));
+}

@@ -54,13 +54,15 @@ pub trait ActorHandle: Sized + Copy {
 
     /// Takes a snapshot of the actor's state now (after calls queued before).
     fn snapshot(&self) -> Result<ObjectRef<()>> {
-        Ok(ObjectRef::from_id(wit::snapshot(self.id().into())?.into()))
+        Ok(ObjectRef::adopt(wit::snapshot(self.id().into())?.into()))
     }
 }
 
 /// Builds an actor: `Counter::new(0).name("c").remote()?`.
 pub struct ActorBuilder<H> {
     args: Result<Vec<u8>>,
+    /// What the arguments name, held until the actor is created.
+    named: Vec<crate::object::Handle>,
     options: wit::ActorOptions,
     _handle: PhantomData<fn() -> H>,
 }
@@ -68,10 +70,12 @@ pub struct ActorBuilder<H> {
 impl<H: ActorHandle> ActorBuilder<H> {
     /// A builder for the class of `H` with constructor arguments `args`.
     pub fn new<A: Serialize>(args: &A) -> Self {
-        let args = postcard::to_stdvec(args)
-            .map_err(|e| Error::InvalidArgument(format!("cannot encode arguments of `{}.new`: {e}", H::CLASS)));
+        let (args, named) = crate::object::naming(|| postcard::to_stdvec(args));
+        let args =
+            args.map_err(|e| Error::InvalidArgument(format!("cannot encode arguments of `{}.new`: {e}", H::CLASS)));
         ActorBuilder {
             args,
+            named: named.into_iter().map(crate::object::Handle::retain).collect(),
             options: wit::ActorOptions {
                 name: None,
                 detached: false,
@@ -152,6 +156,7 @@ impl<H: ActorHandle> ActorBuilder<H> {
     /// Creates the actor.
     pub fn remote(self) -> Result<H> {
         let args = self.args?;
+        declare_held(&self.named);
         Ok(H::from_id(wit::create(H::CLASS, &args, &self.options)?.into()))
     }
 
@@ -162,8 +167,14 @@ impl<H: ActorHandle> ActorBuilder<H> {
             return Err(Error::InvalidArgument("get_or_create needs a name".into()));
         }
         let args = self.args?;
+        declare_held(&self.named);
         Ok(H::from_id(wit::get_or_create(H::CLASS, &args, &self.options)?.into()))
     }
+}
+
+fn declare_held(named: &[crate::object::Handle]) {
+    let ids: Vec<crate::ObjectId> = named.iter().map(|handle| handle.id()).collect();
+    crate::object::declare(&ids);
 }
 
 /// An actor as its instance holds it.

@@ -17,7 +17,10 @@
 //!   `local` handles, and registers it in this component's dispatch table.
 //! - [`ObjectRef`] is a typed reference to an object in the fabric's store: a
 //!   task's future result, or a value [`put`] there. References serialize, so
-//!   they can be passed to other tasks or stored inside objects.
+//!   they can be passed to other tasks or stored inside objects. They are
+//!   counted: an object lives while a reference to it does (in a task, a
+//!   pending task's arguments or another object) and at most until its job
+//!   ends.
 //! - [`ArrayRef`] stores a slice of numbers as raw little-endian bytes, so a
 //!   task can read a sub-range without copying the whole array in.
 //! - Arguments from the command line or HTTP are JSON; between tasks they use
@@ -164,10 +167,11 @@ impl Deployment {
     /// tuple `(a, b)` for `fn f(a: A, b: B)`, or a struct with the same
     /// fields in the same order.
     pub fn call<A: serde::Serialize, T>(&self, function: &str, args: &A) -> Result<ObjectRef<T>> {
-        let bytes = postcard::to_stdvec(args)
-            .map_err(|e| Error::InvalidArgument(format!("cannot encode arguments of `{}/{function}`: {e}", self.name)))?;
+        let bytes = crate::object::encode_declared(args).map_err(|e| {
+            Error::InvalidArgument(format!("cannot encode arguments of `{}/{function}`: {e}", self.name))
+        })?;
         let id = bindings::fabric::core::tasks::call_deployment(&self.name, function, &bytes)?;
-        Ok(ObjectRef::from_id(id.into()))
+        Ok(ObjectRef::adopt(id.into()))
     }
 
     /// The deployment's name.
@@ -221,17 +225,21 @@ pub mod __private {
     }
 
     /// Encodes a task's result in the encoding its arguments came in.
+    /// The objects the result names are declared: they live until the job
+    /// ends, since the result goes where the host cannot count them.
     pub fn encode_result<T: Serialize>(value: &T, encoding: Encoding) -> Result<Vec<u8>> {
-        match encoding {
+        let (encoded, named) = crate::object::naming(|| match encoding {
             Encoding::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
             Encoding::Binary => postcard::to_stdvec(value).map_err(|e| e.to_string()),
-        }
-        .map_err(|e| Error::Internal(format!("cannot encode the result: {e}")))
+        });
+        let encoded = encoded.map_err(|e| Error::Internal(format!("cannot encode the result: {e}")))?;
+        crate::object::declare(&named);
+        Ok(encoded)
     }
 
     /// Submits a registered task of this (or another) component.
     pub fn submit<A: Serialize, T>(name: &str, args: &A, options: &TaskOptions) -> Result<ObjectRef<T>> {
-        let bytes = postcard::to_stdvec(args)
+        let bytes = crate::object::encode_declared(args)
             .map_err(|e| Error::InvalidArgument(format!("cannot encode arguments of `{name}`: {e}")))?;
         let wit_options = bindings::fabric::core::tasks::TaskOptions {
             component: options.component.clone(),
@@ -245,20 +253,25 @@ pub mod __private {
             retries: options.retries,
         };
         let id = bindings::fabric::core::tasks::submit(name, &bytes, &wit_options)?;
-        Ok(ObjectRef::from_id(id.into()))
+        Ok(ObjectRef::adopt(id.into()))
     }
 
     /// Queues a call of an actor's method.
     pub fn actor_call<A: Serialize, T>(actor: crate::ActorId, method: &str, args: &A) -> Result<ObjectRef<T>> {
-        let bytes = postcard::to_stdvec(args)
+        let bytes = crate::object::encode_declared(args)
             .map_err(|e| Error::InvalidArgument(format!("cannot encode arguments of `{method}`: {e}")))?;
         let id = bindings::fabric::core::actors::call(actor.into(), method, &bytes)?;
-        Ok(ObjectRef::from_id(id.into()))
+        Ok(ObjectRef::adopt(id.into()))
     }
 
     /// An actor's state as a snapshot: its serde serialization (postcard).
+    /// What the state names lives until the job ends (the snapshot may
+    /// restart the actor).
     pub fn snapshot_state<S: Serialize>(state: &S) -> Result<Vec<u8>> {
-        postcard::to_stdvec(state).map_err(|e| Error::Internal(format!("cannot encode the actor's state: {e}")))
+        let (encoded, named) = crate::object::naming(|| postcard::to_stdvec(state));
+        let encoded = encoded.map_err(|e| Error::Internal(format!("cannot encode the actor's state: {e}")))?;
+        crate::object::declare(&named);
+        Ok(encoded)
     }
 
     /// An actor's state from a snapshot.

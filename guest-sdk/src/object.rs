@@ -33,45 +33,145 @@ impl std::fmt::Display for ObjectId {
     }
 }
 
+/// One counted reference to an object: the host knows how many a task
+/// holds, so an object lives exactly while something refers to it. Cloning
+/// or decoding one adds a reference, dropping one lets it go; encoding one
+/// (into a task's arguments, a `put` value, a result) records it, so the
+/// host keeps the object alive for the value that names it.
+pub(crate) struct Handle {
+    id: ObjectId,
+}
+
+thread_local! {
+    /// While a value is being encoded: the objects it names.
+    static NAMED: std::cell::RefCell<Option<Vec<ObjectId>>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Handle {
+    /// The reference the host counted for this task when it made `id`.
+    pub(crate) fn adopt(id: ObjectId) -> Self {
+        Handle { id }
+    }
+
+    /// A new reference to `id`.
+    pub(crate) fn retain(id: ObjectId) -> Self {
+        objects::retain(id.into());
+        Handle { id }
+    }
+
+    /// The object's id.
+    pub(crate) fn id(&self) -> ObjectId {
+        self.id
+    }
+}
+
+impl Clone for Handle {
+    fn clone(&self) -> Self {
+        Handle::retain(self.id)
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        objects::release(self.id.into());
+    }
+}
+
+impl Serialize for Handle {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        NAMED.with(|named| {
+            if let Some(named) = named.borrow_mut().as_mut() {
+                named.push(self.id);
+            }
+        });
+        self.id.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Handle {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        ObjectId::deserialize(deserializer).map(Handle::retain)
+    }
+}
+
+/// Runs `encode` and returns what it gave with the objects the encoded
+/// value names (each [`Handle`] it encoded).
+pub(crate) fn naming<R>(encode: impl FnOnce() -> R) -> (R, Vec<ObjectId>) {
+    let outer = NAMED.with(|named| named.replace(Some(Vec::new())));
+    let encoded = encode();
+    let named = NAMED.with(|named| named.replace(outer)).unwrap_or_default();
+    // An encoding inside another's: the outer value names these too.
+    NAMED.with(|outer| {
+        if let Some(outer) = outer.borrow_mut().as_mut() {
+            outer.extend_from_slice(&named);
+        }
+    });
+    (encoded, named)
+}
+
+/// Tells the host which objects the value it is handed next names, so they
+/// live as long as that value needs them.
+pub(crate) fn declare(named: &[ObjectId]) {
+    if !named.is_empty() {
+        let ids: Vec<WitObjectId> = named.iter().map(|id| (*id).into()).collect();
+        objects::declare_refs(&ids);
+    }
+}
+
+/// Encodes `value` in the binary encoding and declares the objects it
+/// names, for the host call that follows at once.
+pub(crate) fn encode_declared<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Vec<u8>, postcard::Error> {
+    let (bytes, named) = naming(|| postcard::to_stdvec(value));
+    let bytes = bytes?;
+    declare(&named);
+    Ok(bytes)
+}
+
 /// A typed reference to an object: a task's (future) result or a [`put`] value.
 /// It serializes as its id, so it can be passed to tasks and stored in objects.
+/// The object lives while any reference to it does (here, in a pending
+/// task's arguments, or inside another object), and at most until its job
+/// ends.
 #[derive(Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ObjectRef<T> {
-    id: ObjectId,
+    handle: Handle,
     #[serde(skip)]
     _type: PhantomData<fn() -> T>,
 }
 
 impl<T> Clone for ObjectRef<T> {
     fn clone(&self) -> Self {
-        *self
+        ObjectRef { handle: self.handle.clone(), _type: PhantomData }
     }
 }
-impl<T> Copy for ObjectRef<T> {}
 
 impl<T> std::fmt::Debug for ObjectRef<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ObjectRef({})", self.id)
+        write!(f, "ObjectRef({})", self.handle.id)
     }
 }
 
 impl<T> ObjectRef<T> {
-    /// A reference from a raw id; the caller vouches for the type.
+    /// A new reference from a raw id; the caller vouches for the type.
     pub fn from_id(id: ObjectId) -> Self {
-        ObjectRef { id, _type: PhantomData }
+        ObjectRef { handle: Handle::retain(id), _type: PhantomData }
+    }
+    /// Takes over the reference the host counted for a new object.
+    pub(crate) fn adopt(id: ObjectId) -> Self {
+        ObjectRef { handle: Handle::adopt(id), _type: PhantomData }
     }
     /// The object's id.
     pub fn id(&self) -> ObjectId {
-        self.id
+        self.handle.id
     }
     /// The object's size in bytes, waiting until it is ready.
     pub fn size(&self) -> Result<u64> {
-        Ok(objects::size(self.id.into())?)
+        Ok(objects::size(self.id().into())?)
     }
     /// The object's raw bytes, waiting until it is ready.
     pub fn get_bytes(&self) -> Result<Vec<u8>> {
-        Ok(objects::get(self.id.into())?)
+        Ok(objects::get(self.id().into())?)
     }
 }
 
@@ -80,16 +180,16 @@ impl<T: DeserializeOwned> ObjectRef<T> {
     pub fn get(&self) -> Result<T> {
         let bytes = self.get_bytes()?;
         postcard::from_bytes(&bytes).map_err(|e| {
-            Error::InvalidArgument(format!("object {} does not decode as the expected type: {e}", self.id))
+            Error::InvalidArgument(format!("object {} does not decode as the expected type: {e}", self.id()))
         })
     }
 }
 
-/// Stores a value in the object store and returns a reference to it.
+/// Stores a value in the object store and returns a reference to it. The
+/// references inside `value` keep their objects alive while it lives.
 pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
-    let bytes =
-        postcard::to_stdvec(value).map_err(|e| Error::InvalidArgument(format!("cannot encode the value: {e}")))?;
-    Ok(ObjectRef::from_id(objects::put(&bytes)?.into()))
+    let bytes = encode_declared(value).map_err(|e| Error::InvalidArgument(format!("cannot encode the value: {e}")))?;
+    Ok(ObjectRef::adopt(objects::put(&bytes)?.into()))
 }
 
 /// Waits for every reference and returns their values in order.
@@ -103,10 +203,10 @@ pub type ReadyAndPending<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 /// Waits until `num_ready` of `refs` are ready or `timeout` passes; returns
 /// `(ready, pending)`, each in the order given.
 pub fn wait<T>(refs: &[ObjectRef<T>], num_ready: usize, timeout: Option<Duration>) -> Result<ReadyAndPending<T>> {
-    let ids: Vec<WitObjectId> = refs.iter().map(|r| r.id.into()).collect();
+    let ids: Vec<WitObjectId> = refs.iter().map(|r| r.id().into()).collect();
     let ready = tasks::wait(&ids, num_ready.min(u32::MAX as usize) as u32, timeout.map(|d| d.as_millis() as u64))?;
     let ready: std::collections::HashSet<ObjectId> = ready.into_iter().map(ObjectId::from).collect();
-    Ok(refs.iter().partition(|r| ready.contains(&r.id)))
+    Ok(refs.iter().cloned().partition(|r| ready.contains(&r.id())))
 }
 
 /// A number type an [`ArrayRef`] can hold: stored raw, little-endian.
@@ -140,7 +240,7 @@ element!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
 /// sub-range without the rest crossing into its memory.
 #[derive(Serialize, Deserialize)]
 pub struct ArrayRef<T> {
-    id: ObjectId,
+    handle: Handle,
     len: u64,
     #[serde(skip)]
     _type: PhantomData<fn() -> T>,
@@ -148,21 +248,20 @@ pub struct ArrayRef<T> {
 
 impl<T> Clone for ArrayRef<T> {
     fn clone(&self) -> Self {
-        *self
+        ArrayRef { handle: self.handle.clone(), len: self.len, _type: PhantomData }
     }
 }
-impl<T> Copy for ArrayRef<T> {}
 
 impl<T> std::fmt::Debug for ArrayRef<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ArrayRef({}, len {})", self.id, self.len)
+        write!(f, "ArrayRef({}, len {})", self.handle.id, self.len)
     }
 }
 
 /// Stores raw bytes as an object, without copying them first.
 pub fn put_bytes(bytes: &[u8]) -> Result<ArrayRef<u8>> {
-    let id = objects::put(bytes)?.into();
-    Ok(ArrayRef { id, len: bytes.len() as u64, _type: PhantomData })
+    let handle = Handle::adopt(objects::put(bytes)?.into());
+    Ok(ArrayRef { handle, len: bytes.len() as u64, _type: PhantomData })
 }
 
 /// Stores `values` as a raw array object.
@@ -171,8 +270,8 @@ pub fn put_array<T: Element>(values: &[T]) -> Result<ArrayRef<T>> {
     for v in values {
         v.write_le(&mut bytes);
     }
-    let id = objects::put(&bytes)?.into();
-    Ok(ArrayRef { id, len: values.len() as u64, _type: PhantomData })
+    let handle = Handle::adopt(objects::put(&bytes)?.into());
+    Ok(ArrayRef { handle, len: values.len() as u64, _type: PhantomData })
 }
 
 /// Builds one raw byte object from parts, for objects larger than the task
@@ -220,8 +319,8 @@ impl ObjectWriter {
 
     /// Seals the object.
     pub fn finish(self) -> Result<ArrayRef<u8>> {
-        let id = self.inner.finish()?.into();
-        Ok(ArrayRef { id, len: self.len, _type: PhantomData })
+        let handle = Handle::adopt(self.inner.finish()?.into());
+        Ok(ArrayRef { handle, len: self.len, _type: PhantomData })
     }
 }
 
@@ -233,7 +332,7 @@ impl Default for ObjectWriter {
 
 impl<T> ArrayRef<T> {
     pub(crate) fn from_parts(id: ObjectId, len: u64) -> Self {
-        ArrayRef { id, len, _type: PhantomData }
+        ArrayRef { handle: Handle::retain(id), len, _type: PhantomData }
     }
 }
 
@@ -248,7 +347,7 @@ impl<T: Element> ArrayRef<T> {
     }
     /// The object's id.
     pub fn id(&self) -> ObjectId {
-        self.id
+        self.handle.id
     }
     /// Reads elements `range`; only those bytes cross into this instance.
     pub fn slice(&self, range: std::ops::Range<u64>) -> Result<Vec<T>> {
@@ -259,7 +358,7 @@ impl<T: Element> ArrayRef<T> {
             )));
         }
         let size = T::SIZE as u64;
-        let bytes = objects::read(self.id.into(), range.start * size, (range.end - range.start) * size)?;
+        let bytes = objects::read(self.id().into(), range.start * size, (range.end - range.start) * size)?;
         // Bytes are already what an `ArrayRef<u8>` holds: hand them over
         // rather than build a second buffer as large.
         let mut raw = Some(bytes);

@@ -624,7 +624,7 @@ impl Runner {
         match objects.put(&self.actor.tenant, &self.actor.job.id, state) {
             Ok(id) => {
                 if let Some((previous, _)) = self.snapshot.replace((id, std::time::Instant::now())) {
-                    objects.remove(&self.actor.tenant, &self.actor.job.id, previous);
+                    objects.release(&self.actor.tenant, &[previous]);
                 }
             }
             Err(error) => self

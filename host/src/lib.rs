@@ -80,7 +80,7 @@ pub struct HostInner {
     pub(crate) id: String,
     pub(crate) engine: wasmtime::Engine,
     pub(crate) components: Components,
-    pub(crate) objects: ObjectStore,
+    pub(crate) objects: Arc<ObjectStore>,
     pub(crate) slots: Arc<Slots>,
     pub(crate) instances: instances::InstancePool,
     pub(crate) actors: actors::Actors,
@@ -135,18 +135,23 @@ pub struct LogFollow {
 
 impl HostInner {
     /// Queues `spec` as a task of `job`, to run where `placement` says;
-    /// returns the id of its result object.
+    /// returns the id of its result object (held once, for the caller).
+    /// `named`: objects its arguments name, one reference to each passed
+    /// in, held until the task ends.
     pub(crate) fn spawn_task(
         self: &Arc<Self>,
         job: &Arc<Job>,
         spec: TaskSpec,
         placement: remote::Placement,
+        named: Vec<ObjectId>,
     ) -> ObjectId {
         let (id, cell) = self.objects.reserve(&job.tenant, &job.id);
         let host = self.clone();
         let job = job.clone();
         tokio::spawn(async move {
-            match remote::run_anywhere(&host, &job, spec, placement).await {
+            let outcome = remote::run_anywhere(&host, &job, spec, placement, &named).await;
+            host.objects.release(&job.tenant, &named);
+            match outcome {
                 Ok(remote::TaskOutput::Here(bytes)) => host.objects.fill(&cell, Ok(bytes)),
                 Ok(remote::TaskOutput::Kept { id, len, lineage }) => {
                     host.objects.fill_elsewhere(&cell, id, len, lineage)
@@ -286,7 +291,7 @@ impl Host {
         let host_header = hyper::header::HeaderValue::from_str(&id)?;
         let host = Host(Arc::new(HostInner {
             id,
-            objects: ObjectStore::new(node, config.store_limits()),
+            objects: Arc::new(ObjectStore::new(node, config.store_limits())),
             actors: actors::Actors::new(node),
             slots: Slots::new(config.slots),
             instances: instances::InstancePool::new(config.slots * 4, (config.max_instances / 4) as usize),
@@ -316,6 +321,7 @@ impl Host {
         }));
         host.fail_interrupted_jobs().await?;
         remote::actors::forget_released_names(&host.0);
+        objects::transfer::release_elsewhere(&host.0);
         let flusher = Arc::downgrade(&host.0);
         tokio::spawn(async move {
             loop {

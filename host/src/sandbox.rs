@@ -146,6 +146,8 @@ pub struct TaskState {
     /// Object writers the guest holds (`objects.writer`), at most
     /// `objects::writer::MAX_OPEN_WRITERS`.
     pub(crate) open_writers: u32,
+    /// The object references the guest holds.
+    pub(crate) holds: crate::objects::holds::Holds,
     pub(crate) cap: MemoryCap,
     pub(crate) cpu_ticks: u64,
     pub(crate) cpu_budget_ticks: u64,
@@ -216,6 +218,7 @@ impl TaskState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             open_writers: 0,
+            holds: Default::default(),
             cap: MemoryCap { memory_bytes: 0 },
             cpu_ticks: 0,
             cpu_budget_ticks: 0,
@@ -247,6 +250,13 @@ impl TaskState {
 
     /// Lets go of the task (its slot, its job) while the instance idles.
     pub fn detach(&mut self) {
+        // A task's references end with it; an actor keeps its own between
+        // calls (they go when its instance does).
+        if self.hosts_actor {
+            self.holds.settle_declared();
+        } else {
+            self.holds.release_all();
+        }
         self.task = None;
         self.stdout.detach();
         self.stderr.detach();

@@ -156,6 +156,7 @@ async fn respond(
         | Request::PeerDeploymentLogs { .. }
         | Request::PeerReplicas { .. }
         | Request::PeerHttp { .. }
+        | Request::PeerRelease { .. }
             if !peer =>
         {
             Err(FabricError::new(
@@ -201,6 +202,12 @@ async fn respond(
         }
         Request::PeerHttp { .. } => {
             Err(FabricError::new(ErrorKind::Internal, "a forwarded request reached the wrong handler"))
+        }
+        Request::PeerRelease { tenant, ids } => {
+            crate::validate_name("tenant", &tenant)?;
+            let ids: Vec<crate::objects::ObjectId> = ids.into_iter().map(Into::into).collect();
+            host.0.objects.release(&tenant.into(), &ids);
+            reply(send, &Response::Done).await
         }
         Request::PeerJobEnded { tenant, job } => {
             crate::remote::visit_ended(&host.0, &tenant, &job);

@@ -760,6 +760,15 @@ mod messages {
             /// The end-to-end headers.
             headers: Vec<HttpHeader>,
         },
+        /// Host to host: the sender no longer refers to these objects of
+        /// this host (task results kept here for it); answered with
+        /// [`Response::Done`].
+        PeerRelease {
+            /// Whose objects.
+            tenant: String,
+            /// Which.
+            ids: Vec<WireObjectId>,
+        },
     }
 
     /// A host's response frames.

@@ -49,7 +49,7 @@ fn main(mib: Option<u64>, slices: Option<u64>, spread: Option<bool>) -> fabric::
         .map(|i| {
             let start = (i * per_slice).min(elements);
             let end = ((i + 1) * per_slice).min(elements);
-            process_slice.remote_with(&options, data, start, end)
+            process_slice.remote_with(&options, data.clone(), start, end)
         })
         .collect::<fabric::Result<Vec<_>>>()?;
     let mut sum = 0.0;

@@ -50,6 +50,9 @@ impl TaskState {
         options: WitActorOptions,
         get_or_create: bool,
     ) -> Result<WitActorId, WitError> {
+        // An actor may keep what its arguments name for as long as it
+        // lives, wherever that is: they live until the job ends.
+        self.holds()?.settle_declared();
         let task = self.task()?;
         let new = NewActor {
             tenant: task.job.tenant.clone(),
@@ -91,6 +94,7 @@ impl Host for TaskState {
     }
 
     async fn call(&mut self, actor: WitActorId, method: String, args: Vec<u8>) -> Result<WitObjectId, WitError> {
+        self.holds()?.settle_declared();
         let task = self.task()?;
         let (host, tenant) = (&task.host, &task.job.tenant);
         let (id, cell) = host.objects.reserve(tenant, &task.job.id);
@@ -98,9 +102,10 @@ impl Host for TaskState {
             crate::remote::actors::call(host, tenant, actor.into(), method, args, Encoding::Binary, cell.clone());
         if let Err(error) = called {
             host.objects.fill(&cell, Err(error.clone()));
+            host.objects.release(tenant, &[id]);
             return Err(error.into());
         }
-        Ok(id.into())
+        Ok(self.adopt(id)?)
     }
 
     async fn snapshot(&mut self, actor: WitActorId) -> Result<WitObjectId, WitError> {
@@ -119,9 +124,10 @@ impl Host for TaskState {
         let (id, cell) = host.objects.reserve(tenant, &task.job.id);
         if let Err(error) = host.actors.snapshot(tenant, actor.into(), cell.clone()) {
             host.objects.fill(&cell, Err(error.clone()));
+            host.objects.release(tenant, &[id]);
             return Err(error.into());
         }
-        Ok(id.into())
+        Ok(self.adopt(id)?)
     }
 
     async fn kill(&mut self, actor: WitActorId) -> Result<(), WitError> {

@@ -26,6 +26,8 @@ pub mod bindings {
         world: "fabric:core/task",
         imports: {
             "fabric:core/objects.[constructor]writer": async | trappable,
+            "fabric:core/objects.retain": async | trappable,
+            "fabric:core/objects.declare-refs": async | trappable,
             default: async,
         },
         exports: { default: async },

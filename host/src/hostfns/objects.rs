@@ -3,6 +3,7 @@
 
 use super::bindings::fabric::core::objects::{Host, HostWriter};
 use super::{WitError, WitObjectId};
+use crate::objects::holds::Holds;
 use crate::objects::writer::{ObjectWriter, MAX_OPEN_WRITERS};
 use crate::objects::{transfer, Cell, ObjectBytes, ObjectId, Value};
 use crate::sandbox::TaskState;
@@ -62,16 +63,57 @@ pub(crate) fn add_zero_copy_get(linker: &mut Linker<TaskState>) -> wasmtime::Res
     Ok(())
 }
 
+impl TaskState {
+    /// The guest's references, counted in its task's store and tenant.
+    pub(crate) fn holds(&mut self) -> Result<&mut Holds, FabricError> {
+        let task = self.task.as_ref().ok_or_else(idle)?;
+        self.holds.bind(&task.host.objects, &task.job.tenant);
+        Ok(&mut self.holds)
+    }
+
+    /// Hands the guest a new object, whose one reference the store counted
+    /// for it.
+    pub(crate) fn adopt(&mut self, id: ObjectId) -> Result<WitObjectId, FabricError> {
+        self.holds()?.adopt(id);
+        Ok(id.into())
+    }
+}
+
+fn idle() -> FabricError {
+    FabricError::new(fabric_proto::ErrorKind::Internal, "host call from an idle instance")
+}
+
 impl Host for TaskState {
     async fn put(&mut self, data: Vec<u8>) -> Result<WitObjectId, WitError> {
+        let named = self.holds()?.take_declared();
         let task = self.task()?;
+        let (host, tenant, job) = (task.host.clone(), task.job.tenant.clone(), task.job.id.clone());
         // A task putting faster than the host can spill waits here: before
         // (a failure then stores nothing) and after, for the spill its own
         // put set off.
-        task.host.objects.room().await?;
-        let id = task.host.objects.put(&task.job.tenant, &task.job.id, data)?;
-        let _ = task.host.objects.room().await;
-        Ok(id.into())
+        if let Err(error) = host.objects.room().await {
+            host.objects.release(&tenant, &named);
+            return Err(error.into());
+        }
+        let id = host.objects.put_naming(&tenant, &job, data, named)?;
+        let _ = host.objects.room().await;
+        Ok(self.adopt(id)?)
+    }
+
+    async fn retain(&mut self, id: WitObjectId) -> wasmtime::Result<()> {
+        self.holds()?.retain(id.into())?;
+        Ok(())
+    }
+
+    async fn release(&mut self, id: WitObjectId) {
+        if let Ok(holds) = self.holds() {
+            holds.release(id.into());
+        }
+    }
+
+    async fn declare_refs(&mut self, ids: Vec<WitObjectId>) -> wasmtime::Result<()> {
+        self.holds()?.declare(ids.into_iter().map(ObjectId::from).collect())?;
+        Ok(())
     }
 
     /// Shadowed by [`add_zero_copy_get`], which avoids this copy; kept for
@@ -125,7 +167,8 @@ impl HostWriter for TaskState {
     async fn finish(&mut self, writer: Resource<ObjectWriter>) -> Result<WitObjectId, WitError> {
         let host = self.writers_host(&writer)?;
         let writer = self.table.get_mut(&writer).map_err(no_writer)?;
-        Ok(host.objects.finish(writer)?.into())
+        let id = host.objects.finish(writer)?;
+        Ok(self.adopt(id)?)
     }
 
     async fn drop(&mut self, writer: Resource<ObjectWriter>) -> wasmtime::Result<()> {

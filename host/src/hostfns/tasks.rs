@@ -2,18 +2,20 @@
 
 use super::bindings::fabric::core::tasks::{Host, Strategy as WitStrategy, TaskContext as WitTaskContext, TaskOptions};
 use super::{Encoding, WitError, WitObjectId};
-use crate::objects::transfer;
+use crate::objects::{transfer, ObjectId, ObjectStore};
 use crate::remote::{Placement, DEFAULT_RETRIES};
 use crate::runtime::TaskSpec;
 use crate::sandbox::TaskState;
 use fabric_proto::{Demand, DeploymentKind, ErrorKind, FabricError, Label, Resource, Strategy, TaskLimits};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 impl Host for TaskState {
     async fn submit(&mut self, function: String, args: Vec<u8>, options: TaskOptions) -> Result<WitObjectId, WitError> {
+        let named = Named::take(self)?;
         let task = self.task()?;
         let component = match options.component {
             None => task.component.clone(),
@@ -42,7 +44,8 @@ impl Host for TaskState {
         }
         let placement = Placement { demand, retries: options.retries.unwrap_or(DEFAULT_RETRIES) };
         let spec = TaskSpec { component, function, args, encoding: Encoding::Binary, limits };
-        Ok(task.host.spawn_task(&task.job, spec, placement).into())
+        let id = task.host.spawn_task(&task.job, spec, placement, named.hand_over());
+        Ok(self.adopt(id)?)
     }
 
     async fn wait(
@@ -96,6 +99,7 @@ impl Host for TaskState {
         function: String,
         args: Vec<u8>,
     ) -> Result<WitObjectId, WitError> {
+        let named = Named::take(self)?;
         let task = self.task()?;
         let tenant = &task.job.tenant;
         let deployed = task.host.deployments.named(tenant, &deployment).ok_or_else(|| {
@@ -122,7 +126,8 @@ impl Host for TaskState {
             encoding: Encoding::Binary,
             limits: spec.limits.clone(),
         };
-        Ok(task.host.spawn_task(&task.job, spec, placement).into())
+        let id = task.host.spawn_task(&task.job, spec, placement, named.hand_over());
+        Ok(self.adopt(id)?)
     }
 
     async fn context(&mut self) -> WitTaskContext {
@@ -139,6 +144,35 @@ impl Host for TaskState {
                 component: String::new(),
                 host: String::new(),
             },
+        }
+    }
+}
+
+/// The references a guest declared for a sub-task's arguments: released if
+/// the task is not submitted after all (an error on the way), else handed
+/// to the task, which holds them while it runs.
+struct Named {
+    ids: Vec<ObjectId>,
+    release: Option<(Arc<ObjectStore>, Arc<str>)>,
+}
+
+impl Named {
+    fn take(state: &mut TaskState) -> Result<Named, FabricError> {
+        let ids = state.holds()?.take_declared();
+        let task = state.task()?;
+        Ok(Named { ids, release: Some((task.host.objects.clone(), task.job.tenant.clone())) })
+    }
+
+    fn hand_over(mut self) -> Vec<ObjectId> {
+        self.release = None;
+        std::mem::take(&mut self.ids)
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        if let Some((store, tenant)) = &self.release {
+            store.release(tenant, &self.ids);
         }
     }
 }

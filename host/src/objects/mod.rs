@@ -32,13 +32,14 @@
 //! Locks: the store's `inner` before an object's `place`, never the other
 //! way round; no lock is held across disk IO.
 
+pub mod holds;
 pub mod spill;
 pub mod transfer;
 pub mod writer;
 
 use fabric_proto::{ErrorKind, FabricError};
 use spill::SpillFile;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -230,6 +231,24 @@ impl Cell {
 
 type JobKey = (Arc<str>, Arc<str>);
 
+/// What keeps one object alive before its job ends: Ray's reference
+/// counting, for the references this host can see.
+#[derive(Debug)]
+struct Refs {
+    /// Holders: a task's handles (however many copies the guest has, one),
+    /// a pending task whose arguments name it, an object whose value names
+    /// it, a peer that was handed it as a task result it keeps.
+    count: u32,
+    /// Its id went to another host (in a task's arguments or result, or
+    /// inside an object a peer read), where this host cannot count it: it
+    /// lives until its job ends.
+    escaped: bool,
+    /// The objects its value names; each holds a reference of this one.
+    contains: Vec<ObjectId>,
+    /// The job it belongs to.
+    job: Arc<str>,
+}
+
 /// What bounds a host's objects.
 #[derive(Clone, Debug)]
 pub struct StoreLimits {
@@ -284,6 +303,8 @@ struct Shared {
     inner: Mutex<Inner>,
     /// Woken when bytes leave memory (or spilling gives up).
     room: Notify,
+    /// Woken when results kept elsewhere are to be released there.
+    released: Notify,
     spiller: spill::Wake,
 }
 
@@ -292,7 +313,14 @@ struct Inner {
     /// tenant -> id -> object; nested so a lookup by `&str` needs no allocation.
     objects: HashMap<Arc<str>, HashMap<ObjectId, Arc<Cell>>>,
     count: usize,
-    by_job: HashMap<JobKey, Vec<ObjectId>>,
+    by_job: HashMap<JobKey, HashSet<ObjectId>>,
+    /// What keeps each object made here alive before its job ends (tenant
+    /// -> id). Copies of other hosts' objects have none: they go with
+    /// their job.
+    refs: HashMap<Arc<str>, HashMap<ObjectId, Refs>>,
+    /// Objects freed here whose bytes another host keeps for them (a task
+    /// result left on the peer that ran it): to be released there.
+    released_elsewhere: Vec<(Arc<str>, ObjectId)>,
     /// Bytes of ready objects here, in memory or not.
     bytes: u64,
     /// Of which in memory.
@@ -366,6 +394,69 @@ impl Inner {
         }
         cell.fill(Err(error));
     }
+
+    /// Drops one reference to `id`; with none left (and never sent to
+    /// another host) the object is freed, then in turn what it named.
+    fn unref(&mut self, tenant: &Arc<str>, id: ObjectId) {
+        let mut work = vec![id];
+        while let Some(id) = work.pop() {
+            let Some(counted) = self.refs.get_mut(tenant) else { return };
+            let Some(refs) = counted.get_mut(&id) else { continue };
+            refs.count = refs.count.saturating_sub(1);
+            if refs.count > 0 || refs.escaped {
+                continue;
+            }
+            let Some(refs) = counted.remove(&id) else { continue };
+            if counted.is_empty() {
+                self.refs.remove(tenant);
+            }
+            work.extend(refs.contains);
+            let Some(cell) = self.objects.get_mut(tenant).and_then(|o| o.remove(&id)) else { continue };
+            self.count -= 1;
+            forget_owned(&mut self.by_job, tenant, &refs.job, id);
+            if let Some(Ok(Value::Elsewhere { id: kept, .. })) = cell.peek() {
+                // The copy pulled here and the bytes on the peer go with it.
+                self.released_elsewhere.push((tenant.clone(), *kept));
+                if let Some(copy) = self.objects.get_mut(tenant).and_then(|o| o.remove(kept)) {
+                    self.count -= 1;
+                    forget_owned(&mut self.by_job, tenant, &refs.job, *kept);
+                    self.free(&copy, freed(*kept));
+                }
+            }
+            self.free(&cell, freed(id));
+        }
+    }
+
+    /// The reference counts of `tenant`'s object `id`, if this host counts it.
+    fn refs_mut(&mut self, tenant: &str, id: ObjectId) -> Option<&mut Refs> {
+        self.refs.get_mut(tenant).and_then(|counted| counted.get_mut(&id))
+    }
+
+    /// Creates `id` of `job` as a pending object, held once (by its creator).
+    fn insert(&mut self, tenant: &Arc<str>, job: &Arc<str>, id: ObjectId, cell: Arc<Cell>) {
+        self.objects.entry(tenant.clone()).or_default().insert(id, cell);
+        self.count += 1;
+        self.by_job.entry((tenant.clone(), job.clone())).or_default().insert(id);
+        let refs = Refs { count: 1, escaped: false, contains: Vec::new(), job: job.clone() };
+        self.refs.entry(tenant.clone()).or_default().insert(id, refs);
+    }
+
+    /// Forgets `tenant`'s object `id` (not freeing what it names: its job
+    /// is ending, or it never held anything).
+    fn forget(&mut self, tenant: &Arc<str>, id: ObjectId) -> Option<(Arc<Cell>, Vec<ObjectId>)> {
+        let cell = self.objects.get_mut(tenant).and_then(|o| o.remove(&id))?;
+        self.count -= 1;
+        let mut contains = Vec::new();
+        if let Some(counted) = self.refs.get_mut(tenant) {
+            if let Some(refs) = counted.remove(&id) {
+                contains = refs.contains;
+            }
+            if counted.is_empty() {
+                self.refs.remove(tenant);
+            }
+        }
+        Some((cell, contains))
+    }
 }
 
 /// How much of its memory and disk a host's store uses.
@@ -392,6 +483,7 @@ impl ObjectStore {
             limits,
             inner: Mutex::new(Inner::default()),
             room: Notify::new(),
+            released: Notify::new(),
             spiller: spill::Wake::default(),
         });
         if let Err(e) = spill::start(Arc::downgrade(&shared), shared.spiller.clone()) {
@@ -414,26 +506,110 @@ impl ObjectStore {
     pub fn reserve(&self, tenant: &Arc<str>, job: &Arc<str>) -> (ObjectId, Arc<Cell>) {
         let id = ObjectId { hi: self.node, lo: self.counter.fetch_add(1, Ordering::Relaxed) };
         let cell = Arc::new(Cell::new(tenant.clone()));
-        let mut inner = self.lock();
-        inner.objects.entry(tenant.clone()).or_default().insert(id, cell.clone());
-        inner.count += 1;
-        inner.by_job.entry((tenant.clone(), job.clone())).or_default().push(id);
+        self.lock().insert(tenant, job, id, cell.clone());
         (id, cell)
     }
 
-    /// Stores `data` as a new object owned by `job`. Async callers then
-    /// wait for [`room`](Self::room).
+    /// Stores `data` as a new object owned by `job`, held once (by its
+    /// creator). Async callers then wait for [`room`](Self::room).
     pub fn put(&self, tenant: &Arc<str>, job: &Arc<str>, data: Vec<u8>) -> Result<ObjectId, FabricError> {
-        let data = self.check_size(data)?;
+        self.put_naming(tenant, job, data, Vec::new())
+    }
+
+    /// [`put`](Self::put) of a value that names the objects `contains`,
+    /// each with a reference already counted that passes to the new object
+    /// (and is dropped if the put fails).
+    pub fn put_naming(
+        &self,
+        tenant: &Arc<str>,
+        job: &Arc<str>,
+        data: Vec<u8>,
+        contains: Vec<ObjectId>,
+    ) -> Result<ObjectId, FabricError> {
+        let data = match self.check_size(data) {
+            Ok(data) => data,
+            Err(error) => {
+                self.release(tenant, &contains);
+                return Err(error);
+            }
+        };
         let (id, cell) = self.reserve(tenant, job);
+        if !contains.is_empty() {
+            if let Some(refs) = self.lock().refs_mut(tenant, id) {
+                refs.contains = contains;
+            }
+        }
         self.fill_ok(&cell, data);
         if let Some(Err(error)) = cell.peek() {
             // Over the tenant's limit: nothing is kept.
             let error = error.clone();
-            self.remove(tenant, job, id);
+            self.release(tenant, &[id]);
             return Err(error);
         }
         Ok(id)
+    }
+
+    /// One more reference to `tenant`'s object `id`. Nothing for an object
+    /// this host does not count (another host's, or one already freed).
+    pub fn retain(&self, tenant: &str, id: ObjectId) {
+        if let Some(refs) = self.lock().refs_mut(tenant, id) {
+            refs.count = refs.count.saturating_add(1);
+        }
+    }
+
+    /// Drops one reference to each of `ids`. An object left with none, and
+    /// whose id never went to another host, is freed now (waiters get a
+    /// not-found error), and so in turn are the objects it named.
+    pub fn release(&self, tenant: &Arc<str>, ids: &[ObjectId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        for id in ids {
+            inner.unref(tenant, *id);
+        }
+        if !inner.released_elsewhere.is_empty() {
+            self.shared.released.notify_one();
+        }
+    }
+
+    /// Notes that `ids` went to another host, which this host cannot
+    /// count: they live until their job ends.
+    pub fn escape(&self, tenant: &str, ids: &[ObjectId]) {
+        let mut inner = self.lock();
+        for id in ids {
+            if let Some(refs) = inner.refs_mut(tenant, *id) {
+                refs.escaped = true;
+            }
+        }
+    }
+
+    /// Notes that object `id`'s value went to another host: what it names
+    /// lives until its job ends.
+    pub fn escape_contents(&self, tenant: &str, id: ObjectId) {
+        let contains = match self.lock().refs_mut(tenant, id) {
+            Some(refs) if !refs.contains.is_empty() => refs.contains.clone(),
+            _ => return,
+        };
+        self.escape(tenant, &contains);
+    }
+
+    /// Waits for, then takes, the objects other hosts keep for results
+    /// freed here: the caller tells those hosts to release them.
+    pub async fn released_elsewhere(&self) -> Vec<(Arc<str>, ObjectId)> {
+        loop {
+            let released = std::mem::take(&mut self.lock().released_elsewhere);
+            if !released.is_empty() {
+                return released;
+            }
+            self.shared.released.notified().await;
+        }
+    }
+
+    /// References counted here to `tenant`'s object `id`, and whether its
+    /// id went to another host (for tests and listings).
+    pub fn references(&self, tenant: &str, id: ObjectId) -> Option<(u32, bool)> {
+        self.lock().refs_mut(tenant, id).map(|refs| (refs.count, refs.escaped))
     }
 
     /// Fills a reserved object with a task's outcome. Filling twice keeps the
@@ -449,8 +625,16 @@ impl ObjectStore {
 
     /// Fills a reserved object with a pointer to where its bytes are kept
     /// (and how to make them again).
+    /// If the object was freed before its result came, the peer is told to
+    /// let its copy go.
     pub fn fill_elsewhere(&self, cell: &Cell, id: ObjectId, len: u64, lineage: Option<Arc<crate::remote::Lineage>>) {
-        cell.fill(Ok(Value::Elsewhere { id, len, lineage }));
+        // Under the lock, so a concurrent free either sees where the bytes
+        // are (and releases them) or has filled the cell first.
+        let mut inner = self.lock();
+        if !cell.fill(Ok(Value::Elsewhere { id, len, lineage })) {
+            inner.released_elsewhere.push((cell.tenant.clone(), id));
+            self.shared.released.notify_one();
+        }
     }
 
     /// Fills `cell` with bytes in memory, counting them for its tenant (over
@@ -512,7 +696,19 @@ impl ObjectStore {
 
     /// The object `id` of `tenant`, ready or not.
     pub fn cell(&self, tenant: &str, id: ObjectId) -> Result<Arc<Cell>, FabricError> {
-        self.lookup(tenant, id).ok_or_else(|| not_found(tenant, id))
+        self.lookup(tenant, id).ok_or_else(|| self.missing(tenant, id))
+    }
+
+    /// The error for `tenant`'s object `id` that is not here: one minted
+    /// here existed once.
+    pub fn missing(&self, tenant: &str, id: ObjectId) -> FabricError {
+        let mut error = not_found(tenant, id);
+        if self.minted_here(id) && id.lo < self.counter.load(Ordering::Relaxed) {
+            error
+                .message
+                .push_str(": it was freed (nothing referred to it any more, or its job ended), or is another tenant's");
+        }
+        error
     }
 
     /// The object `id` of `tenant` if this host has it (or a copy).
@@ -537,7 +733,7 @@ impl ObjectStore {
         let cell = Arc::new(Cell::new(tenant.clone()));
         objects.insert(id, cell.clone());
         inner.count += 1;
-        inner.by_job.entry((tenant.clone(), job.clone())).or_default().push(id);
+        inner.by_job.entry((tenant.clone(), job.clone())).or_default().insert(id);
         (cell, true)
     }
 
@@ -693,31 +889,29 @@ impl ObjectStore {
         jobs
     }
 
-    /// Frees one object of `job` now.
-    pub fn remove(&self, tenant: &Arc<str>, job: &Arc<str>, id: ObjectId) {
-        let mut inner = self.lock();
-        let Some(cell) = inner.objects.get_mut(tenant).and_then(|o| o.remove(&id)) else {
-            return;
-        };
-        inner.count -= 1;
-        forget_owned(&mut inner.by_job, tenant, job, id);
-        inner.free(&cell, FabricError::new(ErrorKind::NotFound, format!("object {id} was freed")));
-    }
-
     /// Frees every object `job` created.
     pub fn drop_job(&self, tenant: &Arc<str>, job: &Arc<str>) {
         let mut inner = self.lock();
         let Some(ids) = inner.by_job.remove(&(tenant.clone(), job.clone())) else {
             return;
         };
+        let mut named = Vec::new();
         for id in ids {
-            let Some(cell) = inner.objects.get_mut(tenant).and_then(|o| o.remove(&id)) else {
+            let Some((cell, contains)) = inner.forget(tenant, id) else {
                 continue;
             };
-            inner.count -= 1;
+            named.extend(contains);
             // Wake anyone still waiting: the object is gone for good.
             let gone = FabricError::new(ErrorKind::Cancelled, format!("object {id} was freed: its job ended"));
             inner.free(&cell, gone);
+        }
+        // What the job's objects named of other jobs' (a detached actor's)
+        // is held by one less.
+        for id in named {
+            inner.unref(tenant, id);
+        }
+        if !inner.released_elsewhere.is_empty() {
+            self.shared.released.notify_one();
         }
     }
 
@@ -779,10 +973,14 @@ impl Shared {
 
 /// Takes `id` off `job`'s list, so the job's end does not free whatever
 /// later takes that id (another job's copy of the same remote object).
-fn forget_owned(by_job: &mut HashMap<JobKey, Vec<ObjectId>>, tenant: &Arc<str>, job: &Arc<str>, id: ObjectId) {
+fn forget_owned(by_job: &mut HashMap<JobKey, HashSet<ObjectId>>, tenant: &Arc<str>, job: &Arc<str>, id: ObjectId) {
     if let Some(ids) = by_job.get_mut(&(tenant.clone(), job.clone())) {
-        ids.retain(|owned| *owned != id);
+        ids.remove(&id);
     }
+}
+
+fn freed(id: ObjectId) -> FabricError {
+    FabricError::new(ErrorKind::NotFound, format!("object {id} was freed: nothing refers to it any more"))
 }
 
 fn not_found(tenant: &str, id: ObjectId) -> FabricError {
@@ -854,6 +1052,90 @@ mod tests {
         store.drop_job(&a, &job);
         assert_eq!(store.footprint(), Footprint { memory_budget: 1 << 20, ..Footprint::default() });
         assert_eq!(store.get("a", id).await.unwrap_err().kind, ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn objects_are_freed_when_their_last_reference_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(9, 1 << 20, 1 << 20, dir.path());
+        let (t, j, other): (Arc<str>, Arc<str>, Arc<str>) = ("t".into(), "j".into(), "other".into());
+        // An object named inside another lives while that one does.
+        let big = store.put(&t, &j, vec![1; 100]).unwrap();
+        store.retain("t", big);
+        let holder = store.put_naming(&t, &j, vec![2; 10], vec![big]).unwrap();
+        assert_eq!(store.references("t", big), Some((2, false)));
+        store.release(&t, &[big]);
+        assert_eq!(store.get("t", big).await.unwrap().len(), 100);
+        store.release(&t, &[holder]);
+        assert_eq!((store.footprint().objects, store.footprint().bytes), (0, 0));
+        let error = store.get("t", big).await.unwrap_err();
+        assert!(error.message.contains("it was freed"), "{}", error.message);
+
+        // One whose id went to another host stays until its job ends.
+        let sent = store.put(&t, &j, vec![3; 10]).unwrap();
+        store.escape("t", &[sent]);
+        store.release(&t, &[sent]);
+        assert_eq!(store.references("t", sent), Some((0, true)));
+        store.drop_job(&t, &j);
+        assert_eq!(store.footprint().objects, 0);
+
+        // A result kept on a peer is released there when freed here, also
+        // when it is freed before the peer's answer comes.
+        let kept = ObjectId { hi: 1, lo: 1 };
+        let (slot, cell) = store.reserve(&t, &j);
+        store.fill_elsewhere(&cell, kept, 1 << 20, None);
+        store.release(&t, &[slot]);
+        assert_eq!(store.released_elsewhere().await, vec![(t.clone(), kept)]);
+        let late = ObjectId { hi: 1, lo: 2 };
+        let (slot, cell) = store.reserve(&t, &j);
+        store.release(&t, &[slot]);
+        store.fill_elsewhere(&cell, late, 1 << 20, None);
+        assert_eq!(store.released_elsewhere().await, vec![(t.clone(), late)]);
+
+        // A job's end drops what its objects named of another job's.
+        let kept_by_other = store.put(&t, &other, vec![4; 10]).unwrap();
+        store.retain("t", kept_by_other);
+        store.put_naming(&t, &j, vec![5; 10], vec![kept_by_other]).unwrap();
+        store.drop_job(&t, &j);
+        assert_eq!(store.references("t", kept_by_other), Some((1, false)));
+        // Releasing what is not counted does nothing.
+        store.release(&t, &[ObjectId { hi: 1, lo: 3 }]);
+        store.release(&t, &[kept_by_other]);
+        assert_eq!(store.footprint().objects, 0);
+    }
+
+    #[tokio::test]
+    async fn a_tasks_references_are_counted_once_and_end_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(store(10, 1 << 20, 1 << 20, dir.path()));
+        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let mut holds = holds::Holds::default();
+        holds.bind(&store, &t);
+        let id = store.put(&t, &j, vec![1; 10]).unwrap();
+        holds.adopt(id);
+        // Copies in the guest are one reference in the store.
+        holds.retain(id).unwrap();
+        holds.retain(id).unwrap();
+        assert_eq!(store.references("t", id), Some((1, false)));
+        holds.release(id);
+        holds.release(id);
+        assert_eq!(store.references("t", id), Some((1, false)));
+        // A declared reference keeps it after the guest's last one drops,
+        // and passes to the call that takes it.
+        holds.declare(vec![id]).unwrap();
+        holds.release(id);
+        holds.release(id);
+        assert_eq!(store.references("t", id), Some((1, false)));
+        let named = holds.take_declared();
+        let holder = store.put_naming(&t, &j, vec![2; 10], named).unwrap();
+        holds.adopt(holder);
+        // Declared and not taken (a result): kept until the job ends.
+        holds.declare(vec![holder]).unwrap();
+        holds.release_all();
+        assert_eq!(store.references("t", holder), Some((0, true)));
+        assert_eq!(store.references("t", id), Some((1, false)));
+        store.drop_job(&t, &j);
+        assert_eq!(store.footprint().objects, 0);
     }
 
     #[tokio::test]

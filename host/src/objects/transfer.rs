@@ -117,7 +117,7 @@ pub async fn bytes(
                 }
                 Err(error) => return Err(error.clone()),
             },
-            None if host.objects.minted_here(id) => return Err(super::not_found(tenant, id)),
+            None if host.objects.minted_here(id) => return Err(host.objects.missing(tenant, id)),
             None => return pull_copy(host, tenant, job, id, lineage).await,
         }
     }
@@ -170,7 +170,7 @@ async fn pull_copy(
 pub async fn size(host: &Arc<HostInner>, tenant: &str, id: ObjectId) -> Result<u64, FabricError> {
     match host.objects.lookup(tenant, id) {
         Some(cell) => Ok(cell.ready().await.clone()?.len()),
-        None if host.objects.minted_here(id) => Err(super::not_found(tenant, id)),
+        None if host.objects.minted_here(id) => Err(host.objects.missing(tenant, id)),
         None => pull(host, tenant, id, 0, Some(0)).await.map(|(_, total)| total),
     }
 }
@@ -194,7 +194,7 @@ pub async fn read(
             Value::Elsewhere { id: held, .. } => at = held,
         }
     } else if host.objects.minted_here(id) {
-        return Err(super::not_found(tenant, id));
+        return Err(host.objects.missing(tenant, id));
     }
     pull(host, tenant, at, offset, Some(len)).await.map(|(data, _)| data)
 }
@@ -212,7 +212,7 @@ pub fn watch(
         return Ok((cell, None));
     }
     if host.objects.minted_here(id) {
-        return Err(super::not_found(tenant, id));
+        return Err(host.objects.missing(tenant, id));
     }
     let cell = Arc::new(Cell::new(tenant.clone()));
     let (host, tenant, standin) = (host.clone(), tenant.clone(), cell.clone());
@@ -259,7 +259,7 @@ pub async fn pull(
     for _ in 0..MAX_HOPS {
         let holder = id.holder();
         if holder == host.id {
-            return Err(super::not_found(tenant, id));
+            return Err(host.objects.missing(tenant, id));
         }
         let mut attempt = 1;
         let first = loop {
@@ -465,6 +465,8 @@ pub async fn serve_read(
     crate::validate_name("tenant", tenant)?;
     let id = ObjectId::from(id);
     let cell = host.objects.cell(tenant, id)?;
+    // The objects its value names go with it, where they cannot be counted.
+    host.objects.escape_contents(tenant, id);
     let value = tokio::select! {
         value = cell.ready() => value.clone()?,
         _ = send.stopped() => return Ok(()),
@@ -528,4 +530,36 @@ pub async fn cluster_usage(host: &Arc<HostInner>, tenant: &str) -> Result<Vec<fa
     }
     all.sort_by(|a, b| a.host.cmp(&b.host));
     Ok(all)
+}
+
+/// Tells the hosts that keep results for objects freed here to let them go,
+/// for as long as the host lives.
+pub(crate) fn release_elsewhere(host: &Arc<HostInner>) {
+    let weak = Arc::downgrade(host);
+    let store = Arc::downgrade(&host.objects);
+    tokio::spawn(async move {
+        loop {
+            let Some(objects) = store.upgrade() else { return };
+            // Bounded, so a host that is dropped lets its store go.
+            let released = tokio::time::timeout(std::time::Duration::from_secs(1), objects.released_elsewhere()).await;
+            drop(objects);
+            let Ok(released) = released else { continue };
+            let Some(host) = weak.upgrade() else { return };
+            let mut by_holder: std::collections::HashMap<(String, Arc<str>), Vec<WireObjectId>> = Default::default();
+            for (tenant, id) in released {
+                by_holder.entry((id.holder(), tenant)).or_default().push(id.into());
+            }
+            for ((holder, tenant), ids) in by_holder {
+                // A holder that left took its objects with it.
+                let Some(addr) = host.cluster.addr_of(&holder) else { continue };
+                let request = Request::PeerRelease { tenant: tenant.to_string(), ids };
+                let host = host.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = host.peers.ask(&addr, &request).await {
+                        tracing::warn!("cannot tell {addr} to release objects: {}", e.into_error());
+                    }
+                });
+            }
+        }
+    });
 }

@@ -99,7 +99,7 @@ pub(crate) async fn rebuild(
     );
     job.log.append(note.as_bytes());
     let placement = Placement { retries: lineage.placement.retries - 1, ..lineage.placement.clone() };
-    match Box::pin(run_anywhere(host, &job, lineage.spec.clone(), placement)).await? {
+    match Box::pin(run_anywhere(host, &job, lineage.spec.clone(), placement, &[])).await? {
         TaskOutput::Here(bytes) => Ok(bytes),
         TaskOutput::Kept { id, .. } => {
             crate::objects::transfer::pull(host, &job.tenant, id, 0, None).await.map(|(data, _)| data)
@@ -108,12 +108,14 @@ pub(crate) async fn rebuild(
 }
 
 /// Runs `spec` wherever placement says, retrying on other hosts when the
-/// one running it is lost.
+/// one running it is lost. `named`: the objects its arguments name, which
+/// this host can no longer count once they are sent to a peer.
 pub(crate) async fn run_anywhere(
     host: &Arc<HostInner>,
     job: &Arc<Job>,
     spec: TaskSpec,
     placement: Placement,
+    named: &[crate::objects::ObjectId],
 ) -> Result<TaskOutput, FabricError> {
     // One host and nothing asked of it: no placement to do.
     if host.cluster.len() <= 1 && placement.demand == Demand::default() {
@@ -134,6 +136,7 @@ pub(crate) async fn run_anywhere(
             avoid.push(target);
             continue;
         };
+        host.objects.escape(&job.tenant, named);
         let request = Request::PeerRun {
             origin: host.local_addr(),
             tenant: job.tenant.to_string(),

@@ -132,7 +132,11 @@ fn where_am_i() -> String {
 /// Runs `where_am_i` as a sub-task demanding `resources`, `pool` and
 /// `labels`, and returns the host it ran on.
 #[fabric::task]
-fn placed(resources: Vec<(String, u64)>, pool: Option<String>, labels: Vec<(String, String)>) -> fabric::Result<String> {
+fn placed(
+    resources: Vec<(String, u64)>,
+    pool: Option<String>,
+    labels: Vec<(String, String)>,
+) -> fabric::Result<String> {
     let mut options = fabric::TaskOptions::default();
     options.resources = resources;
     options.pool = pool;
@@ -437,7 +441,7 @@ fn open_writers(n: u64) -> u64 {
 #[fabric::task]
 fn result_after_loss(len: u64, key: String, value: String, ms: u64, retries: u32) -> fabric::Result<(String, bool)> {
     let made = blob_result.remote_with(&on_label(&key, &value).retries(retries), len, 11)?;
-    fabric::wait(&[made], 1, None)?;
+    fabric::wait(std::slice::from_ref(&made), 1, None)?;
     println!("result ready");
     std::thread::sleep(Duration::from_millis(ms));
     match made.get() {
@@ -459,7 +463,7 @@ fn put_blob(len: u64, seed: u64) -> fabric::Result<(fabric::ArrayRef<u8>, u64, S
 #[fabric::task]
 fn result_elsewhere(len: u64, seed: u64, key: String, value: String) -> fabric::Result<(String, String, bool)> {
     let made = blob_result.remote_with(&on_label(&key, &value), len, seed)?;
-    fabric::wait(&[made], 1, None)?;
+    fabric::wait(std::slice::from_ref(&made), 1, None)?;
     let size = made.size()?;
     let (producer, bytes) = made.get()?;
     let expected = pattern(len, seed);
@@ -586,7 +590,7 @@ fn bench_broadcast(mib: u64, key: String, n: u64) -> fabric::Result<(f64, Vec<St
     let array = fabric::put_bytes(&vec![6u8; (mib << 20) as usize])?;
     let t = Instant::now();
     let refs = (1..=n)
-        .map(|i| read_array.remote_with(&on_label(&key, &i.to_string()), array))
+        .map(|i| read_array.remote_with(&on_label(&key, &i.to_string()), array.clone()))
         .collect::<fabric::Result<Vec<_>>>()?;
     let done = fabric::get_all(&refs)?;
     let seconds = t.elapsed().as_secs_f64();
@@ -1053,4 +1057,74 @@ fn batch_double(batch: Vec<Numbered>) -> Vec<Doubled> {
 #[fabric::task]
 fn batch_short(batch: Vec<Numbered>) -> Vec<u64> {
     batch.iter().skip(1).map(|item| item.n).collect()
+}
+
+/// Puts `rounds` objects of `mib` MiB one after another, dropping each
+/// before the next: with a tenant limit below two objects this only
+/// finishes if each is freed as its last reference drops. `through_holder`: each
+/// is reached through a small object naming it (the big one lives while
+/// the small one does); `pass`: each is handed to a sub-task that reads it
+/// after this task has dropped its own reference. Returns the bytes read.
+#[fabric::task]
+fn churn(rounds: u64, mib: u64, through_holder: bool, pass: bool) -> fabric::Result<u64> {
+    let mut read = 0;
+    for round in 0..rounds {
+        let big = fabric::put_bytes(&vec![round as u8; (mib << 20) as usize])?;
+        if through_holder {
+            let holder = fabric::put(&(big.clone(), round))?;
+            drop(big);
+            let (inner, back): (fabric::ArrayRef<u8>, u64) = holder.get()?;
+            drop(holder);
+            // Held now only by `inner`, decoded from the freed holder.
+            let tail = inner.slice(inner.len() - 1..inner.len())?;
+            assert_eq!((tail[0], back), (round as u8, round));
+            read += inner.len();
+        } else if pass {
+            let reader = read_late.remote(big.clone(), 20)?;
+            drop(big);
+            let (len, first) = reader.get()?;
+            assert_eq!(first, round as u8);
+            read += len;
+        } else {
+            read += big.get()?.len() as u64;
+        }
+    }
+    Ok(read)
+}
+
+/// Sleeps `ms`, then reads the array: its length and first byte.
+#[fabric::task]
+fn read_late(array: fabric::ArrayRef<u8>, ms: u64) -> fabric::Result<(u64, u8)> {
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok((array.len(), array.slice(0..1)?[0]))
+}
+
+/// Has a host labelled `key=value` make `rounds` results of `len` bytes,
+/// one after another, each read here and dropped before the next: each
+/// result stays on its producer until the reference here drops.
+#[fabric::task]
+fn churn_elsewhere(rounds: u64, len: u64, key: String, value: String) -> fabric::Result<u64> {
+    let mut read = 0;
+    for round in 0..rounds {
+        let made = blob_result.remote_with(&on_label(&key, &value), len, round)?;
+        let (_, bytes) = made.get()?;
+        read += bytes.len() as u64;
+    }
+    Ok(read)
+}
+
+/// Puts a value, drops the reference, then reads it again by its id: the
+/// error says it was freed.
+#[fabric::task]
+fn read_freed() -> String {
+    let made = match fabric::put(&7u32) {
+        Ok(made) => made,
+        Err(e) => return format!("put failed: {e}"),
+    };
+    let id = made.id();
+    drop(made);
+    match ObjectRef::<u32>::from_id(id).get() {
+        Ok(value) => format!("still there: {value}"),
+        Err(e) => format!("{}: {e}", kind(&e)),
+    }
 }

@@ -1,0 +1,161 @@
+//! The references one task (or one actor) holds.
+//!
+//! A guest's `ObjectRef` counts itself: cloning or decoding one calls
+//! `objects.retain`, dropping one calls `objects.release`. The host keeps
+//! those counts per task here and holds *one* store reference per object
+//! while the task has any, so a guest's own bookkeeping never reaches the
+//! store's lock, and a guest cannot release what it never held (a hostile
+//! or buggy `release` only ever drops the caller's own references).
+//!
+//! Before a guest hands the host a value that names objects (the data of a
+//! `put`, a task's arguments, its result), it declares them
+//! (`objects.declare-refs`): each gets a reference at once, so the guest
+//! may drop its own while the host works, and the call that takes the
+//! value takes those references over: a `put` keeps them inside the new
+//! object, a sub-task for as long as it runs. Declared references no call
+//! takes (a result, an actor's arguments) are kept until the job ends,
+//! since the value went where this host cannot count.
+//!
+//! When the task ends, what it still holds is released; an actor's
+//! instance keeps its references between calls and releases them when it
+//! is dropped.
+
+use super::{ObjectId, ObjectStore};
+use fabric_proto::{ErrorKind, FabricError};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Most distinct objects one task may hold references to at once.
+pub const MAX_HELD: usize = 1 << 20;
+
+/// A task's references, counted per object.
+#[derive(Default)]
+pub struct Holds {
+    /// The store counted in, and the tenant (set on first use).
+    store: Option<(Arc<ObjectStore>, Arc<str>)>,
+    /// The guest's count per object; the store counts one for each.
+    counts: HashMap<ObjectId, u32>,
+    /// Declared for the next value handed over, one store reference each.
+    declared: Vec<ObjectId>,
+}
+
+impl Holds {
+    /// Counts in `store` for `tenant` from now on (what was held in
+    /// another is released first).
+    pub fn bind(&mut self, store: &Arc<ObjectStore>, tenant: &Arc<str>) {
+        if let Some((bound, bound_tenant)) = &self.store {
+            if Arc::ptr_eq(bound, store) && bound_tenant == tenant {
+                return;
+            }
+        }
+        self.release_all();
+        self.store = Some((store.clone(), tenant.clone()));
+    }
+
+    /// Takes over the reference the store counted for a new object made
+    /// for this task.
+    pub fn adopt(&mut self, id: ObjectId) {
+        let count = self.counts.entry(id).or_default();
+        *count = count.saturating_add(1);
+        if *count > 1 {
+            // Already held: the store needs only one reference for us.
+            if let Some((store, tenant)) = &self.store {
+                store.release(tenant, &[id]);
+            }
+        }
+    }
+
+    /// One more reference to `id` (the guest cloned or decoded one).
+    pub fn retain(&mut self, id: ObjectId) -> Result<(), FabricError> {
+        if !self.counts.contains_key(&id) {
+            self.check_room(1)?;
+            if let Some((store, tenant)) = &self.store {
+                store.retain(tenant, id);
+            }
+        }
+        let count = self.counts.entry(id).or_default();
+        *count = count.saturating_add(1);
+        Ok(())
+    }
+
+    /// One reference fewer to `id`; the last one lets the store's go.
+    pub fn release(&mut self, id: ObjectId) {
+        let Some(count) = self.counts.get_mut(&id) else { return };
+        *count -= 1;
+        if *count == 0 {
+            self.counts.remove(&id);
+            if let Some((store, tenant)) = &self.store {
+                store.release(tenant, &[id]);
+            }
+        }
+    }
+
+    /// Declares `ids` as named by the next value handed to the host.
+    pub fn declare(&mut self, ids: Vec<ObjectId>) -> Result<(), FabricError> {
+        self.check_room(ids.len())?;
+        if let Some((store, tenant)) = &self.store {
+            for id in &ids {
+                store.retain(tenant, *id);
+            }
+        }
+        self.declared.extend(ids);
+        Ok(())
+    }
+
+    /// The references declared for the value being handed over; the
+    /// caller now owns one store reference of each.
+    pub fn take_declared(&mut self) -> Vec<ObjectId> {
+        std::mem::take(&mut self.declared)
+    }
+
+    /// Declared references no call took: the value went where this host
+    /// cannot count, so the objects live until their job ends.
+    pub fn settle_declared(&mut self) {
+        let declared = self.take_declared();
+        if let Some((store, tenant)) = &self.store {
+            store.escape(tenant, &declared);
+            store.release(tenant, &declared);
+        }
+    }
+
+    /// Lets every reference go (the task ended).
+    pub fn release_all(&mut self) {
+        self.settle_declared();
+        let held: Vec<ObjectId> = self.counts.drain().map(|(id, _)| id).collect();
+        if let Some((store, tenant)) = &self.store {
+            store.release(tenant, &held);
+        }
+    }
+
+    /// How many objects are held.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    fn check_room(&self, more: usize) -> Result<(), FabricError> {
+        if self.counts.len() + self.declared.len() + more > MAX_HELD {
+            return Err(FabricError::new(
+                ErrorKind::ResourceLimit,
+                format!("a task may hold references to at most {MAX_HELD} objects at once"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Holds {
+    fn drop(&mut self) {
+        self.release_all();
+    }
+}
+
+impl std::fmt::Debug for Holds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Holds({} objects, {} declared)", self.counts.len(), self.declared.len())
+    }
+}
