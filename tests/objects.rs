@@ -319,3 +319,45 @@ fn a_result_kept_on_its_producer_is_freed_there_when_its_last_reference_drops() 
     let v = result_of(&a, "churn_elsewhere", r#"{"rounds": 20, "len": 4194304, "key": "role", "value": "maker"}"#);
     assert_eq!(v, 20 * (4 << 20));
 }
+
+#[test]
+fn a_pinned_object_outlives_its_job_until_unpinned() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    let b = Up::host(etcd.endpoint(), MAKER);
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    // A pair naming a 1 MiB array, pinned: both outlive the job, listed
+    // under `(pinned)`, and a later job on another host reads them.
+    let pair = result_of(&a, "put_pinned", r#"{"text": "kept", "mib": 1}"#).as_str().unwrap().to_string();
+    let v = result_of(&b, "read_pinned", &format!(r#"{{"hex": "{pair}"}}"#));
+    assert_eq!(v, serde_json::json!(["kept", 1 << 20]));
+    let jobs = |host: &Up| store_of(&stores(&a, "default"), host)["jobs"].clone();
+    assert_eq!(jobs(&a)[0]["job"], "(pinned)", "{}", jobs(&a));
+    assert_eq!(jobs(&a)[0]["objects"], 2, "{}", jobs(&a));
+
+    // A result b keeps, pinned from a: kept on b after the job.
+    let args = r#"{"len": 4194304, "key": "role", "value": "maker"}"#;
+    let kept = result_of(&a, "pin_elsewhere", args).as_str().unwrap().to_string();
+    let v = result_of(&a, "read_size", &format!(r#"{{"hex": "{kept}"}}"#));
+    assert!(v.as_u64().unwrap() > 4 << 20, "{v}");
+    assert_eq!(jobs(&b)[0]["job"], "(pinned)", "{}", jobs(&b));
+
+    // Another tenant cannot unpin them; a bad id is a clear error.
+    let out = a.fabric(&["--tenant", "beta", "unpin", &pair]);
+    assert!(out.code != 0 && out.stderr.contains("no object"), "{out:?}");
+    let out = a.fabric(&["unpin", "nonsense"]);
+    assert!(out.code != 0 && out.stderr.contains("is not an object id"), "{out:?}");
+
+    // Unpinned (from either host), they go everywhere.
+    for (host, id) in [(&b, &pair), (&a, &kept)] {
+        let out = host.fabric(&["unpin", id]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    eventually(SETTLE, "the unpinned objects to be freed on every host", || {
+        stores(&a, "default").iter().all(|s| s["jobs"].as_array().is_some_and(|j| j.is_empty())).then_some(())
+    });
+    let out = a.submit(&testkit(), &["--fn", "read_pinned", "--args", &format!(r#"{{"hex": "{pair}"}}"#)]);
+    assert_eq!(out.json()["error"]["kind"], "not-found", "{out:?}");
+    let out = a.fabric(&["unpin", &pair]);
+    assert!(out.code != 0 && out.stderr.contains("freed"), "{out:?}");
+}

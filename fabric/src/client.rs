@@ -256,6 +256,14 @@ impl Client {
         }
     }
 
+    /// Unpins object `id`, wherever it is kept.
+    pub async fn unpin(&self, id: &str) -> anyhow::Result<()> {
+        match self.call(&Request::Unpin { tenant: self.tenant.clone(), id: id.to_string() }).await? {
+            Response::Done => Ok(()),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
     /// The end of deployment `name`'s log on every host that serves it.
     pub async fn deployment_logs(&self, name: &str) -> anyhow::Result<Vec<fabric_proto::DeploymentLog>> {
         let request = Request::DeploymentLogs { tenant: self.tenant.clone(), name: name.to_string() };

@@ -78,8 +78,15 @@ enum Command {
     },
     /// List the tenant's actors.
     Actors(OutputArgs),
-    /// Show the tenant's objects on every host: count and bytes per job.
+    /// Show the tenant's objects on every host: count and bytes per job
+    /// (pinned objects whose job ended under `(pinned)`).
     Objects(OutputArgs),
+    /// Let a pinned object go: freed now if its job has ended (and what it
+    /// names with it), else when nothing refers to it any more.
+    Unpin {
+        /// The object's id (32 hex digits).
+        id: String,
+    },
     /// Call or kill a named actor.
     Actor {
         #[command(subcommand)]
@@ -682,6 +689,11 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
                 Output::Json => println!("{}", serde_json::to_value(&stores)?),
                 Output::Text => print_objects(&stores),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unpin { id } => {
+            client.unpin(&id).await?;
+            println!("unpinned {id}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Actor { command: ActorCommand::Call { name, method, args } } => {

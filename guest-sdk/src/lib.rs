@@ -274,6 +274,15 @@ pub mod __private {
         Ok(encoded)
     }
 
+    /// Runs a custom snapshot and declares what its encoding names (as
+    /// [`snapshot_state`] does).
+    pub fn declaring(snapshot: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
+        let (encoded, named) = crate::object::naming(snapshot);
+        let encoded = encoded?;
+        crate::object::declare(&named);
+        Ok(encoded)
+    }
+
     /// An actor's state from a snapshot.
     pub fn restore_state<S: DeserializeOwned>(snapshot: &[u8]) -> Result<S> {
         postcard::from_bytes(snapshot)
@@ -305,6 +314,9 @@ impl bindings::Guest for Dispatcher {
         args: Vec<u8>,
         encoding: bindings::fabric::core::types::Encoding,
     ) -> std::result::Result<Vec<u8>, bindings::fabric::core::types::Error> {
+        // References a reused instance kept from an earlier task were let go
+        // when that task ended.
+        object::next_task();
         let entry = inventory::iter::<__private::TaskEntry>.into_iter().find(|entry| entry.name == name);
         match entry {
             Some(entry) => (entry.dispatch)(&args, encoding).map_err(Into::into),

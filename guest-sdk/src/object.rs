@@ -40,23 +40,38 @@ impl std::fmt::Display for ObjectId {
 /// host keeps the object alive for the value that names it.
 pub(crate) struct Handle {
     id: ObjectId,
+    /// The task it was counted for: one kept (in a static) past its task
+    /// was released with that task, so dropping it later does nothing.
+    task: u64,
 }
 
 thread_local! {
     /// While a value is being encoded: the objects it names.
     static NAMED: std::cell::RefCell<Option<Vec<ObjectId>>> = const { std::cell::RefCell::new(None) };
+    /// Counts the tasks this instance has run.
+    static TASK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A new task begins in this instance: the host let go of every reference
+/// the last one held.
+pub(crate) fn next_task() {
+    TASK.with(|task| task.set(task.get().wrapping_add(1)));
+}
+
+fn this_task() -> u64 {
+    TASK.with(|task| task.get())
 }
 
 impl Handle {
     /// The reference the host counted for this task when it made `id`.
     pub(crate) fn adopt(id: ObjectId) -> Self {
-        Handle { id }
+        Handle { id, task: this_task() }
     }
 
     /// A new reference to `id`.
     pub(crate) fn retain(id: ObjectId) -> Self {
         objects::retain(id.into());
-        Handle { id }
+        Handle { id, task: this_task() }
     }
 
     /// The object's id.
@@ -73,7 +88,9 @@ impl Clone for Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        objects::release(self.id.into());
+        if self.task == this_task() {
+            objects::release(self.id.into());
+        }
     }
 }
 
@@ -173,6 +190,12 @@ impl<T> ObjectRef<T> {
     pub fn get_bytes(&self) -> Result<Vec<u8>> {
         Ok(objects::get(self.id().into())?)
     }
+    /// Keeps the object (and what it names) after this job ends, until
+    /// `fabric unpin ID`; later jobs of the tenant read it with
+    /// [`ObjectRef::from_id`]. Waits until it is ready.
+    pub fn pin(&self) -> Result<()> {
+        Ok(objects::pin(self.id().into())?)
+    }
 }
 
 impl<T: DeserializeOwned> ObjectRef<T> {
@@ -240,6 +263,7 @@ element!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
 /// sub-range without the rest crossing into its memory.
 #[derive(Serialize, Deserialize)]
 pub struct ArrayRef<T> {
+    #[serde(rename = "id")]
     handle: Handle,
     len: u64,
     #[serde(skip)]
@@ -348,6 +372,10 @@ impl<T: Element> ArrayRef<T> {
     /// The object's id.
     pub fn id(&self) -> ObjectId {
         self.handle.id
+    }
+    /// Keeps the array after this job ends, until `fabric unpin ID`.
+    pub fn pin(&self) -> Result<()> {
+        Ok(objects::pin(self.id().into())?)
     }
     /// Reads elements `range`; only those bytes cross into this instance.
     pub fn slice(&self, range: std::ops::Range<u64>) -> Result<Vec<T>> {

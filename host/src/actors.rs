@@ -588,6 +588,9 @@ impl Runner {
         Ok(match message {
             Message::Call { method, args, encoding, .. } => {
                 let returned = instance.call_actor_dispatch(&mut *store, method, args, *encoding).await?;
+                // What the result names is settled now, before a snapshot's
+                // own `put` could take it as its contents.
+                store.data_mut().holds.settle_declared();
                 if returned.is_ok() {
                     let calls = self.actor.calls.fetch_add(1, Ordering::Relaxed) + 1;
                     let every = u64::from(self.options.snapshot_every);

@@ -243,6 +243,18 @@ fn wasm_error(e: wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!("{e:#}")
 }
 
+/// The two halves of a 128-bit id written as 32 hex digits (object and
+/// actor ids); `what` names the kind in the error.
+pub(crate) fn parse_id128(what: &str, hex: &str) -> Result<(u64, u64), FabricError> {
+    let bad = || FabricError::new(ErrorKind::InvalidArgument, format!("`{hex}` is not an {what} id"));
+    if hex.len() != 32 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let hi = u64::from_str_radix(&hex[..16], 16).map_err(|_| bad())?;
+    let lo = u64::from_str_radix(&hex[16..], 16).map_err(|_| bad())?;
+    Ok((hi, lo))
+}
+
 /// Tenant names become directory names: keep them plain.
 pub(crate) fn validate_name(what: &str, name: &str) -> Result<(), FabricError> {
     let ok = !name.is_empty()

@@ -157,6 +157,7 @@ async fn respond(
         | Request::PeerReplicas { .. }
         | Request::PeerHttp { .. }
         | Request::PeerRelease { .. }
+        | Request::PeerPin { .. }
             if !peer =>
         {
             Err(FabricError::new(
@@ -207,6 +208,17 @@ async fn respond(
             crate::validate_name("tenant", &tenant)?;
             let ids: Vec<crate::objects::ObjectId> = ids.into_iter().map(Into::into).collect();
             host.0.objects.release(&tenant.into(), &ids);
+            reply(send, &Response::Done).await
+        }
+        Request::PeerPin { tenant, id, pin } => {
+            crate::validate_name("tenant", &tenant)?;
+            crate::objects::transfer::set_pinned(&host.0, &tenant.into(), id.into(), pin).await?;
+            reply(send, &Response::Done).await
+        }
+        Request::Unpin { tenant, id } => {
+            crate::validate_name("tenant", &tenant)?;
+            let id = crate::objects::transfer::parse_id(&id)?;
+            crate::objects::transfer::set_pinned(&host.0, &tenant.into(), id, false).await?;
             reply(send, &Response::Done).await
         }
         Request::PeerJobEnded { tenant, job } => {

@@ -769,6 +769,25 @@ mod messages {
             /// Which.
             ids: Vec<WireObjectId>,
         },
+        /// Host to host: pin (or unpin) an object of this host, and what it
+        /// names; answered with [`Response::Done`].
+        PeerPin {
+            /// Whose object.
+            tenant: String,
+            /// Which.
+            id: WireObjectId,
+            /// Pin, or unpin.
+            pin: bool,
+        },
+        /// Let a pinned object go back to its ordinary lifetime (freed now
+        /// if its job has ended), wherever it is kept; answered with
+        /// [`Response::Done`].
+        Unpin {
+            /// Whose object.
+            tenant: String,
+            /// Its id (32 hex digits).
+            id: String,
+        },
     }
 
     /// A host's response frames.

@@ -37,10 +37,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 fn expand(func: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
     let sig = &func.sig;
     if sig.asyncness.is_some() || !sig.generics.params.is_empty() {
-        return Err(syn::Error::new(
-            sig.span(),
-            "a fabric task must be a plain, non-async, non-generic function",
-        ));
+        return Err(syn::Error::new(sig.span(), "a fabric task must be a plain, non-async, non-generic function"));
     }
     let vis = &func.vis;
     let attrs = &func.attrs;
@@ -142,9 +139,12 @@ fn expand_actor(mut imp: ItemImpl, custom_snapshot: bool) -> syn::Result<proc_ma
     let Type::Path(self_path) = &*imp.self_ty else {
         return Err(syn::Error::new(imp.self_ty.span(), "#[fabric::actor] needs a named type"));
     };
-    let class = self_path.path.segments.last().map(|s| s.ident.clone()).ok_or_else(|| {
-        syn::Error::new(imp.self_ty.span(), "#[fabric::actor] needs a named type")
-    })?;
+    let class = self_path
+        .path
+        .segments
+        .last()
+        .map(|s| s.ident.clone())
+        .ok_or_else(|| syn::Error::new(imp.self_ty.span(), "#[fabric::actor] needs a named type"))?;
     let class_str = class.to_string();
     let handle = format_ident!("{}Handle", class);
     let self_ty = imp.self_ty.clone();
@@ -225,9 +225,12 @@ fn expand_actor(mut imp: ItemImpl, custom_snapshot: bool) -> syn::Result<proc_ma
     }
     let known = method_names.join(", ");
     let (snapshot_body, restore_body) = if custom_snapshot {
-        (quote!(self.snapshot_state()), quote!(#self_ty::restore_state(__state)?))
+        (quote!(::fabric::__private::declaring(|| self.snapshot_state())), quote!(#self_ty::restore_state(__state)?))
     } else {
-        (quote!(::fabric::__private::snapshot_state(self)), quote!(::fabric::__private::restore_state::<#self_ty>(__state)?))
+        (
+            quote!(::fabric::__private::snapshot_state(self)),
+            quote!(::fabric::__private::restore_state::<#self_ty>(__state)?),
+        )
     };
     let construct_fn = format_ident!("__fabric_construct_{}", class);
     let restore_fn = format_ident!("__fabric_restore_{}", class);

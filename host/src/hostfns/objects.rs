@@ -91,13 +91,30 @@ impl Host for TaskState {
         // A task putting faster than the host can spill waits here: before
         // (a failure then stores nothing) and after, for the spill its own
         // put set off.
-        if let Err(error) = host.objects.room().await {
-            host.objects.release(&tenant, &named);
-            return Err(error.into());
-        }
-        let id = host.objects.put_naming(&tenant, &job, data, named)?;
+        host.objects.room().await?;
+        let id = host.objects.put_naming(&tenant, &job, data, named.hand_over())?;
+        let id = self.adopt(id)?;
         let _ = host.objects.room().await;
-        Ok(self.adopt(id)?)
+        Ok(id)
+    }
+
+    async fn pin(&mut self, id: WitObjectId) -> Result<(), WitError> {
+        let id: ObjectId = id.into();
+        // Pinned once ready, so a result kept on a peer is pinned there.
+        let (cell, _watch) = {
+            let task = self.task()?;
+            transfer::watch(&task.host, &task.job.tenant, id)?
+        };
+        if cell.peek().is_none() {
+            self.waiting(|_, _, _| async move {
+                cell.ready().await;
+                Ok(())
+            })
+            .await?;
+        }
+        let task = self.task()?;
+        transfer::set_pinned(&task.host, &task.job.tenant, id, true).await?;
+        Ok(())
     }
 
     async fn retain(&mut self, id: WitObjectId) -> wasmtime::Result<()> {

@@ -2,20 +2,19 @@
 
 use super::bindings::fabric::core::tasks::{Host, Strategy as WitStrategy, TaskContext as WitTaskContext, TaskOptions};
 use super::{Encoding, WitError, WitObjectId};
-use crate::objects::{transfer, ObjectId, ObjectStore};
+use crate::objects::transfer;
 use crate::remote::{Placement, DEFAULT_RETRIES};
 use crate::runtime::TaskSpec;
 use crate::sandbox::TaskState;
 use fabric_proto::{Demand, DeploymentKind, ErrorKind, FabricError, Label, Resource, Strategy, TaskLimits};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 impl Host for TaskState {
     async fn submit(&mut self, function: String, args: Vec<u8>, options: TaskOptions) -> Result<WitObjectId, WitError> {
-        let named = Named::take(self)?;
+        let named = self.holds()?.take_declared();
         let task = self.task()?;
         let component = match options.component {
             None => task.component.clone(),
@@ -99,7 +98,7 @@ impl Host for TaskState {
         function: String,
         args: Vec<u8>,
     ) -> Result<WitObjectId, WitError> {
-        let named = Named::take(self)?;
+        let named = self.holds()?.take_declared();
         let task = self.task()?;
         let tenant = &task.job.tenant;
         let deployed = task.host.deployments.named(tenant, &deployment).ok_or_else(|| {
@@ -144,35 +143,6 @@ impl Host for TaskState {
                 component: String::new(),
                 host: String::new(),
             },
-        }
-    }
-}
-
-/// The references a guest declared for a sub-task's arguments: released if
-/// the task is not submitted after all (an error on the way), else handed
-/// to the task, which holds them while it runs.
-struct Named {
-    ids: Vec<ObjectId>,
-    release: Option<(Arc<ObjectStore>, Arc<str>)>,
-}
-
-impl Named {
-    fn take(state: &mut TaskState) -> Result<Named, FabricError> {
-        let ids = state.holds()?.take_declared();
-        let task = state.task()?;
-        Ok(Named { ids, release: Some((task.host.objects.clone(), task.job.tenant.clone())) })
-    }
-
-    fn hand_over(mut self) -> Vec<ObjectId> {
-        self.release = None;
-        std::mem::take(&mut self.ids)
-    }
-}
-
-impl Drop for Named {
-    fn drop(&mut self) {
-        if let Some((store, tenant)) = &self.release {
-            store.release(tenant, &self.ids);
         }
     }
 }

@@ -33,8 +33,11 @@ pub const MAX_HELD: usize = 1 << 20;
 pub struct Holds {
     /// The store counted in, and the tenant (set on first use).
     store: Option<(Arc<ObjectStore>, Arc<str>)>,
-    /// The guest's count per object; the store counts one for each.
-    counts: HashMap<ObjectId, u32>,
+    /// The guest's count per object, and whether the store counts one
+    /// reference for it (not for another host's objects, nor for ids the
+    /// store did not know when the guest took them: releasing those must
+    /// never drop a count someone else holds).
+    counts: HashMap<ObjectId, (u32, bool)>,
     /// Declared for the next value handed over, one store reference each.
     declared: Vec<ObjectId>,
 }
@@ -55,63 +58,66 @@ impl Holds {
     /// Takes over the reference the store counted for a new object made
     /// for this task.
     pub fn adopt(&mut self, id: ObjectId) {
-        let count = self.counts.entry(id).or_default();
+        let (count, counted) = self.counts.entry(id).or_default();
         *count = count.saturating_add(1);
-        if *count > 1 {
+        if *counted {
             // Already held: the store needs only one reference for us.
             if let Some((store, tenant)) = &self.store {
                 store.release(tenant, &[id]);
             }
         }
+        *counted = true;
     }
 
     /// One more reference to `id` (the guest cloned or decoded one).
     pub fn retain(&mut self, id: ObjectId) -> Result<(), FabricError> {
         if !self.counts.contains_key(&id) {
             self.check_room(1)?;
-            if let Some((store, tenant)) = &self.store {
-                store.retain(tenant, id);
-            }
+            let counted = self.store_retain(id);
+            self.counts.insert(id, (0, counted));
         }
-        let count = self.counts.entry(id).or_default();
-        *count = count.saturating_add(1);
+        if let Some((count, _)) = self.counts.get_mut(&id) {
+            *count = count.saturating_add(1);
+        }
         Ok(())
     }
 
     /// One reference fewer to `id`; the last one lets the store's go.
     pub fn release(&mut self, id: ObjectId) {
-        let Some(count) = self.counts.get_mut(&id) else { return };
+        let Some((count, counted)) = self.counts.get_mut(&id) else { return };
         *count -= 1;
         if *count == 0 {
+            let counted = *counted;
             self.counts.remove(&id);
-            if let Some((store, tenant)) = &self.store {
-                store.release(tenant, &[id]);
+            if counted {
+                self.store_release(&[id]);
             }
         }
     }
 
-    /// Declares `ids` as named by the next value handed to the host.
+    /// Declares `ids` as named by the next value handed to the host. Ids
+    /// the store does not count (another host's) need nothing.
     pub fn declare(&mut self, ids: Vec<ObjectId>) -> Result<(), FabricError> {
         self.check_room(ids.len())?;
-        if let Some((store, tenant)) = &self.store {
-            for id in &ids {
-                store.retain(tenant, *id);
+        for id in ids {
+            if self.store_retain(id) {
+                self.declared.push(id);
             }
         }
-        self.declared.extend(ids);
         Ok(())
     }
 
-    /// The references declared for the value being handed over; the
-    /// caller now owns one store reference of each.
-    pub fn take_declared(&mut self) -> Vec<ObjectId> {
-        std::mem::take(&mut self.declared)
+    /// The references declared for the value being handed over: given
+    /// back if the guard drops, or passed on with [`Declared::hand_over`].
+    pub fn take_declared(&mut self) -> Declared {
+        let ids = std::mem::take(&mut self.declared);
+        Declared { ids, store: self.store.clone() }
     }
 
     /// Declared references no call took: the value went where this host
     /// cannot count, so the objects live until their job ends.
     pub fn settle_declared(&mut self) {
-        let declared = self.take_declared();
+        let declared = std::mem::take(&mut self.declared);
         if let Some((store, tenant)) = &self.store {
             store.escape(tenant, &declared);
             store.release(tenant, &declared);
@@ -121,10 +127,8 @@ impl Holds {
     /// Lets every reference go (the task ended).
     pub fn release_all(&mut self) {
         self.settle_declared();
-        let held: Vec<ObjectId> = self.counts.drain().map(|(id, _)| id).collect();
-        if let Some((store, tenant)) = &self.store {
-            store.release(tenant, &held);
-        }
+        let held: Vec<ObjectId> = self.counts.drain().filter(|(_, (_, counted))| *counted).map(|(id, _)| id).collect();
+        self.store_release(&held);
     }
 
     /// How many objects are held.
@@ -137,6 +141,17 @@ impl Holds {
         self.counts.is_empty()
     }
 
+    /// Whether the store counted a reference to `id` for us.
+    fn store_retain(&self, id: ObjectId) -> bool {
+        self.store.as_ref().is_some_and(|(store, tenant)| store.retain(tenant, id))
+    }
+
+    fn store_release(&self, ids: &[ObjectId]) {
+        if let Some((store, tenant)) = &self.store {
+            store.release(tenant, ids);
+        }
+    }
+
     fn check_room(&self, more: usize) -> Result<(), FabricError> {
         if self.counts.len() + self.declared.len() + more > MAX_HELD {
             return Err(FabricError::new(
@@ -145,6 +160,29 @@ impl Holds {
             ));
         }
         Ok(())
+    }
+}
+
+/// Declared references on their way to the call that takes them: released
+/// if that call fails or is abandoned before taking them.
+pub struct Declared {
+    ids: Vec<ObjectId>,
+    store: Option<(Arc<ObjectStore>, Arc<str>)>,
+}
+
+impl Declared {
+    /// The references, now the caller's to hold and release.
+    pub fn hand_over(mut self) -> Vec<ObjectId> {
+        self.store = None;
+        std::mem::take(&mut self.ids)
+    }
+}
+
+impl Drop for Declared {
+    fn drop(&mut self) {
+        if let Some((store, tenant)) = &self.store {
+            store.release(tenant, &self.ids);
+        }
     }
 }
 

@@ -45,6 +45,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::Notify;
 
+/// The job pinned objects are listed under once their own job has ended.
+pub const PINNED_JOB: &str = "(pinned)";
+
 /// Alignment guaranteed for the start of every object's bytes.
 pub const OBJECT_ALIGN: usize = 16;
 
@@ -243,6 +246,8 @@ struct Refs {
     /// inside an object a peer read), where this host cannot count it: it
     /// lives until its job ends.
     escaped: bool,
+    /// Kept after its job ends, until unpinned.
+    pinned: bool,
     /// The objects its value names; each holds a reference of this one.
     contains: Vec<ObjectId>,
     /// The job it belongs to.
@@ -396,34 +401,52 @@ impl Inner {
     }
 
     /// Drops one reference to `id`; with none left (and never sent to
-    /// another host) the object is freed, then in turn what it named.
+    /// another host, and not pinned) the object is freed, then in turn what
+    /// it named.
     fn unref(&mut self, tenant: &Arc<str>, id: ObjectId) {
         let mut work = vec![id];
         while let Some(id) = work.pop() {
-            let Some(counted) = self.refs.get_mut(tenant) else { return };
-            let Some(refs) = counted.get_mut(&id) else { continue };
+            let Some(refs) = self.refs_mut(tenant, id) else { continue };
             refs.count = refs.count.saturating_sub(1);
-            if refs.count > 0 || refs.escaped {
+            if refs.count > 0 || refs.escaped || refs.pinned {
                 continue;
             }
-            let Some(refs) = counted.remove(&id) else { continue };
-            if counted.is_empty() {
-                self.refs.remove(tenant);
+            work.extend(self.discard(tenant, id));
+        }
+    }
+
+    /// Frees counted object `id` now, whatever refers to it; returns the
+    /// objects it named (each still counting it).
+    fn discard(&mut self, tenant: &Arc<str>, id: ObjectId) -> Vec<ObjectId> {
+        let Some(counted) = self.refs.get_mut(tenant) else { return Vec::new() };
+        let Some(refs) = counted.remove(&id) else { return Vec::new() };
+        if counted.is_empty() {
+            self.refs.remove(tenant);
+        }
+        let Some(cell) = self.objects.get_mut(tenant).and_then(|o| o.remove(&id)) else {
+            return refs.contains;
+        };
+        self.count -= 1;
+        forget_owned(&mut self.by_job, tenant, &refs.job, id);
+        if let Some(Ok(Value::Elsewhere { id: kept, .. })) = cell.peek() {
+            // The copy pulled here and the bytes on the peer go with it.
+            self.released_elsewhere.push((tenant.clone(), *kept));
+            if let Some(copy) = self.objects.get_mut(tenant).and_then(|o| o.remove(kept)) {
+                self.count -= 1;
+                forget_owned(&mut self.by_job, tenant, &refs.job, *kept);
+                self.free(&copy, freed(*kept));
             }
-            work.extend(refs.contains);
-            let Some(cell) = self.objects.get_mut(tenant).and_then(|o| o.remove(&id)) else { continue };
-            self.count -= 1;
-            forget_owned(&mut self.by_job, tenant, &refs.job, id);
-            if let Some(Ok(Value::Elsewhere { id: kept, .. })) = cell.peek() {
-                // The copy pulled here and the bytes on the peer go with it.
-                self.released_elsewhere.push((tenant.clone(), *kept));
-                if let Some(copy) = self.objects.get_mut(tenant).and_then(|o| o.remove(kept)) {
-                    self.count -= 1;
-                    forget_owned(&mut self.by_job, tenant, &refs.job, *kept);
-                    self.free(&copy, freed(*kept));
-                }
-            }
-            self.free(&cell, freed(id));
+        }
+        self.free(&cell, freed(id));
+        refs.contains
+    }
+
+    /// Where another host keeps `tenant`'s object `id` for it, if it does.
+    fn kept_elsewhere(&self, tenant: &str, id: ObjectId) -> Option<ObjectId> {
+        let cell = self.objects.get(tenant)?.get(&id)?;
+        match cell.peek() {
+            Some(Ok(Value::Elsewhere { id: kept, .. })) => Some(*kept),
+            _ => None,
         }
     }
 
@@ -437,7 +460,7 @@ impl Inner {
         self.objects.entry(tenant.clone()).or_default().insert(id, cell);
         self.count += 1;
         self.by_job.entry((tenant.clone(), job.clone())).or_default().insert(id);
-        let refs = Refs { count: 1, escaped: false, contains: Vec::new(), job: job.clone() };
+        let refs = Refs { count: 1, escaped: false, pinned: false, contains: Vec::new(), job: job.clone() };
         self.refs.entry(tenant.clone()).or_default().insert(id, refs);
     }
 
@@ -551,10 +574,22 @@ impl ObjectStore {
 
     /// One more reference to `tenant`'s object `id`. Nothing for an object
     /// this host does not count (another host's, or one already freed).
-    pub fn retain(&self, tenant: &str, id: ObjectId) {
-        if let Some(refs) = self.lock().refs_mut(tenant, id) {
-            refs.count = refs.count.saturating_add(1);
+    /// Says whether it counted one.
+    pub fn retain(&self, tenant: &str, id: ObjectId) -> bool {
+        match self.lock().refs_mut(tenant, id) {
+            Some(refs) => {
+                refs.count = refs.count.saturating_add(1);
+                true
+            }
+            None => false,
         }
+    }
+
+    /// Lets the copy a peer keeps of `tenant`'s object `kept` go (a result
+    /// this host no longer needs it for).
+    pub fn release_kept(&self, tenant: &Arc<str>, kept: ObjectId) {
+        self.lock().released_elsewhere.push((tenant.clone(), kept));
+        self.shared.released.notify_one();
     }
 
     /// Drops one reference to each of `ids`. An object left with none, and
@@ -889,7 +924,8 @@ impl ObjectStore {
         jobs
     }
 
-    /// Frees every object `job` created.
+    /// Frees every object `job` created, but those pinned: they outlive
+    /// it, listed under the job [`PINNED_JOB`].
     pub fn drop_job(&self, tenant: &Arc<str>, job: &Arc<str>) {
         let mut inner = self.lock();
         let Some(ids) = inner.by_job.remove(&(tenant.clone(), job.clone())) else {
@@ -897,6 +933,11 @@ impl ObjectStore {
         };
         let mut named = Vec::new();
         for id in ids {
+            if let Some(refs) = inner.refs_mut(tenant, id).filter(|refs| refs.pinned) {
+                refs.job = PINNED_JOB.into();
+                inner.by_job.entry((tenant.clone(), PINNED_JOB.into())).or_default().insert(id);
+                continue;
+            }
             let Some((cell, contains)) = inner.forget(tenant, id) else {
                 continue;
             };
@@ -913,6 +954,68 @@ impl ObjectStore {
         if !inner.released_elsewhere.is_empty() {
             self.shared.released.notify_one();
         }
+    }
+
+    /// Keeps `tenant`'s object `id`, and the objects it names, after their
+    /// job ends, until unpinned. Returns the objects involved that other
+    /// hosts keep (a result left on the peer that made it, objects of
+    /// other hosts it names): the caller pins those where they are.
+    pub fn pin(&self, tenant: &str, id: ObjectId) -> Result<Vec<ObjectId>, FabricError> {
+        let mut inner = self.lock();
+        if inner.refs_mut(tenant, id).is_none() {
+            return Err(self.missing(tenant, id));
+        }
+        let mut elsewhere = Vec::new();
+        let mut work = vec![id];
+        while let Some(id) = work.pop() {
+            if !self.minted_here(id) {
+                elsewhere.push(id);
+                continue;
+            }
+            let Some(refs) = inner.refs_mut(tenant, id).filter(|refs| !refs.pinned) else { continue };
+            refs.pinned = true;
+            work.extend(refs.contains.iter().copied());
+            elsewhere.extend(inner.kept_elsewhere(tenant, id));
+        }
+        Ok(elsewhere)
+    }
+
+    /// Lets `tenant`'s pinned object `id` (and what it names) go back to
+    /// its ordinary lifetime: freed now if its job has ended or nothing
+    /// refers to it. Returns the objects involved that other hosts keep,
+    /// to unpin there.
+    pub fn unpin(&self, tenant: &Arc<str>, id: ObjectId) -> Result<Vec<ObjectId>, FabricError> {
+        let mut inner = self.lock();
+        match inner.refs_mut(tenant, id) {
+            None => return Err(self.missing(tenant, id)),
+            Some(refs) if !refs.pinned => {
+                return Err(FabricError::new(ErrorKind::InvalidArgument, format!("object {id} is not pinned")))
+            }
+            Some(_) => {}
+        }
+        let mut elsewhere = Vec::new();
+        let mut work = vec![id];
+        while let Some(id) = work.pop() {
+            if !self.minted_here(id) {
+                elsewhere.push(id);
+                continue;
+            }
+            let Some(refs) = inner.refs_mut(tenant, id).filter(|refs| refs.pinned) else { continue };
+            refs.pinned = false;
+            work.extend(refs.contains.iter().copied());
+            let orphan = &*refs.job == PINNED_JOB;
+            let unreferenced = refs.count == 0 && !refs.escaped;
+            elsewhere.extend(inner.kept_elsewhere(tenant, id));
+            if orphan || unreferenced {
+                for named in inner.discard(tenant, id) {
+                    inner.unref(tenant, named);
+                }
+            }
+        }
+        if !inner.released_elsewhere.is_empty() {
+            self.shared.released.notify_one();
+        }
+        Ok(elsewhere)
     }
 
     /// How much the store holds, where.
@@ -1126,12 +1229,21 @@ mod tests {
         holds.release(id);
         holds.release(id);
         assert_eq!(store.references("t", id), Some((1, false)));
-        let named = holds.take_declared();
+        let named = holds.take_declared().hand_over();
         let holder = store.put_naming(&t, &j, vec![2; 10], named).unwrap();
         holds.adopt(holder);
         // Declared and not taken (a result): kept until the job ends.
         holds.declare(vec![holder]).unwrap();
+        // An id the store did not count when the guest took it (one it
+        // guessed before it was made) never drops another holder's count.
+        let guessed = ObjectId { hi: holder.hi, lo: holder.lo + 1 };
+        holds.retain(guessed).unwrap();
+        let victim = store.put(&t, &j, vec![6; 10]).unwrap();
+        assert_eq!(victim, guessed);
+        holds.release(guessed);
+        assert_eq!(store.references("t", victim), Some((1, false)));
         holds.release_all();
+        assert_eq!(store.references("t", victim), Some((1, false)));
         assert_eq!(store.references("t", holder), Some((0, true)));
         assert_eq!(store.references("t", id), Some((1, false)));
         store.drop_job(&t, &j);

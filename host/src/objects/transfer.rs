@@ -218,8 +218,9 @@ pub fn watch(
     let (host, tenant, standin) = (host.clone(), tenant.clone(), cell.clone());
     let task = tokio::spawn(async move {
         match pull(&host, &tenant, id, 0, Some(0)).await {
-            Ok((_, len)) => host.objects.fill_elsewhere(&standin, id, len, None),
-            Err(error) => host.objects.fill(&standin, Err(error)),
+            // A stand-in is not in the store: nothing to count or release.
+            Ok((_, len)) => standin.fill(Ok(Value::Elsewhere { id, len, lineage: None })),
+            Err(error) => standin.fill(Err(error)),
         }
     });
     Ok((cell, Some(AbortOnDrop(task.abort_handle()))))
@@ -562,4 +563,32 @@ pub(crate) fn release_elsewhere(host: &Arc<HostInner>) {
             }
         }
     });
+}
+
+/// Pins `tenant`'s object `id` wherever it is kept, and what it names
+/// wherever that is (see [`super::ObjectStore::pin`]); `unpin` undoes it.
+pub async fn set_pinned(host: &Arc<HostInner>, tenant: &Arc<str>, id: ObjectId, pin: bool) -> Result<(), FabricError> {
+    let mut work = vec![id];
+    while let Some(id) = work.pop() {
+        if host.objects.minted_here(id) {
+            let elsewhere = if pin { host.objects.pin(tenant, id)? } else { host.objects.unpin(tenant, id)? };
+            work.extend(elsewhere);
+            continue;
+        }
+        let holder = id.holder();
+        let addr = host.cluster.addr_of(&holder).ok_or_else(|| {
+            FabricError::new(
+                ErrorKind::Unavailable,
+                format!("object {id} is lost: host {holder}, which held it, is not in the cluster"),
+            )
+        })?;
+        let request = Request::PeerPin { tenant: tenant.to_string(), id: id.into(), pin };
+        host.peers.ask(&addr, &request).await.map_err(PeerError::into_error)?;
+    }
+    Ok(())
+}
+
+/// An object id from its 32 hex digits.
+pub fn parse_id(hex: &str) -> Result<ObjectId, FabricError> {
+    crate::parse_id128("object", hex).map(|(hi, lo)| ObjectId { hi, lo })
 }

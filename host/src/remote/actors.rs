@@ -25,13 +25,7 @@ use std::sync::Arc;
 
 /// An actor id from its 32-digit hex form.
 pub fn parse_id(hex: &str) -> Result<ActorId, FabricError> {
-    let bad = || FabricError::new(ErrorKind::InvalidArgument, format!("`{hex}` is not an actor id"));
-    if hex.len() != 32 || !hex.is_ascii() {
-        return Err(bad());
-    }
-    let hi = u64::from_str_radix(&hex[..16], 16).map_err(|_| bad())?;
-    let lo = u64::from_str_radix(&hex[16..], 16).map_err(|_| bad())?;
-    Ok(ActorId { hi, lo })
+    crate::parse_id128("actor", hex).map(|(hi, lo)| ActorId { hi, lo })
 }
 
 fn spec_of(options: &ActorOptions) -> ActorSpec {

@@ -102,7 +102,10 @@ pub(crate) async fn rebuild(
     match Box::pin(run_anywhere(host, &job, lineage.spec.clone(), placement, &[])).await? {
         TaskOutput::Here(bytes) => Ok(bytes),
         TaskOutput::Kept { id, .. } => {
-            crate::objects::transfer::pull(host, &job.tenant, id, 0, None).await.map(|(data, _)| data)
+            let pulled = crate::objects::transfer::pull(host, &job.tenant, id, 0, None).await.map(|(data, _)| data);
+            // The reader's copy is made from it: the new peer's can go.
+            host.objects.release_kept(&job.tenant, id);
+            pulled
         }
     }
 }

@@ -110,10 +110,47 @@ fn put_and_hold(hold_ms: u64) -> fabric::Result<String> {
 /// Tries to read another job's object by its id.
 #[fabric::task]
 fn read_object(hex: String) -> fabric::Result<String> {
+    ObjectRef::<String>::from_id(parse_id(&hex)?).get()
+}
+
+fn parse_id(hex: &str) -> fabric::Result<ObjectId> {
     let bad = || fabric::Error::InvalidArgument(format!("not an object id: {hex}"));
     let hi = u64::from_str_radix(hex.get(..16).ok_or_else(bad)?, 16).map_err(|_| bad())?;
     let lo = u64::from_str_radix(hex.get(16..).ok_or_else(bad)?, 16).map_err(|_| bad())?;
-    ObjectRef::<String>::from_id(ObjectId { hi, lo }).get()
+    Ok(ObjectId { hi, lo })
+}
+
+/// Puts `text` with a `mib` MiB array it names, pins the pair and returns
+/// its id.
+#[fabric::task]
+fn put_pinned(text: String, mib: u64) -> fabric::Result<String> {
+    let array = fabric::put_bytes(&vec![7u8; (mib << 20) as usize])?;
+    let pair = fabric::put(&(text, array))?;
+    pair.pin()?;
+    Ok(pair.id().to_string())
+}
+
+/// Reads a pair `put_pinned` made by its id: the text and the array's
+/// length, read whole.
+#[fabric::task]
+fn read_pinned(hex: String) -> fabric::Result<(String, u64)> {
+    let (text, array): (String, fabric::ArrayRef<u8>) = ObjectRef::from_id(parse_id(&hex)?).get()?;
+    Ok((text, array.get()?.len() as u64))
+}
+
+/// Has a host labelled `key=value` make a `len`-byte result, which stays
+/// there, pins it from here and returns its id.
+#[fabric::task]
+fn pin_elsewhere(len: u64, key: String, value: String) -> fabric::Result<String> {
+    let made = blob_result.remote_with(&on_label(&key, &value), len, 5)?;
+    made.pin()?;
+    Ok(made.id().to_string())
+}
+
+/// The size of an object read whole by its id.
+#[fabric::task]
+fn read_size(hex: String) -> fabric::Result<u64> {
+    Ok(ObjectRef::<()>::from_id(parse_id(&hex)?).get_bytes()?.len() as u64)
 }
 
 /// The tenant and job this task runs in.
