@@ -361,3 +361,34 @@ fn a_pinned_object_outlives_its_job_until_unpinned() {
     let out = a.fabric(&["unpin", &pair]);
     assert!(out.code != 0 && out.stderr.contains("freed"), "{out:?}");
 }
+
+#[test]
+fn a_later_reader_pulls_from_an_earlier_readers_copy() {
+    let etcd = Etcd::start();
+    let holder = Up::host(etcd.endpoint(), &[]);
+    let first = Up::host(etcd.endpoint(), &["--label", "n=1"]);
+    let second = Up::host(etcd.endpoint(), &["--label", "n=2"]);
+    all_see(&[&holder, &first, &second], &ids(&[&holder, &first, &second]), "three hosts to see each other");
+    // 32 MiB made on the holder, read whole by `first`, then by `second`:
+    // the holder sends it once, `first` sends its copy on.
+    let v = result_of(&holder, "read_in_turn", r#"{"mib": 32, "key": "n", "n": 2, "pin": false}"#);
+    assert_eq!(v[0], serde_json::json!([first.id(), second.id()]));
+    let served = |host: &Up| store_of(&stores(&holder, "default"), host)["served_bytes"].as_u64().unwrap();
+    let size = 32 << 20;
+    let close_to = |bytes: u64, expected: u64| (expected..expected + (1 << 20)).contains(&bytes);
+    assert!(close_to(served(&holder), size), "the holder sent {} bytes", served(&holder));
+    assert!(close_to(served(&first), size), "the first reader sent {} bytes", served(&first));
+    assert_eq!(served(&second), 0);
+
+    // A pinned object read by `first` in a job that then ended (its copy
+    // went with the job): a later reader sent there reads from the holder.
+    let v = result_of(&holder, "read_in_turn", r#"{"mib": 32, "key": "n", "n": 1, "pin": true}"#);
+    let id = v[1].as_str().unwrap().to_string();
+    eventually(SETTLE, "the first reader's copy to go with its job", || {
+        store_of(&stores(&holder, "default"), &first)["jobs"].as_array().is_some_and(|j| j.is_empty()).then_some(())
+    });
+    let v = result_of(&second, "read_size", &format!(r#"{{"hex": "{id}"}}"#));
+    assert_eq!(v, size);
+    assert!(close_to(served(&holder), 3 * size), "the holder sent {} bytes", served(&holder));
+    assert_eq!(served(&second), 0);
+}

@@ -909,12 +909,12 @@ fn print_objects(stores: &[fabric_proto::HostObjects]) {
     }
     println!();
     println!(
-        "{:<18} {:>10} {:>10} {:>10} {:>8} {:>7} {:>10} {:>8}",
-        "HOST", "MEMORY", "BUDGET", "SPILLED", "SPILLS", "PULLS", "PULLED", "RETRIED"
+        "{:<18} {:>10} {:>10} {:>10} {:>8} {:>7} {:>10} {:>8} {:>10}",
+        "HOST", "MEMORY", "BUDGET", "SPILLED", "SPILLS", "PULLS", "PULLED", "RETRIED", "SENT"
     );
     for store in stores {
         println!(
-            "{:<18} {:>10} {:>10} {:>10} {:>8} {:>7} {:>10} {:>8}",
+            "{:<18} {:>10} {:>10} {:>10} {:>8} {:>7} {:>10} {:>8} {:>10}",
             store.host,
             binary_units(store.memory_bytes),
             binary_units(store.memory_budget),
@@ -922,7 +922,8 @@ fn print_objects(stores: &[fabric_proto::HostObjects]) {
             store.spills,
             store.pulls,
             binary_units(store.pulled_bytes),
-            store.retried_ranges
+            store.retried_ranges,
+            binary_units(store.served_bytes)
         );
     }
 }

@@ -229,8 +229,8 @@ async fn respond(
             host.0.append_to_log(&tenant, &job, &chunk)?;
             reply(send, &Response::Done).await
         }
-        Request::PeerObjectRead { tenant, id, offset, len } => {
-            crate::objects::transfer::serve_read(&host.0, &tenant, id, offset, len, send).await
+        Request::PeerObjectRead { tenant, id, offset, len, reader } => {
+            crate::objects::transfer::serve_read(&host.0, &tenant, id, offset, len, &reader, send).await
         }
         Request::PeerObjects { tenant } => {
             crate::validate_name("tenant", &tenant)?;

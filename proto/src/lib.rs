@@ -308,6 +308,9 @@ pub struct HostObjects {
     pub spilled_bytes: u64,
     /// Objects spilled since the host started.
     pub spills: u64,
+    /// Bytes of objects (all tenants) this host sent to peers since it
+    /// started.
+    pub served_bytes: u64,
 }
 
 /// What a deployment's component is, which decides how the gateway calls it.
@@ -684,6 +687,9 @@ mod messages {
             offset: u64,
             /// Bytes wanted.
             len: u64,
+            /// The reading host's id when it pulls the whole object and
+            /// may be sent to a host that copied it (empty otherwise).
+            reader: String,
         },
         /// The end of a deployment's log on every member.
         DeploymentLogs {
@@ -850,6 +856,12 @@ mod messages {
         ObjectMoved {
             /// Its id there.
             id: WireObjectId,
+        },
+        /// Read the whole object from this host instead, which copied it
+        /// (and serves its copy once complete).
+        ObjectAt {
+            /// The host's id.
+            host: String,
         },
         /// Object stores, per host.
         Objects(Vec<HostObjects>),

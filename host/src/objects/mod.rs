@@ -248,6 +248,11 @@ struct Refs {
     escaped: bool,
     /// Kept after its job ends, until unpinned.
     pinned: bool,
+    /// Whole pulls of it this host served itself, and the peers that made
+    /// them with the pulls sent to each since (see
+    /// [`ObjectStore::copy_source`]).
+    served_here: u32,
+    copies: Vec<(Arc<str>, u32)>,
     /// The objects its value names; each holds a reference of this one.
     contains: Vec<ObjectId>,
     /// The job it belongs to.
@@ -460,7 +465,15 @@ impl Inner {
         self.objects.entry(tenant.clone()).or_default().insert(id, cell);
         self.count += 1;
         self.by_job.entry((tenant.clone(), job.clone())).or_default().insert(id);
-        let refs = Refs { count: 1, escaped: false, pinned: false, contains: Vec::new(), job: job.clone() };
+        let refs = Refs {
+            count: 1,
+            escaped: false,
+            pinned: false,
+            served_here: 0,
+            copies: Vec::new(),
+            contains: Vec::new(),
+            job: job.clone(),
+        };
         self.refs.entry(tenant.clone()).or_default().insert(id, refs);
     }
 
@@ -583,6 +596,32 @@ impl ObjectStore {
             }
             None => false,
         }
+    }
+
+    /// Where peer `reader`, about to pull all of `tenant`'s object `id`,
+    /// should read it: here (`None`), or a peer that pulled it from here
+    /// before (it serves its copy once complete), so the object is not
+    /// sent from here once per reader. The peer chosen is the one with the
+    /// fewest pulls sent its way, and only while that is fewer than this
+    /// host served itself: each copy serves as many as the holder, and no
+    /// reader is sent more than one hop from it.
+    pub fn copy_source(&self, tenant: &str, id: ObjectId, reader: &str) -> Option<Arc<str>> {
+        const MAX_COPIES: usize = 64;
+        let mut inner = self.lock();
+        let refs = inner.refs_mut(tenant, id)?;
+        let served_here = refs.served_here;
+        let best = refs.copies.iter_mut().filter(|(peer, _)| &**peer != reader).min_by_key(|(_, sent)| *sent);
+        if let Some((peer, sent)) = best {
+            if *sent < served_here {
+                *sent += 1;
+                return Some(peer.clone());
+            }
+        }
+        refs.served_here = served_here.saturating_add(1);
+        if refs.copies.len() < MAX_COPIES && !refs.copies.iter().any(|(peer, _)| &**peer == reader) {
+            refs.copies.push((reader.into(), 0));
+        }
+        None
     }
 
     /// Lets the copy a peer keeps of `tenant`'s object `kept` go (a result

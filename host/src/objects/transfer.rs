@@ -39,6 +39,10 @@ pub const RANGE_ATTEMPTS: u32 = 3;
 /// Redirections followed before giving up (a result kept on a peer that
 /// itself points elsewhere).
 const MAX_HOPS: usize = 4;
+/// Objects at least this large are shared between readers' hosts: a whole
+/// pull may be sent to a host that copied the object before (broadcast
+/// without the holder sending it once per reader).
+pub const SHARE_COPIES_FROM: u64 = 16 << 20;
 
 /// Counters of what this host pulled, and transfer faults to inject
 /// (`FABRIC_INJECT_FAULTS=truncate-transfers:N,corrupt-transfers:N` makes
@@ -48,6 +52,7 @@ const MAX_HOPS: usize = 4;
 pub struct Transfers {
     pulls: AtomicU64,
     pulled_bytes: AtomicU64,
+    served_bytes: AtomicU64,
     retried_ranges: AtomicU64,
     truncate: AtomicU64,
     corrupt: AtomicU64,
@@ -256,37 +261,78 @@ pub async fn pull(
     offset: u64,
     len: Option<u64>,
 ) -> Result<(Vec<u8>, u64), FabricError> {
+    // A whole pull may be sent on to a host that copied the object.
+    let whole = offset == 0 && len.is_none();
     let mut id = id;
+    let mut reader = whole.then_some(host.id.as_str());
     for _ in 0..MAX_HOPS {
         let holder = id.holder();
         if holder == host.id {
             return Err(host.objects.missing(tenant, id));
         }
-        let mut attempt = 1;
-        let first = loop {
-            let addr = host.cluster.addr_of(&holder).ok_or_else(|| lost_object(id, &holder))?;
-            match first_range(host, &addr, tenant, id, offset, len).await {
-                Ok(first) => break (addr, first),
-                Err(error) => retry_or_fail(host, &holder, id, &mut attempt, error)?,
-            }
-        };
-        let (addr, mut buffer, total, got) = match first {
-            (_, First::Moved(held)) => {
+        let pulled = match pull_from(host, &holder, tenant, id, offset, len, reader.take().unwrap_or("")).await? {
+            Pulled::Moved(held) => {
                 id = held;
+                reader = whole.then_some(host.id.as_str());
                 continue;
             }
-            (addr, First::Bytes { buffer, total, got }) => (addr, buffer, total, got),
+            Pulled::At(peer) => match pull_from(host, &peer, tenant, id, offset, len, "").await {
+                Ok(Pulled::Bytes(buffer, total)) => (buffer, total),
+                // That copy is gone or failed: read from the holder itself.
+                Ok(_) => continue,
+                Err(error) => {
+                    tracing::debug!(object = %id, host = %peer, "reading from the holder instead of a copy: {error}");
+                    continue;
+                }
+            },
+            Pulled::Bytes(buffer, total) => (buffer, total),
         };
-        if got < buffer.len() {
-            fill_rest(host, &addr, tenant, id, offset, &mut buffer[got..], got as u64).await?;
-        }
         if len != Some(0) {
             host.transfers.pulls.fetch_add(1, Ordering::Relaxed);
-            host.transfers.pulled_bytes.fetch_add(buffer.len() as u64, Ordering::Relaxed);
+            host.transfers.pulled_bytes.fetch_add(pulled.0.len() as u64, Ordering::Relaxed);
         }
-        return Ok((buffer, total));
+        return Ok(pulled);
     }
     Err(FabricError::new(ErrorKind::Internal, format!("object {id} was redirected more than {MAX_HOPS} times")))
+}
+
+/// What one host answered to a pull.
+enum Pulled {
+    /// The bytes asked for, and the object's whole size.
+    Bytes(Vec<u8>, u64),
+    /// Another host holds the object, under this id.
+    Moved(ObjectId),
+    /// Read it from this host, which copied it.
+    At(String),
+}
+
+/// Pulls from host `source` (the holder, or a host with a copy).
+async fn pull_from(
+    host: &Arc<HostInner>,
+    source: &str,
+    tenant: &str,
+    id: ObjectId,
+    offset: u64,
+    len: Option<u64>,
+    reader: &str,
+) -> Result<Pulled, FabricError> {
+    let mut attempt = 1;
+    let (addr, first) = loop {
+        let addr = host.cluster.addr_of(source).ok_or_else(|| lost_object(id, source))?;
+        match first_range(host, &addr, tenant, id, offset, len, reader).await {
+            Ok(first) => break (addr, first),
+            Err(error) => retry_or_fail(host, source, id, &mut attempt, error)?,
+        }
+    };
+    let (mut buffer, total, got) = match first {
+        First::Moved(held) => return Ok(Pulled::Moved(held)),
+        First::At(peer) => return Ok(Pulled::At(peer)),
+        First::Bytes { buffer, total, got } => (buffer, total, got),
+    };
+    if got < buffer.len() {
+        fill_rest(host, &addr, source, tenant, id, offset, &mut buffer[got..], got as u64).await?;
+    }
+    Ok(Pulled::Bytes(buffer, total))
 }
 
 /// Decides after a failed range: `Ok` to ask again, or the error to give.
@@ -320,6 +366,8 @@ fn retry_or_fail(
 enum First {
     /// Another host holds the object, under this id.
     Moved(ObjectId),
+    /// Read it from this host, which copied it.
+    At(String),
     /// The destination, sized for the whole read, with its first `got`
     /// bytes filled; `total` is the object's size.
     Bytes { buffer: Vec<u8>, total: u64, got: usize },
@@ -333,11 +381,13 @@ async fn first_range(
     id: ObjectId,
     offset: u64,
     len: Option<u64>,
+    reader: &str,
 ) -> Result<First, PeerError> {
     let ask = len.unwrap_or(u64::MAX).min(FIRST_RANGE);
-    let (mut recv, header) = open_range(host, addr, tenant, id, offset, ask).await?;
+    let (mut recv, header) = open_range(host, addr, tenant, id, offset, ask, reader).await?;
     let (total, got, checksum) = match header {
         Header::Moved(held) => return Ok(First::Moved(held)),
+        Header::At(peer) => return Ok(First::At(peer)),
         Header::Range { total, len, checksum } => (total, len, checksum),
     };
     let wanted = match len {
@@ -368,9 +418,11 @@ async fn first_range(
 /// Reads the rest of a pull into `rest` (which starts `start` bytes into the
 /// read, itself at `offset` in the object), over up to [`STREAMS`] streams
 /// at once, each range asked again when it arrives short or corrupted.
+#[allow(clippy::too_many_arguments)]
 async fn fill_rest(
     host: &Arc<HostInner>,
     addr: &str,
+    source: &str,
     tenant: &str,
     id: ObjectId,
     offset: u64,
@@ -379,16 +431,14 @@ async fn fill_rest(
 ) -> Result<(), FabricError> {
     let parts = (rest.len() as u64 / MIN_PART).clamp(1, STREAMS as u64) as usize;
     let part_len = rest.len().div_ceil(parts);
-    let holder = id.holder();
     let reads = rest.chunks_mut(part_len).enumerate().map(|(i, part)| {
         let at = offset + start + (i * part_len) as u64;
-        let holder = &holder;
         async move {
             let mut attempt = 1;
             loop {
                 match read_range(host, addr, tenant, id, at, part).await {
                     Ok(()) => return Ok(()),
-                    Err(error) => retry_or_fail(host, holder, id, &mut attempt, error)?,
+                    Err(error) => retry_or_fail(host, source, id, &mut attempt, error)?,
                 }
             }
         }
@@ -405,19 +455,20 @@ async fn read_range(
     offset: u64,
     dest: &mut [u8],
 ) -> Result<(), PeerError> {
-    let (mut recv, header) = open_range(host, addr, tenant, id, offset, dest.len() as u64).await?;
+    let (mut recv, header) = open_range(host, addr, tenant, id, offset, dest.len() as u64, "").await?;
     match header {
         Header::Range { len, checksum, .. } if len == dest.len() as u64 => {
             receive(addr, &mut recv, dest, checksum).await
         }
         Header::Range { len, .. } => Err(broken(addr, format!("asked for {} bytes, was offered {len}", dest.len()))),
-        Header::Moved(_) => Err(broken(addr, "the object moved during the transfer")),
+        Header::Moved(_) | Header::At(_) => Err(broken(addr, "the object moved during the transfer")),
     }
 }
 
 /// A range request's answer, before its bytes.
 enum Header {
     Moved(ObjectId),
+    At(String),
     Range { total: u64, len: u64, checksum: u64 },
 }
 
@@ -428,11 +479,14 @@ async fn open_range(
     id: ObjectId,
     offset: u64,
     len: u64,
+    reader: &str,
 ) -> Result<(quinn::RecvStream, Header), PeerError> {
-    let request = Request::PeerObjectRead { tenant: tenant.to_string(), id: id.into(), offset, len };
+    let request =
+        Request::PeerObjectRead { tenant: tenant.to_string(), id: id.into(), offset, len, reader: reader.to_string() };
     let (_send, mut recv) = host.peers.open(addr, &request).await?;
     let header = match read_frame::<_, Response>(&mut recv, MAX_FRAME).await {
         Ok(Some(Response::ObjectMoved { id })) => Header::Moved(id.into()),
+        Ok(Some(Response::ObjectAt { host })) => Header::At(host),
         Ok(Some(Response::ObjectRange { total, offset: at, len, checksum })) if at == offset => {
             Header::Range { total, len, checksum }
         }
@@ -461,6 +515,7 @@ pub async fn serve_read(
     id: WireObjectId,
     offset: u64,
     len: u64,
+    reader: &str,
     send: &mut quinn::SendStream,
 ) -> Result<(), FabricError> {
     crate::validate_name("tenant", tenant)?;
@@ -477,6 +532,11 @@ pub async fn serve_read(
         Value::Elsewhere { id: held, .. } => return reply(send, &Response::ObjectMoved { id: held.into() }).await,
     };
     let total = local.len();
+    if offset == 0 && !reader.is_empty() && total >= SHARE_COPIES_FROM {
+        if let Some(peer) = host.objects.copy_source(tenant, id, reader) {
+            return reply(send, &Response::ObjectAt { host: peer.to_string() }).await;
+        }
+    }
     // Up to `len`: the first request of a pull does not know the size yet.
     let len = len.min(total.saturating_sub(offset));
     let range = range_of(total, offset, len)?;
@@ -489,6 +549,7 @@ pub async fn serve_read(
     } else if !chunk.is_empty() && Transfers::take_fault(&host.transfers.truncate) {
         chunk.truncate(chunk.len() / 2);
     }
+    host.transfers.served_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     reply(send, &Response::ObjectRange { total, offset, len, checksum }).await?;
     send.write_chunk(chunk)
         .await
@@ -515,6 +576,7 @@ pub fn local_usage(host: &HostInner, tenant: &str) -> fabric_proto::HostObjects 
         memory_budget: footprint.memory_budget,
         spilled_bytes: footprint.spilled_bytes,
         spills: footprint.spills,
+        served_bytes: host.transfers.served_bytes.load(Ordering::Relaxed),
     }
 }
 

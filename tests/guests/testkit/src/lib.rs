@@ -1165,3 +1165,23 @@ fn read_freed() -> String {
         Err(e) => format!("{}: {e}", kind(&e)),
     }
 }
+
+/// Puts a `mib` MiB array here (pinned if asked), then has the hosts
+/// labelled `key=1` to `key=n` read it whole, one after another. Returns
+/// the readers' hosts and the array's id.
+#[fabric::task]
+fn read_in_turn(mib: u64, key: String, n: u64, pin: bool) -> fabric::Result<(Vec<String>, String)> {
+    let array = fabric::put_bytes(&vec![3u8; (mib << 20) as usize])?;
+    if pin {
+        array.pin()?;
+    }
+    let mut hosts = Vec::new();
+    for i in 1..=n {
+        let (host, len) = read_array.remote_with(&on_label(&key, &i.to_string()), array.clone())?.get()?;
+        if len != mib << 20 {
+            return Err(fabric::Error::Internal(format!("{host} read {len} bytes")));
+        }
+        hosts.push(host);
+    }
+    Ok((hosts, array.id().to_string()))
+}
