@@ -287,18 +287,23 @@ fn an_object_is_freed_when_its_last_reference_drops() {
     // A tenant may hold 6 MiB: 40 objects of 4 MiB made one after another
     // fit only if each goes when nothing refers to it any more.
     let up = Up::start_with(&["--max-tenant-object-mib", "6"]);
-    let churn = |holder: bool, pass: bool| {
-        let args = format!(r#"{{"rounds": 40, "mib": 4, "through_holder": {holder}, "pass": {pass}}}"#);
+    let churn = |holder: bool, pass: bool, from_task: bool| {
+        let args = format!(
+            r#"{{"rounds": 40, "mib": 4, "through_holder": {holder}, "pass": {pass}, "from_task": {from_task}}}"#
+        );
         result_of(&up, "churn", &args)
     };
     // Held only by the task's own reference.
-    assert_eq!(churn(false, false), 40 * (4 << 20));
+    assert_eq!(churn(false, false, false), 40 * (4 << 20));
     // Named inside another object: it lives while that object does (the
     // task drops its own reference first), then both go.
-    assert_eq!(churn(true, false), 40 * (4 << 20));
+    assert_eq!(churn(true, false, false), 40 * (4 << 20));
     // Named in a pending task's arguments: it lives until that task read
     // it, although the caller dropped its reference at once.
-    assert_eq!(churn(false, true), 40 * (4 << 20));
+    assert_eq!(churn(false, true, false), 40 * (4 << 20));
+    // Made by a sub-task and named by its result: it lives while the
+    // result does.
+    assert_eq!(churn(false, false, true), 40 * (4 << 20));
     // Read again by id after the last reference dropped: a clear error.
     let v = result_of(&up, "read_freed", "{}");
     assert!(v.as_str().unwrap().starts_with("NotFound") && v.as_str().unwrap().contains("freed"), "{v}");

@@ -152,9 +152,11 @@ impl HostInner {
             let outcome = remote::run_anywhere(&host, &job, spec, placement, &named).await;
             host.objects.release(&job.tenant, &named);
             match outcome {
-                Ok(remote::TaskOutput::Here(bytes)) => host.objects.fill(&cell, Ok(bytes)),
-                Ok(remote::TaskOutput::Kept { id, len, lineage }) => {
-                    host.objects.fill_elsewhere(&cell, id, len, lineage)
+                Ok(remote::TaskOutput::Here { bytes, named }) => {
+                    host.objects.fill_naming(&job.tenant, id, &cell, Ok(bytes), named.hand_over())
+                }
+                Ok(remote::TaskOutput::Kept { id: kept, len, lineage }) => {
+                    host.objects.fill_elsewhere(Some(id), &cell, kept, len, lineage)
                 }
                 Err(error) => host.objects.fill(&cell, Err(error)),
             }

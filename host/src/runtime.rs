@@ -6,6 +6,7 @@ use crate::components::LoadedComponent;
 use crate::hostfns::{Encoding, TaskContext};
 use crate::instances::Warm;
 use crate::jobs::Job;
+use crate::objects::holds::Declared;
 use crate::sandbox::{self, TaskState};
 use crate::HostInner;
 use fabric_proto::{ErrorKind, FabricError, TaskLimits};
@@ -28,7 +29,22 @@ pub struct TaskSpec {
 }
 
 /// Runs `spec` for `job` to its end: its encoded result or a typed error.
+/// What the result names lives until the job ends (it goes where this host
+/// does not follow it).
 pub async fn run_task(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> Result<Vec<u8>, FabricError> {
+    run_task_naming(host, job, spec).await.map(|(bytes, named)| {
+        named.settle();
+        bytes
+    })
+}
+
+/// [`run_task`], with the references the result names (one of each, the
+/// caller's to keep with the result or settle).
+pub async fn run_task_naming(
+    host: &Arc<HostInner>,
+    job: &Arc<Job>,
+    spec: TaskSpec,
+) -> Result<(Vec<u8>, Declared), FabricError> {
     tokio::select! {
         biased;
         reason = job.cancelled() => Err(reason),
@@ -74,7 +90,7 @@ pub(crate) async fn instantiate(
     }
 }
 
-async fn execute(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> Result<Vec<u8>, FabricError> {
+async fn execute(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> Result<(Vec<u8>, Declared), FabricError> {
     let defaults = &host.config.limits;
     let timeout = spec.limits.timeout_ms.map(Duration::from_millis).unwrap_or(defaults.timeout);
     let cpu = spec.limits.cpu_ms.map(Duration::from_millis).unwrap_or(defaults.cpu);
@@ -109,11 +125,14 @@ async fn execute(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> Resul
             ));
         }
     };
+    // What the result names, taken before the instance lets go of its
+    // references.
+    let named = warm.store.data_mut().holds.take_declared();
     // The call returned normally: the instance is sound and can be reused.
     if reuse {
         host.instances.give_back(&job.tenant, &spec.component, memory_bytes, warm);
     } else {
         host.instances.discard(warm);
     }
-    outcome
+    outcome.map(|bytes| (bytes, named))
 }

@@ -212,13 +212,13 @@ async fn respond(
         }
         Request::PeerPin { tenant, id, pin } => {
             crate::validate_name("tenant", &tenant)?;
-            crate::objects::transfer::set_pinned(&host.0, &tenant.into(), id.into(), pin).await?;
+            crate::objects::transfer::set_pinned(&host.0, &tenant.into(), id.into(), pin, false).await?;
             reply(send, &Response::Done).await
         }
         Request::Unpin { tenant, id } => {
             crate::validate_name("tenant", &tenant)?;
             let id = crate::objects::transfer::parse_id(&id)?;
-            crate::objects::transfer::set_pinned(&host.0, &tenant.into(), id, false).await?;
+            crate::objects::transfer::set_pinned(&host.0, &tenant.into(), id, false, true).await?;
             reply(send, &Response::Done).await
         }
         Request::PeerJobEnded { tenant, job } => {

@@ -113,7 +113,7 @@ impl Host for TaskState {
             .await?;
         }
         let task = self.task()?;
-        transfer::set_pinned(&task.host, &task.job.tenant, id, true).await?;
+        transfer::set_pinned(&task.host, &task.job.tenant, id, true, true).await?;
         Ok(())
     }
 

@@ -171,10 +171,29 @@ pub struct Declared {
 }
 
 impl Declared {
+    /// Nothing declared.
+    pub fn none() -> Self {
+        Declared { ids: Vec::new(), store: None }
+    }
+
     /// The references, now the caller's to hold and release.
     pub fn hand_over(mut self) -> Vec<ObjectId> {
         self.store = None;
         std::mem::take(&mut self.ids)
+    }
+
+    /// The value went where this host cannot count: what it names lives
+    /// until its job ends.
+    pub fn settle(self) {
+        if let Some((store, tenant)) = &self.store {
+            store.escape(tenant, &self.ids);
+        }
+    }
+}
+
+impl std::fmt::Debug for Declared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Declared({} objects)", self.ids.len())
     }
 }
 

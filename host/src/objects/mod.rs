@@ -246,8 +246,9 @@ struct Refs {
     /// inside an object a peer read), where this host cannot count it: it
     /// lives until its job ends.
     escaped: bool,
-    /// Kept after its job ends, until unpinned.
-    pinned: bool,
+    /// Pins on it (its own, and those of pinned objects naming it): kept
+    /// after its job ends while any remains.
+    pins: u32,
     /// Whole pulls of it this host served itself, and the peers that made
     /// them with the pulls sent to each since (see
     /// [`ObjectStore::copy_source`]).
@@ -331,6 +332,9 @@ struct Inner {
     /// Objects freed here whose bytes another host keeps for them (a task
     /// result left on the peer that ran it): to be released there.
     released_elsewhere: Vec<(Arc<str>, ObjectId)>,
+    /// Results kept on a peer for objects pinned here before they were
+    /// ready: to be pinned there.
+    pinned_elsewhere: Vec<(Arc<str>, ObjectId)>,
     /// Bytes of ready objects here, in memory or not.
     bytes: u64,
     /// Of which in memory.
@@ -413,7 +417,7 @@ impl Inner {
         while let Some(id) = work.pop() {
             let Some(refs) = self.refs_mut(tenant, id) else { continue };
             refs.count = refs.count.saturating_sub(1);
-            if refs.count > 0 || refs.escaped || refs.pinned {
+            if refs.count > 0 || refs.escaped || refs.pins > 0 {
                 continue;
             }
             work.extend(self.discard(tenant, id));
@@ -446,6 +450,21 @@ impl Inner {
         refs.contains
     }
 
+    /// `id` and every object it names, directly or not, each once.
+    fn reachable(&mut self, tenant: &str, id: ObjectId) -> Vec<ObjectId> {
+        let mut seen = HashSet::new();
+        let mut work = vec![id];
+        while let Some(id) = work.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Some(refs) = self.refs_mut(tenant, id) {
+                work.extend(refs.contains.iter().copied());
+            }
+        }
+        seen.into_iter().collect()
+    }
+
     /// Where another host keeps `tenant`'s object `id` for it, if it does.
     fn kept_elsewhere(&self, tenant: &str, id: ObjectId) -> Option<ObjectId> {
         let cell = self.objects.get(tenant)?.get(&id)?;
@@ -468,7 +487,7 @@ impl Inner {
         let refs = Refs {
             count: 1,
             escaped: false,
-            pinned: false,
+            pins: 0,
             served_here: 0,
             copies: Vec::new(),
             contains: Vec::new(),
@@ -493,6 +512,15 @@ impl Inner {
         }
         Some((cell, contains))
     }
+}
+
+/// Objects other hosts keep that this host's store has news for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Elsewhere {
+    /// No longer needed here.
+    pub released: Vec<(Arc<str>, ObjectId)>,
+    /// Pinned here.
+    pub pinned: Vec<(Arc<str>, ObjectId)>,
 }
 
 /// How much of its memory and disk a host's store uses.
@@ -610,15 +638,20 @@ impl ObjectStore {
         let mut inner = self.lock();
         let refs = inner.refs_mut(tenant, id)?;
         let served_here = refs.served_here;
-        let best = refs.copies.iter_mut().filter(|(peer, _)| &**peer != reader).min_by_key(|(_, sent)| *sent);
-        if let Some((peer, sent)) = best {
-            if *sent < served_here {
-                *sent += 1;
-                return Some(peer.clone());
+        // A reader that copied it before is served here: a copy target's
+        // own pull then never waits on another copy, so no two hosts can
+        // wait on each other.
+        let known = refs.copies.iter().any(|(peer, _)| &**peer == reader);
+        if !known {
+            if let Some((peer, sent)) = refs.copies.iter_mut().min_by_key(|(_, sent)| *sent) {
+                if *sent < served_here {
+                    *sent += 1;
+                    return Some(peer.clone());
+                }
             }
         }
         refs.served_here = served_here.saturating_add(1);
-        if refs.copies.len() < MAX_COPIES && !refs.copies.iter().any(|(peer, _)| &**peer == reader) {
+        if !known && refs.copies.len() < MAX_COPIES {
             refs.copies.push((reader.into(), 0));
         }
         None
@@ -669,15 +702,46 @@ impl ObjectStore {
     }
 
     /// Waits for, then takes, the objects other hosts keep for results
-    /// freed here: the caller tells those hosts to release them.
-    pub async fn released_elsewhere(&self) -> Vec<(Arc<str>, ObjectId)> {
+    /// freed here (the caller tells those hosts to release them) and for
+    /// results pinned here (to pin there).
+    pub async fn elsewhere(&self) -> Elsewhere {
         loop {
-            let released = std::mem::take(&mut self.lock().released_elsewhere);
-            if !released.is_empty() {
-                return released;
+            {
+                let mut inner = self.lock();
+                let released = std::mem::take(&mut inner.released_elsewhere);
+                let pinned = std::mem::take(&mut inner.pinned_elsewhere);
+                if !released.is_empty() || !pinned.is_empty() {
+                    return Elsewhere { released, pinned };
+                }
             }
             self.shared.released.notified().await;
         }
+    }
+
+    /// Sets the objects the value of the task result in `cell` (object
+    /// `id`) names, one reference of each passed in; then fills it.
+    pub fn fill_naming(
+        &self,
+        tenant: &Arc<str>,
+        id: ObjectId,
+        cell: &Cell,
+        outcome: Result<Vec<u8>, FabricError>,
+        named: Vec<ObjectId>,
+    ) {
+        if !named.is_empty() {
+            let kept = match self.lock().refs_mut(tenant, id) {
+                Some(refs) => {
+                    refs.contains.extend_from_slice(&named);
+                    true
+                }
+                None => false,
+            };
+            if !kept {
+                // Freed already: nothing will read it.
+                self.release(tenant, &named);
+            }
+        }
+        self.fill(cell, outcome);
     }
 
     /// References counted here to `tenant`'s object `id`, and whether its
@@ -701,12 +765,23 @@ impl ObjectStore {
     /// (and how to make them again).
     /// If the object was freed before its result came, the peer is told to
     /// let its copy go.
-    pub fn fill_elsewhere(&self, cell: &Cell, id: ObjectId, len: u64, lineage: Option<Arc<crate::remote::Lineage>>) {
+    pub fn fill_elsewhere(
+        &self,
+        slot: Option<ObjectId>,
+        cell: &Cell,
+        kept: ObjectId,
+        len: u64,
+        lineage: Option<Arc<crate::remote::Lineage>>,
+    ) {
         // Under the lock, so a concurrent free either sees where the bytes
         // are (and releases them) or has filled the cell first.
         let mut inner = self.lock();
-        if !cell.fill(Ok(Value::Elsewhere { id, len, lineage })) {
-            inner.released_elsewhere.push((cell.tenant.clone(), id));
+        if !cell.fill(Ok(Value::Elsewhere { id: kept, len, lineage })) {
+            inner.released_elsewhere.push((cell.tenant.clone(), kept));
+            self.shared.released.notify_one();
+        } else if slot.and_then(|slot| inner.refs_mut(&cell.tenant, slot)).is_some_and(|refs| refs.pins > 0) {
+            // Pinned while pending: the peer's copy is pinned too.
+            inner.pinned_elsewhere.push((cell.tenant.clone(), kept));
             self.shared.released.notify_one();
         }
     }
@@ -972,7 +1047,7 @@ impl ObjectStore {
         };
         let mut named = Vec::new();
         for id in ids {
-            if let Some(refs) = inner.refs_mut(tenant, id).filter(|refs| refs.pinned) {
+            if let Some(refs) = inner.refs_mut(tenant, id).filter(|refs| refs.pins > 0) {
                 refs.job = PINNED_JOB.into();
                 inner.by_job.entry((tenant.clone(), PINNED_JOB.into())).or_default().insert(id);
                 continue;
@@ -996,59 +1071,62 @@ impl ObjectStore {
     }
 
     /// Keeps `tenant`'s object `id`, and the objects it names, after their
-    /// job ends, until unpinned. Returns the objects involved that other
-    /// hosts keep (a result left on the peer that made it, objects of
-    /// other hosts it names): the caller pins those where they are.
+    /// job ends, until unpinned (pins count: an object two pinned objects
+    /// name stays until both are unpinned). Returns the objects involved
+    /// that other hosts keep (a result left on the peer that made it): the
+    /// caller pins those where they are.
     pub fn pin(&self, tenant: &str, id: ObjectId) -> Result<Vec<ObjectId>, FabricError> {
         let mut inner = self.lock();
         if inner.refs_mut(tenant, id).is_none() {
             return Err(self.missing(tenant, id));
         }
         let mut elsewhere = Vec::new();
-        let mut work = vec![id];
-        while let Some(id) = work.pop() {
-            if !self.minted_here(id) {
-                elsewhere.push(id);
-                continue;
+        for id in inner.reachable(tenant, id) {
+            if let Some(refs) = inner.refs_mut(tenant, id) {
+                refs.pins = refs.pins.saturating_add(1);
             }
-            let Some(refs) = inner.refs_mut(tenant, id).filter(|refs| !refs.pinned) else { continue };
-            refs.pinned = true;
-            work.extend(refs.contains.iter().copied());
             elsewhere.extend(inner.kept_elsewhere(tenant, id));
         }
         Ok(elsewhere)
     }
 
-    /// Lets `tenant`'s pinned object `id` (and what it names) go back to
-    /// its ordinary lifetime: freed now if its job has ended or nothing
-    /// refers to it. Returns the objects involved that other hosts keep,
-    /// to unpin there.
-    pub fn unpin(&self, tenant: &Arc<str>, id: ObjectId) -> Result<Vec<ObjectId>, FabricError> {
+    /// Takes back one pin of `tenant`'s object `id` and of what it names:
+    /// one left with none goes back to its ordinary lifetime, freed now if
+    /// nothing refers to it (its job's end no longer keeps it once that job
+    /// has ended). Returns the objects involved that other hosts keep, to
+    /// unpin there. `strict`: an object not pinned is an error (else,
+    /// nothing to do: a part of an unpin already done).
+    pub fn unpin(&self, tenant: &Arc<str>, id: ObjectId, strict: bool) -> Result<Vec<ObjectId>, FabricError> {
         let mut inner = self.lock();
         match inner.refs_mut(tenant, id) {
-            None => return Err(self.missing(tenant, id)),
-            Some(refs) if !refs.pinned => {
+            None if strict => return Err(self.missing(tenant, id)),
+            Some(refs) if refs.pins == 0 && strict => {
                 return Err(FabricError::new(ErrorKind::InvalidArgument, format!("object {id} is not pinned")))
             }
+            None => return Ok(Vec::new()),
+            Some(refs) if refs.pins == 0 => return Ok(Vec::new()),
             Some(_) => {}
         }
         let mut elsewhere = Vec::new();
-        let mut work = vec![id];
-        while let Some(id) = work.pop() {
-            if !self.minted_here(id) {
-                elsewhere.push(id);
+        let mut loose = Vec::new();
+        for id in inner.reachable(tenant, id) {
+            elsewhere.extend(inner.kept_elsewhere(tenant, id));
+            let Some(refs) = inner.refs_mut(tenant, id).filter(|refs| refs.pins > 0) else { continue };
+            refs.pins -= 1;
+            if refs.pins > 0 {
                 continue;
             }
-            let Some(refs) = inner.refs_mut(tenant, id).filter(|refs| refs.pinned) else { continue };
-            refs.pinned = false;
-            work.extend(refs.contains.iter().copied());
-            let orphan = &*refs.job == PINNED_JOB;
-            let unreferenced = refs.count == 0 && !refs.escaped;
-            elsewhere.extend(inner.kept_elsewhere(tenant, id));
-            if orphan || unreferenced {
-                for named in inner.discard(tenant, id) {
-                    inner.unref(tenant, named);
-                }
+            if &*refs.job == PINNED_JOB {
+                // Its job is over: nothing but references keep it now.
+                refs.escaped = false;
+            }
+            if refs.count == 0 && !refs.escaped {
+                loose.push(id);
+            }
+        }
+        for id in loose {
+            for named in inner.discard(tenant, id) {
+                inner.unref(tenant, named);
             }
         }
         if !inner.released_elsewhere.is_empty() {
@@ -1225,14 +1303,14 @@ mod tests {
         // when it is freed before the peer's answer comes.
         let kept = ObjectId { hi: 1, lo: 1 };
         let (slot, cell) = store.reserve(&t, &j);
-        store.fill_elsewhere(&cell, kept, 1 << 20, None);
+        store.fill_elsewhere(Some(slot), &cell, kept, 1 << 20, None);
         store.release(&t, &[slot]);
-        assert_eq!(store.released_elsewhere().await, vec![(t.clone(), kept)]);
+        assert_eq!(store.elsewhere().await.released, vec![(t.clone(), kept)]);
         let late = ObjectId { hi: 1, lo: 2 };
         let (slot, cell) = store.reserve(&t, &j);
         store.release(&t, &[slot]);
-        store.fill_elsewhere(&cell, late, 1 << 20, None);
-        assert_eq!(store.released_elsewhere().await, vec![(t.clone(), late)]);
+        store.fill_elsewhere(Some(slot), &cell, late, 1 << 20, None);
+        assert_eq!(store.elsewhere().await.released, vec![(t.clone(), late)]);
 
         // A job's end drops what its objects named of another job's.
         let kept_by_other = store.put(&t, &other, vec![4; 10]).unwrap();
@@ -1244,6 +1322,49 @@ mod tests {
         store.release(&t, &[ObjectId { hi: 1, lo: 3 }]);
         store.release(&t, &[kept_by_other]);
         assert_eq!(store.footprint().objects, 0);
+    }
+
+    #[tokio::test]
+    async fn pins_count_and_outlive_the_job_until_taken_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(11, 1 << 20, 1 << 20, dir.path());
+        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        // Two pinned pairs name one array.
+        let array = store.put(&t, &j, vec![1; 100]).unwrap();
+        store.retain("t", array);
+        let first = store.put_naming(&t, &j, vec![2; 10], vec![array]).unwrap();
+        store.retain("t", array);
+        let second = store.put_naming(&t, &j, vec![3; 10], vec![array]).unwrap();
+        store.pin("t", first).unwrap();
+        store.pin("t", second).unwrap();
+        store.release(&t, &[array, first, second]);
+        store.drop_job(&t, &j);
+        let listed = store.usage_by_job("t");
+        assert_eq!((listed[0].job.as_str(), listed[0].objects), (PINNED_JOB, 3), "{listed:?}");
+        // Unpinning one pair keeps what the other still names.
+        store.unpin(&t, first, true).unwrap();
+        assert_eq!(store.get("t", array).await.unwrap().len(), 100);
+        assert!(store.get("t", first).await.is_err());
+        let error = store.unpin(&t, first, true).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::NotFound, "{}", error.message);
+        assert!(store.unpin(&t, first, false).unwrap().is_empty());
+        store.unpin(&t, second, true).unwrap();
+        assert_eq!(store.footprint().objects, 0);
+    }
+
+    #[tokio::test]
+    async fn readers_are_sent_to_earlier_readers_copies_one_hop_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(12, 1 << 20, 1 << 20, dir.path());
+        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let id = store.put(&t, &j, vec![1; 100]).unwrap();
+        let sources: Vec<Option<Arc<str>>> =
+            ["r1", "r2", "r3", "r4"].iter().map(|reader| store.copy_source("t", id, reader)).collect();
+        assert_eq!(sources, vec![None, Some("r1".into()), None, Some("r3".into())]);
+        // A reader that copied it before is served by the holder (so a
+        // copy's own pull never waits on another copy).
+        assert_eq!(store.copy_source("t", id, "r1"), None);
+        assert_eq!(store.copy_source("t", id, "r3"), None);
     }
 
     #[tokio::test]

@@ -264,19 +264,22 @@ pub async fn pull(
     // A whole pull may be sent on to a host that copied the object.
     let whole = offset == 0 && len.is_none();
     let mut id = id;
-    let mut reader = whole.then_some(host.id.as_str());
+    let mut may_redirect = whole;
     for _ in 0..MAX_HOPS {
         let holder = id.holder();
         if holder == host.id {
             return Err(host.objects.missing(tenant, id));
         }
-        let pulled = match pull_from(host, &holder, tenant, id, offset, len, reader.take().unwrap_or("")).await? {
+        let reader = if std::mem::take(&mut may_redirect) { host.id.as_str() } else { "" };
+        let pulled = match pull_from(host, &holder, tenant, id, offset, len, reader, RANGE_ATTEMPTS).await? {
             Pulled::Moved(held) => {
                 id = held;
-                reader = whole.then_some(host.id.as_str());
+                may_redirect = whole;
                 continue;
             }
-            Pulled::At(peer) => match pull_from(host, &peer, tenant, id, offset, len, "").await {
+            // Never from itself (a copy here would have been read locally).
+            Pulled::At(peer) if peer == host.id => continue,
+            Pulled::At(peer) => match pull_from(host, &peer, tenant, id, offset, len, "", 1).await {
                 Ok(Pulled::Bytes(buffer, total)) => (buffer, total),
                 // That copy is gone or failed: read from the holder itself.
                 Ok(_) => continue,
@@ -306,7 +309,9 @@ enum Pulled {
     At(String),
 }
 
-/// Pulls from host `source` (the holder, or a host with a copy).
+/// Pulls from host `source` (the holder, or a host with a copy), asking
+/// for each range up to `attempts` times.
+#[allow(clippy::too_many_arguments)]
 async fn pull_from(
     host: &Arc<HostInner>,
     source: &str,
@@ -315,13 +320,14 @@ async fn pull_from(
     offset: u64,
     len: Option<u64>,
     reader: &str,
+    attempts: u32,
 ) -> Result<Pulled, FabricError> {
     let mut attempt = 1;
     let (addr, first) = loop {
         let addr = host.cluster.addr_of(source).ok_or_else(|| lost_object(id, source))?;
         match first_range(host, &addr, tenant, id, offset, len, reader).await {
             Ok(first) => break (addr, first),
-            Err(error) => retry_or_fail(host, source, id, &mut attempt, error)?,
+            Err(error) => retry_or_fail(host, source, id, &mut attempt, attempts, error)?,
         }
     };
     let (mut buffer, total, got) = match first {
@@ -330,7 +336,8 @@ async fn pull_from(
         First::Bytes { buffer, total, got } => (buffer, total, got),
     };
     if got < buffer.len() {
-        fill_rest(host, &addr, source, tenant, id, offset, &mut buffer[got..], got as u64).await?;
+        let rest = &mut buffer[got..];
+        fill_rest(host, &addr, source, attempts, tenant, id, offset, rest, got as u64).await?;
     }
     Ok(Pulled::Bytes(buffer, total))
 }
@@ -341,17 +348,15 @@ fn retry_or_fail(
     holder: &str,
     id: ObjectId,
     attempt: &mut u32,
+    attempts: u32,
     error: PeerError,
 ) -> Result<(), FabricError> {
     match error {
         PeerError::Answered(error) => Err(error),
         PeerError::Lost(_) if host.cluster.addr_of(holder).is_none() => Err(lost_object(id, holder)),
-        PeerError::Lost(error) if *attempt >= RANGE_ATTEMPTS => Err(FabricError::new(
+        PeerError::Lost(error) if *attempt >= attempts => Err(FabricError::new(
             ErrorKind::Unavailable,
-            format!(
-                "object {id} could not be read from host {holder} after {RANGE_ATTEMPTS} attempts: {}",
-                error.message
-            ),
+            format!("object {id} could not be read from host {holder} after {attempts} attempts: {}", error.message),
         )),
         PeerError::Lost(error) => {
             tracing::warn!(object = %id, host = %holder, "asking again for a range: {}", error.message);
@@ -423,6 +428,7 @@ async fn fill_rest(
     host: &Arc<HostInner>,
     addr: &str,
     source: &str,
+    attempts: u32,
     tenant: &str,
     id: ObjectId,
     offset: u64,
@@ -438,7 +444,7 @@ async fn fill_rest(
             loop {
                 match read_range(host, addr, tenant, id, at, part).await {
                     Ok(()) => return Ok(()),
-                    Err(error) => retry_or_fail(host, source, id, &mut attempt, error)?,
+                    Err(error) => retry_or_fail(host, source, id, &mut attempt, attempts, error)?,
                 }
             }
         }
@@ -604,46 +610,64 @@ pub(crate) fn release_elsewhere(host: &Arc<HostInner>) {
         loop {
             let Some(objects) = store.upgrade() else { return };
             // Bounded, so a host that is dropped lets its store go.
-            let released = tokio::time::timeout(std::time::Duration::from_secs(1), objects.released_elsewhere()).await;
+            let news = tokio::time::timeout(std::time::Duration::from_secs(1), objects.elsewhere()).await;
             drop(objects);
-            let Ok(released) = released else { continue };
+            let Ok(news) = news else { continue };
             let Some(host) = weak.upgrade() else { return };
             let mut by_holder: std::collections::HashMap<(String, Arc<str>), Vec<WireObjectId>> = Default::default();
-            for (tenant, id) in released {
+            for (tenant, id) in news.released {
                 by_holder.entry((id.holder(), tenant)).or_default().push(id.into());
             }
             for ((holder, tenant), ids) in by_holder {
                 // A holder that left took its objects with it.
                 let Some(addr) = host.cluster.addr_of(&holder) else { continue };
                 let request = Request::PeerRelease { tenant: tenant.to_string(), ids };
-                let host = host.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = host.peers.ask(&addr, &request).await {
-                        tracing::warn!("cannot tell {addr} to release objects: {}", e.into_error());
-                    }
-                });
+                tell(&host, addr, request);
             }
+            for (tenant, id) in news.pinned {
+                let Some(addr) = host.cluster.addr_of(&id.holder()) else { continue };
+                tell(&host, addr, Request::PeerPin { tenant: tenant.to_string(), id: id.into(), pin: true });
+            }
+        }
+    });
+}
+
+/// Sends `request` to the peer at `addr` on its own task, logging a failure.
+fn tell(host: &Arc<HostInner>, addr: String, request: Request) {
+    let host = host.clone();
+    tokio::spawn(async move {
+        if let Err(e) = host.peers.ask(&addr, &request).await {
+            tracing::warn!("cannot tell {addr} about objects it keeps: {}", e.into_error());
         }
     });
 }
 
 /// Pins `tenant`'s object `id` wherever it is kept, and what it names
 /// wherever that is (see [`super::ObjectStore::pin`]); `unpin` undoes it.
-pub async fn set_pinned(host: &Arc<HostInner>, tenant: &Arc<str>, id: ObjectId, pin: bool) -> Result<(), FabricError> {
-    let mut work = vec![id];
-    while let Some(id) = work.pop() {
+/// `strict`: the object must exist and (to unpin) be pinned; parts a
+/// peer is asked for are not strict (an unpin may have reached them before).
+pub async fn set_pinned(
+    host: &Arc<HostInner>,
+    tenant: &Arc<str>,
+    id: ObjectId,
+    pin: bool,
+    strict: bool,
+) -> Result<(), FabricError> {
+    let mut work = vec![(id, strict)];
+    while let Some((id, strict)) = work.pop() {
         if host.objects.minted_here(id) {
-            let elsewhere = if pin { host.objects.pin(tenant, id)? } else { host.objects.unpin(tenant, id)? };
-            work.extend(elsewhere);
+            let elsewhere = if pin { host.objects.pin(tenant, id)? } else { host.objects.unpin(tenant, id, strict)? };
+            work.extend(elsewhere.into_iter().map(|kept| (kept, false)));
             continue;
         }
         let holder = id.holder();
-        let addr = host.cluster.addr_of(&holder).ok_or_else(|| {
-            FabricError::new(
-                ErrorKind::Unavailable,
-                format!("object {id} is lost: host {holder}, which held it, is not in the cluster"),
-            )
-        })?;
+        let Some(addr) = host.cluster.addr_of(&holder) else {
+            if !strict {
+                continue;
+            }
+            // No member minted it: as good as never existed.
+            return Err(host.objects.missing(tenant, id));
+        };
         let request = Request::PeerPin { tenant: tenant.to_string(), id: id.into(), pin };
         host.peers.ask(&addr, &request).await.map_err(PeerError::into_error)?;
     }

@@ -213,7 +213,7 @@ pub(crate) fn call(
     tokio::spawn(async move {
         match host.peers.run(&addr, &request, |_| {}).await {
             Ok(RunOutput::Inline(bytes)) => host.objects.fill(&cell, Ok(bytes)),
-            Ok(RunOutput::Kept { id, len }) => host.objects.fill_elsewhere(&cell, id.into(), len, None),
+            Ok(RunOutput::Kept { id, len }) => host.objects.fill_elsewhere(None, &cell, id.into(), len, None),
             Err(PeerError::Answered(e)) => host.objects.fill(&cell, Err(e)),
             Err(PeerError::Lost(e)) => host.objects.fill(&cell, Err(lost(id, e.message))),
         }

@@ -23,8 +23,9 @@ use crate::cluster::placement::effective_resources;
 use crate::hostfns::Encoding;
 use crate::joblog::JobLog;
 use crate::jobs::Job;
+use crate::objects::holds::Declared;
 use crate::peers::{PeerError, RunOutput};
-use crate::runtime::{run_task, TaskSpec};
+use crate::runtime::{run_task_naming, TaskSpec};
 use crate::HostInner;
 use fabric_proto::{Demand, ErrorKind, FabricError, Request, Response, TaskLimits};
 use std::collections::HashMap;
@@ -46,7 +47,13 @@ pub struct Placement {
 #[derive(Debug)]
 pub enum TaskOutput {
     /// Its encoded result, here.
-    Here(Vec<u8>),
+    Here {
+        /// The result.
+        bytes: Vec<u8>,
+        /// The objects it names, one reference of each (none when it came
+        /// from a peer: those were left to their job's end there).
+        named: Declared,
+    },
     /// Its result, kept on the peer that ran it as object `id`.
     Kept {
         /// The object there.
@@ -100,7 +107,11 @@ pub(crate) async fn rebuild(
     job.log.append(note.as_bytes());
     let placement = Placement { retries: lineage.placement.retries - 1, ..lineage.placement.clone() };
     match Box::pin(run_anywhere(host, &job, lineage.spec.clone(), placement, &[])).await? {
-        TaskOutput::Here(bytes) => Ok(bytes),
+        TaskOutput::Here { bytes, named } => {
+            // The reader's copy is made from it: kept until the job ends.
+            named.settle();
+            Ok(bytes)
+        }
         TaskOutput::Kept { id, .. } => {
             let pulled = crate::objects::transfer::pull(host, &job.tenant, id, 0, None).await.map(|(data, _)| data);
             // The reader's copy is made from it: the new peer's can go.
@@ -122,7 +133,7 @@ pub(crate) async fn run_anywhere(
 ) -> Result<TaskOutput, FabricError> {
     // One host and nothing asked of it: no placement to do.
     if host.cluster.len() <= 1 && placement.demand == Demand::default() {
-        return run_task(host, job, spec).await.map(TaskOutput::Here);
+        return run_task_naming(host, job, spec).await.map(|(bytes, named)| TaskOutput::Here { bytes, named });
     }
     let needs = effective_resources(&placement.demand);
     let mut avoid: Vec<String> = Vec::new();
@@ -133,7 +144,7 @@ pub(crate) async fn run_anywhere(
             host.cluster.dispatched(&target, &needs);
             let outcome = run_holding(host, job, spec, &needs).await;
             host.cluster.finished(&target, &needs);
-            return outcome.map(TaskOutput::Here);
+            return outcome.map(|(bytes, named)| TaskOutput::Here { bytes, named });
         }
         let Some(addr) = host.cluster.addr_of(&target) else {
             avoid.push(target);
@@ -159,7 +170,7 @@ pub(crate) async fn run_anywhere(
         };
         host.cluster.finished(&target, &needs);
         match outcome {
-            Ok(RunOutput::Inline(bytes)) => return Ok(TaskOutput::Here(bytes)),
+            Ok(RunOutput::Inline(bytes)) => return Ok(TaskOutput::Here { bytes, named: Declared::none() }),
             Ok(RunOutput::Kept { id, len }) => {
                 let lineage = Lineage { job: Arc::downgrade(job), spec, placement };
                 return Ok(TaskOutput::Kept { id: id.into(), len, lineage: Some(Arc::new(lineage)) });
@@ -193,13 +204,13 @@ async fn run_holding(
     job: &Arc<Job>,
     spec: TaskSpec,
     needs: &[fabric_proto::Resource],
-) -> Result<Vec<u8>, FabricError> {
+) -> Result<(Vec<u8>, Declared), FabricError> {
     let _held = tokio::select! {
         biased;
         reason = job.cancelled() => return Err(reason),
         held = host.resources.hold(needs) => held?,
     };
-    run_task(host, job, spec).await
+    run_task_naming(host, job, spec).await
 }
 
 /// Serves a peer's [`Request::PeerRun`]: runs the task under a shadow of its
@@ -252,15 +263,17 @@ pub(crate) async fn serve_run(
     match outcome {
         // A host shutting down hands its result back rather than keep it
         // (as far as one frame carries; a larger one is rebuilt or lost).
-        Ok(bytes)
+        Ok((bytes, named))
             if bytes.len() <= crate::objects::transfer::INLINE_MAX
                 || (inner.drain.is_draining() && bytes.len() <= fabric_proto::MAX_FRAME - 1024) =>
         {
+            // What it names goes where this host cannot count it.
+            named.settle();
             write_frame_to(send, &Response::Output(bytes)).await
         }
-        Ok(bytes) => {
+        Ok((bytes, named)) => {
             let len = bytes.len() as u64;
-            let id = inner.objects.put(&shadow.tenant, &shadow.id, bytes)?;
+            let id = inner.objects.put_naming(&shadow.tenant, &shadow.id, bytes, named.hand_over())?;
             write_frame_to(send, &Response::Stored { id: id.into(), len }).await
         }
         Err(error) => Err(error),

@@ -1101,11 +1101,20 @@ fn batch_short(batch: Vec<Numbered>) -> Vec<u64> {
 /// finishes if each is freed as its last reference drops. `through_holder`: each
 /// is reached through a small object naming it (the big one lives while
 /// the small one does); `pass`: each is handed to a sub-task that reads it
-/// after this task has dropped its own reference. Returns the bytes read.
+/// after this task has dropped its own reference; `from_task`: each is
+/// made by a sub-task and returned in its result. Returns the bytes read.
 #[fabric::task]
-fn churn(rounds: u64, mib: u64, through_holder: bool, pass: bool) -> fabric::Result<u64> {
+fn churn(rounds: u64, mib: u64, through_holder: bool, pass: bool, from_task: bool) -> fabric::Result<u64> {
     let mut read = 0;
     for round in 0..rounds {
+        if from_task {
+            // Made by a sub-task that has ended: its result names it.
+            let made = put_and_return.remote(round, mib)?;
+            let array = made.get()?;
+            drop(made);
+            read += array.get()?.len() as u64;
+            continue;
+        }
         let big = fabric::put_bytes(&vec![round as u8; (mib << 20) as usize])?;
         if through_holder {
             let holder = fabric::put(&(big.clone(), round))?;
@@ -1127,6 +1136,12 @@ fn churn(rounds: u64, mib: u64, through_holder: bool, pass: bool) -> fabric::Res
         }
     }
     Ok(read)
+}
+
+/// Puts `mib` MiB of `round` and returns the reference.
+#[fabric::task]
+fn put_and_return(round: u64, mib: u64) -> fabric::Result<fabric::ArrayRef<u8>> {
+    fabric::put_bytes(&vec![round as u8; (mib << 20) as usize])
 }
 
 /// Sleeps `ms`, then reads the array: its length and first byte.
