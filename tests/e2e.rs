@@ -697,6 +697,8 @@ fn bad_object_and_drain_settings_and_too_many_writers_are_refused() {
     for (flag, value, says) in [
         ("--object-memory-mib", "0", "0 is not in 1.."),
         ("--max-tenant-object-mib", "0", "0 is not in 1.."),
+        ("--max-spill-mib", "0", "0 is not in 1.."),
+        ("--max-spill-mib", "99999999999999999", "--max-spill-mib 99999999999999999 is too large"),
         ("--max-object-mib", "99999999999999999", "--max-object-mib 99999999999999999 is too large"),
         ("--drain-timeout=-1", "", "-1 is not between 0 and"),
         ("--drain-timeout", "soon", "soon is not a number of seconds"),

@@ -397,3 +397,27 @@ fn a_later_reader_pulls_from_an_earlier_readers_copy() {
     assert!(close_to(served(&holder), 3 * size), "the holder sent {} bytes", served(&holder));
     assert_eq!(served(&second), 0);
 }
+
+#[test]
+fn a_full_disk_quota_and_reads_larger_than_a_task_are_clear_errors() {
+    let up = Up::start_with(&["--object-memory-mib", "16", "--max-spill-mib", "24"]);
+    // 64 MiB through 16 MiB of memory needs about 48 MiB on disk.
+    let args = r#"{"count": 64, "len": 1048576}"#;
+    let v = up.submit(&testkit(), &["--fn", "spill_working_set", "--args", args]).json();
+    assert_eq!((&v["state"], &v["error"]["kind"]), (&"failed".into(), &"resource-limit".into()), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("disk quota of 25165824 bytes is full"), "{v}");
+    // A writer stops at the quota too.
+    let v = result_of(&up, "write_until_refused", r#"{"part": 1048576}"#);
+    assert!(v[0].as_str().unwrap().contains("disk quota of 25165824 bytes is full"), "{v}");
+    // Within it, the host spills as before.
+    assert_eq!(result_of(&up, "spill_working_set", r#"{"count": 32, "len": 1048576}"#), 64);
+
+    // A task with 16 MiB of memory reading 20 MiB, whole or as one slice.
+    let out = up.submit(&testkit(), &["--fn", "read_more_than_memory", "--args", r#"{"mib": 20}"#, "--memory", "16"]);
+    let v = out.json();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    for error in v["result"].as_array().unwrap() {
+        let error = error.as_str().unwrap();
+        assert!(error.starts_with("ResourceLimit") && error.contains("memory limit of 16777216 bytes"), "{error}");
+    }
+}

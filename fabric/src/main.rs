@@ -226,6 +226,10 @@ struct UpArgs {
     /// Where objects spill (default: `spill` under the data directory).
     #[arg(long)]
     spill_dir: Option<PathBuf>,
+    /// Objects this host may keep on disk, in MiB (default: no limit); past
+    /// it, puts over the memory budget fail with a resource-limit error.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_spill_mib: Option<u64>,
     /// Address of the HTTP gateway, or `off`.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: String,
@@ -451,6 +455,9 @@ async fn serve(
     }
     if let Some(mib) = args.max_tenant_object_mib {
         config.max_tenant_object_bytes = mib_to_bytes("--max-tenant-object-mib", mib)?;
+    }
+    if let Some(mib) = args.max_spill_mib {
+        config.max_spill_bytes = mib_to_bytes("--max-spill-mib", mib)?;
     }
     config.spill_dir = args.spill_dir;
     config.etcd = etcd.to_vec();

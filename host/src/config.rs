@@ -48,6 +48,8 @@ pub struct HostConfig {
     pub max_tenant_object_bytes: u64,
     /// Where objects spill (default: `spill` under the data directory).
     pub spill_dir: Option<PathBuf>,
+    /// Bytes of objects the host may keep on disk (default: no limit).
+    pub max_spill_bytes: u64,
     /// Reuse a cleanly finished task's instance for the next task of the same
     /// tenant and component (see `instances`); off gives every task a fresh
     /// instance.
@@ -80,6 +82,7 @@ impl HostConfig {
             max_object_bytes: 3 << 30,
             object_memory_bytes: crate::objects::default_memory_budget(),
             max_tenant_object_bytes: u64::MAX,
+            max_spill_bytes: u64::MAX,
             spill_dir: None,
             reuse_instances: true,
             etcd: Vec::new(),
@@ -100,6 +103,7 @@ impl HostConfig {
             memory_budget: self.object_memory_bytes,
             max_tenant_bytes: self.max_tenant_object_bytes,
             spill_dir: self.spill_dir.clone().unwrap_or_else(|| self.data_dir.join("spill")),
+            max_spill_bytes: self.max_spill_bytes,
         }
     }
 }

@@ -39,6 +39,7 @@ impl TaskState {
     async fn object(&mut self, id: WitObjectId) -> Result<ObjectBytes, FabricError> {
         let id: ObjectId = id.into();
         if let Some(Value::Here(local)) = self.ready_here(id)? {
+            self.fits_in_guest(local.len())?;
             let host = self.task()?.host.clone();
             return host.objects.bytes(&local).await;
         }
@@ -76,6 +77,21 @@ impl TaskState {
     pub(crate) fn adopt(&mut self, id: ObjectId) -> Result<WitObjectId, FabricError> {
         self.holds()?.adopt(id);
         Ok(id.into())
+    }
+}
+
+impl TaskState {
+    /// A read of `len` bytes must fit the task's memory: checked before
+    /// the host reads them (from disk, for a spilled object) for nothing.
+    fn fits_in_guest(&self, len: u64) -> Result<(), FabricError> {
+        let cap = self.cap.memory_bytes;
+        if len > cap {
+            return Err(FabricError::new(
+                fabric_proto::ErrorKind::ResourceLimit,
+                format!("a read of {len} bytes does not fit the task's memory limit of {cap} bytes"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -151,6 +167,7 @@ impl Host for TaskState {
     /// object and this one has no copy.
     async fn read(&mut self, id: WitObjectId, offset: u64, len: u64) -> Result<Vec<u8>, WitError> {
         let id: ObjectId = id.into();
+        self.fits_in_guest(len)?;
         if let Some(Value::Here(local)) = self.ready_here(id)? {
             let range = transfer::range_of(local.len(), offset, len)?;
             let host = self.task()?.host.clone();

@@ -273,12 +273,29 @@ pub struct StoreLimits {
     /// Where spilled objects go (as unnamed files: nothing is left behind,
     /// even when the host is killed).
     pub spill_dir: PathBuf,
+    /// Bytes of objects this host may keep on disk (spilled, or written
+    /// there by writers); past it, spilling stops and producers over the
+    /// memory budget get a resource-limit error.
+    pub max_spill_bytes: u64,
 }
 
 impl StoreLimits {
     /// An object built by a writer goes to disk once it is larger than this.
     fn stream_threshold(&self) -> u64 {
         (self.memory_budget / 4).max(1)
+    }
+}
+
+impl Inner {
+    /// Whether `more` bytes fit on disk beside what is there.
+    fn disk_room(&self, limits: &StoreLimits, more: u64) -> Result<(), std::io::Error> {
+        if self.spilled.saturating_add(more) > limits.max_spill_bytes {
+            return Err(std::io::Error::other(format!(
+                "its disk quota of {} bytes is full ({} bytes on disk, {more} more asked)",
+                limits.max_spill_bytes, self.spilled
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -1254,6 +1271,7 @@ mod tests {
             memory_budget,
             max_tenant_bytes: u64::MAX,
             spill_dir: spill_dir.to_path_buf(),
+            max_spill_bytes: u64::MAX,
         };
         ObjectStore::new(node, limits)
     }

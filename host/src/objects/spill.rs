@@ -150,7 +150,8 @@ impl Shared {
             }
             let mut victims = victims.into_iter();
             while let Some((local, bytes)) = victims.next() {
-                let written = SpillFile::create(&self.limits.spill_dir).and_then(|file| {
+                let room = self.lock().disk_room(&self.limits, local.len);
+                let written = room.and_then(|()| SpillFile::create(&self.limits.spill_dir)).and_then(|file| {
                     file.write_at(&bytes, 0)?;
                     Ok(file)
                 });

@@ -106,6 +106,13 @@ impl ObjectStore {
         // leaves a writer that refuses more rather than one with a hole.
         writer.done = Some(FabricError::new(ErrorKind::Cancelled, "an earlier write to this writer did not finish"));
         let threshold = WRITER_MEMORY.min(self.limits().stream_threshold());
+        if writer.disk.is_some() || len > threshold {
+            let room = self.lock().disk_room(self.limits(), len);
+            if let Err(e) = room {
+                let error = FabricError::new(ErrorKind::ResourceLimit, format!("{WRITE_FAILED}: {e}"));
+                return Err(self.break_writer(writer, error));
+            }
+        }
         if writer.disk.is_none() && len > threshold {
             let gathered = std::mem::take(&mut writer.memory);
             let dir = self.limits().spill_dir.clone();

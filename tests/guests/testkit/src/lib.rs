@@ -1200,3 +1200,24 @@ fn read_in_turn(mib: u64, key: String, n: u64, pin: bool) -> fabric::Result<(Vec
     }
     Ok((hosts, array.id().to_string()))
 }
+
+/// Writes a `mib` MiB object, then reads it whole and as one slice: more
+/// than a task with a smaller memory limit can take. Returns both errors.
+#[fabric::task]
+fn read_more_than_memory(mib: u64) -> fabric::Result<(String, String)> {
+    let mut writer = fabric::ObjectWriter::new();
+    let part = vec![1u8; 1 << 20];
+    for _ in 0..mib {
+        writer.write(&part)?;
+    }
+    let array = writer.finish()?;
+    let whole = match ObjectRef::<()>::from_id(array.id()).get_bytes() {
+        Ok(bytes) => format!("read {} bytes", bytes.len()),
+        Err(e) => format!("{}: {e}", kind(&e)),
+    };
+    let sliced = match array.slice(0..array.len()) {
+        Ok(bytes) => format!("read {} bytes", bytes.len()),
+        Err(e) => format!("{}: {e}", kind(&e)),
+    };
+    Ok((whole, sliced))
+}
