@@ -588,4 +588,30 @@ fn a_deployments_log_shows_its_instances_output_and_failed_requests() {
     assert!(missing.stderr.contains("no host serves a deployment named nothing"), "{missing:?}");
     let neither = host.fabric(&["logs"]);
     assert_ne!(neither.code, 0, "{neither:?}");
+
+    // Followed, it prints what comes next as it comes, until the
+    // deployment is removed.
+    let printed = host.data_dir().join("follow.out");
+    let mut follower = std::process::Command::new(fabric_tests::fabric_bin())
+        .arg("--data-dir")
+        .arg(host.data_dir())
+        .args(["logs", "--deployment", "kit", "--follow"])
+        .stdout(std::fs::File::create(&printed).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let traps = || std::fs::read_to_string(&printed).unwrap_or_default().matches("the kit was asked to trap").count();
+    let so_far = eventually(Duration::from_secs(10), "the follower to print the log so far", || {
+        let n = traps();
+        (n > 0).then_some(n)
+    });
+    assert_eq!(host.http("GET", "/kit/trap", "").status, 500);
+    eventually(Duration::from_secs(10), "the follower to print the new failure", || {
+        (traps() == 2 * so_far).then_some(())
+    });
+    assert_eq!(host.fabric(&["undeploy", "kit"]).code, 0);
+    let ended = eventually(Duration::from_secs(10), "the follower to end", || follower.try_wait().ok().flatten());
+    assert!(ended.success(), "{ended:?}");
+    let text = std::fs::read_to_string(&printed).unwrap();
+    assert!(text.contains("deployment kit is no longer served"), "{text}");
 }

@@ -264,9 +264,14 @@ impl Client {
         }
     }
 
-    /// The end of deployment `name`'s log on every host that serves it.
-    pub async fn deployment_logs(&self, name: &str) -> anyhow::Result<Vec<fabric_proto::DeploymentLog>> {
-        let request = Request::DeploymentLogs { tenant: self.tenant.clone(), name: name.to_string() };
+    /// The end of deployment `name`'s log on every host that serves it, or
+    /// what followed the positions in `since`.
+    pub async fn deployment_logs(
+        &self,
+        name: &str,
+        since: Vec<fabric_proto::LogPosition>,
+    ) -> anyhow::Result<Vec<fabric_proto::DeploymentLog>> {
+        let request = Request::DeploymentLogs { tenant: self.tenant.clone(), name: name.to_string(), since };
         match self.call(&request).await? {
             Response::DeploymentLogs(logs) => Ok(logs),
             other => bail!("unexpected answer: {other:?}"),

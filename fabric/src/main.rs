@@ -61,8 +61,9 @@ enum Command {
         /// The job's id.
         #[arg(required_unless_present = "deployment")]
         job: Option<String>,
-        /// Keep printing until the job ends.
-        #[arg(long, short, conflicts_with = "deployment")]
+        /// Keep printing until the job ends (for a deployment: until it is
+        /// removed, or interrupted).
+        #[arg(long, short)]
         follow: bool,
         /// Show a deployment's log instead (its instances' output and failed
         /// requests): the last MiB of each host's, under a line naming it.
@@ -711,15 +712,8 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
             client.actor_kill(&name).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Logs { deployment: Some(name), .. } => {
-            let mut stdout = std::io::stdout().lock();
-            for log in client.deployment_logs(&name).await? {
-                writeln!(stdout, "==> {name} v{} on host {} <==", log.version, log.host)?;
-                stdout.write_all(&log.text)?;
-                if !log.text.is_empty() && !log.text.ends_with(b"\n") {
-                    writeln!(stdout)?;
-                }
-            }
+        Command::Logs { deployment: Some(name), follow, .. } => {
+            follow_deployment_logs(client, &name, follow).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs { job: Some(job), follow, .. } => {
@@ -898,6 +892,51 @@ fn seconds(text: &str) -> Result<f64, String> {
         Ok(secs) if (0.0..=WEEK).contains(&secs) => Ok(secs),
         Ok(_) => Err(format!("{text} is not between 0 and {WEEK} seconds")),
         Err(e) => Err(format!("{text} is not a number of seconds: {e}")),
+    }
+}
+
+/// Prints deployment `name`'s log on every host that serves it, under a
+/// line naming host and version; `follow` asks again every half second for
+/// what came since (a host or version new to the follower starts with the
+/// end of its log) until the deployment is gone.
+async fn follow_deployment_logs(client: &Client, name: &str, follow: bool) -> anyhow::Result<()> {
+    let mut positions: Vec<fabric_proto::LogPosition> = Vec::new();
+    let mut current: Option<(String, u64)> = None;
+    loop {
+        let logs = match client.deployment_logs(name, positions.clone()).await {
+            Ok(logs) => logs,
+            // Gone while followed: the follow is over.
+            Err(e) if !positions.is_empty() && format!("{e:#}").contains("no host serves a deployment") => {
+                println!("[fabric: deployment {name} is no longer served]");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut stdout = std::io::stdout().lock();
+        for log in &logs {
+            let source = (log.host.clone(), log.version);
+            let known = positions.iter().any(|p| p.host == log.host && p.version == log.version);
+            if !log.text.is_empty() || !known {
+                if current.as_ref() != Some(&source) {
+                    writeln!(stdout, "==> {name} v{} on host {} <==", log.version, log.host)?;
+                    current = Some(source);
+                }
+                stdout.write_all(&log.text)?;
+                if !log.text.is_empty() && !log.text.ends_with(b"\n") {
+                    writeln!(stdout)?;
+                }
+            }
+        }
+        stdout.flush()?;
+        drop(stdout);
+        if !follow {
+            return Ok(());
+        }
+        positions = logs
+            .iter()
+            .map(|log| fabric_proto::LogPosition { host: log.host.clone(), version: log.version, offset: log.end })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 

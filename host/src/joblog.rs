@@ -35,6 +35,11 @@ struct Inner {
     truncated: bool,
     file: Option<(PathBuf, std::fs::File)>,
     echo: bool,
+    /// Keep the newest bytes rather than the first (a deployment's log,
+    /// which lives as long as the deployment).
+    ring: bool,
+    /// Bytes appended since the log began (where `memory` ends).
+    written: u64,
 }
 
 impl JobLog {
@@ -52,9 +57,37 @@ impl JobLog {
             None => None,
         };
         Ok(Arc::new(JobLog {
-            inner: Mutex::new(Inner { memory: Vec::new(), truncated: false, file, echo }),
+            inner: Mutex::new(Inner { memory: Vec::new(), truncated: false, file, echo, ring: false, written: 0 }),
             updates: broadcast::channel(1024).0,
         }))
+    }
+
+    /// A log in memory that keeps its newest bytes (up to its limit), for
+    /// something that lives long (a deployment).
+    pub fn ring(echo: bool) -> Arc<Self> {
+        Arc::new(JobLog {
+            inner: Mutex::new(Inner { memory: Vec::new(), truncated: false, file: None, echo, ring: true, written: 0 }),
+            updates: broadcast::channel(1024).0,
+        })
+    }
+
+    /// What was appended from byte `offset` of the log on (as far as it
+    /// keeps), and where the log ends now. Bytes it no longer keeps are
+    /// skipped with a note.
+    pub fn since(&self, offset: u64) -> (Vec<u8>, u64) {
+        let inner = self.lock();
+        let kept_from = inner.written - inner.memory.len() as u64;
+        let mut out = Vec::new();
+        let from = if offset < kept_from {
+            if offset > 0 || inner.truncated {
+                out.extend_from_slice(format!("[fabric: {} bytes of log skipped]\n", kept_from - offset).as_bytes());
+            }
+            0
+        } else {
+            (offset.min(inner.written) - kept_from) as usize
+        };
+        out.extend_from_slice(&inner.memory[from..]);
+        (out, inner.written)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -76,6 +109,16 @@ impl JobLog {
         }
         if inner.memory.len() + bytes.len() <= MEMORY_LIMIT {
             inner.memory.extend_from_slice(bytes);
+            inner.written += bytes.len() as u64;
+        } else if inner.ring {
+            // Drop the oldest quarter at a time, so appends stay cheap.
+            inner.memory.extend_from_slice(bytes);
+            inner.written += bytes.len() as u64;
+            if inner.memory.len() > MEMORY_LIMIT {
+                let cut = inner.memory.len() - MEMORY_LIMIT / 4 * 3;
+                inner.memory.drain(..cut);
+                inner.truncated = true;
+            }
         } else {
             inner.truncated = true;
         }
@@ -102,7 +145,7 @@ fn snapshot(inner: &Inner) -> Vec<u8> {
         }
     }
     let mut out = inner.memory.clone();
-    if inner.truncated {
+    if inner.truncated && !inner.ring {
         out.extend_from_slice(b"\n[fabric: log truncated in memory]\n");
     }
     out
@@ -215,5 +258,34 @@ impl tokio::io::AsyncWrite for LogStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ring_log_keeps_its_newest_bytes_and_is_followed_by_offset() {
+        let log = JobLog::ring(false);
+        log.append(b"first\n");
+        let (text, end) = log.since(0);
+        assert_eq!((text.as_slice(), end), (&b"first\n"[..], 6));
+        log.append(b"second\n");
+        assert_eq!(log.since(end), (b"second\n".to_vec(), 13));
+        assert_eq!(log.since(13), (Vec::new(), 13));
+        // Past its limit it drops the oldest bytes, and a follower that
+        // fell behind is told how much it missed.
+        let line = vec![b'x'; 1 << 20];
+        for _ in 0..12 {
+            log.append(&line);
+        }
+        let (text, end) = log.since(13);
+        assert_eq!(end, 13 + 12 * (1 << 20));
+        assert!(text.len() <= MEMORY_LIMIT + 100, "{}", text.len());
+        assert!(text.starts_with(b"[fabric: "), "{:?}", &text[..40]);
+        assert!(log.contents().len() <= MEMORY_LIMIT);
+        log.append(b"last\n");
+        assert_eq!(log.since(end), (b"last\n".to_vec(), end + 5));
     }
 }

@@ -708,14 +708,25 @@ impl Host {
 
     /// The end of `tenant`'s deployment `name`'s log on this host (none if
     /// it does not serve it).
-    pub fn local_deployment_logs(&self, tenant: &str, name: &str) -> Result<Vec<DeploymentLog>, FabricError> {
+    pub fn local_deployment_logs(
+        &self,
+        tenant: &str,
+        name: &str,
+        since: &[fabric_proto::LogPosition],
+    ) -> Result<Vec<DeploymentLog>, FabricError> {
         validate_name("tenant", tenant)?;
         let serving = self.0.deployments.of(tenant).into_iter().find(|d| d.record.spec.name == name);
         Ok(serving
             .map(|d| {
-                let text = d.log.contents();
-                let tail = text.len().saturating_sub(fabric_proto::DEPLOYMENT_LOG_TAIL);
-                DeploymentLog { host: self.0.id.clone(), version: d.record.version, text: text[tail..].to_vec() }
+                let (host, version) = (self.0.id.clone(), d.record.version);
+                let followed = since.iter().find(|p| p.host == host && p.version == version);
+                let (mut text, end) = d.log.since(followed.map_or(0, |p| p.offset));
+                if followed.is_none() {
+                    // A first look: the end of it.
+                    let tail = text.len().saturating_sub(fabric_proto::DEPLOYMENT_LOG_TAIL);
+                    text.drain(..tail);
+                }
+                DeploymentLog { host, version, text, end }
             })
             .into_iter()
             .collect())
@@ -723,9 +734,15 @@ impl Host {
 
     /// The end of `tenant`'s deployment `name`'s log on every member that
     /// serves it.
-    pub async fn deployment_logs(&self, tenant: &str, name: &str) -> Result<Vec<DeploymentLog>, FabricError> {
-        let mut logs = self.local_deployment_logs(tenant, name)?;
-        let request = fabric_proto::Request::PeerDeploymentLogs { tenant: tenant.to_string(), name: name.to_string() };
+    pub async fn deployment_logs(
+        &self,
+        tenant: &str,
+        name: &str,
+        since: Vec<fabric_proto::LogPosition>,
+    ) -> Result<Vec<DeploymentLog>, FabricError> {
+        let mut logs = self.local_deployment_logs(tenant, name, &since)?;
+        let request =
+            fabric_proto::Request::PeerDeploymentLogs { tenant: tenant.to_string(), name: name.to_string(), since };
         for (peer, answer) in remote::ask_members(&self.0, &request).await {
             match answer {
                 fabric_proto::Response::DeploymentLogs(theirs) => logs.extend(theirs),

@@ -195,11 +195,11 @@ async fn respond(
         }
         Request::PeerActors { tenant } => reply(send, &Response::Actors(host.local_actors(&tenant)?)).await,
         Request::PeerReplicas { tenant } => reply(send, &Response::Replicas(host.local_replicas(&tenant)?)).await,
-        Request::PeerDeploymentLogs { tenant, name } => {
-            reply(send, &Response::DeploymentLogs(host.local_deployment_logs(&tenant, &name)?)).await
+        Request::PeerDeploymentLogs { tenant, name, since } => {
+            reply(send, &Response::DeploymentLogs(host.local_deployment_logs(&tenant, &name, &since)?)).await
         }
-        Request::DeploymentLogs { tenant, name } => {
-            reply(send, &Response::DeploymentLogs(host.deployment_logs(&tenant, &name).await?)).await
+        Request::DeploymentLogs { tenant, name, since } => {
+            reply(send, &Response::DeploymentLogs(host.deployment_logs(&tenant, &name, since).await?)).await
         }
         Request::PeerHttp { .. } => {
             Err(FabricError::new(ErrorKind::Internal, "a forwarded request reached the wrong handler"))

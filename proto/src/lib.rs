@@ -438,8 +438,22 @@ pub struct DeploymentLog {
     pub host: String,
     /// The version serving there.
     pub version: u64,
-    /// Its last [`DEPLOYMENT_LOG_TAIL`] bytes at most.
+    /// What was asked for: its last [`DEPLOYMENT_LOG_TAIL`] bytes at most,
+    /// or what came after a [`LogPosition`].
     pub text: Vec<u8>,
+    /// Where the log ends now, to follow it from.
+    pub end: u64,
+}
+
+/// How far a follower has read one host's log of a deployment version.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogPosition {
+    /// The host's id.
+    pub host: String,
+    /// The version.
+    pub version: u64,
+    /// Bytes of it read.
+    pub offset: u64,
 }
 
 /// How much of each host's log of a deployment `fabric logs --deployment`
@@ -691,12 +705,15 @@ mod messages {
             /// may be sent to a host that copied it (empty otherwise).
             reader: String,
         },
-        /// The end of a deployment's log on every member.
+        /// The end of a deployment's log on every member (from where a
+        /// follower left off, for the hosts and versions in `since`).
         DeploymentLogs {
             /// Whose deployment.
             tenant: String,
             /// Its name.
             name: String,
+            /// Where a follower is.
+            since: Vec<LogPosition>,
         },
         /// Host to host: the end of a deployment's log on this host alone.
         PeerDeploymentLogs {
@@ -704,6 +721,8 @@ mod messages {
             tenant: String,
             /// Its name.
             name: String,
+            /// Where a follower is.
+            since: Vec<LogPosition>,
         },
         /// Host to host: the tenant's objects on this host alone.
         PeerObjects {

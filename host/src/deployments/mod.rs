@@ -326,8 +326,7 @@ async fn start(host: &Arc<HostInner>, record: Deployment) -> Result<Arc<Deployed
         down_delay: Duration::from_millis(spec.scale_down_delay_ms),
     };
     let replicas = Replicas::new(policy, cap.saturating_mul(QUEUE_PER_REPLICA).max(1), !spec.isolate);
-    let log = JobLog::new(None, host.config.echo_logs)
-        .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create a log: {e}")))?;
+    let log = JobLog::ring(host.config.echo_logs);
     let deployed = Arc::new(Deployed { record, component, replicas, log, cap, batcher: Default::default() });
     if deployed.record.kind == DeploymentKind::Http && !deployed.record.spec.isolate {
         for _ in 0..deployed.record.spec.min.min(cap) {
