@@ -416,3 +416,25 @@ fn an_actor_on_another_host_writes_to_its_jobs_log() {
     assert_eq!(log.matches("hello from the probe").count(), 1, "{log}");
     assert_eq!(a.fabric(&["stop", &job]).code, 0);
 }
+
+#[test]
+fn a_task_a_peer_refuses_while_draining_is_placed_elsewhere_at_once() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &[]);
+    // b refuses its first peer's task as a draining host does when the
+    // sender's view does not show the drain yet.
+    let b = Up::host_with_env(etcd.endpoint(), &["--label", "zone=x"], &[("FABRIC_INJECT_FAULTS", "refuse-runs:1")]);
+    let c = Up::host(etcd.endpoint(), &["--label", "zone=x"]);
+    all_see(&[&a, &b, &c], &ids(&[&a, &b, &c]), "three hosts to see each other");
+    // Tasks that may not run again (retries 0), spread over b and c: the
+    // one b refuses runs on c, spending no retry; the rest run where sent.
+    let args = r#"{"n": 6, "key": "zone", "value": "x"}"#;
+    let out = a.submit(&fabric_tests::testkit(), &["--fn", "spread_on_label", "--args", args]);
+    let v = out.json();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let hosts: Vec<&str> = v["result"].as_array().unwrap().iter().map(|h| h.as_str().unwrap()).collect();
+    assert!(hosts.iter().all(|h| *h == b.id() || *h == c.id()), "{hosts:?}");
+    let log = a.fabric(&["logs", v["job"].as_str().unwrap()]).stdout;
+    assert_eq!(log.matches(&format!("host {} would not take task `where_am_i`", b.id())).count(), 1, "{log}");
+    assert!(log.contains(&format!("host {} is draining", b.id())), "{log}");
+}

@@ -902,20 +902,27 @@ fn seconds(text: &str) -> Result<f64, String> {
 async fn follow_deployment_logs(client: &Client, name: &str, follow: bool) -> anyhow::Result<()> {
     let mut positions: Vec<fabric_proto::LogPosition> = Vec::new();
     let mut current: Option<(String, u64)> = None;
+    let mut unserved = 0;
     loop {
         let logs = match client.deployment_logs(name, positions.clone()).await {
             Ok(logs) => logs,
-            // Gone while followed: the follow is over.
-            Err(e) if !positions.is_empty() && format!("{e:#}").contains("no host serves a deployment") => {
-                println!("[fabric: deployment {name} is no longer served]");
-                return Ok(());
+            // Gone while followed (twice in a row: not one missed answer).
+            Err(e) if !positions.is_empty() && is_not_found(&e) => {
+                unserved += 1;
+                if unserved >= 2 {
+                    println!("[fabric: deployment {name} is no longer served]");
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
             }
             Err(e) => return Err(e),
         };
+        unserved = 0;
         let mut stdout = std::io::stdout().lock();
         for log in &logs {
             let source = (log.host.clone(), log.version);
-            let known = positions.iter().any(|p| p.host == log.host && p.version == log.version);
+            let known = positions.iter().any(|p| p.host == log.host && p.version == log.version && p.log == log.log);
             if !log.text.is_empty() || !known {
                 if current.as_ref() != Some(&source) {
                     writeln!(stdout, "==> {name} v{} on host {} <==", log.version, log.host)?;
@@ -932,12 +939,20 @@ async fn follow_deployment_logs(client: &Client, name: &str, follow: bool) -> an
         if !follow {
             return Ok(());
         }
-        positions = logs
-            .iter()
-            .map(|log| fabric_proto::LogPosition { host: log.host.clone(), version: log.version, offset: log.end })
-            .collect();
+        // Hosts that did not answer this time keep their place.
+        for log in logs {
+            positions.retain(|p| !(p.host == log.host && p.version == log.version));
+            let position =
+                fabric_proto::LogPosition { host: log.host, version: log.version, log: log.log, offset: log.end };
+            positions.push(position);
+        }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+}
+
+/// Whether the host answered `not-found`.
+fn is_not_found(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<HostError>().is_some_and(|e| e.0.kind == fabric_proto::ErrorKind::NotFound)
 }
 
 /// `mib` MiB in bytes, or an error naming `flag` when that does not fit.

@@ -27,6 +27,7 @@ const TAIL_LIMIT: usize = 1024;
 pub struct JobLog {
     inner: Mutex<Inner>,
     updates: broadcast::Sender<Bytes>,
+    id: u64,
 }
 
 #[derive(Debug)]
@@ -40,6 +41,14 @@ struct Inner {
     ring: bool,
     /// Bytes appended since the log began (where `memory` ends).
     written: u64,
+}
+
+impl JobLog {
+    /// A random id of this log, so a follower can tell it from a later log
+    /// of the same name (a redeploy after an undeploy, a restarted host).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 impl JobLog {
@@ -59,6 +68,7 @@ impl JobLog {
         Ok(Arc::new(JobLog {
             inner: Mutex::new(Inner { memory: Vec::new(), truncated: false, file, echo, ring: false, written: 0 }),
             updates: broadcast::channel(1024).0,
+            id: rand::random(),
         }))
     }
 
@@ -68,25 +78,23 @@ impl JobLog {
         Arc::new(JobLog {
             inner: Mutex::new(Inner { memory: Vec::new(), truncated: false, file: None, echo, ring: true, written: 0 }),
             updates: broadcast::channel(1024).0,
+            id: rand::random(),
         })
     }
 
-    /// What was appended from byte `offset` of the log on (as far as it
-    /// keeps), and where the log ends now. Bytes it no longer keeps are
-    /// skipped with a note.
-    pub fn since(&self, offset: u64) -> (Vec<u8>, u64) {
+    /// What was appended from byte `offset` of the log on, at most its last
+    /// `max` bytes (and as far as the log keeps), and where the log ends
+    /// now. Bytes skipped are said so in a note.
+    pub fn since(&self, offset: u64, max: usize) -> (Vec<u8>, u64) {
         let inner = self.lock();
         let kept_from = inner.written - inner.memory.len() as u64;
+        let newest = inner.written - inner.memory.len().min(max) as u64;
+        let from = offset.min(inner.written).max(newest);
         let mut out = Vec::new();
-        let from = if offset < kept_from {
-            if offset > 0 || inner.truncated {
-                out.extend_from_slice(format!("[fabric: {} bytes of log skipped]\n", kept_from - offset).as_bytes());
-            }
-            0
-        } else {
-            (offset.min(inner.written) - kept_from) as usize
-        };
-        out.extend_from_slice(&inner.memory[from..]);
+        if from > offset {
+            out.extend_from_slice(format!("[fabric: {} bytes of log skipped]\n", from - offset).as_bytes());
+        }
+        out.extend_from_slice(&inner.memory[(from - kept_from) as usize..]);
         (out, inner.written)
     }
 
@@ -269,23 +277,25 @@ mod tests {
     fn a_ring_log_keeps_its_newest_bytes_and_is_followed_by_offset() {
         let log = JobLog::ring(false);
         log.append(b"first\n");
-        let (text, end) = log.since(0);
+        let (text, end) = log.since(0, usize::MAX);
         assert_eq!((text.as_slice(), end), (&b"first\n"[..], 6));
         log.append(b"second\n");
-        assert_eq!(log.since(end), (b"second\n".to_vec(), 13));
-        assert_eq!(log.since(13), (Vec::new(), 13));
+        assert_eq!(log.since(end, usize::MAX), (b"second\n".to_vec(), 13));
+        assert_eq!(log.since(13, usize::MAX), (Vec::new(), 13));
+        // At most the last `max` bytes, the rest said skipped.
+        assert_eq!(log.since(0, 7), (b"[fabric: 6 bytes of log skipped]\nsecond\n".to_vec(), 13));
         // Past its limit it drops the oldest bytes, and a follower that
         // fell behind is told how much it missed.
         let line = vec![b'x'; 1 << 20];
         for _ in 0..12 {
             log.append(&line);
         }
-        let (text, end) = log.since(13);
+        let (text, end) = log.since(13, usize::MAX);
         assert_eq!(end, 13 + 12 * (1 << 20));
         assert!(text.len() <= MEMORY_LIMIT + 100, "{}", text.len());
         assert!(text.starts_with(b"[fabric: "), "{:?}", &text[..40]);
         assert!(log.contents().len() <= MEMORY_LIMIT);
         log.append(b"last\n");
-        assert_eq!(log.since(end), (b"last\n".to_vec(), end + 5));
+        assert_eq!(log.since(end, usize::MAX), (b"last\n".to_vec(), end + 5));
     }
 }

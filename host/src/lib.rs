@@ -718,15 +718,20 @@ impl Host {
         let serving = self.0.deployments.of(tenant).into_iter().find(|d| d.record.spec.name == name);
         Ok(serving
             .map(|d| {
-                let (host, version) = (self.0.id.clone(), d.record.version);
-                let followed = since.iter().find(|p| p.host == host && p.version == version);
-                let (mut text, end) = d.log.since(followed.map_or(0, |p| p.offset));
-                if followed.is_none() {
+                let (host, version, log) = (self.0.id.clone(), d.record.version, d.log.id());
+                let followed = since.iter().find(|p| p.host == host && p.version == version && p.log == log);
+                let (text, end) = match followed {
+                    // Where the follower left off, as much as one answer carries.
+                    Some(position) => d.log.since(position.offset, fabric_proto::DEPLOYMENT_LOG_TAIL),
                     // A first look: the end of it.
-                    let tail = text.len().saturating_sub(fabric_proto::DEPLOYMENT_LOG_TAIL);
-                    text.drain(..tail);
-                }
-                DeploymentLog { host, version, text, end }
+                    None => {
+                        let (mut text, end) = d.log.since(0, usize::MAX);
+                        let tail = text.len().saturating_sub(fabric_proto::DEPLOYMENT_LOG_TAIL);
+                        text.drain(..tail);
+                        (text, end)
+                    }
+                };
+                DeploymentLog { host, version, text, end, log }
             })
             .into_iter()
             .collect())

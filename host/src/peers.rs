@@ -26,13 +26,16 @@ pub enum PeerError {
     Lost(FabricError),
     /// The peer answered with an error (the task's own outcome).
     Answered(FabricError),
+    /// The peer would not take the work (it is draining, which the sender's
+    /// view did not show yet): place it elsewhere, no retry spent.
+    Refused(FabricError),
 }
 
 impl PeerError {
     /// The error, whichever way it failed.
     pub fn into_error(self) -> FabricError {
         match self {
-            PeerError::Lost(e) | PeerError::Answered(e) => e,
+            PeerError::Lost(e) | PeerError::Answered(e) | PeerError::Refused(e) => e,
         }
     }
 }
@@ -158,6 +161,7 @@ impl Peers {
                 Ok(Some(Response::Output(bytes))) => return Ok(RunOutput::Inline(bytes)),
                 Ok(Some(Response::Stored { id, len })) => return Ok(RunOutput::Kept { id, len }),
                 Ok(Some(Response::Error(e))) => return Err(PeerError::Answered(e)),
+                Ok(Some(Response::Refused(e))) => return Err(PeerError::Refused(e)),
                 Ok(Some(other)) => return Err(lost(addr, format!("unexpected answer to a task: {other:?}"))),
                 Ok(None) => return Err(lost(addr, "the stream ended before the task did")),
                 Err(e) => return Err(lost(addr, e)),

@@ -443,6 +443,9 @@ pub struct DeploymentLog {
     pub text: Vec<u8>,
     /// Where the log ends now, to follow it from.
     pub end: u64,
+    /// The log's random id (a later log of the same host and version, after
+    /// an undeploy or a restart, has another).
+    pub log: u64,
 }
 
 /// How far a follower has read one host's log of a deployment version.
@@ -452,6 +455,8 @@ pub struct LogPosition {
     pub host: String,
     /// The version.
     pub version: u64,
+    /// The log's id ([`DeploymentLog::log`]).
+    pub log: u64,
     /// Bytes of it read.
     pub offset: u64,
 }
@@ -876,6 +881,9 @@ mod messages {
             /// Its id there.
             id: WireObjectId,
         },
+        /// The host will not take this work (it is draining): place it
+        /// elsewhere.
+        Refused(FabricError),
         /// Read the whole object from this host instead, which copied it
         /// (and serves its copy once complete).
         ObjectAt {

@@ -38,8 +38,13 @@ impl TaskState {
     /// The object's bytes, waiting if it is pending or must be pulled.
     async fn object(&mut self, id: WitObjectId) -> Result<ObjectBytes, FabricError> {
         let id: ObjectId = id.into();
-        if let Some(Value::Here(local)) = self.ready_here(id)? {
-            self.fits_in_guest(local.len())?;
+        let ready = self.ready_here(id)?;
+        if let Some(value) = &ready {
+            // Here or kept by a peer, its size is known: refuse before
+            // reading (or pulling) what the guest cannot take.
+            self.fits_in_guest(value.len())?;
+        }
+        if let Some(Value::Here(local)) = ready {
             let host = self.task()?.host.clone();
             return host.objects.bytes(&local).await;
         }

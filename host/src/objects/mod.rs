@@ -287,12 +287,14 @@ impl StoreLimits {
 }
 
 impl Inner {
-    /// Whether `more` bytes fit on disk beside what is there.
+    /// Whether `more` bytes fit on disk beside what is there (spilled, and
+    /// what unfinished writers wrote).
     fn disk_room(&self, limits: &StoreLimits, more: u64) -> Result<(), std::io::Error> {
-        if self.spilled.saturating_add(more) > limits.max_spill_bytes {
+        let used = self.spilled.saturating_add(self.disk_reserved);
+        if used.saturating_add(more) > limits.max_spill_bytes {
             return Err(std::io::Error::other(format!(
-                "its disk quota of {} bytes is full ({} bytes on disk, {more} more asked)",
-                limits.max_spill_bytes, self.spilled
+                "its disk quota of {} bytes is full ({used} bytes on disk, {more} more asked)",
+                limits.max_spill_bytes
             )));
         }
         Ok(())
@@ -358,6 +360,9 @@ struct Inner {
     resident: u64,
     /// Bytes in spill files.
     spilled: u64,
+    /// Bytes unfinished writers wrote to disk (counted against the disk
+    /// quota until their object is sealed into `spilled`).
+    disk_reserved: u64,
     /// `bytes` per tenant.
     tenant_bytes: HashMap<Arc<str>, u64>,
     /// Objects in memory that may spill, least recently used first.
@@ -412,6 +417,8 @@ impl Inner {
         }
         if place.disk.take().is_some() {
             self.spilled -= local.len;
+            // A spill refused for want of disk may fit now.
+            self.spill_error = None;
         }
         self.bytes -= local.len;
         self.unreserve(&local.tenant, local.len);

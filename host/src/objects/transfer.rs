@@ -44,10 +44,12 @@ const MAX_HOPS: usize = 4;
 /// without the holder sending it once per reader).
 pub const SHARE_COPIES_FROM: u64 = 16 << 20;
 
-/// Counters of what this host pulled, and transfer faults to inject
+/// Counters of what this host pulled, and faults to inject
 /// (`FABRIC_INJECT_FAULTS=truncate-transfers:N,corrupt-transfers:N` makes
 /// this host serve its next N ranges cut short or with a flipped byte: how
-/// the tests show that bad transfers are caught and retried).
+/// the tests show that bad transfers are caught and retried;
+/// `refuse-runs:N` has it refuse its next N peers' tasks as a draining host
+/// does, which a peer's stale view otherwise only rarely shows).
 #[derive(Debug, Default)]
 pub struct Transfers {
     pulls: AtomicU64,
@@ -56,6 +58,7 @@ pub struct Transfers {
     retried_ranges: AtomicU64,
     truncate: AtomicU64,
     corrupt: AtomicU64,
+    refuse_runs: AtomicU64,
 }
 
 impl Transfers {
@@ -69,6 +72,7 @@ impl Transfers {
                 match name.trim() {
                     "truncate-transfers" => transfers.truncate.store(count, Ordering::Relaxed),
                     "corrupt-transfers" => transfers.corrupt.store(count, Ordering::Relaxed),
+                    "refuse-runs" => transfers.refuse_runs.store(count, Ordering::Relaxed),
                     other => tracing::warn!("unknown fault `{other}` in FABRIC_INJECT_FAULTS"),
                 }
             }
@@ -87,6 +91,12 @@ impl Transfers {
 
     fn take_fault(counter: &AtomicU64) -> bool {
         counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
+    }
+
+    /// Whether to refuse the next peer's task as if draining (an injected
+    /// fault).
+    pub fn refuse_run(&self) -> bool {
+        Transfers::take_fault(&self.refuse_runs)
     }
 }
 
@@ -352,7 +362,7 @@ fn retry_or_fail(
     error: PeerError,
 ) -> Result<(), FabricError> {
     match error {
-        PeerError::Answered(error) => Err(error),
+        PeerError::Answered(error) | PeerError::Refused(error) => Err(error),
         PeerError::Lost(_) if host.cluster.addr_of(holder).is_none() => Err(lost_object(id, holder)),
         PeerError::Lost(error) if *attempt >= attempts => Err(FabricError::new(
             ErrorKind::Unavailable,

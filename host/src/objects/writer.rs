@@ -32,6 +32,8 @@ pub struct ObjectWriter {
     len: u64,
     /// Bytes counted against the tenant's limit for this writer.
     reserved: u64,
+    /// Bytes of it on disk, counted against the host's disk quota.
+    on_disk: u64,
     memory: Vec<u8>,
     disk: Option<Arc<SpillFile>>,
     /// Sealed, or broken by a failed (or abandoned) write: takes no more.
@@ -61,12 +63,14 @@ impl ObjectWriter {
         }
     }
 
-    /// Gives the writer's reservation back to its tenant.
+    /// Gives the writer's reservations back (its tenant's, the disk's).
     fn release(&mut self) {
-        if self.reserved > 0 {
+        if self.reserved > 0 || self.on_disk > 0 {
             let mut inner = self.store.lock();
             inner.unreserve(&self.tenant, self.reserved);
+            inner.disk_reserved = inner.disk_reserved.saturating_sub(self.on_disk);
             self.reserved = 0;
+            self.on_disk = 0;
         }
     }
 }
@@ -86,6 +90,7 @@ impl ObjectStore {
             job,
             len: 0,
             reserved: 0,
+            on_disk: 0,
             memory: Vec::new(),
             disk: None,
             done: None,
@@ -107,10 +112,22 @@ impl ObjectStore {
         writer.done = Some(FabricError::new(ErrorKind::Cancelled, "an earlier write to this writer did not finish"));
         let threshold = WRITER_MEMORY.min(self.limits().stream_threshold());
         if writer.disk.is_some() || len > threshold {
-            let room = self.lock().disk_room(self.limits(), len);
-            if let Err(e) = room {
-                let error = FabricError::new(ErrorKind::ResourceLimit, format!("{WRITE_FAILED}: {e}"));
-                return Err(self.break_writer(writer, error));
+            // What goes to disk now: this part, or all gathered so far.
+            let to_disk = if writer.disk.is_some() { more } else { len };
+            let room = {
+                let mut inner = self.lock();
+                let room = inner.disk_room(self.limits(), to_disk);
+                if room.is_ok() {
+                    inner.disk_reserved += to_disk;
+                }
+                room
+            };
+            match room {
+                Ok(()) => writer.on_disk += to_disk,
+                Err(e) => {
+                    let error = FabricError::new(ErrorKind::ResourceLimit, format!("{WRITE_FAILED}: {e}"));
+                    return Err(self.break_writer(writer, error));
+                }
             }
         }
         if writer.disk.is_none() && len > threshold {
@@ -153,6 +170,12 @@ impl ObjectStore {
         };
         let local = Arc::new(Local::new(writer.tenant.clone(), writer.len, memory, disk));
         let (id, cell) = self.reserve(&writer.tenant, &writer.job);
+        // Its bytes on disk now count as spilled (added as it is stored).
+        let on_disk = std::mem::take(&mut writer.on_disk);
+        {
+            let mut inner = self.lock();
+            inner.disk_reserved = inner.disk_reserved.saturating_sub(on_disk);
+        }
         // The object's bytes were counted for the tenant as they came.
         self.fill_local(&cell, local, true);
         writer.reserved = 0;

@@ -214,7 +214,7 @@ pub(crate) fn call(
         match host.peers.run(&addr, &request, |_| {}).await {
             Ok(RunOutput::Inline(bytes)) => host.objects.fill(&cell, Ok(bytes)),
             Ok(RunOutput::Kept { id, len }) => host.objects.fill_elsewhere(None, &cell, id.into(), len, None),
-            Err(PeerError::Answered(e)) => host.objects.fill(&cell, Err(e)),
+            Err(PeerError::Answered(e) | PeerError::Refused(e)) => host.objects.fill(&cell, Err(e)),
             Err(PeerError::Lost(e)) => host.objects.fill(&cell, Err(lost(id, e.message))),
         }
     });
@@ -330,7 +330,7 @@ fn forward_log(host: &Arc<HostInner>, log: &JobLog, origin: &str, tenant: &str, 
             match host.peers.ask(&origin, &request).await {
                 Ok(_) => {}
                 // The job has ended there, or its host is gone: stop.
-                Err(PeerError::Answered(_)) => return,
+                Err(PeerError::Answered(_) | PeerError::Refused(_)) => return,
                 Err(PeerError::Lost(e)) => {
                     let members = host.cluster.members(&host.local_info());
                     if !members.iter().any(|member| member.addr == origin) {

@@ -176,6 +176,14 @@ pub(crate) async fn run_anywhere(
                 return Ok(TaskOutput::Kept { id: id.into(), len, lineage: Some(Arc::new(lineage)) });
             }
             Err(PeerError::Answered(error)) => return Err(error),
+            Err(PeerError::Refused(error)) => {
+                let note = format!(
+                    "[fabric: host {target} would not take task `{}` ({}); placing it elsewhere]\n",
+                    spec.function, error.message
+                );
+                job.log.append(note.as_bytes());
+                avoid.push(target);
+            }
             Err(PeerError::Lost(error)) if retries > 0 => {
                 retries -= 1;
                 let note = format!(
@@ -222,6 +230,12 @@ pub(crate) async fn serve_run(
 ) -> Result<(), FabricError> {
     let inner = &host.0;
     crate::validate_name("tenant", &request.tenant)?;
+    if inner.drain.is_draining() || inner.transfers.refuse_run() {
+        // The sender's view did not show the drain yet: it places the task
+        // elsewhere at once rather than wait for this host's deadline.
+        let why = FabricError::new(ErrorKind::Unavailable, format!("host {} is draining", inner.id));
+        return write_frame_to(send, &Response::Refused(why)).await;
+    }
     let component = component_from(inner, &request.tenant, &request.component, &request.origin).await?;
     inner.visiting.arrive(&request.tenant, &request.job, &request.origin);
     let log = JobLog::new(None, inner.config.echo_logs)

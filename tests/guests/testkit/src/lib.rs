@@ -1221,3 +1221,12 @@ fn read_more_than_memory(mib: u64) -> fabric::Result<(String, String)> {
     };
     Ok((whole, sliced))
 }
+
+/// Runs `n` tasks spread over the hosts labelled `key=value`, none allowed
+/// to run again (`retries(0)`); returns where each ran.
+#[fabric::task]
+fn spread_on_label(n: u32, key: String, value: String) -> fabric::Result<Vec<String>> {
+    let options = on_label(&key, &value).strategy(fabric::Strategy::Spread).retries(0);
+    let runs = (0..n).map(|_| where_am_i.remote_with(&options)).collect::<fabric::Result<Vec<_>>>()?;
+    fabric::get_all(&runs)
+}
