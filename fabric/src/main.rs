@@ -65,8 +65,9 @@ enum Command {
         /// removed, or interrupted).
         #[arg(long, short)]
         follow: bool,
-        /// Show a deployment's log instead (its instances' output and failed
-        /// requests): the last MiB of each host's, under a line naming it.
+        /// Show a deployment's log instead (a wasi:http deployment's instances'
+        /// output and failed requests): the last MiB of each host's, under a
+        /// line naming it.
         #[arg(long, conflicts_with = "job")]
         deployment: Option<String>,
     },

@@ -228,13 +228,13 @@ pub mod __private {
     /// The objects the result names are declared: they live until the job
     /// ends, since the result goes where the host cannot count them.
     pub fn encode_result<T: Serialize>(value: &T, encoding: Encoding) -> Result<Vec<u8>> {
-        let (encoded, named) = crate::object::naming(|| match encoding {
-            Encoding::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
-            Encoding::Binary => postcard::to_stdvec(value).map_err(|e| e.to_string()),
-        });
-        let encoded = encoded.map_err(|e| Error::Internal(format!("cannot encode the result: {e}")))?;
-        crate::object::declare(&named);
-        Ok(encoded)
+        declaring(|| {
+            match encoding {
+                Encoding::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
+                Encoding::Binary => postcard::to_stdvec(value).map_err(|e| e.to_string()),
+            }
+            .map_err(|e| Error::Internal(format!("cannot encode the result: {e}")))
+        })
     }
 
     /// Submits a registered task of this (or another) component.
@@ -268,10 +268,9 @@ pub mod __private {
     /// What the state names lives until the job ends (the snapshot may
     /// restart the actor).
     pub fn snapshot_state<S: Serialize>(state: &S) -> Result<Vec<u8>> {
-        let (encoded, named) = crate::object::naming(|| postcard::to_stdvec(state));
-        let encoded = encoded.map_err(|e| Error::Internal(format!("cannot encode the actor's state: {e}")))?;
-        crate::object::declare(&named);
-        Ok(encoded)
+        declaring(|| {
+            postcard::to_stdvec(state).map_err(|e| Error::Internal(format!("cannot encode the actor's state: {e}")))
+        })
     }
 
     /// Runs a custom snapshot and declares what its encoding names (as

@@ -1,7 +1,8 @@
 //! Graceful shutdown: a host that is told to stop first drains.
 //!
-//! Draining, a host has already left the cluster (no peer places new work
-//! on it), refuses new jobs, stops accepting HTTP connections and closes
+//! Draining, a host stays a member marked `draining` (no peer places new
+//! work on it; it keeps its named actors until it leaves), refuses new jobs
+//! and peers' new tasks, stops accepting HTTP connections and closes
 //! its kept-alive ones after their current request, while what is under way
 //! (its own jobs, tasks peers sent it, HTTP requests being answered) runs to
 //! its end, up to a deadline (`fabric up/host --drain-timeout`). What is

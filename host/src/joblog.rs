@@ -115,17 +115,14 @@ impl JobLog {
         if inner.echo {
             let _ = std::io::stderr().write_all(bytes);
         }
-        if inner.memory.len() + bytes.len() <= MEMORY_LIMIT {
-            inner.memory.extend_from_slice(bytes);
-            inner.written += bytes.len() as u64;
-        } else if inner.ring {
-            // Drop the oldest quarter at a time, so appends stay cheap.
+        if inner.ring || inner.memory.len() + bytes.len() <= MEMORY_LIMIT {
             inner.memory.extend_from_slice(bytes);
             inner.written += bytes.len() as u64;
             if inner.memory.len() > MEMORY_LIMIT {
+                // A ring: drop the oldest quarter at a time, so appends stay
+                // cheap.
                 let cut = inner.memory.len() - MEMORY_LIMIT / 4 * 3;
                 inner.memory.drain(..cut);
-                inner.truncated = true;
             }
         } else {
             inner.truncated = true;
@@ -153,7 +150,7 @@ fn snapshot(inner: &Inner) -> Vec<u8> {
         }
     }
     let mut out = inner.memory.clone();
-    if inner.truncated && !inner.ring {
+    if inner.truncated {
         out.extend_from_slice(b"\n[fabric: log truncated in memory]\n");
     }
     out

@@ -851,9 +851,4 @@ impl Host {
         // Give idle instances' memory back now rather than at exit.
         self.0.instances.clear();
     }
-
-    /// Whether the host is draining (shutting down).
-    pub fn draining(&self) -> bool {
-        self.0.drain.is_draining()
-    }
 }

@@ -236,6 +236,9 @@ impl TaskState {
     pub fn attach(&mut self, task: TaskContext, memory_bytes: u64, cpu: Duration) {
         self.stdout.attach(task.job.log.clone());
         self.stderr.attach(task.job.log.clone());
+        // The guest's references count in this task's store and tenant (an
+        // actor's calls keep the same, so its references stay).
+        self.holds.bind(&task.host.objects, &task.job.tenant);
         self.task = Some(task);
         self.set_limits(memory_bytes, cpu);
     }

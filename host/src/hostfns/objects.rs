@@ -50,6 +50,33 @@ impl TaskState {
         }
         self.waiting(|host, tenant, job| async move { transfer::bytes(&host, &tenant, &job, id).await }).await
     }
+
+    /// The guest's references (counted in its task's store and tenant,
+    /// bound when the task was attached).
+    pub(crate) fn holds(&mut self) -> Result<&mut Holds, FabricError> {
+        self.task()?;
+        Ok(&mut self.holds)
+    }
+
+    /// Hands the guest a new object, whose one reference the store counted
+    /// for it.
+    pub(crate) fn adopt(&mut self, id: ObjectId) -> Result<WitObjectId, FabricError> {
+        self.holds()?.adopt(id);
+        Ok(id.into())
+    }
+
+    /// A read of `len` bytes must fit the task's memory: checked before
+    /// the host reads them (from disk, for a spilled object) for nothing.
+    fn fits_in_guest(&self, len: u64) -> Result<(), FabricError> {
+        let cap = self.cap.memory_bytes;
+        if len > cap {
+            return Err(FabricError::new(
+                fabric_proto::ErrorKind::ResourceLimit,
+                format!("a read of {len} bytes does not fit the task's memory limit of {cap} bytes"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Redefines `objects.get` to lower the stored bytes straight into guest
@@ -67,41 +94,6 @@ pub(crate) fn add_zero_copy_get(linker: &mut Linker<TaskState>) -> wasmtime::Res
     })?;
     linker.allow_shadowing(false);
     Ok(())
-}
-
-impl TaskState {
-    /// The guest's references, counted in its task's store and tenant.
-    pub(crate) fn holds(&mut self) -> Result<&mut Holds, FabricError> {
-        let task = self.task.as_ref().ok_or_else(idle)?;
-        self.holds.bind(&task.host.objects, &task.job.tenant);
-        Ok(&mut self.holds)
-    }
-
-    /// Hands the guest a new object, whose one reference the store counted
-    /// for it.
-    pub(crate) fn adopt(&mut self, id: ObjectId) -> Result<WitObjectId, FabricError> {
-        self.holds()?.adopt(id);
-        Ok(id.into())
-    }
-}
-
-impl TaskState {
-    /// A read of `len` bytes must fit the task's memory: checked before
-    /// the host reads them (from disk, for a spilled object) for nothing.
-    fn fits_in_guest(&self, len: u64) -> Result<(), FabricError> {
-        let cap = self.cap.memory_bytes;
-        if len > cap {
-            return Err(FabricError::new(
-                fabric_proto::ErrorKind::ResourceLimit,
-                format!("a read of {len} bytes does not fit the task's memory limit of {cap} bytes"),
-            ));
-        }
-        Ok(())
-    }
-}
-
-fn idle() -> FabricError {
-    FabricError::new(fabric_proto::ErrorKind::Internal, "host call from an idle instance")
 }
 
 impl Host for TaskState {

@@ -71,14 +71,16 @@ impl Holds {
 
     /// One more reference to `id` (the guest cloned or decoded one).
     pub fn retain(&mut self, id: ObjectId) -> Result<(), FabricError> {
-        if !self.counts.contains_key(&id) {
-            self.check_room(1)?;
-            let counted = self.store_retain(id);
-            self.counts.insert(id, (0, counted));
-        }
-        if let Some((count, _)) = self.counts.get_mut(&id) {
-            *count = count.saturating_add(1);
-        }
+        let room = self.check_room(1);
+        let (count, _) = match self.counts.entry(id) {
+            std::collections::hash_map::Entry::Occupied(held) => held.into_mut(),
+            std::collections::hash_map::Entry::Vacant(new) => {
+                room?;
+                let counted = self.store.as_ref().is_some_and(|(store, tenant)| store.retain(tenant, id));
+                new.insert((0, counted))
+            }
+        };
+        *count = count.saturating_add(1);
         Ok(())
     }
 
@@ -117,11 +119,7 @@ impl Holds {
     /// Declared references no call took: the value went where this host
     /// cannot count, so the objects live until their job ends.
     pub fn settle_declared(&mut self) {
-        let declared = std::mem::take(&mut self.declared);
-        if let Some((store, tenant)) = &self.store {
-            store.escape(tenant, &declared);
-            store.release(tenant, &declared);
-        }
+        self.take_declared().settle();
     }
 
     /// Lets every reference go (the task ended).
@@ -129,16 +127,6 @@ impl Holds {
         self.settle_declared();
         let held: Vec<ObjectId> = self.counts.drain().filter(|(_, (_, counted))| *counted).map(|(id, _)| id).collect();
         self.store_release(&held);
-    }
-
-    /// How many objects are held.
-    pub fn len(&self) -> usize {
-        self.counts.len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
     }
 
     /// Whether the store counted a reference to `id` for us.

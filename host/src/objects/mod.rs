@@ -498,6 +498,15 @@ impl Inner {
         }
     }
 
+    /// Marks `ids` as gone where this host cannot count them.
+    fn mark_escaped(&mut self, tenant: &str, ids: &[ObjectId]) {
+        for id in ids {
+            if let Some(refs) = self.refs_mut(tenant, *id) {
+                refs.escaped = true;
+            }
+        }
+    }
+
     /// The reference counts of `tenant`'s object `id`, if this host counts it.
     fn refs_mut(&mut self, tenant: &str, id: ObjectId) -> Option<&mut Refs> {
         self.refs.get_mut(tenant).and_then(|counted| counted.get_mut(&id))
@@ -539,7 +548,7 @@ impl Inner {
 }
 
 /// Objects other hosts keep that this host's store has news for.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Elsewhere {
     /// No longer needed here.
     pub released: Vec<(Arc<str>, ObjectId)>,
@@ -707,22 +716,18 @@ impl ObjectStore {
     /// Notes that `ids` went to another host, which this host cannot
     /// count: they live until their job ends.
     pub fn escape(&self, tenant: &str, ids: &[ObjectId]) {
-        let mut inner = self.lock();
-        for id in ids {
-            if let Some(refs) = inner.refs_mut(tenant, *id) {
-                refs.escaped = true;
-            }
-        }
+        self.lock().mark_escaped(tenant, ids);
     }
 
     /// Notes that object `id`'s value went to another host: what it names
     /// lives until its job ends.
     pub fn escape_contents(&self, tenant: &str, id: ObjectId) {
-        let contains = match self.lock().refs_mut(tenant, id) {
+        let mut inner = self.lock();
+        let contains = match inner.refs_mut(tenant, id) {
             Some(refs) if !refs.contains.is_empty() => refs.contains.clone(),
             _ => return,
         };
-        self.escape(tenant, &contains);
+        inner.mark_escaped(tenant, &contains);
     }
 
     /// Waits for, then takes, the objects other hosts keep for results
@@ -769,7 +774,8 @@ impl ObjectStore {
     }
 
     /// References counted here to `tenant`'s object `id`, and whether its
-    /// id went to another host (for tests and listings).
+    /// id went to another host.
+    #[cfg(test)]
     pub fn references(&self, tenant: &str, id: ObjectId) -> Option<(u32, bool)> {
         self.lock().refs_mut(tenant, id).map(|refs| (refs.count, refs.escaped))
     }

@@ -632,22 +632,13 @@ pub(crate) fn release_elsewhere(host: &Arc<HostInner>) {
                 // A holder that left took its objects with it.
                 let Some(addr) = host.cluster.addr_of(&holder) else { continue };
                 let request = Request::PeerRelease { tenant: tenant.to_string(), ids };
-                tell(&host, addr, request);
+                crate::remote::tell(&host, addr, request, "to release objects");
             }
             for (tenant, id) in news.pinned {
                 let Some(addr) = host.cluster.addr_of(&id.holder()) else { continue };
-                tell(&host, addr, Request::PeerPin { tenant: tenant.to_string(), id: id.into(), pin: true });
+                let request = Request::PeerPin { tenant: tenant.to_string(), id: id.into(), pin: true };
+                crate::remote::tell(&host, addr, request, "to pin an object");
             }
-        }
-    });
-}
-
-/// Sends `request` to the peer at `addr` on its own task, logging a failure.
-fn tell(host: &Arc<HostInner>, addr: String, request: Request) {
-    let host = host.clone();
-    tokio::spawn(async move {
-        if let Err(e) = host.peers.ask(&addr, &request).await {
-            tracing::warn!("cannot tell {addr} about objects it keeps: {}", e.into_error());
         }
     });
 }

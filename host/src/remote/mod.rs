@@ -408,14 +408,20 @@ pub(crate) fn job_ended(host: &Arc<HostInner>, job: &Job) {
 fn tell_ended(host: &Arc<HostInner>, tenant: &str, job: &str, peers: Vec<String>) {
     let me = host.local_addr();
     for addr in peers.into_iter().filter(|addr| *addr != me) {
-        let host = host.clone();
         let request = Request::PeerJobEnded { tenant: tenant.to_string(), job: job.to_string() };
-        tokio::spawn(async move {
-            if let Err(e) = host.peers.ask(&addr, &request).await {
-                tracing::warn!("cannot tell {addr} that a job ended: {}", e.into_error());
-            }
-        });
+        tell(host, addr, request, "that a job ended");
     }
+}
+
+/// Sends `request` to the peer at `addr` on its own task; a failure is
+/// logged as "cannot tell ADDR `what`".
+pub(crate) fn tell(host: &Arc<HostInner>, addr: String, request: Request, what: &'static str) {
+    let host = host.clone();
+    tokio::spawn(async move {
+        if let Err(e) = host.peers.ask(&addr, &request).await {
+            tracing::warn!("cannot tell {addr} {what}: {}", e.into_error());
+        }
+    });
 }
 
 /// A visiting job ended (its host said so): its actors and objects here go,
