@@ -55,11 +55,95 @@ fn results_and_objects_stay_where_they_were_made_and_are_read_from_anywhere() {
     let pulled = store_of(&stores(&a, "default"), &a)["pulled_bytes"].as_u64().unwrap() - pulled_before;
     assert!(pulled < 1 << 20, "five 1000-byte slices pulled {pulled} bytes");
 
+    // A value archived with rkyv on a, naming another archived value and
+    // objects, is read in place on b, which follows what it names back to a.
+    let v = result_of(&a, "archived_catalog", r#"{"entries": 5000, "key": "role", "value": "maker"}"#);
+    assert_catalog(&v, 5000, &b.id());
+
+    // A native program reads an archived value in place: 12 MB of scores
+    // pinned on a, fetched through b in several ranges, then the catalog it
+    // names fetched from a by the id read out of the first.
+    let id = result_of(&a, "pinned_catalog", r#"{"entries": 3000000}"#);
+    let id = id.as_str().expect("an object id");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let outer = fetched(&b, id, dir.path());
+    let catalog = rkyv::access::<ArchivedCatalog, rkyv::rancor::Error>(&outer).expect("an archived catalog");
+    assert_eq!((catalog.name.as_str(), catalog.scores.len(), catalog.bytes.len.to_native()), ("outer", 3000000, 1000));
+    assert!(catalog.scores.iter().enumerate().all(|(i, s)| s.to_native() as usize == i), "scores 0, 1, 2, ...");
+    let inner_id = catalog.part.as_ref().expect("an inner catalog").hex();
+    let inner = fetched(&a, &inner_id, dir.path());
+    let inner = rkyv::access::<ArchivedCatalog, rkyv::rancor::Error>(&inner).expect("an archived catalog");
+    assert_eq!((inner.name.as_str(), inner.scores.as_slice()), ("inner", &[7.into(), 7.into(), 7.into()][..]));
+    // Another tenant's, a malformed and an unpinned id are clear errors.
+    let path = dir.path().join("refused").to_string_lossy().into_owned();
+    let other = b.fabric(&["--tenant", "other", "get", id, "--out", &path]);
+    assert!(other.code != 0 && other.stderr.contains("no object"), "{other:?}");
+    let malformed = b.fabric(&["get", "xyz", "--out", &path]);
+    assert!(malformed.code != 0 && malformed.stderr.contains("`xyz` is not an object id"), "{malformed:?}");
+    assert_eq!(a.fabric(&["unpin", id]).code, 0);
+    let freed = b.fabric(&["get", &inner_id, "--out", &path]);
+    assert!(freed.code != 0 && freed.stderr.contains("freed"), "{freed:?}");
+
     // The jobs ended: what they left on b and the copies on a are freed.
     eventually(SETTLE, "the ended jobs' objects to be freed on every host", || {
         let stores = stores(&a, "default");
         stores.iter().all(|s| s["jobs"].as_array().is_some_and(|j| j.is_empty())).then_some(())
     });
+}
+
+/// The guest's `Catalog` as a native program declares it to read one in
+/// place: a reference archives as its id (and an array's length).
+#[derive(rkyv::Archive)]
+#[allow(dead_code)] // only its archived form is read
+struct Catalog {
+    name: String,
+    scores: Vec<u32>,
+    note: Id,
+    bytes: Array,
+    part: Option<Id>,
+}
+
+#[derive(rkyv::Archive)]
+#[allow(dead_code)] // only its archived form is read
+struct Id {
+    hi: u64,
+    lo: u64,
+}
+
+#[derive(rkyv::Archive)]
+#[allow(dead_code)] // only its archived form is read
+struct Array {
+    id: Id,
+    len: u64,
+}
+
+impl ArchivedId {
+    fn hex(&self) -> String {
+        format!("{:016x}{:016x}", self.hi.to_native(), self.lo.to_native())
+    }
+}
+
+/// Object `id`'s bytes fetched with `fabric get` through `host`, in an
+/// aligned buffer.
+fn fetched(host: &Up, id: &str, dir: &std::path::Path) -> rkyv::util::AlignedVec {
+    let path = dir.join(id);
+    let out = host.fabric(&["get", id, "--out", &path.to_string_lossy()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut bytes = rkyv::util::AlignedVec::new();
+    bytes.extend_from_slice(&std::fs::read(&path).expect("the fetched object"));
+    bytes
+}
+
+/// Checks `archived_catalog`'s answer: what the reader on `host` found in
+/// place, and the value decoded where it was made.
+fn assert_catalog(v: &Value, entries: u64, host: &str) {
+    let sum = entries * (entries - 1) / 2;
+    let read = serde_json::json!({
+        "name": "outer", "scores": entries, "sum": sum, "note": "outer note", "bytes": 1000,
+        "part": "inner", "part_note": "inner note", "host": host,
+    });
+    assert_eq!(v[0], read, "{v}");
+    assert_eq!(v[1], serde_json::json!(["outer", sum, 3]), "{v}");
 }
 
 #[test]
@@ -308,6 +392,30 @@ fn an_object_is_freed_when_its_last_reference_drops() {
     let v = result_of(&up, "read_freed", "{}");
     assert!(v.as_str().unwrap().starts_with("NotFound") && v.as_str().unwrap().contains("freed"), "{v}");
     // Nothing is left behind.
+    let store = only_store(&up);
+    assert_eq!((&store["jobs"], store["memory_bytes"].as_u64()), (&serde_json::json!([]), Some(0)), "{store}");
+}
+
+#[test]
+fn archived_values_are_read_in_place_keep_what_they_name_and_reject_other_bytes() {
+    // As above: 6 MiB per tenant, 40 objects of 4 MiB in turn.
+    let up = Up::start_with(&["--max-tenant-object-mib", "6"]);
+    let v = result_of(&up, "archived_catalog", r#"{"entries": 100000}"#);
+    assert_catalog(&v, 100000, &up.id());
+    // Each array is named only by a small archived value: it lives while
+    // that value does (the task dropped its own reference), then both go.
+    assert_eq!(result_of(&up, "churn_archived", r#"{"rounds": 40, "mib": 4}"#), 40 * (4 << 20));
+    // Bytes that are not an archived catalog are an error, not a crash.
+    let v = result_of(&up, "archived_wrong_type", "{}");
+    let errors = v.as_array().expect("one error per object");
+    assert_eq!(errors.len(), 3, "{v}");
+    for error in errors {
+        let error = error.as_str().unwrap_or_default();
+        assert!(
+            error.starts_with("InvalidArgument") && error.contains("is not an archived value of the expected type"),
+            "{error}"
+        );
+    }
     let store = only_store(&up);
     assert_eq!((&store["jobs"], store["memory_bytes"].as_u64()), (&serde_json::json!([]), Some(0)), "{store}");
 }

@@ -11,6 +11,9 @@ use std::path::Path;
 /// The address `fabric up` listens on by default.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7480";
 
+/// Bytes of an object asked for in one request by [`Client::get_object`].
+const OBJECT_RANGE: u64 = 8 << 20;
+
 /// The file in which `fabric up` records the address it listens on.
 pub fn addr_file(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("host.addr")
@@ -261,6 +264,39 @@ impl Client {
         match self.call(&Request::Unpin { tenant: self.tenant.clone(), id: id.to_string() }).await? {
             Response::Done => Ok(()),
             other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// Writes object `id`'s bytes to `out`, waiting until it is ready,
+    /// wherever in the cluster it is kept; returns how many there were.
+    /// The bytes come range by range, each checked against its checksum.
+    pub async fn get_object(&self, id: &str, out: &mut impl std::io::Write) -> anyhow::Result<u64> {
+        let (mut offset, mut total) = (0, None);
+        loop {
+            // The first answer says the size; later ranges ask only for what is left.
+            let len = total.map_or(OBJECT_RANGE, |total: u64| OBJECT_RANGE.min(total - offset));
+            let request = Request::ObjectRead { tenant: self.tenant.clone(), id: id.to_string(), offset, len };
+            let (mut send, mut recv) = self.open(&request).await?;
+            let _ = send.finish();
+            let (size, got, checksum) = match Self::next(&mut recv).await? {
+                Response::ObjectRange { total, offset: at, len, checksum } if at == offset => (total, len, checksum),
+                other => bail!("unexpected answer to an object read: {other:?}"),
+            };
+            if got > len || offset + got > size || (got == 0 && offset < size) || total.is_some_and(|t| t != size) {
+                bail!("the host answered {got} bytes at {offset} of a {size}-byte object");
+            }
+            total = Some(size);
+            let len = got;
+            let mut chunk = vec![0; len as usize];
+            recv.read_exact(&mut chunk).await.context("reading the object's bytes")?;
+            if xxhash_rust::xxh3::xxh3_64(&chunk) != checksum {
+                bail!("{len} bytes of object {id} at {offset} arrived corrupted (checksum mismatch)");
+            }
+            out.write_all(&chunk).context("writing the object's bytes")?;
+            offset += len;
+            if offset >= size {
+                return Ok(size);
+            }
         }
     }
 

@@ -6,12 +6,12 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fabric::client::{addr_file, http_addr_file, resolve_addr, Client, HostError, SubmitEvent, Submitted};
 use fabric::output::{error_json, job_json, job_line, result_text};
 use fabric_host::{Host, HostConfig, JobRecord, JobState, SubmitRequest, TaskLimits};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -88,6 +88,17 @@ enum Command {
     Unpin {
         /// The object's id (32 hex digits).
         id: String,
+    },
+    /// Write an object's bytes (32 hex digits of id) to a file or stdout,
+    /// waiting until it is ready; any host reads any host's object. An
+    /// object outlives its job only if pinned.
+    Get {
+        /// The object's id (32 hex digits).
+        id: String,
+        /// Where to write the bytes (`-`: stdout, the default unless it is
+        /// a terminal).
+        #[arg(long, short = 'o')]
+        out: Option<PathBuf>,
     },
     /// Call or kill a named actor.
     Actor {
@@ -703,6 +714,24 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
         Command::Unpin { id } => {
             client.unpin(&id).await?;
             println!("unpinned {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { id, out } => {
+            let bytes = match out.as_deref() {
+                Some(path) if path != Path::new("-") => {
+                    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+                    let mut file = std::io::BufWriter::new(file);
+                    let bytes = client.get_object(&id, &mut file).await?;
+                    file.flush().with_context(|| format!("writing {}", path.display()))?;
+                    bytes
+                }
+                Some(_) => client.get_object(&id, &mut std::io::stdout().lock()).await?,
+                None if std::io::stdout().is_terminal() => {
+                    bail!("object {id} is raw bytes: pass --out FILE (or --out - to write them to the terminal)")
+                }
+                None => client.get_object(&id, &mut std::io::stdout().lock()).await?,
+            };
+            eprintln!("{bytes} bytes of object {id}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Actor { command: ActorCommand::Call { name, method, args } } => {

@@ -23,6 +23,8 @@
 //!   ends.
 //! - [`ArrayRef`] stores a slice of numbers as raw little-endian bytes, so a
 //!   task can read a sub-range without copying the whole array in.
+//! - [`put_archived`] stores a value archived with rkyv; [`ArchivedRef::get`]
+//!   checks it once and reads its fields in place, without decoding it.
 //! - Arguments from the command line or HTTP are JSON; between tasks they use
 //!   postcard, a compact binary encoding.
 #![warn(missing_docs)]
@@ -37,15 +39,22 @@ mod bindings {
 }
 
 mod actor;
+mod archived;
 mod error;
 mod object;
 
 pub use actor::{ActorBuilder, ActorHandle, ActorId};
+pub use archived::{put_archived, Archivable, ArchivedArchivedRef, ArchivedRef, ArchivedValue};
 pub use error::{Error, Result};
 pub use fabric_sdk_macros::{actor, task};
 pub use object::{
-    get_all, put, put_array, put_bytes, wait, ArrayRef, Element, ObjectId, ObjectRef, ObjectWriter, ReadyAndPending,
+    get_all, put, put_array, put_bytes, wait, ArchivedArrayRef, ArchivedObjectId, ArchivedObjectRef, ArrayRef, Element,
+    ObjectId, ObjectRef, ObjectWriter, ReadyAndPending,
 };
+/// The rkyv version values for [`put_archived`] derive with:
+/// `#[derive(fabric::rkyv::Archive, fabric::rkyv::Serialize, fabric::rkyv::Deserialize)]`
+/// and `#[rkyv(crate = fabric::rkyv)]`.
+pub use rkyv;
 
 use bindings::fabric::core::{log as wit_log, tasks as wit_tasks};
 use std::time::Duration;

@@ -7,7 +7,10 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 /// The id of an object: 128 bits, unique across a cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
 pub struct ObjectId {
     /// High 64 bits.
     pub hi: u64,
@@ -24,6 +27,12 @@ impl From<WitObjectId> for ObjectId {
 impl From<ObjectId> for WitObjectId {
     fn from(id: ObjectId) -> Self {
         WitObjectId { hi: id.hi, lo: id.lo }
+    }
+}
+
+impl From<&ArchivedObjectId> for ObjectId {
+    fn from(id: &ArchivedObjectId) -> Self {
+        ObjectId { hi: id.hi.to_native(), lo: id.lo.to_native() }
     }
 }
 
@@ -96,11 +105,7 @@ impl Drop for Handle {
 
 impl Serialize for Handle {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        NAMED.with(|named| {
-            if let Some(named) = named.borrow_mut().as_mut() {
-                named.push(self.id);
-            }
-        });
+        record_named(self.id);
         self.id.serialize(serializer)
     }
 }
@@ -109,6 +114,39 @@ impl<'de> Deserialize<'de> for Handle {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         ObjectId::deserialize(deserializer).map(Handle::retain)
     }
+}
+
+// In an rkyv archive a reference is its id, recorded and counted as in the
+// serde encoding above, so archived values keep what they name alive too.
+impl rkyv::Archive for Handle {
+    type Archived = ArchivedObjectId;
+    type Resolver = <ObjectId as rkyv::Archive>::Resolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        self.id.resolve(resolver, out);
+    }
+}
+
+impl<S: rkyv::rancor::Fallible + ?Sized> rkyv::Serialize<S> for Handle {
+    fn serialize(&self, serializer: &mut S) -> std::result::Result<Self::Resolver, S::Error> {
+        record_named(self.id);
+        rkyv::Serialize::serialize(&self.id, serializer)
+    }
+}
+
+impl<D: rkyv::rancor::Fallible + ?Sized> rkyv::Deserialize<Handle, D> for ArchivedObjectId {
+    fn deserialize(&self, _: &mut D) -> std::result::Result<Handle, D::Error> {
+        Ok(Handle::retain(self.into()))
+    }
+}
+
+/// Notes that the value being encoded names `id`.
+fn record_named(id: ObjectId) {
+    NAMED.with(|named| {
+        if let Some(named) = named.borrow_mut().as_mut() {
+            named.push(id);
+        }
+    });
 }
 
 /// Runs `encode` and returns what it gave with the objects the encoded
@@ -148,8 +186,9 @@ pub(crate) fn encode_declared<T: Serialize + ?Sized>(value: &T) -> std::result::
 /// It serializes as its id, so it can be passed to tasks and stored in objects.
 /// The object lives while any reference to it does (here, in a pending
 /// task's arguments, or inside another object), and at most until its job
-/// ends.
-#[derive(Serialize, Deserialize)]
+/// ends. It archives with rkyv as its id too ([`ArchivedObjectRef`]), so a
+/// value stored with [`put_archived`](crate::put_archived) can name objects.
+#[derive(Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[serde(transparent)]
 pub struct ObjectRef<T> {
     handle: Handle,
@@ -195,6 +234,17 @@ impl<T> ObjectRef<T> {
     /// [`ObjectRef::from_id`]. Waits until it is ready.
     pub fn pin(&self) -> Result<()> {
         Ok(objects::pin(self.id().into())?)
+    }
+}
+
+impl<T> ArchivedObjectRef<T> {
+    /// The object's id, read in place.
+    pub fn id(&self) -> ObjectId {
+        (&self.handle).into()
+    }
+    /// A counted reference to the object, as decoding the value would give.
+    pub fn to_ref(&self) -> ObjectRef<T> {
+        ObjectRef::from_id(self.id())
     }
 }
 
@@ -260,8 +310,9 @@ macro_rules! element {
 element!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
 
 /// A reference to an array of numbers stored raw, so a task can read any
-/// sub-range without the rest crossing into its memory.
-#[derive(Serialize, Deserialize)]
+/// sub-range without the rest crossing into its memory. It archives with
+/// rkyv too ([`ArchivedArrayRef`]).
+#[derive(Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ArrayRef<T> {
     #[serde(rename = "id")]
     handle: Handle,
@@ -357,6 +408,25 @@ impl Default for ObjectWriter {
 impl<T> ArrayRef<T> {
     pub(crate) fn from_parts(id: ObjectId, len: u64) -> Self {
         ArrayRef { handle: Handle::retain(id), len, _type: PhantomData }
+    }
+}
+
+impl<T> ArchivedArrayRef<T> {
+    /// The array's id, read in place.
+    pub fn id(&self) -> ObjectId {
+        (&self.handle).into()
+    }
+    /// Number of elements, read in place.
+    pub fn len(&self) -> u64 {
+        self.len.to_native()
+    }
+    /// Whether the array is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// A counted reference to the array, as decoding the value would give.
+    pub fn to_ref(&self) -> ArrayRef<T> {
+        ArrayRef::from_parts(self.id(), self.len())
     }
 }
 

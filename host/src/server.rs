@@ -221,6 +221,9 @@ async fn respond(
             crate::objects::transfer::set_pinned(&host.0, &tenant.into(), id, false, true).await?;
             reply(send, &Response::Done).await
         }
+        Request::ObjectRead { tenant, id, offset, len } => {
+            crate::objects::transfer::serve_client_read(&host.0, &tenant, &id, offset, len, send).await
+        }
         Request::PeerJobEnded { tenant, job } => {
             crate::remote::visit_ended(&host.0, &tenant, &job);
             reply(send, &Response::Done).await

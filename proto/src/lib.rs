@@ -818,6 +818,21 @@ mod messages {
             /// Its id (32 hex digits).
             id: String,
         },
+        /// Up to `len` bytes of an object from `offset` (fewer at its end,
+        /// and at most a host's range limit), waiting until it is ready,
+        /// wherever in the cluster it is kept. Answered with
+        /// [`Response::ObjectRange`] and the raw bytes, or the error the
+        /// object holds.
+        ObjectRead {
+            /// Whose object.
+            tenant: String,
+            /// Its id (32 hex digits).
+            id: String,
+            /// First byte.
+            offset: u64,
+            /// Bytes wanted.
+            len: u64,
+        },
     }
 
     /// A host's response frames.

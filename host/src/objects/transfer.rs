@@ -199,19 +199,71 @@ pub async fn read(
     offset: u64,
     len: u64,
 ) -> Result<Vec<u8>, FabricError> {
+    read_at(host, tenant, id, offset, len, false).await.map(|(data, _)| Vec::from(data))
+}
+
+/// [`read`] without copying a local range, with the object's whole size;
+/// `up_to`: a range past the end gives what there is (as a peer does).
+async fn read_at(
+    host: &Arc<HostInner>,
+    tenant: &str,
+    id: ObjectId,
+    offset: u64,
+    len: u64,
+    up_to: bool,
+) -> Result<(bytes::Bytes, u64), FabricError> {
     let mut at = id;
     if let Some(cell) = host.objects.lookup(tenant, id) {
         match cell.ready().await.clone()? {
             Value::Here(local) => {
+                let len = if up_to { len.min(local.len().saturating_sub(offset)) } else { len };
                 let range = range_of(local.len(), offset, len)?;
-                return host.objects.slice(&local, range).await.map(Vec::from);
+                return Ok((host.objects.slice(&local, range).await?, local.len()));
             }
             Value::Elsewhere { id: held, .. } => at = held,
         }
     } else if host.objects.minted_here(id) {
         return Err(host.objects.missing(tenant, id));
     }
-    pull(host, tenant, at, offset, Some(len)).await.map(|(data, _)| data)
+    let len = if up_to {
+        // The size first (a round trip without bytes): a peer's range
+        // must lie within the object.
+        let (_, total) = pull(host, tenant, at, 0, Some(0)).await?;
+        len.min(total.saturating_sub(offset))
+    } else {
+        len
+    };
+    pull(host, tenant, at, offset, Some(len)).await.map(|(data, total)| (data.into(), total))
+}
+
+/// The most a client's [`Request::ObjectRead`] gets in one answer: a
+/// larger object comes in several.
+pub const CLIENT_RANGE: u64 = 8 << 20;
+
+/// Serves [`Request::ObjectRead`]: a client's read of up to
+/// [`CLIENT_RANGE`] bytes of object `id` from `offset`, waiting until it is
+/// ready, wherever in the cluster it is kept (another host's object is read
+/// from its holder range by range, leaving no copy here).
+pub async fn serve_client_read(
+    host: &Arc<HostInner>,
+    tenant: &str,
+    id: &str,
+    offset: u64,
+    len: u64,
+    send: &mut quinn::SendStream,
+) -> Result<(), FabricError> {
+    crate::validate_name("tenant", tenant)?;
+    let id = parse_id(id)?;
+    let len = len.min(CLIENT_RANGE);
+    let (chunk, total) = tokio::select! {
+        read = read_at(host, tenant, id, offset, len, true) => read?,
+        _ = send.stopped() => return Ok(()),
+    };
+    let len = chunk.len() as u64;
+    reply(send, &Response::ObjectRange { total, offset, len, checksum: xxh3_64(&chunk) }).await?;
+    send.write_chunk(chunk)
+        .await
+        .map_err(|e| FabricError::new(ErrorKind::Unavailable, format!("object stream failed: {e}")))
 }
 
 /// The slot to wait on for object `id`: its own, or for another host's

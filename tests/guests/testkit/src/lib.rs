@@ -1230,3 +1230,141 @@ fn spread_on_label(n: u32, key: String, value: String) -> fabric::Result<Vec<Str
     let runs = (0..n).map(|_| where_am_i.remote_with(&options)).collect::<fabric::Result<Vec<_>>>()?;
     fabric::get_all(&runs)
 }
+
+/// A record stored archived with rkyv: read in place, naming objects of
+/// every kind.
+#[derive(fabric::rkyv::Archive, fabric::rkyv::Serialize, fabric::rkyv::Deserialize)]
+#[rkyv(crate = fabric::rkyv)]
+struct Catalog {
+    name: String,
+    scores: Vec<u32>,
+    note: ObjectRef<String>,
+    bytes: fabric::ArrayRef<u8>,
+    part: Option<fabric::ArchivedRef<Catalog>>,
+}
+
+/// What [`read_catalog`] found, read in place.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CatalogSummary {
+    name: String,
+    scores: u64,
+    sum: u64,
+    note: String,
+    bytes: u64,
+    part: Option<String>,
+    part_note: Option<String>,
+    host: String,
+}
+
+/// Archives a catalog of `entries` scores naming an inner catalog, two
+/// objects and an array, drops every reference but the outer one's, and
+/// has a sub-task (on a host labelled `key=value`, when given) read it in
+/// place. Returns that task's summary and this one's of the decoded value.
+#[fabric::task]
+fn archived_catalog(
+    entries: u32,
+    key: Option<String>,
+    value: Option<String>,
+) -> fabric::Result<(CatalogSummary, (String, u64, usize))> {
+    let outer = put_catalog(entries)?;
+    let options = match (key, value) {
+        (Some(key), Some(value)) => on_label(&key, &value),
+        _ => fabric::TaskOptions::default(),
+    };
+    let summary = read_catalog.remote_with(&options, outer.clone())?.get()?;
+    let owned = outer.get_owned()?;
+    let part = owned.part.map(|p| p.get_owned()).transpose()?;
+    Ok((summary, (owned.name, owned.scores.iter().map(|s| u64::from(*s)).sum(), part.map_or(0, |p| p.scores.len()))))
+}
+
+/// Archives a catalog named "outer" of scores `0..entries`, naming an inner
+/// catalog, two notes and two byte arrays; only the returned reference is
+/// left.
+fn put_catalog(entries: u32) -> fabric::Result<fabric::ArchivedRef<Catalog>> {
+    let inner = fabric::put_archived(&Catalog {
+        name: "inner".into(),
+        scores: vec![7; 3],
+        note: fabric::put(&"inner note".to_string())?,
+        bytes: fabric::put_bytes(&[1, 2, 3])?,
+        part: None,
+    })?;
+    fabric::put_archived(&Catalog {
+        name: "outer".into(),
+        scores: (0..entries).collect(),
+        note: fabric::put(&"outer note".to_string())?,
+        bytes: fabric::put_bytes(&vec![9; 1000])?,
+        part: Some(inner),
+    })
+}
+
+/// [`put_catalog`], pinned: its id, for `fabric get`.
+#[fabric::task]
+fn pinned_catalog(entries: u32) -> fabric::Result<String> {
+    let catalog = put_catalog(entries)?;
+    catalog.pin()?;
+    Ok(catalog.id().to_string())
+}
+
+/// Reads an archived catalog in place and follows what it names.
+#[fabric::task]
+fn read_catalog(catalog: fabric::ArchivedRef<Catalog>) -> fabric::Result<CatalogSummary> {
+    let view = catalog.get()?;
+    let part = view.part.as_ref().map(|part| part.to_ref().get()).transpose()?;
+    Ok(CatalogSummary {
+        name: view.name.to_string(),
+        scores: view.scores.len() as u64,
+        sum: view.scores.iter().map(|s| u64::from(s.to_native())).sum(),
+        note: view.note.to_ref().get()?,
+        bytes: view.bytes.len(),
+        part: part.as_ref().map(|p| p.name.to_string()),
+        part_note: part.map(|p| p.note.to_ref().get()).transpose()?,
+        host: fabric::context().host,
+    })
+}
+
+/// Reads objects that are not archived catalogs as if they were: raw
+/// bytes, a postcard value, and an empty object. Returns each error.
+#[fabric::task]
+fn archived_wrong_type() -> fabric::Result<Vec<String>> {
+    let raw = fabric::put_bytes(b"certainly not an archive")?;
+    let postcard = fabric::put(&("a", 1u64, vec![2u32; 40]))?;
+    let empty = fabric::put_bytes(&[])?;
+    Ok([raw.id(), postcard.id(), empty.id()]
+        .into_iter()
+        .map(|id| match fabric::ArchivedRef::<Catalog>::from_id(id).get() {
+            Ok(view) => format!("read as a catalog named {:?}", view.name.as_str()),
+            Err(e) => format!("{}: {e}", kind(&e)),
+        })
+        .collect())
+}
+
+/// A small archived value naming a large array.
+#[derive(fabric::rkyv::Archive, fabric::rkyv::Serialize, fabric::rkyv::Deserialize)]
+#[rkyv(crate = fabric::rkyv)]
+struct Holder {
+    array: fabric::ArrayRef<u8>,
+    round: u64,
+}
+
+/// `churn`'s holder rounds with an archived holder: each `mib` MiB array
+/// lives while the archived value naming it does, then both go.
+#[fabric::task]
+fn churn_archived(rounds: u64, mib: u64) -> fabric::Result<u64> {
+    let mut read = 0;
+    for round in 0..rounds {
+        let big = fabric::put_bytes(&vec![round as u8; (mib << 20) as usize])?;
+        let holder = fabric::put_archived(&Holder { array: big.clone(), round })?;
+        drop(big);
+        let view = holder.get()?;
+        drop(holder);
+        // The read keeps the holder, so what it names, alive.
+        let inner = view.array.to_ref();
+        assert_eq!(view.round.to_native(), round);
+        // The holder goes; `inner` keeps the array.
+        drop(view);
+        let tail = inner.slice(inner.len() - 1..inner.len())?;
+        assert_eq!(tail[0], round as u8);
+        read += inner.len();
+    }
+    Ok(read)
+}

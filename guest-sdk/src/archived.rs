@@ -1,0 +1,217 @@
+//! Values archived with rkyv, read in place without decoding.
+//!
+//! [`put`](crate::put) encodes a value with postcard (serde) and every read
+//! decodes all of it. [`put_archived`] stores the value as an rkyv archive
+//! instead: a reader checks the bytes once (bytecheck, so a corrupt or
+//! hostile object is an error, never undefined behaviour) and then reads any
+//! field where it lies. A task that needs a few fields of a large record pays
+//! for one copy into its memory and one validation pass, not for decoding
+//! and allocating every string and vector in it.
+//!
+//! The store keeps every object 16-byte aligned and the archive format is the
+//! same on every target (rkyv's defaults: little-endian, aligned, 32-bit
+//! relative pointers), so what a wasm32 guest archived is read in place by
+//! another guest, by the host, and by native Rust programs built with the
+//! same type.
+//!
+//! Why a second kind of reference rather than rkyv everywhere: task
+//! arguments and results also travel as JSON (from the command line and
+//! HTTP), which serde gives every type for free; archived values are for
+//! data read more often, or more partially, than it is written.
+
+use crate::bindings::fabric::core::objects;
+use crate::object::{declare, naming, Handle, ObjectId};
+use crate::{Error, Result};
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
+use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
+
+/// A type [`put_archived`] can store and [`ArchivedRef::get`] can read in
+/// place: derive `rkyv::Archive`, `rkyv::Serialize` and `rkyv::Deserialize`
+/// (re-exported as [`fabric::rkyv`](crate::rkyv); add
+/// `#[rkyv(crate = fabric::rkyv)]`) and this is implemented for it.
+pub trait Archivable:
+    Sized
+    + rkyv::Archive<
+        Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+                      + rkyv::Deserialize<Self, HighDeserializer<rancor::Error>>,
+    > + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+{
+}
+
+impl<T> Archivable for T where
+    T: rkyv::Archive<
+            Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+                          + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+        > + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+{
+}
+
+/// The alignment rkyv's archives need at most (its `AlignedVec` default).
+const ARCHIVE_ALIGN: usize = 16;
+
+/// Stores `value` archived with rkyv and returns a reference to it. The
+/// references inside `value` keep their objects alive while it lives.
+pub fn put_archived<T: Archivable>(value: &T) -> Result<ArchivedRef<T>> {
+    let (bytes, named) = naming(|| rkyv::to_bytes::<rancor::Error>(value));
+    let bytes = bytes.map_err(|e| Error::InvalidArgument(format!("cannot archive the value: {e}")))?;
+    declare(&named);
+    Ok(ArchivedRef { handle: Handle::adopt(objects::put(&bytes)?.into()), _type: PhantomData })
+}
+
+/// A reference to an object holding a `T` archived with rkyv: [`get`] reads
+/// it in place. Counted like [`ObjectRef`](crate::ObjectRef), passed to
+/// tasks the same way, and archivable inside other archived values
+/// ([`ArchivedArchivedRef`]).
+///
+/// [`get`]: ArchivedRef::get
+#[derive(Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[serde(transparent)]
+pub struct ArchivedRef<T> {
+    handle: Handle,
+    #[serde(skip)]
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for ArchivedRef<T> {
+    fn clone(&self) -> Self {
+        ArchivedRef { handle: self.handle.clone(), _type: PhantomData }
+    }
+}
+
+impl<T> std::fmt::Debug for ArchivedRef<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ArchivedRef({})", self.id())
+    }
+}
+
+impl<T> ArchivedRef<T> {
+    /// A new reference from a raw id; the caller vouches for the type (a
+    /// wrong one is caught when the bytes are checked).
+    pub fn from_id(id: ObjectId) -> Self {
+        ArchivedRef { handle: Handle::retain(id), _type: PhantomData }
+    }
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.handle.id()
+    }
+    /// The archive's size in bytes, waiting until it is ready.
+    pub fn size(&self) -> Result<u64> {
+        Ok(objects::size(self.id().into())?)
+    }
+    /// Keeps the object (and what it names) after this job ends, until
+    /// `fabric unpin ID`. Waits until it is ready.
+    pub fn pin(&self) -> Result<()> {
+        Ok(objects::pin(self.id().into())?)
+    }
+}
+
+impl<T: Archivable> ArchivedRef<T> {
+    /// The archived value, waiting until it is ready: its bytes are copied
+    /// into this task once and checked, then read in place.
+    pub fn get(&self) -> Result<ArchivedValue<T>> {
+        let bytes = objects::get(self.id().into())?;
+        ArchivedValue::checked(bytes, Some(self.handle.clone())).map_err(|e| {
+            Error::InvalidArgument(format!("object {} is not an archived value of the expected type: {e}", self.id()))
+        })
+    }
+    /// The value decoded into its own type (what [`get`](Self::get) then
+    /// [`ArchivedValue::deserialize`] give).
+    pub fn get_owned(&self) -> Result<T> {
+        self.get()?.deserialize()
+    }
+}
+
+impl<T> ArchivedArchivedRef<T> {
+    /// The object's id, read in place.
+    pub fn id(&self) -> ObjectId {
+        (&self.handle).into()
+    }
+    /// A counted reference to the object, as decoding the value would give.
+    pub fn to_ref(&self) -> ArchivedRef<T> {
+        ArchivedRef::from_id(self.id())
+    }
+}
+
+/// Archived bytes that passed validation as a `T`: dereferences to
+/// `T::Archived`, whose fields are read where they lie. One read from the
+/// store holds a reference to its object, so the objects its archived
+/// references name (turned into counted ones with `to_ref`) live as long.
+pub struct ArchivedValue<T: Archivable> {
+    bytes: Bytes,
+    _object: Option<Handle>,
+    _type: PhantomData<fn() -> T>,
+}
+
+/// Where the bytes of an [`ArchivedValue`] live.
+enum Bytes {
+    /// As read: the allocator placed them aligned (the usual case).
+    Read(Vec<u8>),
+    /// Copied once into an aligned buffer, when they were not.
+    Aligned(AlignedVec<ARCHIVE_ALIGN>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Read(bytes) => bytes,
+            Bytes::Aligned(bytes) => bytes,
+        }
+    }
+}
+
+impl<T: Archivable> ArchivedValue<T> {
+    /// Checks `bytes` as an archived `T` (copying them only if their start
+    /// is not aligned for it).
+    pub fn check(bytes: Vec<u8>) -> std::result::Result<Self, rancor::Error> {
+        Self::checked(bytes, None)
+    }
+
+    /// [`check`](Self::check), holding a reference to the object read.
+    fn checked(bytes: Vec<u8>, object: Option<Handle>) -> std::result::Result<Self, rancor::Error> {
+        let bytes = if (bytes.as_ptr() as usize).is_multiple_of(ARCHIVE_ALIGN) {
+            Bytes::Read(bytes)
+        } else {
+            let mut aligned = AlignedVec::<ARCHIVE_ALIGN>::with_capacity(bytes.len());
+            aligned.extend_from_slice(&bytes);
+            Bytes::Aligned(aligned)
+        };
+        rkyv::access::<T::Archived, rancor::Error>(bytes.as_slice())?;
+        Ok(ArchivedValue { bytes, _object: object, _type: PhantomData })
+    }
+
+    /// The value decoded into its own type.
+    pub fn deserialize(&self) -> Result<T> {
+        rkyv::deserialize::<T, rancor::Error>(&**self)
+            .map_err(|e| Error::InvalidArgument(format!("cannot decode the archived value: {e}")))
+    }
+
+    /// The archive's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.as_slice()
+    }
+}
+
+impl<T: Archivable> std::ops::Deref for ArchivedValue<T> {
+    type Target = T::Archived;
+
+    fn deref(&self) -> &T::Archived {
+        // SAFETY: `check` validated these bytes as a `T::Archived` when the
+        // value was made, and they are never changed or moved since (a
+        // vector's heap buffer stays put when the vector moves).
+        unsafe { rkyv::access_unchecked::<T::Archived>(self.bytes.as_slice()) }
+    }
+}
+
+impl<T: Archivable> std::fmt::Debug for ArchivedValue<T>
+where
+    T::Archived: std::fmt::Debug,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
