@@ -200,6 +200,11 @@ fn core(report: &Report) -> anyhow::Result<()> {
         for (name, key) in [("put_1gib", "put_s"), ("get_1gib", "get_s")] {
             report.rate("core", name, "GB/s", bytes / best(key) / 1e9, Some((memcpy, "memcpy")), "(goal >= 0.8x)");
         }
+        // One field of a 100,000-row table: decoding the postcard value
+        // whole, against checking the rkyv archive and reading in place.
+        let typed = call("bench_typed_read", "[100000, 50]".into(), TaskLimits::default()).await?;
+        report.guest_timing("core", "typed_get_decode_100k", &typed[0], "(fabric::put, postcard)");
+        report.guest_timing("core", "typed_get_in_place_100k", &typed[1], "(fabric::put_archived, rkyv)");
         // Host-side reads hand out a view of the stored bytes: no copy, so
         // the time does not grow with the size.
         let tenant: std::sync::Arc<str> = "default".into();

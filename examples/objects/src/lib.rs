@@ -1,15 +1,26 @@
 //! Share one large array between many tasks by reference: the driver puts a
 //! 64 MiB array of f64 once, and each `process_slice` task reads only its own
-//! slice of it from the object store. On a cluster, with `"spread": true`,
-//! the tasks run on every host and those elsewhere pull just their slice
-//! from the driver's host.
+//! slice of it from the object store. The tasks find their slice in a
+//! manifest archived with rkyv, which each reads in place without decoding
+//! it. On a cluster, with `"spread": true`, the tasks run on every host and
+//! those elsewhere pull just their slice from the driver's host.
 //!
 //! ```text
 //! fabric submit examples/target/wasm32-wasip2/release/objects.wasm --args '{"slices": 64}'
 //! ```
 
-use fabric::ArrayRef;
+use fabric::{ArchivedRef, ArrayRef};
 use std::collections::BTreeMap;
+
+/// Which part of the data each task sums: archived, so a task reads its own
+/// entry in place. It names the array, which lives as long as it does.
+#[derive(fabric::rkyv::Archive, fabric::rkyv::Serialize, fabric::rkyv::Deserialize)]
+#[rkyv(crate = fabric::rkyv)]
+pub struct Manifest {
+    pub data: ArrayRef<f64>,
+    /// Element ranges, one per task.
+    pub slices: Vec<(u64, u64)>,
+}
 
 /// The reduced result: the slices' sums added up, and the sum expected.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -23,10 +34,16 @@ pub struct Summary {
     pub hosts: BTreeMap<String, u64>,
 }
 
-/// Sums elements `start..end` of the shared array; returns the sum and the
-/// host that computed it.
+/// Sums slice `index` of the manifest's array; returns the sum and the host
+/// that computed it.
 #[fabric::task]
-fn process_slice(data: ArrayRef<f64>, start: u64, end: u64) -> fabric::Result<(f64, String)> {
+fn process_slice(manifest: ArchivedRef<Manifest>, index: u64) -> fabric::Result<(f64, String)> {
+    let manifest = manifest.get()?;
+    let Some(slice) = usize::try_from(index).ok().and_then(|i| manifest.slices.get(i)) else {
+        return Err(fabric::Error::InvalidArgument(format!("the manifest has no slice {index}")));
+    };
+    let (start, end) = (slice.0.to_native(), slice.1.to_native());
+    let data = manifest.data.to_ref();
     Ok((data.slice(start..end)?.iter().sum(), fabric::context().host))
 }
 
@@ -41,16 +58,14 @@ fn main(mib: Option<u64>, slices: Option<u64>, spread: Option<bool>) -> fabric::
     let data = fabric::put_array(&values)?;
     drop(values);
     let per_slice = elements.div_ceil(slices);
+    let bounds = (0..slices).map(|i| ((i * per_slice).min(elements), ((i + 1) * per_slice).min(elements))).collect();
+    let manifest = fabric::put_archived(&Manifest { data, slices: bounds })?;
     let mut options = fabric::TaskOptions::default();
     if spread.unwrap_or(false) {
         options = options.strategy(fabric::Strategy::Spread);
     }
     let refs = (0..slices)
-        .map(|i| {
-            let start = (i * per_slice).min(elements);
-            let end = ((i + 1) * per_slice).min(elements);
-            process_slice.remote_with(&options, data.clone(), start, end)
-        })
+        .map(|i| process_slice.remote_with(&options, manifest.clone(), i))
         .collect::<fabric::Result<Vec<_>>>()?;
     let mut sum = 0.0;
     let mut hosts = BTreeMap::new();

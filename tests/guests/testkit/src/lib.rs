@@ -1368,3 +1368,46 @@ fn churn_archived(rounds: u64, mib: u64) -> fabric::Result<u64> {
     }
     Ok(read)
 }
+
+/// One row of [`bench_typed_read`]'s table, in both encodings.
+#[derive(
+    serde::Serialize, serde::Deserialize, fabric::rkyv::Archive, fabric::rkyv::Serialize, fabric::rkyv::Deserialize,
+)]
+#[rkyv(crate = fabric::rkyv)]
+struct Row {
+    id: u64,
+    name: String,
+    score: f64,
+    tags: Vec<u32>,
+}
+
+/// A table of `rows` rows stored twice, with postcard (`put`) and archived
+/// (`put_archived`); each round a reader wants one row's score: decoding
+/// the postcard value whole, against checking the archive and reading the
+/// row in place. Times the reads, `rounds` times each.
+#[fabric::task]
+fn bench_typed_read(rows: u64, rounds: u32) -> fabric::Result<(Timing, Timing)> {
+    let table: Vec<Row> = (0..rows)
+        .map(|id| Row { id, name: format!("row {id}"), score: id as f64 / 2.0, tags: vec![id as u32; 4] })
+        .collect();
+    let decoded = fabric::put(&table)?;
+    let archived = fabric::put_archived(&table)?;
+    drop(table);
+    let want = (rows / 2) as usize;
+    let expected = want as f64 / 2.0;
+    let (mut by_decoding, mut in_place) = (Vec::new(), Vec::new());
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let score = decoded.get()?[want].score;
+        by_decoding.push(t.elapsed());
+        let t = Instant::now();
+        let in_place_score = archived.get()?[want].score.to_native();
+        in_place.push(t.elapsed());
+        if (score, in_place_score) != (expected, expected) {
+            return Err(fabric::Error::Internal(format!("read {score} and {in_place_score}, not {expected}")));
+        }
+    }
+    let total = start.elapsed();
+    Ok((timing(by_decoding, total), timing(in_place, total)))
+}
