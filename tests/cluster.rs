@@ -418,6 +418,31 @@ fn an_actor_on_another_host_writes_to_its_jobs_log() {
 }
 
 #[test]
+fn a_new_actor_a_draining_peer_refuses_goes_to_the_next_host_of_its_ring() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &["--label", "n=a"]);
+    // b refuses the first new actor it is asked for, as a draining host
+    // does when the asking host's view does not show the drain yet.
+    let b = Up::host_with_env(etcd.endpoint(), &["--label", "n=b"], &[("FABRIC_INJECT_FAULTS", "refuse-runs:1")]);
+    let c = Up::host(etcd.endpoint(), &["--label", "n=c"]);
+    all_see(&[&a, &b, &c], &ids(&[&a, &b, &c]), "three hosts to see each other");
+    // 24 names: some fall to b (all but surely), the first of which b
+    // refuses; that one lives elsewhere, and every host finds every name
+    // where it lives.
+    let args = r#"{"prefix": "ring", "count": 24, "key": "n", "values": ["a", "b", "c"]}"#;
+    let v = a.submit(&fabric_tests::testkit(), &["--fn", "named_probes", "--args", args]).json();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let created = &v["result"][0];
+    assert_eq!(created.as_array().map(Vec::len), Some(24), "{v}");
+    for seen in v["result"][1].as_array().unwrap() {
+        assert_eq!(seen, created, "every host finds each name where it was created: {v}");
+    }
+    let log = a.fabric(&["logs", v["job"].as_str().unwrap()]).stdout;
+    assert_eq!(log.matches(&format!("host {} would not take actor", b.id())).count(), 1, "{log}");
+    assert!(log.contains(&format!("host {} is draining", b.id())), "{log}");
+}
+
+#[test]
 fn a_task_a_peer_refuses_while_draining_is_placed_elsewhere_at_once() {
     let etcd = Etcd::start();
     let a = Up::host(etcd.endpoint(), &[]);

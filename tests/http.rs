@@ -589,6 +589,14 @@ fn a_deployments_log_shows_its_instances_output_and_failed_requests() {
     let neither = host.fabric(&["logs"]);
     assert_ne!(neither.code, 0, "{neither:?}");
 
+    // A task deployment's log has what its calls print, and why they failed.
+    deploy(&host, &fabric_tests::testkit(), &["--name", "tk"]);
+    let called = host.http("POST", "/v1/call/tk/trap", r#"{"message": "a call that fails"}"#);
+    assert_eq!(called.status, 500, "{}", called.text());
+    let out = host.fabric(&["logs", "--deployment", "tk"]);
+    assert!(out.stdout.contains("about to fail: a call that fails"), "the call's own output: {}", out.stdout);
+    assert!(out.stdout.contains("[fabric] call of `trap` failed"), "the gateway's note: {}", out.stdout);
+
     // Followed, it prints what comes next as it comes, until the
     // deployment is removed.
     let printed = host.data_dir().join("follow.out");

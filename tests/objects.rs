@@ -83,6 +83,12 @@ fn results_and_objects_stay_where_they_were_made_and_are_read_from_anywhere() {
     assert_eq!(a.fabric(&["unpin", id]).code, 0);
     let freed = b.fabric(&["get", &inner_id, "--out", &path]);
     assert!(freed.code != 0 && freed.stderr.contains("freed"), "{freed:?}");
+    assert!(!std::path::Path::new(&path).exists(), "a failed get leaves no file");
+    // An empty object is an empty file.
+    let empty = result_of(&a, "pinned_empty", "{}");
+    let empty = empty.as_str().expect("an object id");
+    assert!(fetched(&b, empty, dir.path()).is_empty());
+    assert_eq!(a.fabric(&["unpin", empty]).code, 0);
 
     // The jobs ended: what they left on b and the copies on a are freed.
     eventually(SETTLE, "the ended jobs' objects to be freed on every host", || {

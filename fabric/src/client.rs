@@ -11,9 +11,6 @@ use std::path::Path;
 /// The address `fabric up` listens on by default.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7480";
 
-/// Bytes of an object asked for in one request by [`Client::get_object`].
-const OBJECT_RANGE: u64 = 8 << 20;
-
 /// The file in which `fabric up` records the address it listens on.
 pub fn addr_file(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("host.addr")
@@ -274,7 +271,8 @@ impl Client {
         let (mut offset, mut total) = (0, None);
         loop {
             // The first answer says the size; later ranges ask only for what is left.
-            let len = total.map_or(OBJECT_RANGE, |total: u64| OBJECT_RANGE.min(total - offset));
+            let len = total
+                .map_or(fabric_proto::MAX_OBJECT_READ, |total: u64| fabric_proto::MAX_OBJECT_READ.min(total - offset));
             let request = Request::ObjectRead { tenant: self.tenant.clone(), id: id.to_string(), offset, len };
             let (mut send, mut recv) = self.open(&request).await?;
             let _ = send.finish();

@@ -65,9 +65,9 @@ enum Command {
         /// removed, or interrupted).
         #[arg(long, short)]
         follow: bool,
-        /// Show a deployment's log instead (a wasi:http deployment's instances'
-        /// output and failed requests): the last MiB of each host's, under a
-        /// line naming it.
+        /// Show a deployment's log instead (its instances' output, or what
+        /// its /v1/call calls printed, and failed requests): the last MiB of
+        /// each host's, under a line naming it.
         #[arg(long, conflicts_with = "job")]
         deployment: Option<String>,
     },
@@ -718,18 +718,16 @@ async fn remote(client: &Client, command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Get { id, out } => {
             let bytes = match out.as_deref() {
-                Some(path) if path != Path::new("-") => {
-                    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-                    let mut file = std::io::BufWriter::new(file);
-                    let bytes = client.get_object(&id, &mut file).await?;
-                    file.flush().with_context(|| format!("writing {}", path.display()))?;
-                    bytes
-                }
-                Some(_) => client.get_object(&id, &mut std::io::stdout().lock()).await?,
+                Some(path) if path != Path::new("-") => get_to_file(client, &id, path).await?,
                 None if std::io::stdout().is_terminal() => {
                     bail!("object {id} is raw bytes: pass --out FILE (or --out - to write them to the terminal)")
                 }
-                None => client.get_object(&id, &mut std::io::stdout().lock()).await?,
+                _ => {
+                    let mut stdout = std::io::stdout().lock();
+                    let bytes = client.get_object(&id, &mut stdout).await?;
+                    stdout.flush().context("writing the object to stdout")?;
+                    bytes
+                }
             };
             eprintln!("{bytes} bytes of object {id}");
             Ok(ExitCode::SUCCESS)
@@ -988,6 +986,23 @@ fn is_not_found(error: &anyhow::Error) -> bool {
 /// `mib` MiB in bytes, or an error naming `flag` when that does not fit.
 fn mib_to_bytes(flag: &str, mib: u64) -> anyhow::Result<u64> {
     mib.checked_mul(1 << 20).ok_or_else(|| anyhow::anyhow!("{flag} {mib} is too large"))
+}
+
+/// Writes object `id` to `path` whole or not at all: into a file beside it
+/// first, renamed into place once every byte has arrived.
+async fn get_to_file(client: &Client, id: &str, path: &Path) -> anyhow::Result<u64> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let partial =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a file in {}", dir.display()))?;
+    let mut file = std::io::BufWriter::new(partial);
+    let bytes = client.get_object(id, &mut file).await?;
+    let partial =
+        file.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", path.display()))?;
+    partial.persist(path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(bytes)
 }
 
 fn print_objects(stores: &[fabric_proto::HostObjects]) {

@@ -8,11 +8,11 @@
 //! for one copy into its memory and one validation pass, not for decoding
 //! and allocating every string and vector in it.
 //!
-//! The store keeps every object 16-byte aligned and the archive format is the
-//! same on every target (rkyv's defaults: little-endian, aligned, 32-bit
-//! relative pointers), so what a wasm32 guest archived is read in place by
+//! The archive format is the same on every target (rkyv's defaults:
+//! little-endian, aligned, 32-bit relative pointers) and the host keeps every
+//! object 16-byte aligned, so what a wasm32 guest archived is read in place by
 //! another guest, by the host, and by native Rust programs built with the
-//! same type.
+//! same type (`fabric get` fetches an object's bytes).
 //!
 //! Why a second kind of reference rather than rkyv everywhere: task
 //! arguments and results also travel as JSON (from the command line and
@@ -20,7 +20,7 @@
 //! data read more often, or more partially, than it is written.
 
 use crate::bindings::fabric::core::objects;
-use crate::object::{declare, naming, Handle, ObjectId};
+use crate::object::{declared, Handle, ObjectId};
 use crate::{Error, Result};
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -51,15 +51,14 @@ impl<T> Archivable for T where
 {
 }
 
-/// The alignment rkyv's archives need at most (its `AlignedVec` default).
+/// The alignment rkyv's archives may need (its `AlignedVec` default).
 const ARCHIVE_ALIGN: usize = 16;
 
 /// Stores `value` archived with rkyv and returns a reference to it. The
 /// references inside `value` keep their objects alive while it lives.
 pub fn put_archived<T: Archivable>(value: &T) -> Result<ArchivedRef<T>> {
-    let (bytes, named) = naming(|| rkyv::to_bytes::<rancor::Error>(value));
-    let bytes = bytes.map_err(|e| Error::InvalidArgument(format!("cannot archive the value: {e}")))?;
-    declare(&named);
+    let bytes = declared(|| rkyv::to_bytes::<rancor::Error>(value))
+        .map_err(|e| Error::InvalidArgument(format!("cannot archive the value: {e}")))?;
     Ok(ArchivedRef { handle: Handle::adopt(objects::put(&bytes)?.into()), _type: PhantomData })
 }
 
@@ -149,9 +148,10 @@ pub struct ArchivedValue<T: Archivable> {
 
 /// Where the bytes of an [`ArchivedValue`] live.
 enum Bytes {
-    /// As read: the allocator placed them aligned (the usual case).
+    /// As read: aligned enough for the archive (a guest's allocator places
+    /// a buffer of any size at 8 bytes or more, which most archives need).
     Read(Vec<u8>),
-    /// Copied once into an aligned buffer, when they were not.
+    /// Copied once into a buffer aligned for any archive, when they were not.
     Aligned(AlignedVec<ARCHIVE_ALIGN>),
 }
 
@@ -165,22 +165,26 @@ impl Bytes {
 }
 
 impl<T: Archivable> ArchivedValue<T> {
-    /// Checks `bytes` as an archived `T` (copying them only if their start
-    /// is not aligned for it).
+    /// Checks `bytes` as an archived `T` (copying them only if they are not
+    /// aligned enough for it).
     pub fn check(bytes: Vec<u8>) -> std::result::Result<Self, rancor::Error> {
         Self::checked(bytes, None)
     }
 
     /// [`check`](Self::check), holding a reference to the object read.
     fn checked(bytes: Vec<u8>, object: Option<Handle>) -> std::result::Result<Self, rancor::Error> {
-        let bytes = if (bytes.as_ptr() as usize).is_multiple_of(ARCHIVE_ALIGN) {
-            Bytes::Read(bytes)
-        } else {
-            let mut aligned = AlignedVec::<ARCHIVE_ALIGN>::with_capacity(bytes.len());
-            aligned.extend_from_slice(&bytes);
-            Bytes::Aligned(aligned)
+        // The validator checks each part's real address, so bytes aligned
+        // too loosely for this archive fail here rather than misread.
+        let bytes = match rkyv::access::<T::Archived, rancor::Error>(&bytes) {
+            Ok(_) => Bytes::Read(bytes),
+            Err(error) if (bytes.as_ptr() as usize).is_multiple_of(ARCHIVE_ALIGN) => return Err(error),
+            Err(_) => {
+                let mut aligned = AlignedVec::<ARCHIVE_ALIGN>::with_capacity(bytes.len());
+                aligned.extend_from_slice(&bytes);
+                rkyv::access::<T::Archived, rancor::Error>(&aligned)?;
+                Bytes::Aligned(aligned)
+            }
         };
-        rkyv::access::<T::Archived, rancor::Error>(bytes.as_slice())?;
         Ok(ArchivedValue { bytes, _object: object, _type: PhantomData })
     }
 

@@ -285,10 +285,7 @@ pub mod __private {
     /// Runs a custom snapshot and declares what its encoding names (as
     /// [`snapshot_state`] does).
     pub fn declaring(snapshot: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
-        let (encoded, named) = crate::object::naming(snapshot);
-        let encoded = encoded?;
-        crate::object::declare(&named);
-        Ok(encoded)
+        crate::object::declared(snapshot)
     }
 
     /// An actor's state from a snapshot.

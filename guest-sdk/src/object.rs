@@ -176,7 +176,13 @@ pub(crate) fn declare(named: &[ObjectId]) {
 /// Encodes `value` in the binary encoding and declares the objects it
 /// names, for the host call that follows at once.
 pub(crate) fn encode_declared<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Vec<u8>, postcard::Error> {
-    let (bytes, named) = naming(|| postcard::to_stdvec(value));
+    declared(|| postcard::to_stdvec(value))
+}
+
+/// Runs `encode` and, if it succeeds, declares the objects the encoded
+/// value names, for the host call that follows at once.
+pub(crate) fn declared<B, E>(encode: impl FnOnce() -> std::result::Result<B, E>) -> std::result::Result<B, E> {
+    let (bytes, named) = naming(encode);
     let bytes = bytes?;
     declare(&named);
     Ok(bytes)

@@ -537,10 +537,24 @@ impl Host {
         args: &str,
         limits: TaskLimits,
     ) -> Result<Vec<u8>, FabricError> {
-        validate_name("tenant", tenant)?;
-        let component = self.0.components.get(tenant, sha256).await?;
         let log = JobLog::new(None, self.0.config.echo_logs)
             .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create a log: {e}")))?;
+        self.call_logged(tenant, sha256, function, args, limits, log).await
+    }
+
+    /// [`call`](Self::call), writing what the call prints to `log` (a
+    /// deployment's, for calls over HTTP).
+    pub(crate) async fn call_logged(
+        &self,
+        tenant: &str,
+        sha256: &str,
+        function: &str,
+        args: &str,
+        limits: TaskLimits,
+        log: Arc<JobLog>,
+    ) -> Result<Vec<u8>, FabricError> {
+        validate_name("tenant", tenant)?;
+        let component = self.0.components.get(tenant, sha256).await?;
         let id = format!("call-{:012x}", rand::random::<u64>() >> 16);
         let job = Job::new(&id, tenant, limits.clone(), log);
         let spec = TaskSpec {

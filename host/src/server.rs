@@ -167,7 +167,7 @@ async fn respond(
         }
         Request::PeerActorCreate { origin, tenant, job, component, class, args, spec, get_or_create } => {
             crate::validate_name("tenant", &tenant)?;
-            let id = crate::remote::actors::serve_create(
+            let answer = crate::remote::actors::serve_create(
                 &host.0,
                 &origin,
                 &tenant,
@@ -179,7 +179,7 @@ async fn respond(
                 get_or_create,
             )
             .await?;
-            reply(send, &Response::Output(id.into_bytes())).await
+            reply(send, &answer).await
         }
         Request::PeerActorCall { tenant, actor, method, args, json } => {
             crate::validate_name("tenant", &tenant)?;

@@ -25,6 +25,10 @@ pub const DEFAULT_TENANT: &str = "default";
 /// Largest control frame accepted (requests and responses other than bulk).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
+/// The most bytes one [`Request::ObjectRead`] answer carries: a client reads
+/// a larger object in several.
+pub const MAX_OBJECT_READ: u64 = 8 << 20;
+
 /// Largest component accepted for upload.
 pub const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
 

@@ -124,11 +124,20 @@ impl Cluster {
 
     /// The member that should own the actor `name` of `tenant`, among those
     /// that meet `demand` (see [`naming`]); `local` is this host's record.
-    pub fn owner_of(&self, local: &HostInfo, tenant: &str, name: &str, demand: &Demand) -> Option<String> {
+    pub fn owner_of(
+        &self,
+        local: &HostInfo,
+        tenant: &str,
+        name: &str,
+        demand: &Demand,
+        avoid: &[String],
+    ) -> Option<String> {
         let members = self.members(local);
         // A draining host still owns its names (it holds their actors until
-        // it leaves): names move only when hosts join or leave.
-        let eligible = members.iter().filter(|h| placement::could_host(h, demand));
+        // it leaves): names move only when hosts join or leave. One that
+        // refused a new actor is `avoid`ed: the name goes where it will
+        // live once that host has left.
+        let eligible = members.iter().filter(|h| placement::could_host(h, demand) && !avoid.contains(&h.id));
         naming::owner(eligible.map(|h| h.id.as_str()), tenant, name)
     }
 

@@ -7,7 +7,8 @@
 //!
 //! The call runs as [`crate::Host::call`] does (a job of its own, without a
 //! record, whose sub-tasks and objects end with it), admitted by the
-//! deployment's replicas like any request.
+//! deployment's replicas like any request; what it prints, and why it
+//! failed, go to the deployment's log (`fabric logs --deployment`).
 
 use super::{admit, declared_too_large, refused_status, status_of, too_large, Body, TENANT_HEADER};
 use crate::deployments::Deployed;
@@ -159,7 +160,8 @@ impl From<CallError> for Refusal {
 }
 
 /// Calls `function` of `deployed` with JSON `args` on one of its replicas,
-/// all by `deadline`: the task's JSON result.
+/// all by `deadline`: the task's JSON result. What the call prints goes to
+/// the deployment's log, and so does why it failed.
 pub async fn invoke(
     host: &Arc<HostInner>,
     deployed: &Deployed,
@@ -172,8 +174,12 @@ pub async fn invoke(
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     limits.timeout_ms = Some((left.as_millis() as u64).max(1));
     let host = crate::Host(host.clone());
-    let outcome = host.call(&deployed.record.tenant, &deployed.component.sha256, function, args, limits).await;
+    let (tenant, sha256, log) = (&deployed.record.tenant, &deployed.component.sha256, deployed.log.clone());
+    let outcome = host.call_logged(tenant, sha256, function, args, limits, log).await;
     drop(turn);
+    if let Err(error) = &outcome {
+        deployed.log.append(format!("[fabric] call of `{function}` failed: {error}\n").as_bytes());
+    }
     outcome.map_err(CallError::Failed)
 }
 

@@ -20,7 +20,8 @@
 //!
 //! Memory: each host keeps its objects' bytes within a memory budget. Past
 //! it, the least recently used objects that no reader holds right now go to
-//! local disk ([`spill`]) and come back on the next whole read; a slice read
+//! local disk ([`spill`]), pinned ones only when nothing else can, and come
+//! back on the next whole read; a slice read
 //! of a spilled object reads only that range from disk. An object built with
 //! a [`writer::ObjectWriter`] larger than a quarter of the budget goes to
 //! disk as it is written, so an object larger than the whole budget streams
@@ -146,6 +147,8 @@ pub type ObjectBytes = Arc<Vec<u8>>;
 pub struct Local {
     len: u64,
     tenant: Arc<str>,
+    /// Its id, to find its references (pinned objects spill last).
+    id: ObjectId,
     place: Mutex<Place>,
 }
 
@@ -163,8 +166,9 @@ struct Place {
 }
 
 impl Local {
-    fn new(tenant: Arc<str>, len: u64, memory: Option<ObjectBytes>, disk: Option<Arc<SpillFile>>) -> Self {
-        Local { len, tenant, place: Mutex::new(Place { memory, disk, tick: 0, freed: false }) }
+    fn new(cell: &Cell, len: u64, memory: Option<ObjectBytes>, disk: Option<Arc<SpillFile>>) -> Self {
+        let place = Mutex::new(Place { memory, disk, tick: 0, freed: false });
+        Local { len, tenant: cell.tenant.clone(), id: cell.id, place }
     }
 
     /// Its size in bytes.
@@ -191,14 +195,15 @@ impl Local {
 #[derive(Debug)]
 pub struct Cell {
     tenant: Arc<str>,
+    id: ObjectId,
     value: OnceLock<ObjectResult>,
     filled: Notify,
 }
 
 impl Cell {
-    /// An empty slot for an object of `tenant`.
-    pub fn new(tenant: Arc<str>) -> Self {
-        Cell { tenant, value: OnceLock::new(), filled: Notify::new() }
+    /// An empty slot for `tenant`'s object `id`.
+    pub fn new(tenant: Arc<str>, id: ObjectId) -> Self {
+        Cell { tenant, id, value: OnceLock::new(), filled: Notify::new() }
     }
 
     /// The value if it is there.
@@ -508,6 +513,10 @@ impl Inner {
     }
 
     /// The reference counts of `tenant`'s object `id`, if this host counts it.
+    fn pinned(&self, tenant: &str, id: ObjectId) -> bool {
+        self.refs.get(tenant).and_then(|counted| counted.get(&id)).is_some_and(|refs| refs.pins > 0)
+    }
+
     fn refs_mut(&mut self, tenant: &str, id: ObjectId) -> Option<&mut Refs> {
         self.refs.get_mut(tenant).and_then(|counted| counted.get_mut(&id))
     }
@@ -602,7 +611,7 @@ impl ObjectStore {
     /// Creates a pending object owned by `job` (a task's result slot).
     pub fn reserve(&self, tenant: &Arc<str>, job: &Arc<str>) -> (ObjectId, Arc<Cell>) {
         let id = ObjectId { hi: self.node, lo: self.counter.fetch_add(1, Ordering::Relaxed) };
-        let cell = Arc::new(Cell::new(tenant.clone()));
+        let cell = Arc::new(Cell::new(tenant.clone(), id));
         self.lock().insert(tenant, job, id, cell.clone());
         (id, cell)
     }
@@ -819,7 +828,7 @@ impl ObjectStore {
     /// Fills `cell` with bytes in memory, counting them for its tenant (over
     /// the tenant's limit the object is that error instead).
     fn fill_ok(&self, cell: &Cell, data: ObjectBytes) {
-        let local = Local::new(cell.tenant.clone(), data.len() as u64, Some(data), None);
+        let local = Local::new(cell, data.len() as u64, Some(data), None);
         self.fill_local(cell, Arc::new(local), false);
     }
 
@@ -909,7 +918,7 @@ impl ObjectStore {
         if let Some(cell) = objects.get(&id) {
             return (cell.clone(), false);
         }
-        let cell = Arc::new(Cell::new(tenant.clone()));
+        let cell = Arc::new(Cell::new(tenant.clone(), id));
         objects.insert(id, cell.clone());
         inner.count += 1;
         inner.by_job.entry((tenant.clone(), job.clone())).or_default().insert(id);
@@ -1543,6 +1552,37 @@ mod tests {
         let Some(Ok(Value::Here(local))) = store.cell("t", held).unwrap().peek().cloned() else { panic!() };
         assert!(local.in_memory());
         assert_eq!(&reading[..], &pattern(1, 8 << 10)[..]);
+    }
+
+    #[tokio::test]
+    async fn pinned_objects_spill_only_when_nothing_else_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 64 << 10;
+        let store = store(6, 1 << 20, budget, dir.path());
+        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let in_memory = |id| {
+            let Some(Ok(Value::Here(local))) = store.cell("t", id).unwrap().peek().cloned() else { panic!() };
+            local.in_memory()
+        };
+        // The oldest object, pinned, stays while 31 newer ones spill past it.
+        let pinned = store.put(&t, &j, pattern(0, 8 << 10)).unwrap();
+        store.pin("t", pinned).unwrap();
+        let mut others = Vec::new();
+        for i in 1..32 {
+            others.push(store.put(&t, &j, pattern(i, 8 << 10)).unwrap());
+            store.room().await.unwrap();
+        }
+        assert!(in_memory(pinned));
+        assert!(!in_memory(others[0]));
+        assert!(store.footprint().memory_bytes <= budget, "{:?}", store.footprint());
+        // Pinned objects beyond the budget spill too, rather than outgrow it.
+        for &id in &others {
+            store.pin("t", id).unwrap();
+            store.get("t", id).await.unwrap();
+            store.room().await.unwrap();
+            assert!(store.footprint().memory_bytes <= budget, "{:?}", store.footprint());
+        }
+        assert_eq!(&store.get("t", pinned).await.unwrap()[..], &pattern(0, 8 << 10)[..]);
     }
 
     #[tokio::test]

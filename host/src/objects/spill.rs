@@ -172,10 +172,12 @@ impl Shared {
         }
     }
 
-    /// Takes the least recently used objects off the spill order until
-    /// enough would leave memory. Those already on disk leave memory at
-    /// once; the others are returned to be written (their bytes stay
-    /// readable in memory meanwhile).
+    /// Takes the least recently used unpinned objects off the spill order
+    /// until enough would leave memory, and pinned ones after them only if
+    /// that is not enough (kept in memory past the budget, they could take
+    /// the host down). Those already on disk leave memory at once; the
+    /// others are returned to be written (their bytes stay readable in
+    /// memory meanwhile).
     fn pick_victims(&self) -> Vec<(Arc<Local>, ObjectBytes)> {
         let mut inner = self.lock();
         let budget = self.limits.memory_budget;
@@ -186,17 +188,22 @@ impl Shared {
         let low_water = budget / 8 * 7;
         let mut to_free = inner.resident - low_water;
         let mut chosen = Vec::new();
-        for (tick, local) in &inner.lru {
-            if to_free == 0 {
-                break;
+        for pinned in [false, true] {
+            for (tick, local) in &inner.lru {
+                if to_free == 0 {
+                    break;
+                }
+                if inner.pinned(&local.tenant, local.id) != pinned {
+                    continue;
+                }
+                let place = local.place();
+                // Held by a reader now: spilling it would free nothing.
+                if place.memory.as_ref().is_none_or(|bytes| Arc::strong_count(bytes) > 1) {
+                    continue;
+                }
+                chosen.push(*tick);
+                to_free = to_free.saturating_sub(local.len);
             }
-            let place = local.place();
-            // Held by a reader now: spilling it would free nothing.
-            if place.memory.as_ref().is_none_or(|bytes| Arc::strong_count(bytes) > 1) {
-                continue;
-            }
-            chosen.push(*tick);
-            to_free = to_free.saturating_sub(local.len);
         }
         inner.stuck = chosen.is_empty();
         let mut victims = Vec::new();

@@ -48,8 +48,9 @@ pub const SHARE_COPIES_FROM: u64 = 16 << 20;
 /// (`FABRIC_INJECT_FAULTS=truncate-transfers:N,corrupt-transfers:N` makes
 /// this host serve its next N ranges cut short or with a flipped byte: how
 /// the tests show that bad transfers are caught and retried;
-/// `refuse-runs:N` has it refuse its next N peers' tasks as a draining host
-/// does, which a peer's stale view otherwise only rarely shows).
+/// `refuse-runs:N` has it refuse its next N peers' tasks and new actors as a
+/// draining host does, which a peer's stale view otherwise only rarely
+/// shows).
 #[derive(Debug, Default)]
 pub struct Transfers {
     pulls: AtomicU64,
@@ -93,8 +94,8 @@ impl Transfers {
         counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
     }
 
-    /// Whether to refuse the next peer's task as if draining (an injected
-    /// fault).
+    /// Whether to refuse the next peer's task or new actor as if draining
+    /// (an injected fault).
     pub fn refuse_run(&self) -> bool {
         Transfers::take_fault(&self.refuse_runs)
     }
@@ -203,7 +204,8 @@ pub async fn read(
 }
 
 /// [`read`] without copying a local range, with the object's whole size;
-/// `up_to`: a range past the end gives what there is (as a peer does).
+/// `up_to`: a range running past the end gives what there is (as a peer
+/// does; one starting past it is still an error).
 async fn read_at(
     host: &Arc<HostInner>,
     tenant: &str,
@@ -236,14 +238,11 @@ async fn read_at(
     pull(host, tenant, at, offset, Some(len)).await.map(|(data, total)| (data.into(), total))
 }
 
-/// The most a client's [`Request::ObjectRead`] gets in one answer: a
-/// larger object comes in several.
-pub const CLIENT_RANGE: u64 = 8 << 20;
-
 /// Serves [`Request::ObjectRead`]: a client's read of up to
-/// [`CLIENT_RANGE`] bytes of object `id` from `offset`, waiting until it is
-/// ready, wherever in the cluster it is kept (another host's object is read
-/// from its holder range by range, leaving no copy here).
+/// [`MAX_OBJECT_READ`](fabric_proto::MAX_OBJECT_READ) bytes of object `id`
+/// from `offset`, waiting until it is ready, wherever in the cluster it is
+/// kept (another host's object is read from its holder range by range,
+/// leaving no copy here).
 pub async fn serve_client_read(
     host: &Arc<HostInner>,
     tenant: &str,
@@ -254,7 +253,7 @@ pub async fn serve_client_read(
 ) -> Result<(), FabricError> {
     crate::validate_name("tenant", tenant)?;
     let id = parse_id(id)?;
-    let len = len.min(CLIENT_RANGE);
+    let len = len.min(fabric_proto::MAX_OBJECT_READ);
     let (chunk, total) = tokio::select! {
         read = read_at(host, tenant, id, offset, len, true) => read?,
         _ = send.stopped() => return Ok(()),
@@ -281,7 +280,7 @@ pub fn watch(
     if host.objects.minted_here(id) {
         return Err(host.objects.missing(tenant, id));
     }
-    let cell = Arc::new(Cell::new(tenant.clone()));
+    let cell = Arc::new(Cell::new(tenant.clone(), id));
     let (host, tenant, standin) = (host.clone(), tenant.clone(), cell.clone());
     let task = tokio::spawn(async move {
         match pull(&host, &tenant, id, 0, Some(0)).await {

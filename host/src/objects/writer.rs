@@ -168,8 +168,8 @@ impl ObjectStore {
             Some(file) => (None, Some(file)),
             None => (Some(super::aligned(std::mem::take(&mut writer.memory))), None),
         };
-        let local = Arc::new(Local::new(writer.tenant.clone(), writer.len, memory, disk));
         let (id, cell) = self.reserve(&writer.tenant, &writer.job);
+        let local = Arc::new(Local::new(&cell, writer.len, memory, disk));
         // Its bytes on disk now count as spilled (added as it is stored).
         let on_disk = std::mem::take(&mut writer.on_disk);
         {

@@ -80,41 +80,61 @@ pub(crate) async fn create(
         host.cluster.place(&local, &options.demand, &[])?;
     }
     let clustered = host.cluster.lease().is_some();
-    let target = match options.name.clone() {
-        Some(name) if clustered => {
-            let tenant = new.tenant.clone();
-            if let Some(found) = located(host, &tenant, &name).await? {
-                if get_or_create {
-                    return Ok(found);
-                }
-                return Err(FabricError::new(
-                    ErrorKind::InvalidArgument,
-                    format!("tenant `{tenant}` already has an actor named `{name}`"),
-                ));
-            }
-            host.cluster.owner_of(&local, &tenant, &name, &options.demand).unwrap_or_else(|| host.id.clone())
-        }
-        None if clustered && placed => host.cluster.place(&local, &options.demand, &[])?,
-        _ => return host.actors.create(host, new, options, get_or_create),
-    };
-    if target == host.id {
-        return create_here(host, new, options, get_or_create).await;
+    let named = options.name.clone().filter(|_| clustered);
+    if !(named.is_some() || clustered && placed) {
+        return host.actors.create(host, new, options, get_or_create);
     }
-    create_on(host, &target, new, options, get_or_create).await
+    if let Some(name) = &named {
+        let tenant = new.tenant.clone();
+        if let Some(found) = located(host, &tenant, name).await? {
+            if get_or_create {
+                return Ok(found);
+            }
+            return Err(FabricError::new(
+                ErrorKind::InvalidArgument,
+                format!("tenant `{tenant}` already has an actor named `{name}`"),
+            ));
+        }
+    }
+    // Hosts that would not take it (draining, their drain not yet in this
+    // host's view): each is asked once, then left out.
+    let mut avoid = Vec::new();
+    loop {
+        let target = match &named {
+            Some(name) => host
+                .cluster
+                .owner_of(&local, &new.tenant, name, &options.demand, &avoid)
+                .unwrap_or_else(|| host.id.clone()),
+            None => host.cluster.place(&local, &options.demand, &avoid)?,
+        };
+        if target == host.id {
+            return create_here(host, new, options, get_or_create).await;
+        }
+        match create_on(host, &target, &new, &options, get_or_create).await {
+            Err(PeerError::Refused(error)) => {
+                let note = format!(
+                    "[fabric: host {target} would not take actor `{}` ({}); creating it elsewhere]\n",
+                    new.class, error.message
+                );
+                new.creator.log.append(note.as_bytes());
+                avoid.push(target);
+            }
+            created => return created.map_err(PeerError::into_error),
+        }
+    }
 }
 
 /// Asks member `owner` to create the actor.
 async fn create_on(
     host: &Arc<HostInner>,
     owner: &str,
-    new: NewActor,
-    options: ActorOptions,
+    new: &NewActor,
+    options: &ActorOptions,
     get_or_create: bool,
-) -> Result<ActorId, FabricError> {
-    let addr = host
-        .cluster
-        .addr_of(owner)
-        .ok_or_else(|| FabricError::new(ErrorKind::Unavailable, format!("host {owner} left the cluster")))?;
+) -> Result<ActorId, PeerError> {
+    let addr = host.cluster.addr_of(owner).ok_or_else(|| {
+        PeerError::Lost(FabricError::new(ErrorKind::Unavailable, format!("host {owner} left the cluster")))
+    })?;
     let request = Request::PeerActorCreate {
         origin: host.local_addr(),
         tenant: new.tenant.to_string(),
@@ -122,18 +142,18 @@ async fn create_on(
         component: new.component.sha256.clone(),
         class: new.class.clone(),
         args: new.args.clone(),
-        spec: spec_of(&options),
+        spec: spec_of(options),
         get_or_create,
     };
-    let id = match host.peers.ask(&addr, &request).await {
-        Ok(Response::Output(bytes)) => parse_id(&String::from_utf8_lossy(&bytes))?,
-        Ok(other) => {
-            return Err(FabricError::new(
+    let id = match host.peers.ask(&addr, &request).await? {
+        Response::Output(bytes) => parse_id(&String::from_utf8_lossy(&bytes)).map_err(PeerError::Answered)?,
+        Response::Refused(error) => return Err(PeerError::Refused(error)),
+        other => {
+            return Err(PeerError::Answered(FabricError::new(
                 ErrorKind::Internal,
                 format!("unexpected answer to an actor's creation: {other:?}"),
-            ))
+            )))
         }
-        Err(e) => return Err(e.into_error()),
     };
     if !options.detached {
         new.creator.reached(&addr);
@@ -282,7 +302,8 @@ pub(crate) async fn republish(host: &Arc<HostInner>, lease: LeaseId) {
 }
 
 /// Serves a peer's [`Request::PeerActorCreate`]: the id of the actor made
-/// (or found) here.
+/// (or found) here, as [`Response::Output`]; [`Response::Refused`] for a new
+/// actor while this host drains (it would be lost when the host leaves).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_create(
     host: &Arc<HostInner>,
@@ -294,7 +315,13 @@ pub(crate) async fn serve_create(
     args: Vec<u8>,
     spec: ActorSpec,
     get_or_create: bool,
-) -> Result<String, FabricError> {
+) -> Result<Response, FabricError> {
+    let existing =
+        || get_or_create && spec.name.as_deref().is_some_and(|name| host.actors.lookup(tenant, name).is_ok());
+    if (host.drain.is_draining() || host.transfers.refuse_run()) && !existing() {
+        let why = FabricError::new(ErrorKind::Unavailable, format!("host {} is draining", host.id));
+        return Ok(Response::Refused(why));
+    }
     let component = super::component_from(host, tenant, component, origin).await?;
     host.visiting.arrive(tenant, job, origin);
     let log = JobLog::new(None, host.config.echo_logs)
@@ -302,7 +329,8 @@ pub(crate) async fn serve_create(
     forward_log(host, &log, origin, tenant, job);
     let creator = Job::new(job, tenant, TaskLimits::default(), log);
     let new = NewActor { tenant: tenant.into(), creator, component, class, args, encoding: Encoding::Binary };
-    Ok(create_here(host, new, options_of(spec), get_or_create).await?.to_string())
+    let id = create_here(host, new, options_of(spec), get_or_create).await?;
+    Ok(Response::Output(id.to_string().into_bytes()))
 }
 
 /// Sends what an actor created here for a peer's job writes to that job's

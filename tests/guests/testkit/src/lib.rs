@@ -1411,3 +1411,38 @@ fn bench_typed_read(rows: u64, rounds: u32) -> fabric::Result<(Timing, Timing)> 
     let total = start.elapsed();
     Ok((timing(by_decoding, total), timing(in_place, total)))
 }
+
+/// A pinned empty object: its id, for `fabric get`.
+#[fabric::task]
+fn pinned_empty() -> fabric::Result<String> {
+    let empty = fabric::put_bytes(&[])?;
+    empty.pin()?;
+    Ok(empty.id().to_string())
+}
+
+/// Gets or creates the probes named `prefix-0` to `prefix-{count-1}` and
+/// returns the host each lives on, then what tasks on the hosts labelled
+/// `key=v`, for each of `values`, find when they look each name up.
+#[fabric::task]
+fn named_probes(
+    prefix: String,
+    count: u64,
+    key: String,
+    values: Vec<String>,
+) -> fabric::Result<(Vec<String>, Vec<Vec<String>>)> {
+    let probes = (0..count)
+        .map(|i| Probe::new(0).name(format!("{prefix}-{i}")).get_or_create())
+        .collect::<fabric::Result<Vec<_>>>()?;
+    let hosts = probes.iter().map(|probe| probe.host()?.get()).collect::<fabric::Result<Vec<_>>>()?;
+    let seen = values
+        .iter()
+        .map(|value| probe_hosts.remote_with(&on_label(&key, value), prefix.clone(), count))
+        .collect::<fabric::Result<Vec<_>>>()?;
+    Ok((hosts, fabric::get_all(&seen)?))
+}
+
+/// The host each probe named `prefix-0` to `prefix-{count-1}` lives on.
+#[fabric::task]
+fn probe_hosts(prefix: String, count: u64) -> fabric::Result<Vec<String>> {
+    (0..count).map(|i| ProbeHandle::lookup(&format!("{prefix}-{i}"))?.host()?.get()).collect()
+}
