@@ -440,6 +440,22 @@ fn a_result_kept_on_its_producer_is_freed_there_when_its_last_reference_drops() 
 }
 
 #[test]
+fn an_object_a_peer_only_read_is_freed_when_its_last_reference_here_drops() {
+    let etcd = Etcd::start();
+    // a's tenant may hold 6 MiB: 20 arrays of 4 MiB, each read on b in
+    // turn, fit only if each goes once b's reader is done with it.
+    let a = Up::host(etcd.endpoint(), &["--max-tenant-object-mib", "6"]);
+    let b = Up::host(etcd.endpoint(), MAKER);
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let args = r#"{"rounds": 20, "mib": 4, "key": "role", "value": "maker"}"#;
+    assert_eq!(result_of(&a, "churn_remote", args), 20 * (4 << 20));
+    // What a peer's task kept in a value of its own stays while the job
+    // runs, although nothing on a refers to it any more.
+    let v = result_of(&a, "kept_by_a_peer", r#"{"key": "role", "value": "maker"}"#);
+    assert_eq!(v, serde_json::json!([1000, 42]));
+}
+
+#[test]
 fn a_pinned_object_outlives_its_job_until_unpinned() {
     let etcd = Etcd::start();
     let a = Up::host(etcd.endpoint(), &[]);

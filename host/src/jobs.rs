@@ -6,6 +6,7 @@
 //! objects are freed, and its record is written in its final state.
 
 use crate::joblog::JobLog;
+use crate::objects::ObjectId;
 use bytes::Bytes;
 use fabric_proto::{ErrorKind, FabricError, JobRecord, TaskLimits};
 use std::sync::Arc;
@@ -25,19 +26,49 @@ pub struct Job {
     cancel: watch::Sender<Option<FabricError>>,
     /// Peers its tasks ran on or its actors live on: told when it ends.
     peers: std::sync::Mutex<Vec<String>>,
+    /// For a task run here for a peer's job: the other hosts' objects its
+    /// tasks kept (declared into values, results or further tasks), for the
+    /// peer to stop counting.
+    borrowed: Option<std::sync::Mutex<std::collections::HashSet<ObjectId>>>,
 }
 
 impl Job {
     /// A new, running job.
     pub fn new(id: &str, tenant: &str, limits: TaskLimits, log: Arc<JobLog>) -> Arc<Self> {
-        Arc::new(Job {
-            id: id.into(),
-            tenant: tenant.into(),
-            limits,
-            log,
-            cancel: watch::channel(None).0,
-            peers: Default::default(),
-        })
+        Arc::new(Job::build(id, tenant, limits, log, None))
+    }
+
+    /// The stand-in for a peer's job while one of its tasks runs here: it
+    /// records the other hosts' objects its tasks keep ([`Job::borrowed`]).
+    pub fn shadow(id: &str, tenant: &str, limits: TaskLimits, log: Arc<JobLog>) -> Arc<Self> {
+        Arc::new(Job::build(id, tenant, limits, log, Some(Default::default())))
+    }
+
+    fn build(
+        id: &str,
+        tenant: &str,
+        limits: TaskLimits,
+        log: Arc<JobLog>,
+        borrowed: Option<std::sync::Mutex<std::collections::HashSet<ObjectId>>>,
+    ) -> Job {
+        let (cancel, peers) = (watch::channel(None).0, Default::default());
+        Job { id: id.into(), tenant: tenant.into(), limits, log, cancel, peers, borrowed }
+    }
+
+    /// Notes that a task of this job kept other hosts' objects `ids` (a
+    /// shadow's record; other jobs keep none).
+    pub fn keep_borrowed(&self, ids: impl IntoIterator<Item = ObjectId>) {
+        if let Some(borrowed) = &self.borrowed {
+            borrowed.lock().unwrap_or_else(|p| p.into_inner()).extend(ids);
+        }
+    }
+
+    /// The other hosts' objects this shadow's tasks kept.
+    pub fn borrowed(&self) -> Vec<ObjectId> {
+        self.borrowed
+            .as_ref()
+            .map(|b| b.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Notes that the job sent work to (or owns an actor on) the peer at

@@ -11,7 +11,7 @@
 //! running there are retried elsewhere (see `remote`).
 
 use fabric_proto::{
-    read_frame, write_frame, ErrorKind, FabricError, Request, Response, MAX_COMPONENT_BYTES, MAX_FRAME,
+    read_frame, write_frame, ErrorKind, FabricError, Request, Response, WireObjectId, MAX_COMPONENT_BYTES, MAX_FRAME,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -148,18 +148,22 @@ impl Peers {
 
     /// Runs a task on the peer at `addr` (`request` is a
     /// [`Request::PeerRun`]); its log chunks go to `on_log` as they come.
+    /// Returns its result and the other hosts' objects it kept
+    /// ([`Response::Borrowed`]).
     pub async fn run(
         &self,
         addr: &str,
         request: &Request,
         mut on_log: impl FnMut(&[u8]),
-    ) -> Result<RunOutput, PeerError> {
+    ) -> Result<(RunOutput, Vec<WireObjectId>), PeerError> {
         let (_send, mut recv) = self.open(addr, request).await?;
+        let mut borrowed = Vec::new();
         loop {
             match read_frame::<_, Response>(&mut recv, MAX_FRAME).await {
                 Ok(Some(Response::Log(chunk))) => on_log(&chunk),
-                Ok(Some(Response::Output(bytes))) => return Ok(RunOutput::Inline(bytes)),
-                Ok(Some(Response::Stored { id, len })) => return Ok(RunOutput::Kept { id, len }),
+                Ok(Some(Response::Borrowed(ids))) => borrowed.extend(ids),
+                Ok(Some(Response::Output(bytes))) => return Ok((RunOutput::Inline(bytes), borrowed)),
+                Ok(Some(Response::Stored { id, len })) => return Ok((RunOutput::Kept { id, len }, borrowed)),
                 Ok(Some(Response::Error(e))) => return Err(PeerError::Answered(e)),
                 Ok(Some(Response::Refused(e))) => return Err(PeerError::Refused(e)),
                 Ok(Some(other)) => return Err(lost(addr, format!("unexpected answer to a task: {other:?}"))),

@@ -25,6 +25,9 @@ pub const DEFAULT_TENANT: &str = "default";
 /// Largest control frame accepted (requests and responses other than bulk).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
+/// The most ids one [`Response::Borrowed`] frame lists.
+pub const MAX_BORROWED: usize = 1 << 16;
+
 /// The most bytes one [`Request::ObjectRead`] answer carries: a client reads
 /// a larger object in several.
 pub const MAX_OBJECT_READ: u64 = 8 << 20;
@@ -874,6 +877,13 @@ mod messages {
         Hosts(Vec<HostInfo>),
         /// A task's encoded result (ends a [`Request::PeerRun`]).
         Output(Vec<u8>),
+        /// Before the end of a [`Request::PeerRun`]: objects of other hosts
+        /// the task kept past its end (named in values it made, its result or
+        /// tasks it started). Their holders count them no more: kept until
+        /// their job ends. What the task only read and dropped is not listed,
+        /// so its holder frees it once nothing there refers to it. Sent only
+        /// when there are some, in frames of at most [`MAX_BORROWED`].
+        Borrowed(Vec<WireObjectId>),
         /// A task's result kept on the host that ran it (ends a
         /// [`Request::PeerRun`] whose result is too large to send inline).
         Stored {

@@ -142,7 +142,11 @@ impl Host for TaskState {
     }
 
     async fn declare_refs(&mut self, ids: Vec<WitObjectId>) -> wasmtime::Result<()> {
-        self.holds()?.declare(ids.into_iter().map(ObjectId::from).collect())?;
+        let ids: Vec<ObjectId> = ids.into_iter().map(ObjectId::from).collect();
+        let task = self.task()?;
+        // Another host's objects kept here: that host cannot count them.
+        task.job.keep_borrowed(ids.iter().copied().filter(|id| !task.host.objects.minted_here(*id)));
+        self.holds()?.declare(ids)?;
         Ok(())
     }
 

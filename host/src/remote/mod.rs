@@ -122,8 +122,10 @@ pub(crate) async fn rebuild(
 }
 
 /// Runs `spec` wherever placement says, retrying on other hosts when the
-/// one running it is lost. `named`: the objects its arguments name, which
-/// this host can no longer count once they are sent to a peer.
+/// one running it is lost. `named`: the objects its arguments name; a peer
+/// that runs it says which objects of other hosts its task kept, and those
+/// live until their job ends (all of `named`, if the task failed or its
+/// host was lost).
 pub(crate) async fn run_anywhere(
     host: &Arc<HostInner>,
     job: &Arc<Job>,
@@ -150,7 +152,6 @@ pub(crate) async fn run_anywhere(
             avoid.push(target);
             continue;
         };
-        host.objects.escape(&job.tenant, named);
         let request = Request::PeerRun {
             origin: host.local_addr(),
             tenant: job.tenant.to_string(),
@@ -169,7 +170,18 @@ pub(crate) async fn run_anywhere(
             outcome = host.peers.run(&addr, &request, |chunk| job.log.append(chunk)) => outcome,
         };
         host.cluster.finished(&target, &needs);
-        match outcome {
+        // The objects the peer's task kept live until their job ends; what it
+        // only read goes when nothing here refers to it. A task that failed
+        // or was lost may have handed any of its arguments on.
+        match &outcome {
+            Ok((_, borrowed)) => {
+                let kept: Vec<crate::objects::ObjectId> = borrowed.iter().copied().map(Into::into).collect();
+                host.objects.escape(&job.tenant, &kept);
+            }
+            Err(PeerError::Refused(_)) => {}
+            Err(PeerError::Answered(_) | PeerError::Lost(_)) => host.objects.escape(&job.tenant, named),
+        }
+        match outcome.map(|(output, _)| output) {
             Ok(RunOutput::Inline(bytes)) => return Ok(TaskOutput::Here { bytes, named: Declared::none() }),
             Ok(RunOutput::Kept { id, len }) => {
                 let lineage = Lineage { job: Arc::downgrade(job), spec, placement };
@@ -240,7 +252,7 @@ pub(crate) async fn serve_run(
     inner.visiting.arrive(&request.tenant, &request.job, &request.origin);
     let log = JobLog::new(None, inner.config.echo_logs)
         .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create a log: {e}")))?;
-    let shadow = Job::new(&request.job, &request.tenant, request.limits.clone(), log.clone());
+    let shadow = Job::shadow(&request.job, &request.tenant, request.limits.clone(), log.clone());
     let (_, mut chunks) = log.subscribe();
     let spec = TaskSpec {
         component,
@@ -273,6 +285,12 @@ pub(crate) async fn serve_run(
     };
     while let Ok(chunk) = chunks.try_recv() {
         let _ = write_frame_to(send, &Response::Log(chunk.to_vec())).await;
+    }
+    if outcome.is_ok() {
+        let borrowed: Vec<fabric_proto::WireObjectId> = shadow.borrowed().into_iter().map(Into::into).collect();
+        for part in borrowed.chunks(fabric_proto::MAX_BORROWED) {
+            write_frame_to(send, &Response::Borrowed(part.to_vec())).await?;
+        }
     }
     match outcome {
         // A host shutting down hands its result back rather than keep it

@@ -1446,3 +1446,36 @@ fn named_probes(
 fn probe_hosts(prefix: String, count: u64) -> fabric::Result<Vec<String>> {
     (0..count).map(|i| ProbeHandle::lookup(&format!("{prefix}-{i}"))?.host()?.get()).collect()
 }
+
+/// Puts `rounds` arrays of `mib` MiB one after another, each read by a
+/// task on a host labelled `key=value` and dropped here after: with a
+/// tenant limit below two arrays this only finishes if each is freed once
+/// the remote reader is done with it. Returns the bytes read.
+#[fabric::task]
+fn churn_remote(rounds: u64, mib: u64, key: String, value: String) -> fabric::Result<u64> {
+    let mut read = 0;
+    for round in 0..rounds {
+        let big = fabric::put_bytes(&vec![round as u8; (mib << 20) as usize])?;
+        let (len, first) = read_late.remote_with(&on_label(&key, &value), big.clone(), 0)?.get()?;
+        assert_eq!(first, round as u8);
+        read += len;
+    }
+    Ok(read)
+}
+
+/// Has a task on a host labelled `key=value` keep an array made here in a
+/// value of its own, drops every reference here, then reads the array
+/// through that value: the peer said it kept it, so it lives.
+#[fabric::task]
+fn kept_by_a_peer(key: String, value: String) -> fabric::Result<(u64, u8)> {
+    let array = fabric::put_bytes(&[42; 1000])?;
+    let holder = wrap_array.remote_with(&on_label(&key, &value), array)?.get()?;
+    let inner = holder.get()?;
+    Ok((inner.len(), inner.slice(0..1)?[0]))
+}
+
+/// Stores `array` inside a value of its own.
+#[fabric::task]
+fn wrap_array(array: fabric::ArrayRef<u8>) -> fabric::Result<ObjectRef<fabric::ArrayRef<u8>>> {
+    fabric::put(&array)
+}
