@@ -1045,15 +1045,8 @@ fn print_hosts(hosts: &[fabric_host::HostInfo], output: Output) -> anyhow::Resul
             );
             for h in hosts {
                 let labels: Vec<String> = h.labels.iter().map(|l| format!("{}={}", l.key, l.value)).collect();
-                let others: Vec<String> = h
-                    .capacity
-                    .iter()
-                    .filter(|r| r.name != CPU)
-                    .map(|r| match r.name.as_str() {
-                        "memory" => format!("memory={:.1}GiB", r.amount as f64 / (1u64 << 30) as f64),
-                        _ => format!("{}={}", r.name, r.amount),
-                    })
-                    .collect();
+                let others: Vec<fabric_proto::Resource> =
+                    h.capacity.iter().filter(|r| r.name != CPU).cloned().collect();
                 println!(
                     "{:<18} {:<22} {:>7} {:>7}  {:<14} {:<20} {}{}",
                     h.id,
@@ -1062,7 +1055,7 @@ fn print_hosts(hosts: &[fabric_host::HostInfo], output: Output) -> anyhow::Resul
                     h.queued,
                     h.pool.as_deref().unwrap_or("-"),
                     if labels.is_empty() { "-".to_string() } else { labels.join(",") },
-                    others.join(","),
+                    fabric_host::cluster::placement::format_resources(&others),
                     if h.draining { "  (draining: takes no new work)" } else { "" }
                 );
             }

@@ -589,13 +589,11 @@ impl Host {
     pub async fn actors(&self, tenant: &str) -> Result<Vec<ActorInfo>, FabricError> {
         let mut all = self.local_actors(tenant)?;
         let request = fabric_proto::Request::PeerActors { tenant: tenant.to_string() };
-        let mut theirs = Vec::new();
-        for (peer, answer) in remote::ask_members(&self.0, &request).await {
-            match answer {
-                fabric_proto::Response::Actors(actors) => theirs.extend(actors),
-                other => tracing::warn!(host = %peer, "unexpected answer to a list of actors: {other:?}"),
-            }
-        }
+        let mut theirs = remote::gather_from_members(&self.0, &request, "a list of actors", |answer| match answer {
+            fabric_proto::Response::Actors(actors) => Ok(actors),
+            other => Err(format!("{other:?}")),
+        })
+        .await;
         theirs.sort_by(|a, b| a.host.cmp(&b.host));
         all.extend(theirs);
         Ok(all)
@@ -762,12 +760,13 @@ impl Host {
         let mut logs = self.local_deployment_logs(tenant, name, &since)?;
         let request =
             fabric_proto::Request::PeerDeploymentLogs { tenant: tenant.to_string(), name: name.to_string(), since };
-        for (peer, answer) in remote::ask_members(&self.0, &request).await {
-            match answer {
-                fabric_proto::Response::DeploymentLogs(theirs) => logs.extend(theirs),
-                other => tracing::warn!(host = %peer, "unexpected answer to a deployment's logs: {other:?}"),
-            }
-        }
+        logs.extend(
+            remote::gather_from_members(&self.0, &request, "a deployment's logs", |answer| match answer {
+                fabric_proto::Response::DeploymentLogs(theirs) => Ok(theirs),
+                other => Err(format!("{other:?}")),
+            })
+            .await,
+        );
         if logs.is_empty() {
             return Err(FabricError::new(ErrorKind::NotFound, format!("no host serves a deployment named {name}")));
         }
@@ -804,12 +803,13 @@ impl Host {
     pub async fn deployments(&self, tenant: &str) -> Result<Vec<DeploymentInfo>, FabricError> {
         let mut replicas = self.local_replicas(tenant)?;
         let request = fabric_proto::Request::PeerReplicas { tenant: tenant.to_string() };
-        for (peer, answer) in remote::ask_members(&self.0, &request).await {
-            match answer {
-                fabric_proto::Response::Replicas(theirs) => replicas.extend(theirs),
-                other => tracing::warn!(host = %peer, "unexpected answer to a list of replicas: {other:?}"),
-            }
-        }
+        replicas.extend(
+            remote::gather_from_members(&self.0, &request, "a list of replicas", |answer| match answer {
+                fabric_proto::Response::Replicas(theirs) => Ok(theirs),
+                other => Err(format!("{other:?}")),
+            })
+            .await,
+        );
         let records = self.0.registry.deployments(Some(tenant)).await?;
         Ok(records
             .into_iter()

@@ -19,6 +19,12 @@ use http_body_util::BodyExt;
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 
+/// Whether `path` is under `/v1/call`, answered by this module (errors
+/// as JSON) rather than by a route.
+pub fn is_call_path(path: &str) -> bool {
+    path == "/v1/call" || path.starts_with("/v1/call/")
+}
+
 /// The deployment a `/v1/call/...` request names, or the answer that
 /// refuses it.
 pub fn target(host: &HostInner, request: &Request<Body>) -> Result<Arc<Deployed>, Refusal> {

@@ -229,7 +229,7 @@ pub async fn serve(host: &Arc<HostInner>, head: PeerRequest, mut send: quinn::Se
     // Before a deployment is found, the path says which shape of error the
     // caller expects.
     let refuse = |status: StatusCode, error: FabricError| {
-        if uri.starts_with("/v1/call") {
+        if super::call::is_call_path(uri.split('?').next().unwrap_or_default()) {
             super::call::error_json(status, &error)
         } else {
             text(status, error.message)

@@ -106,7 +106,7 @@ pub async fn serve(host: Host, listener: tokio::net::TcpListener) {
 /// Answers one request that came to this host's gateway.
 pub async fn handle(host: &Arc<HostInner>, request: Request<Body>) -> Response<Body> {
     let path = request.uri().path();
-    let deployed = if path == "/v1/call" || path.starts_with("/v1/call/") {
+    let deployed = if call::is_call_path(path) {
         match call::target(host, &request) {
             Ok(deployed) => deployed,
             Err(refusal) => return refusal.into_response(),

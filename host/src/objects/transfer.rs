@@ -652,12 +652,13 @@ pub async fn cluster_usage(host: &Arc<HostInner>, tenant: &str) -> Result<Vec<fa
     crate::validate_name("tenant", tenant)?;
     let mut all = vec![local_usage(host, tenant)];
     let request = Request::PeerObjects { tenant: tenant.to_string() };
-    for (peer, answer) in crate::remote::ask_members(host, &request).await {
-        match answer {
-            Response::Objects(usage) => all.extend(usage),
-            other => tracing::warn!(host = %peer, "unexpected answer to a list of objects: {other:?}"),
-        }
-    }
+    all.extend(
+        crate::remote::gather_from_members(host, &request, "a list of objects", |answer| match answer {
+            Response::Objects(usage) => Ok(usage),
+            other => Err(format!("{other:?}")),
+        })
+        .await,
+    );
     all.sort_by(|a, b| a.host.cmp(&b.host));
     Ok(all)
 }

@@ -469,6 +469,25 @@ fn free_visit(host: &Arc<HostInner>, tenant: &str, job: &str) {
     host.objects.drop_job(&tenant.into(), &job.into());
 }
 
+/// What every other member lists in answer to `request` (`take` finds the
+/// list in an answer, or shows the unexpected answer, which is logged), for
+/// the cluster-wide listings of `what`.
+pub(crate) async fn gather_from_members<T>(
+    host: &Arc<HostInner>,
+    request: &Request,
+    what: &str,
+    take: impl Fn(Response) -> Result<Vec<T>, String>,
+) -> Vec<T> {
+    let mut all = Vec::new();
+    for (peer, answer) in ask_members(host, request).await {
+        match take(answer) {
+            Ok(listed) => all.extend(listed),
+            Err(other) => tracing::warn!(host = %peer, "unexpected answer to {what}: {other}"),
+        }
+    }
+    all
+}
+
 /// Sends `request` to every other member at once and returns the answers of
 /// those that gave one within two seconds (the others are logged).
 pub(crate) async fn ask_members(host: &Arc<HostInner>, request: &Request) -> Vec<(String, Response)> {
