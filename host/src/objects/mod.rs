@@ -456,27 +456,44 @@ impl Inner {
     /// Frees counted object `id` now, whatever refers to it; returns the
     /// objects it named (each still counting it).
     fn discard(&mut self, tenant: &Arc<str>, id: ObjectId) -> Vec<ObjectId> {
-        let Some(counted) = self.refs.get_mut(tenant) else { return Vec::new() };
-        let Some(refs) = counted.remove(&id) else { return Vec::new() };
-        if counted.is_empty() {
-            self.refs.remove(tenant);
-        }
-        let Some(cell) = self.objects.get_mut(tenant).and_then(|o| o.remove(&id)) else {
+        let Some(refs) = self.take_refs(tenant, id) else { return Vec::new() };
+        let Some(cell) = self.unlist(tenant, &refs.job, id) else {
             return refs.contains;
         };
-        self.count -= 1;
-        forget_owned(&mut self.by_job, tenant, &refs.job, id);
         if let Some(Ok(Value::Elsewhere { id: kept, .. })) = cell.peek() {
             // The copy pulled here and the bytes on the peer go with it.
             self.released_elsewhere.push((tenant.clone(), *kept));
-            if let Some(copy) = self.objects.get_mut(tenant).and_then(|o| o.remove(kept)) {
-                self.count -= 1;
-                forget_owned(&mut self.by_job, tenant, &refs.job, *kept);
+            if let Some(copy) = self.unlist(tenant, &refs.job, *kept) {
                 self.free(&copy, freed(*kept));
             }
         }
         self.free(&cell, freed(id));
         refs.contains
+    }
+
+    /// Lists `cell` as `tenant`'s object `id`, owned by `job`.
+    fn list(&mut self, tenant: &Arc<str>, job: &Arc<str>, id: ObjectId, cell: Arc<Cell>) {
+        self.objects.entry(tenant.clone()).or_default().insert(id, cell);
+        self.count += 1;
+        self.by_job.entry((tenant.clone(), job.clone())).or_default().insert(id);
+    }
+
+    /// Takes `tenant`'s object `id`, owned by `job`, off the lists.
+    fn unlist(&mut self, tenant: &Arc<str>, job: &Arc<str>, id: ObjectId) -> Option<Arc<Cell>> {
+        let cell = self.objects.get_mut(tenant).and_then(|o| o.remove(&id))?;
+        self.count -= 1;
+        forget_owned(&mut self.by_job, tenant, job, id);
+        Some(cell)
+    }
+
+    /// Takes the counts of `tenant`'s object `id` away.
+    fn take_refs(&mut self, tenant: &str, id: ObjectId) -> Option<Refs> {
+        let counted = self.refs.get_mut(tenant)?;
+        let refs = counted.remove(&id);
+        if counted.is_empty() {
+            self.refs.remove(tenant);
+        }
+        refs
     }
 
     /// `id` and every object it names, directly or not, each once.
@@ -523,9 +540,7 @@ impl Inner {
 
     /// Creates `id` of `job` as a pending object, held once (by its creator).
     fn insert(&mut self, tenant: &Arc<str>, job: &Arc<str>, id: ObjectId, cell: Arc<Cell>) {
-        self.objects.entry(tenant.clone()).or_default().insert(id, cell);
-        self.count += 1;
-        self.by_job.entry((tenant.clone(), job.clone())).or_default().insert(id);
+        self.list(tenant, job, id, cell);
         let refs = Refs {
             count: 1,
             escaped: false,
@@ -543,15 +558,7 @@ impl Inner {
     fn forget(&mut self, tenant: &Arc<str>, id: ObjectId) -> Option<(Arc<Cell>, Vec<ObjectId>)> {
         let cell = self.objects.get_mut(tenant).and_then(|o| o.remove(&id))?;
         self.count -= 1;
-        let mut contains = Vec::new();
-        if let Some(counted) = self.refs.get_mut(tenant) {
-            if let Some(refs) = counted.remove(&id) {
-                contains = refs.contains;
-            }
-            if counted.is_empty() {
-                self.refs.remove(tenant);
-            }
-        }
+        let contains = self.take_refs(tenant, id).map(|refs| refs.contains).unwrap_or_default();
         Some((cell, contains))
     }
 }
@@ -914,14 +921,11 @@ impl ObjectStore {
     /// another reader made it first (wait on it).
     pub fn copy_slot(&self, tenant: &Arc<str>, job: &Arc<str>, id: ObjectId) -> (Arc<Cell>, bool) {
         let mut inner = self.lock();
-        let objects = inner.objects.entry(tenant.clone()).or_default();
-        if let Some(cell) = objects.get(&id) {
+        if let Some(cell) = inner.objects.get(&**tenant).and_then(|objects| objects.get(&id)) {
             return (cell.clone(), false);
         }
         let cell = Arc::new(Cell::new(tenant.clone(), id));
-        objects.insert(id, cell.clone());
-        inner.count += 1;
-        inner.by_job.entry((tenant.clone(), job.clone())).or_default().insert(id);
+        inner.list(tenant, job, id, cell.clone());
         (cell, true)
     }
 
@@ -940,13 +944,8 @@ impl ObjectStore {
     /// the next reader tries again.
     pub fn abandon_copy(&self, tenant: &Arc<str>, job: &Arc<str>, id: ObjectId, cell: &Arc<Cell>, error: FabricError) {
         let mut inner = self.lock();
-        let Inner { objects, count, by_job, .. } = &mut *inner;
-        if let Some(objects) = objects.get_mut(tenant) {
-            if objects.get(&id).is_some_and(|c| Arc::ptr_eq(c, cell)) {
-                objects.remove(&id);
-                *count -= 1;
-                forget_owned(by_job, tenant, job, id);
-            }
+        if inner.objects.get(&**tenant).and_then(|objects| objects.get(&id)).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+            inner.unlist(tenant, job, id);
         }
         cell.fill(Err(error));
     }
