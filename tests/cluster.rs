@@ -1,7 +1,7 @@
 //! The cluster, end to end: a real etcd and real `fabric host` processes on
 //! loopback, driven with the real CLI.
 
-use fabric_tests::{all_see, eventually, example, fabric, ids, view_of, Etcd, Up, SETTLE};
+use fabric_tests::{all_see, cluster, eventually, example, fabric, ids, view_of, Etcd, Up, SETTLE};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -49,9 +49,7 @@ fn hosts_join_see_each_other_leave_when_killed_and_rejoin() {
 #[test]
 fn a_graceful_stop_leaves_at_once_and_clients_find_hosts_through_etcd() {
     let etcd = Etcd::start();
-    let a = Up::host(etcd.endpoint(), &[]);
-    let mut b = Up::host(etcd.endpoint(), &[]);
-    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let [a, mut b] = cluster(&etcd, [&[], &[]]);
 
     // A client that knows only etcd finds a host and trusts the cluster CA.
     let hello = example("hello").to_string_lossy().into_owned();
@@ -160,8 +158,7 @@ fn bad_host_settings_are_refused_with_a_reason() {
 #[test]
 fn fanout_runs_on_every_host_with_the_component_fetched_from_the_first() {
     let etcd = Etcd::start();
-    let (a, b, c) = (Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), &[]));
-    all_see(&[&a, &b, &c], &ids(&[&a, &b, &c]), "three hosts to see each other");
+    let [a, b, c] = cluster(&etcd, [&[], &[], &[]]);
 
     // Uploaded to a only; b and c fetch it from a, and a reads every result
     // b and c produce.
@@ -303,9 +300,8 @@ fn tasks_of_a_killed_host_are_retried_elsewhere_and_the_job_completes() {
 #[test]
 fn a_named_actor_resolves_to_the_same_host_from_every_host() {
     let etcd = Etcd::start();
-    let hosts = [Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), &[])];
-    let [a, b, c] = &hosts;
-    all_see(&[a, b, c], &ids(&[a, b, c]), "three hosts to see each other");
+    let hosts = cluster(&etcd, [&[], &[], &[]]);
+    let a = &hosts[0];
     let counter = example("counter");
 
     // Jobs on every host get-or-create the same named counter and bump it.
@@ -365,9 +361,7 @@ fn a_named_actor_resolves_to_the_same_host_from_every_host() {
 #[test]
 fn a_stopping_host_takes_no_new_work_and_finishes_its_peers_tasks() {
     let etcd = Etcd::start();
-    let a = Up::host(etcd.endpoint(), &[]);
-    let mut b = Up::host(etcd.endpoint(), &["--label", "role=sleeper"]);
-    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let [a, mut b] = cluster(&etcd, [&[], &["--label", "role=sleeper"]]);
 
     // a's job runs a five-second task on b (the only host with the label,
     // and the task may not run again).
@@ -401,9 +395,7 @@ fn a_stopping_host_takes_no_new_work_and_finishes_its_peers_tasks() {
 #[test]
 fn an_actor_on_another_host_writes_to_its_jobs_log() {
     let etcd = Etcd::start();
-    let a = Up::host(etcd.endpoint(), &[]);
-    let b = Up::host(etcd.endpoint(), &["--label", "role=speaker"]);
-    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let [a, b] = cluster(&etcd, [&[], &["--label", "role=speaker"]]);
     let testkit = fabric_tests::testkit();
     let args = r#"{"key": "role", "value": "speaker", "text": "hello from the probe", "hold_ms": 60000}"#;
     let job = a.submit_detached(&testkit, "actor_says", args);

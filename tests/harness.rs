@@ -67,16 +67,20 @@ impl Out {
     }
 }
 
+/// The `fabric` CLI with `args`, not steered by this process's `FABRIC_*`
+/// settings (a test says what it means in flags and `Up`'s environment).
+pub fn fabric_command(args: &[&str]) -> Command {
+    let mut command = Command::new(fabric_bin());
+    command.args(args);
+    for setting in ["FABRIC_DATA_DIR", "FABRIC_HOST", "FABRIC_TENANT", "FABRIC_ETCD", "FABRIC_INJECT_FAULTS"] {
+        command.env_remove(setting);
+    }
+    command
+}
+
 /// Runs the CLI with `args`.
 pub fn fabric(args: &[&str]) -> Out {
-    let output = Command::new(fabric_bin())
-        .args(args)
-        .env_remove("FABRIC_DATA_DIR")
-        .env_remove("FABRIC_HOST")
-        .env_remove("FABRIC_TENANT")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run fabric");
+    let output = fabric_command(args).stdin(Stdio::null()).output().expect("run fabric");
     Out {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -202,7 +206,7 @@ impl Up {
         let addr_file = self.data_dir().join("host.addr");
         let _ = std::fs::remove_file(&addr_file);
         let log = std::fs::File::create(self.data_dir().join("up.log")).expect("up log");
-        let mut command = Command::new(fabric_bin());
+        let mut command = fabric_command(&[]);
         command.arg("--data-dir").arg(self.data_dir());
         if let Some(etcd) = &self.etcd {
             command.args(["--etcd", etcd]);
@@ -444,6 +448,15 @@ pub fn view_of(host: &Up) -> Option<std::collections::BTreeSet<String>> {
 /// The ids of `hosts`.
 pub fn ids(hosts: &[&Up]) -> std::collections::BTreeSet<String> {
     hosts.iter().map(|h| h.id()).collect()
+}
+
+/// Starts a `fabric host` against `etcd` for each entry of `flags` (its
+/// flags) and waits until every one sees them all.
+pub fn cluster<const N: usize>(etcd: &Etcd, flags: [&[&str]; N]) -> [Up; N] {
+    let hosts = flags.map(|flags| Up::host(etcd.endpoint(), flags));
+    let all: Vec<&Up> = hosts.iter().collect();
+    all_see(&all, &ids(&all), &format!("{N} hosts to see each other"));
+    hosts
 }
 
 /// Waits until every host in `observers` sees exactly `expected`.

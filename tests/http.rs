@@ -1,7 +1,7 @@
 //! The HTTP gateway end to end: real `fabric up` processes, deployments made
 //! with the CLI, requests over real HTTP on loopback.
 
-use fabric_tests::{all_see, eventually, example, http_kit, ids, testkit, Etcd, Up};
+use fabric_tests::{all_see, cluster, eventually, example, http_kit, ids, testkit, Etcd, Up};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -313,9 +313,7 @@ fn replicas_on(host: &Up, name: &str, on: &str) -> Value {
 #[test]
 fn a_host_forwards_requests_to_the_hosts_that_can_run_replicas() {
     let etcd = Etcd::start();
-    let a = Up::host(etcd.endpoint(), &[]);
-    let b = Up::host(etcd.endpoint(), &["--resources", "special=2"]);
-    all_see(&[&a, &b], &ids(&[&a, &b]), "both hosts to be members");
+    let [a, b] = cluster(&etcd, [&[], &["--resources", "special=2"]]);
 
     // What no host has is refused at deploy, saying what is missing.
     let refused = deploy_refused(&a, &http_kit(), &["--name", "kit", "--route", "/kit", "--resources", "special=3"]);
@@ -600,14 +598,13 @@ fn a_deployments_log_shows_its_instances_output_and_failed_requests() {
     // Followed, it prints what comes next as it comes, until the
     // deployment is removed.
     let printed = host.data_dir().join("follow.out");
-    let mut follower = std::process::Command::new(fabric_tests::fabric_bin())
-        .arg("--data-dir")
-        .arg(host.data_dir())
-        .args(["logs", "--deployment", "kit", "--follow"])
-        .stdout(std::fs::File::create(&printed).unwrap())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let data_dir = host.data_dir().to_string_lossy().into_owned();
+    let mut follower =
+        fabric_tests::fabric_command(&["--data-dir", &data_dir, "logs", "--deployment", "kit", "--follow"])
+            .stdout(std::fs::File::create(&printed).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
     let traps = || std::fs::read_to_string(&printed).unwrap_or_default().matches("the kit was asked to trap").count();
     let so_far = eventually(Duration::from_secs(10), "the follower to print the log so far", || {
         let n = traps();

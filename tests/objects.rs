@@ -2,7 +2,7 @@
 //! processes on loopback, guests that make objects on one host and read them
 //! on another.
 
-use fabric_tests::{all_see, eventually, ids, testkit, Etcd, Up, SETTLE};
+use fabric_tests::{all_see, cluster, eventually, ids, testkit, Etcd, Up, SETTLE};
 use serde_json::Value;
 
 /// A host labelled `role=maker`, where the tests' objects are made.
@@ -35,8 +35,7 @@ fn store_of<'a>(stores: &'a [Value], host: &Up) -> &'a Value {
 #[test]
 fn results_and_objects_stay_where_they_were_made_and_are_read_from_anywhere() {
     let etcd = Etcd::start();
-    let (a, b) = (Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), MAKER));
-    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let [a, b] = cluster(&etcd, [&[], MAKER]);
 
     // A result too large to travel back with its task stays on b; a reads
     // its size, a slice and the whole from there.
@@ -155,8 +154,7 @@ fn assert_catalog(v: &Value, entries: u64, host: &str) {
 #[test]
 fn a_1_gib_object_crosses_hosts_intact() {
     let etcd = Etcd::start();
-    let (a, b) = (Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), MAKER));
-    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let [a, b] = cluster(&etcd, [&[], MAKER]);
     let v = result_of(&a, "pull_elsewhere", &args(1 << 30, 4));
     assert_eq!(v[0], Value::String(b.id()), "{v}");
     assert_eq!(v[2], v[3], "a read the gibibyte b put: {v}");
@@ -202,8 +200,7 @@ fn corrupted_and_truncated_transfers_are_detected_and_retried() {
 #[test]
 fn an_object_whose_host_died_is_reported_lost() {
     let etcd = Etcd::start();
-    let (a, mut b) = (Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), MAKER));
-    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let [a, mut b] = cluster(&etcd, [&[], MAKER]);
     let job = a.submit_detached(&testkit(), "read_after_loss", r#"{"key": "role", "value": "maker", "ms": 8000}"#);
     let b_id = b.id();
     eventually(SETTLE, "the object to be made", || a.fabric(&["logs", &job]).stdout.contains("made on").then_some(()));
@@ -256,8 +253,7 @@ fn a_lost_result_is_rebuilt_by_running_its_task_again_unless_it_may_not() {
 #[test]
 fn a_tenant_cannot_read_another_tenants_object_on_another_host() {
     let etcd = Etcd::start();
-    let (a, b) = (Up::host(etcd.endpoint(), &[]), Up::host(etcd.endpoint(), &[]));
-    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let [a, b] = cluster(&etcd, [&[], &[]]);
     let out = b.fabric(&[
         "--tenant",
         "alpha",
@@ -444,9 +440,7 @@ fn an_object_a_peer_only_read_is_freed_when_its_last_reference_here_drops() {
     let etcd = Etcd::start();
     // a's tenant may hold 6 MiB: 20 arrays of 4 MiB, each read on b in
     // turn, fit only if each goes once b's reader is done with it.
-    let a = Up::host(etcd.endpoint(), &["--max-tenant-object-mib", "6"]);
-    let b = Up::host(etcd.endpoint(), MAKER);
-    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let [a, _maker] = cluster(&etcd, [&["--max-tenant-object-mib", "6"], MAKER]);
     let args = r#"{"rounds": 20, "mib": 4, "key": "role", "value": "maker"}"#;
     assert_eq!(result_of(&a, "churn_remote", args), 20 * (4 << 20));
     // What a peer's task kept in a value of its own stays while the job
@@ -458,9 +452,7 @@ fn an_object_a_peer_only_read_is_freed_when_its_last_reference_here_drops() {
 #[test]
 fn a_pinned_object_outlives_its_job_until_unpinned() {
     let etcd = Etcd::start();
-    let a = Up::host(etcd.endpoint(), &[]);
-    let b = Up::host(etcd.endpoint(), MAKER);
-    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    let [a, b] = cluster(&etcd, [&[], MAKER]);
     // A pair naming a 1 MiB array, pinned: both outlive the job, listed
     // under `(pinned)`, and a later job on another host reads them.
     let pair = result_of(&a, "put_pinned", r#"{"text": "kept", "mib": 1}"#).as_str().unwrap().to_string();
