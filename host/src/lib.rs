@@ -35,6 +35,7 @@ pub mod components;
 pub mod config;
 pub mod deployments;
 pub mod drain;
+pub mod faults;
 pub mod gateway;
 pub mod hostfns;
 pub mod instances;
@@ -96,6 +97,8 @@ pub struct HostInner {
     pub(crate) visiting: remote::Visiting,
     /// Whether the host is shutting down, and what it waits for first.
     pub(crate) drain: drain::Drain,
+    /// Faults the tests asked this host to inject.
+    pub(crate) faults: faults::Faults,
     /// Counters of objects pulled from peers, and faults to inject.
     pub(crate) transfers: objects::transfer::Transfers,
     /// What this host's gateway serves.
@@ -195,6 +198,12 @@ impl HostInner {
         };
         live.job.log.append(chunk);
         Ok(())
+    }
+
+    /// Whether this host turns away a peer's new task or actor: it is
+    /// draining (or a test made it act so); the peer places it elsewhere.
+    pub(crate) fn refuses_peer_work(&self) -> bool {
+        self.drain.is_draining() || self.faults.refuse_runs.strikes()
     }
 
     /// Whether `tenant`'s `job` runs on this host now.
@@ -319,7 +328,8 @@ impl Host {
             resources: resources::Resources::new(&capacity),
             visiting: remote::Visiting::default(),
             drain: drain::Drain::default(),
-            transfers: objects::transfer::Transfers::from_env(),
+            faults: faults::Faults::from_env(),
+            transfers: objects::transfer::Transfers::default(),
             deployments: deployments::Deployments::default(),
             forwarded: Default::default(),
             host_header,

@@ -44,43 +44,16 @@ const MAX_HOPS: usize = 4;
 /// without the holder sending it once per reader).
 pub const SHARE_COPIES_FROM: u64 = 16 << 20;
 
-/// Counters of what this host pulled, and faults to inject
-/// (`FABRIC_INJECT_FAULTS=truncate-transfers:N,corrupt-transfers:N` makes
-/// this host serve its next N ranges cut short or with a flipped byte: how
-/// the tests show that bad transfers are caught and retried;
-/// `refuse-runs:N` has it refuse its next N peers' tasks and new actors as a
-/// draining host does, which a peer's stale view otherwise only rarely
-/// shows).
+/// Counters of what this host pulled and served.
 #[derive(Debug, Default)]
 pub struct Transfers {
     pulls: AtomicU64,
     pulled_bytes: AtomicU64,
     served_bytes: AtomicU64,
     retried_ranges: AtomicU64,
-    truncate: AtomicU64,
-    corrupt: AtomicU64,
-    refuse_runs: AtomicU64,
 }
 
 impl Transfers {
-    /// Counters at zero, with faults from `FABRIC_INJECT_FAULTS`.
-    pub fn from_env() -> Self {
-        let transfers = Transfers::default();
-        if let Ok(spec) = std::env::var("FABRIC_INJECT_FAULTS") {
-            for part in spec.split(',') {
-                let Some((name, count)) = part.split_once(':') else { continue };
-                let Ok(count) = count.trim().parse::<u64>() else { continue };
-                match name.trim() {
-                    "truncate-transfers" => transfers.truncate.store(count, Ordering::Relaxed),
-                    "corrupt-transfers" => transfers.corrupt.store(count, Ordering::Relaxed),
-                    "refuse-runs" => transfers.refuse_runs.store(count, Ordering::Relaxed),
-                    other => tracing::warn!("unknown fault `{other}` in FABRIC_INJECT_FAULTS"),
-                }
-            }
-        }
-        transfers
-    }
-
     /// (pulls, bytes pulled, ranges asked again).
     pub fn counts(&self) -> (u64, u64, u64) {
         (
@@ -88,16 +61,6 @@ impl Transfers {
             self.pulled_bytes.load(Ordering::Relaxed),
             self.retried_ranges.load(Ordering::Relaxed),
         )
-    }
-
-    fn take_fault(counter: &AtomicU64) -> bool {
-        counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
-    }
-
-    /// Whether to refuse the next peer's task or new actor as if draining
-    /// (an injected fault).
-    pub fn refuse_run(&self) -> bool {
-        Transfers::take_fault(&self.refuse_runs)
     }
 }
 
@@ -609,11 +572,11 @@ pub async fn serve_read(
     let range = range_of(total, offset, len)?;
     let mut chunk = host.objects.slice(&local, range).await?;
     let checksum = xxh3_64(&chunk);
-    if !chunk.is_empty() && Transfers::take_fault(&host.transfers.corrupt) {
+    if !chunk.is_empty() && host.faults.corrupt_transfers.strikes() {
         let mut corrupted = chunk.to_vec();
         corrupted[0] ^= 0xff;
         chunk = corrupted.into();
-    } else if !chunk.is_empty() && Transfers::take_fault(&host.transfers.truncate) {
+    } else if !chunk.is_empty() && host.faults.truncate_transfers.strikes() {
         chunk.truncate(chunk.len() / 2);
     }
     host.transfers.served_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);

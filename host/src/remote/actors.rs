@@ -318,7 +318,7 @@ pub(crate) async fn serve_create(
 ) -> Result<Response, FabricError> {
     let existing =
         || get_or_create && spec.name.as_deref().is_some_and(|name| host.actors.lookup(tenant, name).is_ok());
-    if (host.drain.is_draining() || host.transfers.refuse_run()) && !existing() {
+    if host.refuses_peer_work() && !existing() {
         let why = FabricError::new(ErrorKind::Unavailable, format!("host {} is draining", host.id));
         return Ok(Response::Refused(why));
     }

@@ -242,7 +242,7 @@ pub(crate) async fn serve_run(
 ) -> Result<(), FabricError> {
     let inner = &host.0;
     crate::validate_name("tenant", &request.tenant)?;
-    if inner.drain.is_draining() || inner.transfers.refuse_run() {
+    if inner.refuses_peer_work() {
         // The sender's view did not show the drain yet: it places the task
         // elsewhere at once rather than wait for this host's deadline.
         let why = FabricError::new(ErrorKind::Unavailable, format!("host {} is draining", inner.id));
