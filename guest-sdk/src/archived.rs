@@ -20,7 +20,8 @@
 //! data read more often, or more partially, than it is written.
 
 use crate::bindings::fabric::core::objects;
-use crate::object::{declared, Handle, ObjectId};
+use crate::object::{declared, ObjectId};
+use crate::ObjectRef;
 use crate::{Error, Result};
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -59,26 +60,22 @@ const ARCHIVE_ALIGN: usize = 16;
 pub fn put_archived<T: Archivable>(value: &T) -> Result<ArchivedRef<T>> {
     let bytes = declared(|| rkyv::to_bytes::<rancor::Error>(value))
         .map_err(|e| Error::InvalidArgument(format!("cannot archive the value: {e}")))?;
-    Ok(ArchivedRef { handle: Handle::adopt(objects::put(&bytes)?.into()), _type: PhantomData })
+    Ok(ArchivedRef(ObjectRef::adopt(objects::put(&bytes)?.into())))
 }
 
 /// A reference to an object holding a `T` archived with rkyv: [`get`] reads
-/// it in place. Counted like [`ObjectRef`](crate::ObjectRef), passed to
-/// tasks the same way, and archivable inside other archived values
-/// ([`ArchivedArchivedRef`]).
+/// it in place. An [`ObjectRef`] underneath (counted, passed to tasks and
+/// encoded the same way), read the rkyv way; archivable inside other
+/// archived values ([`ArchivedArchivedRef`]).
 ///
 /// [`get`]: ArchivedRef::get
 #[derive(Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-#[serde(transparent)]
-pub struct ArchivedRef<T> {
-    handle: Handle,
-    #[serde(skip)]
-    _type: PhantomData<fn() -> T>,
-}
+#[serde(transparent, bound = "")]
+pub struct ArchivedRef<T>(ObjectRef<T>);
 
 impl<T> Clone for ArchivedRef<T> {
     fn clone(&self) -> Self {
-        ArchivedRef { handle: self.handle.clone(), _type: PhantomData }
+        ArchivedRef(self.0.clone())
     }
 }
 
@@ -92,20 +89,20 @@ impl<T> ArchivedRef<T> {
     /// A new reference from a raw id; the caller vouches for the type (a
     /// wrong one is caught when the bytes are checked).
     pub fn from_id(id: ObjectId) -> Self {
-        ArchivedRef { handle: Handle::retain(id), _type: PhantomData }
+        ArchivedRef(ObjectRef::from_id(id))
     }
     /// The object's id.
     pub fn id(&self) -> ObjectId {
-        self.handle.id()
+        self.0.id()
     }
     /// The archive's size in bytes, waiting until it is ready.
     pub fn size(&self) -> Result<u64> {
-        Ok(objects::size(self.id().into())?)
+        self.0.size()
     }
     /// Keeps the object (and what it names) after this job ends, until
     /// `fabric unpin ID`. Waits until it is ready.
     pub fn pin(&self) -> Result<()> {
-        Ok(objects::pin(self.id().into())?)
+        self.0.pin()
     }
 }
 
@@ -113,8 +110,7 @@ impl<T: Archivable> ArchivedRef<T> {
     /// The archived value, waiting until it is ready: its bytes are copied
     /// into this task once and checked, then read in place.
     pub fn get(&self) -> Result<ArchivedValue<T>> {
-        let bytes = objects::get(self.id().into())?;
-        ArchivedValue::checked(bytes, Some(self.handle.clone())).map_err(|e| {
+        ArchivedValue::checked(self.0.get_bytes()?, Some(self.0.clone())).map_err(|e| {
             Error::InvalidArgument(format!("object {} is not an archived value of the expected type: {e}", self.id()))
         })
     }
@@ -128,11 +124,11 @@ impl<T: Archivable> ArchivedRef<T> {
 impl<T> ArchivedArchivedRef<T> {
     /// The object's id, read in place.
     pub fn id(&self) -> ObjectId {
-        (&self.handle).into()
+        self.0.id()
     }
     /// A counted reference to the object, as decoding the value would give.
     pub fn to_ref(&self) -> ArchivedRef<T> {
-        ArchivedRef::from_id(self.id())
+        ArchivedRef(self.0.to_ref())
     }
 }
 
@@ -142,7 +138,7 @@ impl<T> ArchivedArchivedRef<T> {
 /// references name (turned into counted ones with `to_ref`) live as long.
 pub struct ArchivedValue<T: Archivable> {
     bytes: Bytes,
-    _object: Option<Handle>,
+    _object: Option<ObjectRef<T>>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -172,7 +168,7 @@ impl<T: Archivable> ArchivedValue<T> {
     }
 
     /// [`check`](Self::check), holding a reference to the object read.
-    fn checked(bytes: Vec<u8>, object: Option<Handle>) -> std::result::Result<Self, rancor::Error> {
+    fn checked(bytes: Vec<u8>, object: Option<ObjectRef<T>>) -> std::result::Result<Self, rancor::Error> {
         // The validator checks each part's real address, so bytes aligned
         // too loosely for this archive fail here rather than misread.
         let bytes = match rkyv::access::<T::Archived, rancor::Error>(&bytes) {

@@ -65,18 +65,23 @@ impl JobLog {
             }
             None => None,
         };
-        Ok(Arc::new(JobLog {
-            inner: Mutex::new(Inner { memory: Vec::new(), truncated: false, file, echo, ring: false, written: 0 }),
-            updates: broadcast::channel(1024).0,
-            id: rand::random(),
-        }))
+        Ok(JobLog::with(file, echo, false))
+    }
+
+    /// A log kept in memory only (a call's, or a peer's task's here).
+    pub fn in_memory(echo: bool) -> Arc<Self> {
+        JobLog::with(None, echo, false)
     }
 
     /// A log in memory that keeps its newest bytes (up to its limit), for
     /// something that lives long (a deployment).
     pub fn ring(echo: bool) -> Arc<Self> {
+        JobLog::with(None, echo, true)
+    }
+
+    fn with(file: Option<(PathBuf, std::fs::File)>, echo: bool, ring: bool) -> Arc<Self> {
         Arc::new(JobLog {
-            inner: Mutex::new(Inner { memory: Vec::new(), truncated: false, file: None, echo, ring: true, written: 0 }),
+            inner: Mutex::new(Inner { memory: Vec::new(), truncated: false, file, echo, ring, written: 0 }),
             updates: broadcast::channel(1024).0,
             id: rand::random(),
         })

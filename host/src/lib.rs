@@ -547,8 +547,7 @@ impl Host {
         args: &str,
         limits: TaskLimits,
     ) -> Result<Vec<u8>, FabricError> {
-        let log = JobLog::new(None, self.0.config.echo_logs)
-            .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create a log: {e}")))?;
+        let log = JobLog::in_memory(self.0.config.echo_logs);
         self.call_logged(tenant, sha256, function, args, limits, log).await
     }
 

@@ -324,8 +324,7 @@ pub(crate) async fn serve_create(
     }
     let component = super::component_from(host, tenant, component, origin).await?;
     host.visiting.arrive(tenant, job, origin);
-    let log = JobLog::new(None, host.config.echo_logs)
-        .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create a log: {e}")))?;
+    let log = JobLog::in_memory(host.config.echo_logs);
     forward_log(host, &log, origin, tenant, job);
     let creator = Job::new(job, tenant, TaskLimits::default(), log);
     let new = NewActor { tenant: tenant.into(), creator, component, class, args, encoding: Encoding::Binary };

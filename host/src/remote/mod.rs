@@ -250,8 +250,7 @@ pub(crate) async fn serve_run(
     }
     let component = component_from(inner, &request.tenant, &request.component, &request.origin).await?;
     inner.visiting.arrive(&request.tenant, &request.job, &request.origin);
-    let log = JobLog::new(None, inner.config.echo_logs)
-        .map_err(|e| FabricError::new(ErrorKind::Internal, format!("cannot create a log: {e}")))?;
+    let log = JobLog::in_memory(inner.config.echo_logs);
     let shadow = Job::shadow(&request.job, &request.tenant, request.limits.clone(), log.clone());
     let (_, mut chunks) = log.subscribe();
     let spec = TaskSpec {
