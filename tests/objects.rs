@@ -490,6 +490,36 @@ fn a_pinned_object_outlives_its_job_until_unpinned() {
 }
 
 #[test]
+fn a_pin_keeps_what_a_value_names_on_other_hosts() {
+    let etcd = Etcd::start();
+    let [a, b] = cluster(&etcd, [&[], MAKER]);
+    // An array made on a, wrapped in a value kept on b: pinning the value
+    // (on b), or the task result on a that names it, keeps all of it past
+    // the job, on both hosts, and a later job on either reads it.
+    let mut pinned = Vec::new();
+    for result in [false, true] {
+        let args = format!(r#"{{"key": "role", "value": "maker", "result": {result}}}"#);
+        let id = result_of(&a, "pin_across", &args).as_str().unwrap().to_string();
+        for host in [&a, &b] {
+            let v = result_of(host, "read_across", &format!(r#"{{"hex": "{id}", "result": {result}}}"#));
+            assert_eq!(v, serde_json::json!([1000, 42]), "pinned result: {result}");
+        }
+        pinned.push(id);
+    }
+    for host in [&a, &b] {
+        let jobs = store_of(&stores(&a, "default"), host)["jobs"].clone();
+        assert_eq!(jobs[0]["job"], "(pinned)", "{jobs}");
+    }
+    // Unpinned, every part goes on every host.
+    for id in &pinned {
+        assert_eq!(b.fabric(&["unpin", id]).code, 0);
+    }
+    eventually(SETTLE, "the unpinned objects to be freed on every host", || {
+        stores(&a, "default").iter().all(|s| s["jobs"].as_array().is_some_and(|j| j.is_empty())).then_some(())
+    });
+}
+
+#[test]
 fn a_later_reader_pulls_from_an_earlier_readers_copy() {
     let etcd = Etcd::start();
     let holder = Up::host(etcd.endpoint(), &[]);

@@ -48,7 +48,12 @@ fn lost(addr: &str, e: impl std::fmt::Display) -> PeerError {
 #[derive(Debug)]
 pub enum RunOutput {
     /// Its result came back with it.
-    Inline(Vec<u8>),
+    Inline {
+        /// The result.
+        bytes: Vec<u8>,
+        /// The objects it names.
+        names: Vec<WireObjectId>,
+    },
     /// Its result stays on the peer as object `id`, `len` bytes.
     Kept {
         /// The object there.
@@ -157,12 +162,13 @@ impl Peers {
         mut on_log: impl FnMut(&[u8]),
     ) -> Result<(RunOutput, Vec<WireObjectId>), PeerError> {
         let (_send, mut recv) = self.open(addr, request).await?;
-        let mut borrowed = Vec::new();
+        let (mut borrowed, mut names) = (Vec::new(), Vec::new());
         loop {
             match read_frame::<_, Response>(&mut recv, MAX_FRAME).await {
                 Ok(Some(Response::Log(chunk))) => on_log(&chunk),
                 Ok(Some(Response::Borrowed(ids))) => borrowed.extend(ids),
-                Ok(Some(Response::Output(bytes))) => return Ok((RunOutput::Inline(bytes), borrowed)),
+                Ok(Some(Response::ResultNames(ids))) => names.extend(ids),
+                Ok(Some(Response::Output(bytes))) => return Ok((RunOutput::Inline { bytes, names }, borrowed)),
                 Ok(Some(Response::Stored { id, len })) => return Ok((RunOutput::Kept { id, len }, borrowed)),
                 Ok(Some(Response::Error(e))) => return Err(PeerError::Answered(e)),
                 Ok(Some(Response::Refused(e))) => return Err(PeerError::Refused(e)),
@@ -181,6 +187,23 @@ impl Peers {
             Ok(Some(response)) => Ok(response),
             Ok(None) => Err(lost(addr, "the stream ended without an answer")),
             Err(e) => Err(lost(addr, e)),
+        }
+    }
+
+    /// Sends [`Request::PeerPin`] to the peer at `addr`; returns the ids its
+    /// [`Response::PinParts`] frames list.
+    pub async fn pin(&self, addr: &str, request: &Request) -> Result<Vec<WireObjectId>, PeerError> {
+        let (_send, mut recv) = self.open(addr, request).await?;
+        let mut parts = Vec::new();
+        loop {
+            match read_frame::<_, Response>(&mut recv, MAX_FRAME).await {
+                Ok(Some(Response::PinParts(ids))) => parts.extend(ids),
+                Ok(Some(Response::Done)) => return Ok(parts),
+                Ok(Some(Response::Error(e))) => return Err(PeerError::Answered(e)),
+                Ok(Some(other)) => return Err(lost(addr, format!("unexpected answer to a pin: {other:?}"))),
+                Ok(None) => return Err(lost(addr, "the stream ended without an answer")),
+                Err(e) => return Err(lost(addr, e)),
+            }
         }
     }
 

@@ -212,7 +212,11 @@ async fn respond(
         }
         Request::PeerPin { tenant, id, pin } => {
             crate::validate_name("tenant", &tenant)?;
-            crate::objects::transfer::set_pinned(&host.0, &tenant.into(), id.into(), pin, false).await?;
+            let parts = crate::objects::transfer::pin_here(&host.0, &tenant.into(), id.into(), pin, false)?;
+            let parts: Vec<fabric_proto::WireObjectId> = parts.into_iter().map(Into::into).collect();
+            for part in parts.chunks(fabric_proto::MAX_IDS_PER_FRAME) {
+                reply(send, &Response::PinParts(part.to_vec())).await?;
+            }
             reply(send, &Response::Done).await
         }
         Request::Unpin { tenant, id } => {

@@ -25,8 +25,9 @@ pub const DEFAULT_TENANT: &str = "default";
 /// Largest control frame accepted (requests and responses other than bulk).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
-/// The most ids one [`Response::Borrowed`] frame lists.
-pub const MAX_BORROWED: usize = 1 << 16;
+/// The most ids one frame listing objects ([`Response::Borrowed`],
+/// [`Response::PinParts`], [`Response::ResultNames`]) carries.
+pub const MAX_IDS_PER_FRAME: usize = 1 << 16;
 
 /// The most bytes one [`Request::ObjectRead`] answer carries: a client reads
 /// a larger object in several.
@@ -807,7 +808,9 @@ mod messages {
             ids: Vec<WireObjectId>,
         },
         /// Host to host: pin (or unpin) an object of this host, and what it
-        /// names; answered with [`Response::Done`].
+        /// names here; answered with [`Response::PinParts`] frames listing
+        /// what it names that other hosts keep (for the asker to pin there),
+        /// then [`Response::Done`].
         PeerPin {
             /// Whose object.
             tenant: String,
@@ -882,7 +885,7 @@ mod messages {
         /// tasks it started). Their holders count them no more: kept until
         /// their job ends. What the task only read and dropped is not listed,
         /// so its holder frees it once nothing there refers to it. Sent only
-        /// when there are some, in frames of at most [`MAX_BORROWED`].
+        /// when there are some, in frames of at most [`MAX_IDS_PER_FRAME`].
         Borrowed(Vec<WireObjectId>),
         /// A task's result kept on the host that ran it (ends a
         /// [`Request::PeerRun`] whose result is too large to send inline).
@@ -943,6 +946,15 @@ mod messages {
         },
         /// The request failed.
         Error(FabricError),
+        /// Part of the answer to [`Request::PeerPin`]: objects the pinned
+        /// object names, directly or not, that other hosts keep, in frames
+        /// of at most [`MAX_IDS_PER_FRAME`] ids.
+        PinParts(Vec<WireObjectId>),
+        /// Before the [`Response::Output`] ending a [`Request::PeerRun`]:
+        /// objects the inline result names, so its holder lists them (and a
+        /// pin of it reaches them). Sent only when there are some, in frames
+        /// of at most [`MAX_IDS_PER_FRAME`] ids.
+        ResultNames(Vec<WireObjectId>),
     }
 }
 

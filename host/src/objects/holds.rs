@@ -38,7 +38,8 @@ pub struct Holds {
     /// store did not know when the guest took them: releasing those must
     /// never drop a count someone else holds).
     counts: HashMap<ObjectId, (u32, bool)>,
-    /// Declared for the next value handed over, one store reference each.
+    /// Declared for the next value handed over, one store reference each
+    /// (none for another host's objects).
     declared: Vec<ObjectId>,
 }
 
@@ -97,14 +98,12 @@ impl Holds {
         }
     }
 
-    /// Declares `ids` as named by the next value handed to the host. Ids
-    /// the store does not count (another host's) need nothing.
+    /// Declares `ids` as named by the next value handed to the host (see
+    /// [`name`]).
     pub fn declare(&mut self, ids: Vec<ObjectId>) -> Result<(), FabricError> {
         self.check_room(ids.len())?;
-        for id in ids {
-            if self.store_retain(id) {
-                self.declared.push(id);
-            }
+        if let Some((store, tenant)) = &self.store {
+            self.declared.extend(ids.into_iter().filter(|id| name(store, tenant, *id)));
         }
         Ok(())
     }
@@ -129,11 +128,6 @@ impl Holds {
         self.store_release(&held);
     }
 
-    /// Whether the store counted a reference to `id` for us.
-    fn store_retain(&self, id: ObjectId) -> bool {
-        self.store.as_ref().is_some_and(|(store, tenant)| store.retain(tenant, id))
-    }
-
     fn store_release(&self, ids: &[ObjectId]) {
         if let Some((store, tenant)) = &self.store {
             store.release(tenant, ids);
@@ -151,6 +145,16 @@ impl Holds {
     }
 }
 
+/// Takes the reference a value naming `tenant`'s object `id` holds; says
+/// whether the value lists it. Another host's objects are listed without a
+/// count (this host does not count them), so that a value names them and a
+/// pin of it reaches them; ids of this host's that the store does not know
+/// (freed, or guessed) are left out, lest the value release a count it
+/// never took.
+fn name(store: &ObjectStore, tenant: &str, id: ObjectId) -> bool {
+    store.retain(tenant, id) || !store.minted_here(id)
+}
+
 /// Declared references on their way to the call that takes them: released
 /// if that call fails or is abandoned before taking them.
 pub struct Declared {
@@ -162,6 +166,18 @@ impl Declared {
     /// Nothing declared.
     pub fn none() -> Self {
         Declared { ids: Vec::new(), store: None }
+    }
+
+    /// The objects a value made elsewhere names (a task result a peer sent
+    /// back), each of this host's with a reference taken now.
+    pub fn naming(store: &Arc<ObjectStore>, tenant: &Arc<str>, ids: impl IntoIterator<Item = ObjectId>) -> Self {
+        let ids = ids.into_iter().filter(|id| name(store, tenant, *id)).collect();
+        Declared { ids, store: Some((store.clone(), tenant.clone())) }
+    }
+
+    /// The objects declared.
+    pub fn ids(&self) -> &[ObjectId] {
+        &self.ids
     }
 
     /// The references, now the caller's to hold and release.

@@ -259,7 +259,8 @@ struct Refs {
     /// [`ObjectStore::copy_source`]).
     served_here: u32,
     copies: Vec<(Arc<str>, u32)>,
-    /// The objects its value names; each holds a reference of this one.
+    /// The objects its value names: each of this host's holds a reference
+    /// of this one; another host's are listed uncounted, for pins to reach.
     contains: Vec<ObjectId>,
     /// The job it belongs to.
     job: Arc<str>,
@@ -1111,8 +1112,8 @@ impl ObjectStore {
     /// Keeps `tenant`'s object `id`, and the objects it names, after their
     /// job ends, until unpinned (pins count: an object two pinned objects
     /// name stays until both are unpinned). Returns the objects involved
-    /// that other hosts keep (a result left on the peer that made it): the
-    /// caller pins those where they are.
+    /// that other hosts keep (a result left on the peer that made it, an
+    /// object another host made): the caller pins those where they are.
     pub fn pin(&self, tenant: &str, id: ObjectId) -> Result<Vec<ObjectId>, FabricError> {
         let mut inner = self.lock();
         if inner.refs_mut(tenant, id).is_none() {
@@ -1120,6 +1121,10 @@ impl ObjectStore {
         }
         let mut elsewhere = Vec::new();
         for id in inner.reachable(tenant, id) {
+            if !self.minted_here(id) {
+                elsewhere.push(id);
+                continue;
+            }
             if let Some(refs) = inner.refs_mut(tenant, id) {
                 refs.pins = refs.pins.saturating_add(1);
             }
@@ -1148,6 +1153,10 @@ impl ObjectStore {
         let mut elsewhere = Vec::new();
         let mut loose = Vec::new();
         for id in inner.reachable(tenant, id) {
+            if !self.minted_here(id) {
+                elsewhere.push(id);
+                continue;
+            }
             elsewhere.extend(inner.kept_elsewhere(tenant, id));
             let Some(refs) = inner.refs_mut(tenant, id).filter(|refs| refs.pins > 0) else { continue };
             refs.pins -= 1;
@@ -1373,9 +1382,12 @@ mod tests {
         store.retain("t", array);
         let first = store.put_naming(&t, &j, vec![2; 10], vec![array]).unwrap();
         store.retain("t", array);
-        let second = store.put_naming(&t, &j, vec![3; 10], vec![array]).unwrap();
-        store.pin("t", first).unwrap();
-        store.pin("t", second).unwrap();
+        // The second also names another host's object: the pin's caller
+        // pins that one there, and is told to unpin it there too.
+        let foreign = ObjectId { hi: 12, lo: 1 };
+        let second = store.put_naming(&t, &j, vec![3; 10], vec![array, foreign]).unwrap();
+        assert!(store.pin("t", first).unwrap().is_empty());
+        assert_eq!(store.pin("t", second).unwrap(), vec![foreign]);
         store.release(&t, &[array, first, second]);
         store.drop_job(&t, &j);
         let listed = store.usage_by_job("t");
@@ -1387,7 +1399,7 @@ mod tests {
         let error = store.unpin(&t, first, true).unwrap_err();
         assert_eq!(error.kind, ErrorKind::NotFound, "{}", error.message);
         assert!(store.unpin(&t, first, false).unwrap().is_empty());
-        store.unpin(&t, second, true).unwrap();
+        assert_eq!(store.unpin(&t, second, true).unwrap(), vec![foreign]);
         assert_eq!(store.footprint().objects, 0);
     }
 

@@ -650,9 +650,8 @@ pub(crate) fn release_elsewhere(host: &Arc<HostInner>) {
                 crate::remote::tell(&host, addr, request, "to release objects");
             }
             for (tenant, id) in news.pinned {
-                let Some(addr) = host.cluster.addr_of(&id.holder()) else { continue };
-                let request = Request::PeerPin { tenant: tenant.to_string(), id: id.into(), pin: true };
-                crate::remote::tell(&host, addr, request, "to pin an object");
+                let host = host.clone();
+                tokio::spawn(async move { set_pinned(&host, &tenant, id, true, false).await });
             }
         }
     });
@@ -660,8 +659,12 @@ pub(crate) fn release_elsewhere(host: &Arc<HostInner>) {
 
 /// Pins `tenant`'s object `id` wherever it is kept, and what it names
 /// wherever that is (see [`super::ObjectStore::pin`]); `unpin` undoes it.
-/// `strict`: the object must exist and (to unpin) be pinned; parts a
-/// peer is asked for are not strict (an unpin may have reached them before).
+/// `strict`: the object must exist and (to unpin) be pinned; a part that
+/// is gone (freed before, its host left) is skipped.
+///
+/// This host walks the whole graph, each object once: a peer pins only its
+/// own part and answers with what that names on other hosts, so ids naming
+/// each other across hosts cannot make pins bounce between them.
 pub async fn set_pinned(
     host: &Arc<HostInner>,
     tenant: &Arc<str>,
@@ -669,25 +672,54 @@ pub async fn set_pinned(
     pin: bool,
     strict: bool,
 ) -> Result<(), FabricError> {
+    let mut seen = std::collections::HashSet::from([id]);
     let mut work = vec![(id, strict)];
     while let Some((id, strict)) = work.pop() {
-        if host.objects.minted_here(id) {
-            let elsewhere = if pin { host.objects.pin(tenant, id)? } else { host.objects.unpin(tenant, id, strict)? };
-            work.extend(elsewhere.into_iter().map(|kept| (kept, false)));
-            continue;
-        }
-        let holder = id.holder();
-        let Some(addr) = host.cluster.addr_of(&holder) else {
-            if !strict {
+        let parts = match pin_part(host, tenant, id, pin, strict).await {
+            Ok(parts) => parts,
+            Err(error) if strict => return Err(error),
+            Err(error) => {
+                tracing::debug!(object = %id, "a part of a pinned object was not (un)pinned: {}", error.message);
                 continue;
             }
-            // No member minted it: as good as never existed.
-            return Err(host.objects.missing(tenant, id));
         };
-        let request = Request::PeerPin { tenant: tenant.to_string(), id: id.into(), pin };
-        host.peers.ask(&addr, &request).await.map_err(PeerError::into_error)?;
+        work.extend(parts.into_iter().filter(|part| seen.insert(*part)).map(|part| (part, false)));
     }
     Ok(())
+}
+
+/// Pins (or unpins) object `id` where it is kept, with what it names on
+/// that host; returns what it names that other hosts keep.
+async fn pin_part(
+    host: &Arc<HostInner>,
+    tenant: &Arc<str>,
+    id: ObjectId,
+    pin: bool,
+    strict: bool,
+) -> Result<Vec<ObjectId>, FabricError> {
+    if host.objects.minted_here(id) {
+        return pin_here(host, tenant, id, pin, strict);
+    }
+    // No member minted it: as good as never existed.
+    let addr = host.cluster.addr_of(&id.holder()).ok_or_else(|| host.objects.missing(tenant, id))?;
+    let request = Request::PeerPin { tenant: tenant.to_string(), id: id.into(), pin };
+    let parts = host.peers.pin(&addr, &request).await.map_err(PeerError::into_error)?;
+    Ok(parts.into_iter().map(ObjectId::from).collect())
+}
+
+/// [`pin_part`] of an object this host minted.
+pub fn pin_here(
+    host: &HostInner,
+    tenant: &Arc<str>,
+    id: ObjectId,
+    pin: bool,
+    strict: bool,
+) -> Result<Vec<ObjectId>, FabricError> {
+    if pin {
+        host.objects.pin(tenant, id)
+    } else {
+        host.objects.unpin(tenant, id, strict)
+    }
 }
 
 /// An object id from its 32 hex digits.

@@ -232,7 +232,7 @@ pub(crate) fn call(
     let host = host.clone();
     tokio::spawn(async move {
         match host.peers.run(&addr, &request, |_| {}).await.map(|(output, _)| output) {
-            Ok(RunOutput::Inline(bytes)) => host.objects.fill(&cell, Ok(bytes)),
+            Ok(RunOutput::Inline { bytes, .. }) => host.objects.fill(&cell, Ok(bytes)),
             Ok(RunOutput::Kept { id, len }) => host.objects.fill_elsewhere(None, &cell, id.into(), len, None),
             Err(PeerError::Answered(e) | PeerError::Refused(e)) => host.objects.fill(&cell, Err(e)),
             Err(PeerError::Lost(e)) => host.objects.fill(&cell, Err(lost(id, e.message))),

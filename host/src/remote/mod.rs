@@ -50,8 +50,7 @@ pub enum TaskOutput {
     Here {
         /// The result.
         bytes: Vec<u8>,
-        /// The objects it names, one reference of each (none when it came
-        /// from a peer: those were left to their job's end there).
+        /// The objects it names, one reference of each of this host's.
         named: Declared,
     },
     /// Its result, kept on the peer that ran it as object `id`.
@@ -182,7 +181,10 @@ pub(crate) async fn run_anywhere(
             Err(PeerError::Answered(_) | PeerError::Lost(_)) => host.objects.escape(&job.tenant, named),
         }
         match outcome.map(|(output, _)| output) {
-            Ok(RunOutput::Inline(bytes)) => return Ok(TaskOutput::Here { bytes, named: Declared::none() }),
+            Ok(RunOutput::Inline { bytes, names }) => {
+                let named = Declared::naming(&host.objects, &job.tenant, names.into_iter().map(Into::into));
+                return Ok(TaskOutput::Here { bytes, named });
+            }
             Ok(RunOutput::Kept { id, len }) => {
                 let lineage = Lineage { job: Arc::downgrade(job), spec, placement };
                 return Ok(TaskOutput::Kept { id: id.into(), len, lineage: Some(Arc::new(lineage)) });
@@ -287,7 +289,7 @@ pub(crate) async fn serve_run(
     }
     if outcome.is_ok() {
         let borrowed: Vec<fabric_proto::WireObjectId> = shadow.borrowed().into_iter().map(Into::into).collect();
-        for part in borrowed.chunks(fabric_proto::MAX_BORROWED) {
+        for part in borrowed.chunks(fabric_proto::MAX_IDS_PER_FRAME) {
             write_frame_to(send, &Response::Borrowed(part.to_vec())).await?;
         }
     }
@@ -298,8 +300,13 @@ pub(crate) async fn serve_run(
             if bytes.len() <= crate::objects::transfer::INLINE_MAX
                 || (inner.drain.is_draining() && bytes.len() <= fabric_proto::MAX_FRAME - 1024) =>
         {
-            // What it names goes where this host cannot count it.
+            // What it names goes where this host cannot count it; its
+            // holder lists it.
+            let names: Vec<fabric_proto::WireObjectId> = named.ids().iter().copied().map(Into::into).collect();
             named.settle();
+            for part in names.chunks(fabric_proto::MAX_IDS_PER_FRAME) {
+                write_frame_to(send, &Response::ResultNames(part.to_vec())).await?;
+            }
             write_frame_to(send, &Response::Output(bytes)).await
         }
         Ok((bytes, named)) => {

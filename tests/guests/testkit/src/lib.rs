@@ -1479,3 +1479,33 @@ fn kept_by_a_peer(key: String, value: String) -> fabric::Result<(u64, u8)> {
 fn wrap_array(array: fabric::ArrayRef<u8>) -> fabric::Result<ObjectRef<fabric::ArrayRef<u8>>> {
     fabric::put(&array)
 }
+
+/// Makes a 1000-byte array here and has a host labelled `key=value` wrap
+/// it in a value of its own (kept there); pins the task's result (which
+/// names that value) when `result`, else the value, and returns the id
+/// pinned. What is pinned is here, there, and names the other host's.
+#[fabric::task]
+fn pin_across(key: String, value: String, result: bool) -> fabric::Result<String> {
+    let array = fabric::put_bytes(&[42; 1000])?;
+    let made = wrap_array.remote_with(&on_label(&key, &value), array)?;
+    if result {
+        made.pin()?;
+        return Ok(made.id().to_string());
+    }
+    let wrapped = made.get()?;
+    wrapped.pin()?;
+    Ok(wrapped.id().to_string())
+}
+
+/// Reads what [`pin_across`] pinned, by its id: the array's length and
+/// first byte.
+#[fabric::task]
+fn read_across(hex: String, result: bool) -> fabric::Result<(u64, u8)> {
+    let id = parse_id(&hex)?;
+    let wrapped = match result {
+        true => ObjectRef::<ObjectRef<fabric::ArrayRef<u8>>>::from_id(id).get()?,
+        false => ObjectRef::from_id(id),
+    };
+    let array = wrapped.get()?;
+    Ok((array.len(), array.get()?[0]))
+}
