@@ -410,6 +410,22 @@ fn an_actor_on_another_host_writes_to_its_jobs_log() {
 }
 
 #[test]
+fn an_actor_on_another_host_is_snapshotted_and_answers_within_a_frame() {
+    let etcd = Etcd::start();
+    let [a, b] = cluster(&etcd, [&[], &["--label", "role=b"]]);
+    let out =
+        a.submit(&fabric_tests::testkit(), &["--fn", "snapshot_across", "--args", r#"{"key": "role", "value": "b"}"#]);
+    let v = out.json();
+    assert_eq!(v["state"], "succeeded", "{out:?}");
+    let [host, value, history, too_large, after] = [0, 1, 2, 3, 4].map(|i| v["result"][i].clone());
+    assert_eq!(host, b.id().as_str(), "{v}");
+    assert_eq!((value, history), (Value::from(5), serde_json::json!([1, 2])), "{v}");
+    let too_large = too_large.as_str().unwrap_or_default();
+    assert!(too_large.contains("resource limit") && too_large.contains("at most"), "{too_large}");
+    assert_eq!(after, 6, "the actor keeps serving: {v}");
+}
+
+#[test]
 fn a_new_actor_a_draining_peer_refuses_goes_to_the_next_host_of_its_ring() {
     let etcd = Etcd::start();
     let a = Up::host(etcd.endpoint(), &["--label", "n=a"]);

@@ -615,9 +615,9 @@ impl Host {
         validate_name("tenant", tenant)?;
         let id = remote::actors::resolve(&self.0, tenant, actor).await?;
         let args = if args.trim().is_empty() { "{}".to_string() } else { args.to_string() };
-        let bytes =
-            remote::actors::call_and_wait(&self.0, tenant, id, method.to_string(), args.into_bytes(), Encoding::Json)
-                .await?;
+        let ask =
+            remote::actors::Ask::Call { method: method.to_string(), args: args.into_bytes(), encoding: Encoding::Json };
+        let bytes = remote::actors::ask_and_wait(&self.0, tenant, id, ask).await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 

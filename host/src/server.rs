@@ -158,6 +158,7 @@ async fn respond(
         | Request::PeerHttp { .. }
         | Request::PeerRelease { .. }
         | Request::PeerPin { .. }
+        | Request::PeerActorSnapshot { .. }
             if !peer =>
         {
             Err(FabricError::new(
@@ -185,7 +186,15 @@ async fn respond(
             crate::validate_name("tenant", &tenant)?;
             let id = crate::remote::actors::parse_id(&actor)?;
             let encoding = if json { crate::hostfns::Encoding::Json } else { crate::hostfns::Encoding::Binary };
-            let bytes = crate::remote::actors::call_and_wait(&host.0, &tenant, id, method, args, encoding).await?;
+            let ask = crate::remote::actors::Ask::Call { method, args, encoding };
+            let bytes = crate::remote::actors::ask_and_wait(&host.0, &tenant, id, ask).await?;
+            reply(send, &Response::Output(bytes)).await
+        }
+        Request::PeerActorSnapshot { tenant, actor } => {
+            crate::validate_name("tenant", &tenant)?;
+            let id = crate::remote::actors::parse_id(&actor)?;
+            let ask = crate::remote::actors::Ask::Snapshot;
+            let bytes = crate::remote::actors::ask_and_wait(&host.0, &tenant, id, ask).await?;
             reply(send, &Response::Output(bytes)).await
         }
         Request::PeerActorKill { tenant, actor } => {

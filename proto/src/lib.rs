@@ -843,6 +843,14 @@ mod messages {
             /// Bytes wanted.
             len: u64,
         },
+        /// Host to host: a snapshot of an actor here, after the calls queued
+        /// before; answered with [`Response::Output`] or [`Response::Error`].
+        PeerActorSnapshot {
+            /// Whose actor.
+            tenant: String,
+            /// Its id (32 hex digits).
+            actor: String,
+        },
     }
 
     /// A host's response frames.

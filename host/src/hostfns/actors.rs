@@ -4,6 +4,7 @@
 use super::bindings::fabric::core::actors::{ActorId as WitActorId, ActorOptions as WitActorOptions, Host};
 use super::{Encoding, WitError, WitObjectId};
 use crate::actors::{ActorId, ActorOptions, NewActor};
+use crate::remote::actors::Ask;
 use crate::sandbox::TaskState;
 
 impl From<WitActorId> for ActorId {
@@ -64,6 +65,20 @@ impl TaskState {
         };
         Ok(crate::remote::actors::create(&task.host, new, options.into(), get_or_create).await?.into())
     }
+
+    /// Asks `ask` of `actor` wherever it lives; its result is a new object
+    /// of the task's job, held by the task.
+    fn ask_actor(&mut self, actor: WitActorId, ask: Ask) -> Result<WitObjectId, WitError> {
+        let task = self.task()?;
+        let (host, tenant) = (&task.host, &task.job.tenant);
+        let (id, cell) = host.objects.reserve(tenant, &task.job.id);
+        if let Err(error) = crate::remote::actors::ask(host, tenant, actor.into(), ask, cell.clone()) {
+            host.objects.fill(&cell, Err(error.clone()));
+            host.objects.release(tenant, &[id]);
+            return Err(error.into());
+        }
+        Ok(self.adopt(id)?)
+    }
 }
 
 impl Host for TaskState {
@@ -95,39 +110,11 @@ impl Host for TaskState {
 
     async fn call(&mut self, actor: WitActorId, method: String, args: Vec<u8>) -> Result<WitObjectId, WitError> {
         self.holds()?.settle_declared();
-        let task = self.task()?;
-        let (host, tenant) = (&task.host, &task.job.tenant);
-        let (id, cell) = host.objects.reserve(tenant, &task.job.id);
-        let called =
-            crate::remote::actors::call(host, tenant, actor.into(), method, args, Encoding::Binary, cell.clone());
-        if let Err(error) = called {
-            host.objects.fill(&cell, Err(error.clone()));
-            host.objects.release(tenant, &[id]);
-            return Err(error.into());
-        }
-        Ok(self.adopt(id)?)
+        self.ask_actor(actor, Ask::Call { method, args, encoding: Encoding::Binary })
     }
 
     async fn snapshot(&mut self, actor: WitActorId) -> Result<WitObjectId, WitError> {
-        let task = self.task()?;
-        let (host, tenant) = (&task.host, &task.job.tenant);
-        if !host.actors.is_local(actor.into()) {
-            return Err(fabric_proto::FabricError::new(
-                fabric_proto::ErrorKind::InvalidArgument,
-                format!(
-                    "actor {} lives on another host: snapshots across hosts are not supported yet",
-                    ActorId::from(actor)
-                ),
-            )
-            .into());
-        }
-        let (id, cell) = host.objects.reserve(tenant, &task.job.id);
-        if let Err(error) = host.actors.snapshot(tenant, actor.into(), cell.clone()) {
-            host.objects.fill(&cell, Err(error.clone()));
-            host.objects.release(tenant, &[id]);
-            return Err(error.into());
-        }
-        Ok(self.adopt(id)?)
+        self.ask_actor(actor, Ask::Snapshot)
     }
 
     async fn kill(&mut self, actor: WitActorId) -> Result<(), WitError> {

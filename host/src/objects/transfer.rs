@@ -118,7 +118,7 @@ async fn pull_copy(
     if new {
         let (host, tenant, job, cell) = (host.clone(), tenant.clone(), job.clone(), cell.clone());
         tokio::spawn(async move {
-            let pulled = match pull(&host, &tenant, id, 0, None).await {
+            let pulled = match pull(&host, &tenant, id, 0, Want::Rest).await {
                 Ok((data, _)) => Ok(data),
                 Err(error) => match lineage {
                     Some(lineage) if host.cluster.addr_of(&id.holder()).is_none() => {
@@ -150,7 +150,7 @@ pub async fn size(host: &Arc<HostInner>, tenant: &str, id: ObjectId) -> Result<u
     match host.objects.lookup(tenant, id) {
         Some(cell) => Ok(cell.ready().await.clone()?.len()),
         None if host.objects.minted_here(id) => Err(host.objects.missing(tenant, id)),
-        None => pull(host, tenant, id, 0, Some(0)).await.map(|(_, total)| total),
+        None => pull(host, tenant, id, 0, Want::SIZE).await.map(|(_, total)| total),
     }
 }
 
@@ -163,26 +163,23 @@ pub async fn read(
     offset: u64,
     len: u64,
 ) -> Result<Vec<u8>, FabricError> {
-    read_at(host, tenant, id, offset, len, false).await.map(|(data, _)| Vec::from(data))
+    read_at(host, tenant, id, offset, Want::Exactly(len)).await.map(|(data, _)| Vec::from(data))
 }
 
-/// [`read`] without copying a local range, with the object's whole size;
-/// `up_to`: a range running past the end gives what there is (as a peer
-/// does; one starting past it is still an error).
+/// [`read`] of what `want` says, without copying a local range, with the
+/// object's whole size (a range starting past the end is an error).
 async fn read_at(
     host: &Arc<HostInner>,
     tenant: &str,
     id: ObjectId,
     offset: u64,
-    len: u64,
-    up_to: bool,
+    want: Want,
 ) -> Result<(bytes::Bytes, u64), FabricError> {
     let mut at = id;
     if let Some(cell) = host.objects.lookup(tenant, id) {
         match cell.ready().await.clone()? {
             Value::Here(local) => {
-                let len = if up_to { len.min(local.len().saturating_sub(offset)) } else { len };
-                let range = range_of(local.len(), offset, len)?;
+                let range = range_of(local.len(), offset, want.len_within(local.len(), offset))?;
                 return Ok((host.objects.slice(&local, range).await?, local.len()));
             }
             Value::Elsewhere { id: held, .. } => at = held,
@@ -190,15 +187,7 @@ async fn read_at(
     } else if host.objects.minted_here(id) {
         return Err(host.objects.missing(tenant, id));
     }
-    let len = if up_to {
-        // The size first (a round trip without bytes): a peer's range
-        // must lie within the object.
-        let (_, total) = pull(host, tenant, at, 0, Some(0)).await?;
-        len.min(total.saturating_sub(offset))
-    } else {
-        len
-    };
-    pull(host, tenant, at, offset, Some(len)).await.map(|(data, total)| (data.into(), total))
+    pull(host, tenant, at, offset, want).await.map(|(data, total)| (data.into(), total))
 }
 
 /// Serves [`Request::ObjectRead`]: a client's read of up to
@@ -218,7 +207,7 @@ pub async fn serve_client_read(
     let id = parse_id(id)?;
     let len = len.min(fabric_proto::MAX_OBJECT_READ);
     let (chunk, total) = tokio::select! {
-        read = read_at(host, tenant, id, offset, len, true) => read?,
+        read = read_at(host, tenant, id, offset, Want::UpTo(len)) => read?,
         _ = send.stopped() => return Ok(()),
     };
     let len = chunk.len() as u64;
@@ -246,7 +235,7 @@ pub fn watch(
     let cell = Arc::new(Cell::new(tenant.clone(), id));
     let (host, tenant, standin) = (host.clone(), tenant.clone(), cell.clone());
     let task = tokio::spawn(async move {
-        match pull(&host, &tenant, id, 0, Some(0)).await {
+        match pull(&host, &tenant, id, 0, Want::SIZE).await {
             // A stand-in is not in the store: nothing to count or release.
             Ok((_, len)) => standin.fill(Ok(Value::Elsewhere { id, len, lineage: None })),
             Err(error) => standin.fill(Err(error)),
@@ -276,17 +265,42 @@ pub(crate) fn range_of(total: u64, offset: u64, len: u64) -> Result<std::ops::Ra
     }
 }
 
-/// Reads `len` bytes (to the end when `None`) of object `id` from `offset`
-/// off the host holding it; returns them and the object's whole size.
+/// How much of an object a pull reads, from its offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// Everything to the end.
+    Rest,
+    /// Exactly this many bytes: the range must lie within the object.
+    Exactly(u64),
+    /// This many bytes, or what there is up to the end if fewer.
+    UpTo(u64),
+}
+
+impl Want {
+    /// No bytes: only the object's size.
+    pub const SIZE: Want = Want::Exactly(0);
+
+    /// The bytes it reads of an object of `total` bytes from `offset`.
+    fn len_within(self, total: u64, offset: u64) -> u64 {
+        match self {
+            Want::Rest => total.saturating_sub(offset),
+            Want::Exactly(len) => len,
+            Want::UpTo(len) => len.min(total.saturating_sub(offset)),
+        }
+    }
+}
+
+/// Reads what `want` says of object `id` from `offset` off the host
+/// holding it; returns those bytes and the object's whole size.
 pub async fn pull(
     host: &Arc<HostInner>,
     tenant: &str,
     id: ObjectId,
     offset: u64,
-    len: Option<u64>,
+    want: Want,
 ) -> Result<(Vec<u8>, u64), FabricError> {
     // A whole pull may be sent on to a host that copied the object.
-    let whole = offset == 0 && len.is_none();
+    let whole = offset == 0 && want == Want::Rest;
     let mut id = id;
     let mut may_redirect = whole;
     for _ in 0..MAX_HOPS {
@@ -295,7 +309,7 @@ pub async fn pull(
             return Err(host.objects.missing(tenant, id));
         }
         let reader = if std::mem::take(&mut may_redirect) { host.id.as_str() } else { "" };
-        let pulled = match pull_from(host, &holder, tenant, id, offset, len, reader, RANGE_ATTEMPTS).await? {
+        let pulled = match pull_from(host, &holder, tenant, id, offset, want, reader, RANGE_ATTEMPTS).await? {
             Pulled::Moved(held) => {
                 id = held;
                 may_redirect = whole;
@@ -303,7 +317,7 @@ pub async fn pull(
             }
             // Never from itself (a copy here would have been read locally).
             Pulled::At(peer) if peer == host.id => continue,
-            Pulled::At(peer) => match pull_from(host, &peer, tenant, id, offset, len, "", 1).await {
+            Pulled::At(peer) => match pull_from(host, &peer, tenant, id, offset, want, "", 1).await {
                 Ok(Pulled::Bytes(buffer, total)) => (buffer, total),
                 // That copy is gone or failed: read from the holder itself.
                 Ok(_) => continue,
@@ -314,7 +328,7 @@ pub async fn pull(
             },
             Pulled::Bytes(buffer, total) => (buffer, total),
         };
-        if len != Some(0) {
+        if want != Want::SIZE {
             host.transfers.pulls.fetch_add(1, Ordering::Relaxed);
             host.transfers.pulled_bytes.fetch_add(pulled.0.len() as u64, Ordering::Relaxed);
         }
@@ -342,14 +356,14 @@ async fn pull_from(
     tenant: &str,
     id: ObjectId,
     offset: u64,
-    len: Option<u64>,
+    want: Want,
     reader: &str,
     attempts: u32,
 ) -> Result<Pulled, FabricError> {
     let mut attempt = 1;
     let (addr, first) = loop {
         let addr = host.cluster.addr_of(source).ok_or_else(|| lost_object(id, source))?;
-        match first_range(host, &addr, tenant, id, offset, len, reader).await {
+        match first_range(host, &addr, tenant, id, offset, want, reader).await {
             Ok(first) => break (addr, first),
             Err(error) => retry_or_fail(host, source, id, &mut attempt, attempts, error)?,
         }
@@ -409,20 +423,20 @@ async fn first_range(
     tenant: &str,
     id: ObjectId,
     offset: u64,
-    len: Option<u64>,
+    want: Want,
     reader: &str,
 ) -> Result<First, PeerError> {
-    let ask = len.unwrap_or(u64::MAX).min(FIRST_RANGE);
+    let ask = match want {
+        Want::Rest => FIRST_RANGE,
+        Want::Exactly(len) | Want::UpTo(len) => len.min(FIRST_RANGE),
+    };
     let (mut recv, header) = open_range(host, addr, tenant, id, offset, ask, reader).await?;
     let (total, got, checksum) = match header {
         Header::Moved(held) => return Ok(First::Moved(held)),
         Header::At(peer) => return Ok(First::At(peer)),
         Header::Range { total, len, checksum } => (total, len, checksum),
     };
-    let wanted = match len {
-        Some(len) => len,
-        None => total.saturating_sub(offset),
-    };
+    let wanted = want.len_within(total, offset);
     range_of(total, offset, wanted).map_err(PeerError::Answered)?;
     if wanted > host.config.max_object_bytes {
         return Err(PeerError::Answered(FabricError::new(

@@ -208,26 +208,45 @@ pub(crate) async fn resolve(host: &Arc<HostInner>, tenant: &str, name_or_id: &st
     }
 }
 
-/// Calls `method` of actor `id` wherever it lives; the result fills `cell`.
-pub(crate) fn call(
+/// What a caller asks of an actor.
+#[derive(Debug)]
+pub(crate) enum Ask {
+    /// A call of `method` with encoded `args`.
+    Call {
+        /// The method.
+        method: String,
+        /// Its encoded arguments.
+        args: Vec<u8>,
+        /// How they (and the result) are encoded.
+        encoding: Encoding,
+    },
+    /// A snapshot of its state, after the calls queued before.
+    Snapshot,
+}
+
+/// Asks `ask` of actor `id` wherever it lives; the result fills `cell`. The
+/// result of an actor on another host comes back inline (up to
+/// [`MAX_INLINE_ANSWER`] bytes).
+pub(crate) fn ask(
     host: &Arc<HostInner>,
     tenant: &Arc<str>,
     id: ActorId,
-    method: String,
-    args: Vec<u8>,
-    encoding: Encoding,
+    ask: Ask,
     cell: Arc<crate::objects::Cell>,
 ) -> Result<(), FabricError> {
     if host.actors.is_local(id) {
-        return host.actors.call(tenant, id, method, args, encoding, cell);
+        return match ask {
+            Ask::Call { method, args, encoding } => host.actors.call(tenant, id, method, args, encoding, cell),
+            Ask::Snapshot => host.actors.snapshot(tenant, id, cell),
+        };
     }
     let addr = host.cluster.addr_of(&home_of(id)).ok_or_else(|| lost(id, "its host is not in the cluster"))?;
-    let request = Request::PeerActorCall {
-        tenant: tenant.to_string(),
-        actor: id.to_string(),
-        method,
-        args,
-        json: encoding == Encoding::Json,
+    let (tenant, actor) = (tenant.to_string(), id.to_string());
+    let request = match ask {
+        Ask::Call { method, args, encoding } => {
+            Request::PeerActorCall { tenant, actor, method, args, json: encoding == Encoding::Json }
+        }
+        Ask::Snapshot => Request::PeerActorSnapshot { tenant, actor },
     };
     let host = host.clone();
     tokio::spawn(async move {
@@ -241,24 +260,36 @@ pub(crate) fn call(
     Ok(())
 }
 
-/// Calls `method` of actor `id` and waits for its result.
-pub(crate) async fn call_and_wait(
+/// The largest result an actor sends back to a caller on another host.
+pub const MAX_INLINE_ANSWER: usize = fabric_proto::MAX_FRAME - 1024;
+
+/// Asks `what` of actor `id` and waits for the result, for a caller
+/// elsewhere (a peer, a client): it must fit in one frame.
+pub(crate) async fn ask_and_wait(
     host: &Arc<HostInner>,
     tenant: &str,
     id: ActorId,
-    method: String,
-    args: Vec<u8>,
-    encoding: Encoding,
+    what: Ask,
 ) -> Result<Vec<u8>, FabricError> {
     let tenant: Arc<str> = tenant.into();
     let job: Arc<str> = format!("call-{:012x}", rand::random::<u64>() >> 16).into();
     let (result, cell) = host.objects.reserve(&tenant, &job);
-    let outcome = match call(host, &tenant, id, method, args, encoding, cell) {
+    let outcome = match ask(host, &tenant, id, what, cell) {
         Ok(()) => crate::objects::transfer::bytes(host, &tenant, &job, result).await.map(|bytes| bytes.to_vec()),
         Err(error) => Err(error),
     };
     host.objects.drop_job(&tenant, &job);
-    outcome
+    match outcome {
+        Ok(bytes) if bytes.len() > MAX_INLINE_ANSWER => Err(FabricError::new(
+            ErrorKind::ResourceLimit,
+            format!(
+                "the answer of actor {id} is {} bytes; an actor answers a caller on another host with at most \
+                 {MAX_INLINE_ANSWER} bytes (return a reference to an object for more)",
+                bytes.len()
+            ),
+        )),
+        outcome => outcome,
+    }
 }
 
 /// Kills actor `id` wherever it lives.

@@ -112,7 +112,9 @@ pub(crate) async fn rebuild(
             Ok(bytes)
         }
         TaskOutput::Kept { id, .. } => {
-            let pulled = crate::objects::transfer::pull(host, &job.tenant, id, 0, None).await.map(|(data, _)| data);
+            let pulled = crate::objects::transfer::pull(host, &job.tenant, id, 0, crate::objects::transfer::Want::Rest)
+                .await
+                .map(|(data, _)| data);
             // The reader's copy is made from it: the new peer's can go.
             host.objects.release_kept(&job.tenant, id);
             pulled

@@ -688,6 +688,11 @@ impl Probe {
         fabric::context().host
     }
 
+    /// `len` zero bytes.
+    pub fn zeros(&self, len: u64) -> Vec<u8> {
+        vec![0; len as usize]
+    }
+
     /// The instance's linear memory size in bytes.
     pub fn memory_bytes(&self) -> u64 {
         (core::arch::wasm32::memory_size(0) as u64) * 65536
@@ -810,6 +815,24 @@ fn actor_says(key: String, value: String, text: String, hold_ms: u64) -> fabric:
     println!("the probe lives on {host}");
     std::thread::sleep(Duration::from_millis(hold_ms));
     Ok(host)
+}
+
+/// Snapshots a probe on a host labelled `key=value` after a few calls, and
+/// asks it for an answer too large to cross hosts: where it lives, the
+/// state read from the snapshot, the error, and its value after.
+#[fabric::task]
+fn snapshot_across(key: String, value: String) -> fabric::Result<(String, i64, Vec<u64>, String, i64)> {
+    let probe = Probe::new(0).label(key, value).remote()?;
+    probe.add(5)?.get()?;
+    probe.record(1)?.get()?;
+    probe.record(2)?.get()?;
+    let snapshot = probe.snapshot()?;
+    let state: Probe = ObjectRef::from_id(snapshot.id()).get()?;
+    let too_large = match probe.zeros(20 << 20)?.get() {
+        Ok(bytes) => format!("{} bytes came back", bytes.len()),
+        Err(error) => error.to_string(),
+    };
+    Ok((probe.host()?.get()?, state.value, state.history, too_large, probe.add(1)?.get()?))
 }
 
 /// Adds `by` through a handle stored in an object.
