@@ -410,16 +410,23 @@ fn an_actor_on_another_host_writes_to_its_jobs_log() {
 }
 
 #[test]
-fn an_actor_on_another_host_is_snapshotted_and_answers_within_a_frame() {
+fn an_actor_on_another_host_takes_asks_in_order_and_answers_within_a_frame() {
     let etcd = Etcd::start();
     let [a, b] = cluster(&etcd, [&[], &["--label", "role=b"]]);
-    let out =
-        a.submit(&fabric_tests::testkit(), &["--fn", "snapshot_across", "--args", r#"{"key": "role", "value": "b"}"#]);
+    // 200 records and a snapshot asked without waiting: each runs after the
+    // asks before it, as on the caller's own host.
+    let args = r#"{"key": "role", "value": "b", "n": 200}"#;
+    let out = a.submit(&fabric_tests::testkit(), &["--fn", "snapshot_across", "--args", args]);
     let v = out.json();
     assert_eq!(v["state"], "succeeded", "{out:?}");
-    let [host, value, history, too_large, after] = [0, 1, 2, 3, 4].map(|i| v["result"][i].clone());
+    let [host, value, history, lengths, too_large, after] = [0, 1, 2, 3, 4, 5].map(|i| v["result"][i].clone());
     assert_eq!(host, b.id().as_str(), "{v}");
-    assert_eq!((value, history), (Value::from(5), serde_json::json!([1, 2])), "{v}");
+    let in_order: Vec<u64> = (1..=200).collect();
+    assert_eq!(
+        (value, &history, &lengths),
+        (Value::from(5), &serde_json::json!(in_order), &serde_json::json!(in_order))
+    );
+    // An answer over one frame is a clear error; the actor goes on.
     let too_large = too_large.as_str().unwrap_or_default();
     assert!(too_large.contains("resource limit") && too_large.contains("at most"), "{too_large}");
     assert_eq!(after, 6, "the actor keeps serving: {v}");

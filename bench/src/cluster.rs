@@ -1,7 +1,8 @@
 //! Suite `cluster`: placement decisions over 50 simulated hosts (IO-free),
 //! then a real etcd and three `fabric host` processes on loopback: a remote
-//! no-op round trip, a 100,000-task fan-out over the three, and failure
-//! detection after `kill -9`.
+//! no-op round trip, calls of an actor on another host (sequential and
+//! pipelined), a 100,000-task fan-out over the three, and failure detection
+//! after `kill -9`.
 
 use crate::Report;
 use fabric_host::cluster::placement::Placer;
@@ -132,6 +133,14 @@ fn remote(report: &Report) -> anyhow::Result<()> {
 
     let timing = result_of(&a, "bench_remote_rtt", r#"{"n": 5000, "key": "role", "value": "b"}"#)?;
     report.guest_timing(SUITE, "remote_noop_rtt", &timing, "(goal <= 100 us; host a -> host b, loopback)");
+
+    let args = r#"{"n": 5000, "key": "role", "value": "b", "pipelined": false}"#;
+    let timing = result_of(&a, "bench_remote_actor", args)?;
+    report.guest_timing(SUITE, "remote_actor_call_rtt", &timing, "(host a -> an actor on host b, sequential)");
+    let args = r#"{"n": 20000, "key": "role", "value": "b", "pipelined": true}"#;
+    let timing = result_of(&a, "bench_remote_actor", args)?;
+    let seconds = timing["total_s"].as_f64().unwrap_or(f64::NAN);
+    report.rate(SUITE, "remote_actor_calls_pipelined", "calls/s", 20_000.0 / seconds, None, "(one caller, in order)");
 
     let timing = result_of(&a, "bench_spread_async", r#"{"n": 100000}"#)?;
     let seconds = timing["total_s"].as_f64().unwrap_or(f64::NAN);

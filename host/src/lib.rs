@@ -101,6 +101,8 @@ pub struct HostInner {
     pub(crate) faults: faults::Faults,
     /// Counters of objects pulled from peers, and faults to inject.
     pub(crate) transfers: objects::transfer::Transfers,
+    /// Streams of asks to actors on other hosts.
+    pub(crate) actor_asks: remote::asks::AskStreams,
     /// What this host's gateway serves.
     pub(crate) deployments: deployments::Deployments,
     /// Gateway requests sent to peers and not yet answered.
@@ -330,6 +332,7 @@ impl Host {
             drain: drain::Drain::default(),
             faults: faults::Faults::from_env(),
             transfers: objects::transfer::Transfers::default(),
+            actor_asks: remote::asks::AskStreams::default(),
             deployments: deployments::Deployments::default(),
             forwarded: Default::default(),
             host_header,

@@ -146,7 +146,7 @@ async fn respond(
         Request::PeerRun { .. }
         | Request::FetchComponent { .. }
         | Request::PeerActorCreate { .. }
-        | Request::PeerActorCall { .. }
+        | Request::PeerActorAsks { .. }
         | Request::PeerActorKill { .. }
         | Request::PeerJobEnded { .. }
         | Request::PeerLog { .. }
@@ -158,7 +158,6 @@ async fn respond(
         | Request::PeerHttp { .. }
         | Request::PeerRelease { .. }
         | Request::PeerPin { .. }
-        | Request::PeerActorSnapshot { .. }
             if !peer =>
         {
             Err(FabricError::new(
@@ -182,20 +181,9 @@ async fn respond(
             .await?;
             reply(send, &answer).await
         }
-        Request::PeerActorCall { tenant, actor, method, args, json } => {
-            crate::validate_name("tenant", &tenant)?;
+        Request::PeerActorAsks { tenant, actor } => {
             let id = crate::remote::actors::parse_id(&actor)?;
-            let encoding = if json { crate::hostfns::Encoding::Json } else { crate::hostfns::Encoding::Binary };
-            let ask = crate::remote::actors::Ask::Call { method, args, encoding };
-            let bytes = crate::remote::actors::ask_and_wait(&host.0, &tenant, id, ask).await?;
-            reply(send, &Response::Output(bytes)).await
-        }
-        Request::PeerActorSnapshot { tenant, actor } => {
-            crate::validate_name("tenant", &tenant)?;
-            let id = crate::remote::actors::parse_id(&actor)?;
-            let ask = crate::remote::actors::Ask::Snapshot;
-            let bytes = crate::remote::actors::ask_and_wait(&host.0, &tenant, id, ask).await?;
-            reply(send, &Response::Output(bytes)).await
+            crate::remote::asks::serve(&host.0, &tenant, id, send, recv).await
         }
         Request::PeerActorKill { tenant, actor } => {
             crate::validate_name("tenant", &tenant)?;

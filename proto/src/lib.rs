@@ -528,7 +528,7 @@ pub struct SubmitRequest {
     pub detach: bool,
 }
 
-pub use messages::{Request, Response};
+pub use messages::{ActorAsk, Request, Response};
 
 /// The request and response enums. rkyv's derive generates resolver types
 /// whose fields cannot carry docs, hence the allowance on this module only.
@@ -654,19 +654,16 @@ mod messages {
             /// Return the live actor of that name instead of failing.
             get_or_create: bool,
         },
-        /// Host to host: call a method of an actor here; answered with
-        /// [`Response::Output`] or [`Response::Error`].
-        PeerActorCall {
+        /// Host to host: opens a stream of asks of an actor here, in order.
+        /// [`ActorAsk`] frames follow, each enqueued in the actor's mailbox
+        /// as it arrives; each is answered, in the same order, with
+        /// [`Response::Output`] or [`Response::Error`]. The caller ends the
+        /// stream when it has nothing more to ask.
+        PeerActorAsks {
             /// Whose actor.
             tenant: String,
             /// Its id (32 hex digits).
             actor: String,
-            /// The method.
-            method: String,
-            /// Encoded arguments.
-            args: Vec<u8>,
-            /// JSON (from the CLI) rather than binary.
-            json: bool,
         },
         /// Host to host: kill an actor here.
         PeerActorKill {
@@ -843,14 +840,22 @@ mod messages {
             /// Bytes wanted.
             len: u64,
         },
-        /// Host to host: a snapshot of an actor here, after the calls queued
-        /// before; answered with [`Response::Output`] or [`Response::Error`].
-        PeerActorSnapshot {
-            /// Whose actor.
-            tenant: String,
-            /// Its id (32 hex digits).
-            actor: String,
+    }
+
+    /// One thing asked of an actor on a [`Request::PeerActorAsks`] stream.
+    #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+    pub enum ActorAsk {
+        /// Call a method.
+        Call {
+            /// The method.
+            method: String,
+            /// Encoded arguments.
+            args: Vec<u8>,
+            /// JSON (from the CLI) rather than binary.
+            json: bool,
         },
+        /// A snapshot of its state, after the calls asked before.
+        Snapshot,
     }
 
     /// A host's response frames.

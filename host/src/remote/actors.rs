@@ -17,7 +17,7 @@ use crate::actors::{ActorId, ActorOptions, NewActor};
 use crate::hostfns::Encoding;
 use crate::joblog::JobLog;
 use crate::jobs::Job;
-use crate::peers::{PeerError, RunOutput};
+use crate::peers::PeerError;
 use crate::registry::LeaseId;
 use crate::HostInner;
 use fabric_proto::{ActorLocation, ActorSpec, ErrorKind, FabricError, Request, Response, TaskLimits};
@@ -55,11 +55,11 @@ fn options_of(spec: ActorSpec) -> ActorOptions {
 }
 
 /// The host an actor id says it lives on.
-fn home_of(id: ActorId) -> String {
+pub(crate) fn home_of(id: ActorId) -> String {
     crate::objects::host_id(id.hi)
 }
 
-fn lost(id: ActorId, why: impl std::fmt::Display) -> FabricError {
+pub(crate) fn lost(id: ActorId, why: impl std::fmt::Display) -> FabricError {
     FabricError::new(ErrorKind::ActorDead, format!("actor {id} was on host {} and is lost: {why}", home_of(id)))
 }
 
@@ -224,9 +224,10 @@ pub(crate) enum Ask {
     Snapshot,
 }
 
-/// Asks `ask` of actor `id` wherever it lives; the result fills `cell`. The
-/// result of an actor on another host comes back inline (up to
-/// [`MAX_INLINE_ANSWER`] bytes).
+/// Asks `ask` of actor `id` wherever it lives; the result fills `cell`. An
+/// actor on another host gets this host's asks in the order they were made
+/// (see [`super::asks`]) and answers inline, up to [`MAX_INLINE_ANSWER`]
+/// bytes.
 pub(crate) fn ask(
     host: &Arc<HostInner>,
     tenant: &Arc<str>,
@@ -235,36 +236,42 @@ pub(crate) fn ask(
     cell: Arc<crate::objects::Cell>,
 ) -> Result<(), FabricError> {
     if host.actors.is_local(id) {
-        return match ask {
-            Ask::Call { method, args, encoding } => host.actors.call(tenant, id, method, args, encoding, cell),
-            Ask::Snapshot => host.actors.snapshot(tenant, id, cell),
-        };
+        return ask_here(host, tenant, id, ask, cell);
     }
-    let addr = host.cluster.addr_of(&home_of(id)).ok_or_else(|| lost(id, "its host is not in the cluster"))?;
-    let (tenant, actor) = (tenant.to_string(), id.to_string());
-    let request = match ask {
-        Ask::Call { method, args, encoding } => {
-            Request::PeerActorCall { tenant, actor, method, args, json: encoding == Encoding::Json }
-        }
-        Ask::Snapshot => Request::PeerActorSnapshot { tenant, actor },
-    };
-    let host = host.clone();
-    tokio::spawn(async move {
-        match host.peers.run(&addr, &request, |_| {}).await.map(|(output, _)| output) {
-            Ok(RunOutput::Inline { bytes, .. }) => host.objects.fill(&cell, Ok(bytes)),
-            Ok(RunOutput::Kept { id, len }) => host.objects.fill_elsewhere(None, &cell, id.into(), len, None),
-            Err(PeerError::Answered(e) | PeerError::Refused(e)) => host.objects.fill(&cell, Err(e)),
-            Err(PeerError::Lost(e)) => host.objects.fill(&cell, Err(lost(id, e.message))),
-        }
-    });
+    super::asks::ask_remote(host, tenant, id, ask, cell);
     Ok(())
 }
 
-/// The largest result an actor sends back to a caller on another host.
+/// [`ask`] of an actor of this host.
+pub(crate) fn ask_here(
+    host: &HostInner,
+    tenant: &str,
+    id: ActorId,
+    ask: Ask,
+    cell: Arc<crate::objects::Cell>,
+) -> Result<(), FabricError> {
+    match ask {
+        Ask::Call { method, args, encoding } => host.actors.call(tenant, id, method, args, encoding, cell),
+        Ask::Snapshot => host.actors.snapshot(tenant, id, cell),
+    }
+}
+
+/// The largest answer an actor sends to a caller on another host.
 pub const MAX_INLINE_ANSWER: usize = fabric_proto::MAX_FRAME - 1024;
 
-/// Asks `what` of actor `id` and waits for the result, for a caller
-/// elsewhere (a peer, a client): it must fit in one frame.
+/// The error for an answer too large to send to a caller on another host.
+pub(crate) fn too_large(id: ActorId, len: usize) -> FabricError {
+    FabricError::new(
+        ErrorKind::ResourceLimit,
+        format!(
+            "the answer of actor {id} is {len} bytes; an actor answers a caller on another host with at most \
+             {MAX_INLINE_ANSWER} bytes (return a reference to an object for more)"
+        ),
+    )
+}
+
+/// Asks `what` of actor `id` and waits for the result, for a client: it
+/// must fit in one frame.
 pub(crate) async fn ask_and_wait(
     host: &Arc<HostInner>,
     tenant: &str,
@@ -280,14 +287,7 @@ pub(crate) async fn ask_and_wait(
     };
     host.objects.drop_job(&tenant, &job);
     match outcome {
-        Ok(bytes) if bytes.len() > MAX_INLINE_ANSWER => Err(FabricError::new(
-            ErrorKind::ResourceLimit,
-            format!(
-                "the answer of actor {id} is {} bytes; an actor answers a caller on another host with at most \
-                 {MAX_INLINE_ANSWER} bytes (return a reference to an object for more)",
-                bytes.len()
-            ),
-        )),
+        Ok(bytes) if bytes.len() > MAX_INLINE_ANSWER => Err(too_large(id, bytes.len())),
         outcome => outcome,
     }
 }

@@ -18,6 +18,7 @@
 //! to the hosts the visiting job's own tasks reached) or leaves the cluster.
 
 pub mod actors;
+pub mod asks;
 
 use crate::cluster::placement::effective_resources;
 use crate::hostfns::Encoding;

@@ -272,6 +272,30 @@ fn bench_remote_rtt(n: u64, key: String, value: String) -> fabric::Result<Timing
     Ok(timing(samples, start.elapsed()))
 }
 
+/// Calls of an actor on a host labelled `key=value`: `n` sequential round
+/// trips, or with `pipelined` `n` calls asked without waiting, then all
+/// awaited (the timing's total only).
+#[fabric::task]
+fn bench_remote_actor(n: u64, key: String, value: String, pipelined: bool) -> fabric::Result<Timing> {
+    let probe = Probe::new(0).label(key, value).remote()?;
+    probe.get()?.get()?;
+    let start = Instant::now();
+    if pipelined {
+        let calls = (0..n).map(|_| probe.add(1)).collect::<fabric::Result<Vec<_>>>()?;
+        for call in &calls {
+            call.get()?;
+        }
+        return Ok(Timing { n, p50_us: 0.0, p99_us: 0.0, total_s: start.elapsed().as_secs_f64() });
+    }
+    let mut samples = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        probe.get()?.get()?;
+        samples.push(t.elapsed());
+    }
+    Ok(timing(samples, start.elapsed()))
+}
+
 /// Throughput across the cluster: `n` no-ops spread over every host, then
 /// all awaited.
 #[fabric::task]
@@ -817,22 +841,29 @@ fn actor_says(key: String, value: String, text: String, hold_ms: u64) -> fabric:
     Ok(host)
 }
 
-/// Snapshots a probe on a host labelled `key=value` after a few calls, and
-/// asks it for an answer too large to cross hosts: where it lives, the
-/// state read from the snapshot, the error, and its value after.
+/// Asks a probe on a host labelled `key=value` to add 5 and record 1 to
+/// `n` without waiting for any answer, then snapshots it; asks it for an
+/// answer too large to cross hosts. Returns where it lives, the state read
+/// from the snapshot, the answers to the records, the error, and its value
+/// after.
 #[fabric::task]
-fn snapshot_across(key: String, value: String) -> fabric::Result<(String, i64, Vec<u64>, String, i64)> {
+#[allow(clippy::type_complexity)]
+fn snapshot_across(
+    key: String,
+    value: String,
+    n: u64,
+) -> fabric::Result<(String, i64, Vec<u64>, Vec<u64>, String, i64)> {
     let probe = Probe::new(0).label(key, value).remote()?;
-    probe.add(5)?.get()?;
-    probe.record(1)?.get()?;
-    probe.record(2)?.get()?;
+    probe.add(5)?;
+    let records = (1..=n).map(|seq| probe.record(seq)).collect::<fabric::Result<Vec<_>>>()?;
     let snapshot = probe.snapshot()?;
     let state: Probe = ObjectRef::from_id(snapshot.id()).get()?;
+    let lengths = records.iter().map(|r| r.get()).collect::<fabric::Result<Vec<_>>>()?;
     let too_large = match probe.zeros(20 << 20)?.get() {
         Ok(bytes) => format!("{} bytes came back", bytes.len()),
         Err(error) => error.to_string(),
     };
-    Ok((probe.host()?.get()?, state.value, state.history, too_large, probe.add(1)?.get()?))
+    Ok((probe.host()?.get()?, state.value, state.history, lengths, too_large, probe.add(1)?.get()?))
 }
 
 /// Adds `by` through a handle stored in an object.

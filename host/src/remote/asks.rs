@@ -1,0 +1,282 @@
+//! Calls and snapshots of an actor on another host, in the order they were
+//! asked.
+//!
+//! Why one stream per (tenant, actor) rather than one per call: a caller
+//! that asks `add(5)` and then `snapshot()` without waiting in between must
+//! find the snapshot after the add, as it would with a local actor (and as
+//! Ray orders an actor's calls from one caller). Streams opened one after
+//! another are served by the peer in any order, so separate streams would
+//! let later asks overtake earlier ones. Here every ask of this host to one
+//! remote actor goes, in order, down one long-lived stream
+//! ([`Request::PeerActorAsks`]); the peer enqueues each in the actor's
+//! mailbox as it reads it, and answers in the same order, so asks stay
+//! pipelined (the caller never waits for an answer before sending the next).
+//!
+//! A stream idle for [`IDLE`] with no answer outstanding is closed (a host
+//! may call many actors over its life; each open stream counts against the
+//! connection's stream limit). It is retired under the map's lock, and asks
+//! are queued under that lock too, so no ask can land on a stream being
+//! retired: the next ask opens a new stream, and every earlier ask has its
+//! answer by then. If the stream fails (the peer is lost, or it closed the
+//! stream), the asks still outstanding on it fail with `actor-dead` saying
+//! why, and the next ask opens a new stream.
+
+use super::actors::{ask_here, home_of, lost, too_large, Ask, MAX_INLINE_ANSWER};
+use crate::actors::ActorId;
+use crate::hostfns::Encoding;
+use crate::objects::{Cell, ObjectId};
+use crate::HostInner;
+use fabric_proto::{read_frame, write_frame, ActorAsk, ErrorKind, FabricError, Request, Response, MAX_FRAME};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long a stream to an actor stays open with nothing asked.
+pub const IDLE: Duration = Duration::from_secs(10);
+
+type Queued = (Ask, Arc<Cell>);
+type Key = (Arc<str>, ActorId);
+type Streams = HashMap<Key, mpsc::UnboundedSender<Queued>>;
+
+/// This host's open ask streams, by tenant and actor.
+#[derive(Default)]
+pub struct AskStreams {
+    streams: Mutex<Streams>,
+}
+
+impl std::fmt::Debug for AskStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AskStreams({} open)", self.lock().len())
+    }
+}
+
+impl AskStreams {
+    fn lock(&self) -> MutexGuard<'_, Streams> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Queues `ask` of `tenant`'s actor `id` on another host, after every ask
+/// this host made of it before; its answer fills `cell`.
+pub(crate) fn ask_remote(host: &Arc<HostInner>, tenant: &Arc<str>, id: ActorId, ask: Ask, cell: Arc<Cell>) {
+    let key = (tenant.clone(), id);
+    let mut streams = host.actor_asks.lock();
+    let mut queued = (ask, cell);
+    // A stream that failed has closed its queue: open another.
+    for _ in 0..2 {
+        let sender = streams.entry(key.clone()).or_insert_with(|| {
+            let (sender, queue) = mpsc::unbounded_channel();
+            tokio::spawn(run_stream(Arc::downgrade(host), key.clone(), sender.clone(), queue));
+            sender
+        });
+        match sender.send(queued) {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(back)) => {
+                streams.remove(&key);
+                queued = back;
+            }
+        }
+    }
+    let (_, cell) = queued;
+    let error = FabricError::new(ErrorKind::Internal, format!("no stream to actor {id} could be opened"));
+    host.objects.fill(&cell, Err(error));
+}
+
+/// Why a stream ended.
+enum End {
+    /// Nothing asked for [`IDLE`]: retired.
+    Idle,
+    /// It failed; what is outstanding fails with this.
+    Failed(String),
+}
+
+/// Sends the asks queued for one actor down one stream and fills their
+/// cells with the answers, in order, until the stream idles out or fails.
+async fn run_stream(
+    host: std::sync::Weak<HostInner>,
+    key: Key,
+    sender: mpsc::UnboundedSender<Queued>,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+) {
+    let Some(strong) = host.upgrade() else { return };
+    // The answers fill their objects through the store (which counts them).
+    let objects = strong.objects.clone();
+    let (tenant, id) = (key.0.clone(), key.1);
+    let mut outstanding: VecDeque<Arc<Cell>> = VecDeque::new();
+    let end = match open(&strong, &tenant, id).await {
+        Err(why) => End::Failed(why),
+        Ok((mut send, recv)) => {
+            drop(strong);
+            // Answers are read on a task of their own: reading a frame is
+            // not safe to abandon midway, as a `select!` branch would.
+            let (answers_in, mut answers) = mpsc::unbounded_channel();
+            let reader = tokio::spawn(read_answers(recv, answers_in));
+            let end = loop {
+                tokio::select! {
+                    queued = queue.recv() => {
+                        let Some((ask, cell)) = queued else { break End::Idle };
+                        outstanding.push_back(cell);
+                        if let Err(e) = write_frame(&mut send, &frame(ask)).await {
+                            break End::Failed(format!("the stream to its host failed: {e}"));
+                        }
+                    }
+                    answer = answers.recv() => match answer {
+                        Some(Ok(outcome)) => match outstanding.pop_front() {
+                            Some(cell) => objects.fill(&cell, outcome),
+                            None => break End::Failed("its host answered an ask never made".into()),
+                        },
+                        Some(Err(why)) => break End::Failed(why),
+                        None => break End::Failed("its host closed the stream".into()),
+                    },
+                    _ = tokio::time::sleep(IDLE), if outstanding.is_empty() => {
+                        if retire(&host, &key, &sender, &mut queue) {
+                            break End::Idle;
+                        }
+                    }
+                }
+            };
+            let _ = send.finish();
+            reader.abort();
+            end
+        }
+    };
+    if let End::Failed(why) = end {
+        if let Some(host) = host.upgrade() {
+            let mut streams = host.actor_asks.lock();
+            if streams.get(&key).is_some_and(|queued| queued.same_channel(&sender)) {
+                streams.remove(&key);
+            }
+        }
+        // No ask can join the queue once closed: fail what is in it.
+        queue.close();
+        while let Ok((_, cell)) = queue.try_recv() {
+            outstanding.push_back(cell);
+        }
+        for cell in outstanding {
+            objects.fill(&cell, Err(lost(id, &why)));
+        }
+    }
+}
+
+/// Takes the stream out of the map if nothing is queued on it; `false` if
+/// an ask came in meanwhile.
+fn retire(
+    host: &std::sync::Weak<HostInner>,
+    key: &Key,
+    sender: &mpsc::UnboundedSender<Queued>,
+    queue: &mut mpsc::UnboundedReceiver<Queued>,
+) -> bool {
+    let Some(host) = host.upgrade() else { return true };
+    let mut streams = host.actor_asks.lock();
+    if !queue.is_empty() {
+        return false;
+    }
+    if streams.get(key).is_some_and(|queued| queued.same_channel(sender)) {
+        streams.remove(key);
+    }
+    queue.close();
+    true
+}
+
+async fn open(
+    host: &Arc<HostInner>,
+    tenant: &str,
+    id: ActorId,
+) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+    let addr = host.cluster.addr_of(&home_of(id)).ok_or("its host is not in the cluster")?;
+    let request = Request::PeerActorAsks { tenant: tenant.to_string(), actor: id.to_string() };
+    host.peers.open_stream(&addr, &request).await.map_err(|e| e.into_error().message)
+}
+
+fn frame(ask: Ask) -> ActorAsk {
+    match ask {
+        Ask::Call { method, args, encoding } => ActorAsk::Call { method, args, json: encoding == Encoding::Json },
+        Ask::Snapshot => ActorAsk::Snapshot,
+    }
+}
+
+type Answer = Result<Result<Vec<u8>, FabricError>, String>;
+
+/// Reads the answers of a stream until it ends or a frame is not one.
+async fn read_answers(mut recv: quinn::RecvStream, answers: mpsc::UnboundedSender<Answer>) {
+    loop {
+        let answer = match read_frame::<_, Response>(&mut recv, MAX_FRAME).await {
+            Ok(Some(Response::Output(bytes))) => Ok(Ok(bytes)),
+            Ok(Some(Response::Error(error))) => Ok(Err(error)),
+            Ok(Some(other)) => Err(format!("its host sent an answer that is none: {other:?}")),
+            Ok(None) => return,
+            Err(e) => Err(format!("the stream to its host failed: {e}")),
+        };
+        let failed = answer.is_err();
+        if answers.send(answer).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Serves a [`Request::PeerActorAsks`] stream: enqueues each ask in the
+/// actor's mailbox as it arrives and answers each, in order, once done.
+pub(crate) async fn serve(
+    host: &Arc<HostInner>,
+    tenant: &str,
+    id: ActorId,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<(), FabricError> {
+    crate::validate_name("tenant", tenant)?;
+    let tenant: Arc<str> = tenant.into();
+    // The answers' objects belong to the stream, and go with it.
+    let job: Arc<str> = format!("asks-{:012x}", rand::random::<u64>() >> 16).into();
+    let (asked, mut answering) = mpsc::unbounded_channel::<(ObjectId, Arc<Cell>)>();
+    let (tenant_here, job_here) = (&tenant, &job);
+    // Ends when the caller finishes the stream, sends a bad frame, or this
+    // host starts draining; then drops `asked`, so the answers to what it
+    // enqueued go out and the stream ends.
+    let enqueue = async move {
+        let outcome = loop {
+            let ask = tokio::select! {
+                frame = read_frame::<_, ActorAsk>(recv, MAX_FRAME) => match frame {
+                    Ok(Some(ask)) => ask,
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(FabricError::new(ErrorKind::InvalidArgument, format!("bad ask frame: {e}"))),
+                },
+                _ = host.drain.started() => break Ok(()),
+            };
+            let ask = match ask {
+                ActorAsk::Call { method, args, json } => {
+                    let encoding = if json { Encoding::Json } else { Encoding::Binary };
+                    Ask::Call { method, args, encoding }
+                }
+                ActorAsk::Snapshot => Ask::Snapshot,
+            };
+            let (result, cell) = host.objects.reserve(tenant_here, job_here);
+            if let Err(error) = ask_here(host, tenant_here, id, ask, cell.clone()) {
+                host.objects.fill(&cell, Err(error));
+            }
+            if asked.send((result, cell)).is_err() {
+                break Ok(());
+            }
+        };
+        drop(asked);
+        outcome
+    };
+    let answer = async {
+        while let Some((result, _cell)) = answering.recv().await {
+            let outcome = crate::objects::transfer::bytes(host, &tenant, &job, result).await;
+            host.objects.release(&tenant, &[result]);
+            let response = match outcome {
+                Ok(bytes) if bytes.len() > MAX_INLINE_ANSWER => Response::Error(too_large(id, bytes.len())),
+                Ok(bytes) => Response::Output(bytes.to_vec()),
+                Err(error) => Response::Error(error),
+            };
+            write_frame(send, &response)
+                .await
+                .map_err(|e| FabricError::new(ErrorKind::Unavailable, format!("ask stream failed: {e}")))?;
+        }
+        Ok::<(), FabricError>(())
+    };
+    let (enqueued, answered) = tokio::join!(enqueue, answer);
+    host.objects.drop_job(&tenant, &job);
+    answered.and(enqueued)
+}
