@@ -363,11 +363,14 @@ fn a_stopping_host_takes_no_new_work_and_finishes_its_peers_tasks() {
     let etcd = Etcd::start();
     let [a, mut b] = cluster(&etcd, [&[], &["--label", "role=sleeper"]]);
 
-    // a's job runs a five-second task on b (the only host with the label,
-    // and the task may not run again).
+    // A detached actor lives on b; a's job runs an eight-second task on b
+    // (the only host with the label, and the task may not run again).
     let testkit = fabric_tests::testkit();
-    let job = a.submit_detached(&testkit, "sleep_on", r#"{"key": "role", "value": "sleeper", "ms": 5000}"#);
     let b_id = b.id();
+    let args = r#"{"name": "drainee", "key": "role", "value": "sleeper"}"#;
+    let placed = a.submit(&testkit, &["--fn", "place_named_probe", "--args", args]);
+    assert_eq!(placed.json()["result"], b_id.as_str(), "{placed:?}");
+    let job = a.submit_detached(&testkit, "sleep_on", r#"{"key": "role", "value": "sleeper", "ms": 8000}"#);
     wait_until_busy(&a, &b_id, "b to run the task");
     b.terminate();
     // At once every member sees b draining, so no new work goes there...
@@ -380,6 +383,11 @@ fn a_stopping_host_takes_no_new_work_and_finishes_its_peers_tasks() {
         a.submit(&testkit, &["--fn", "sleep_on", "--args", r#"{"key": "role", "value": "sleeper", "ms": 1}"#]);
     assert_eq!(refused.json()["error"]["kind"], "unavailable", "{refused:?}");
     assert!(refused.stdout.contains("shutting down"), "{refused:?}");
+    // Its actor still answers while b drains (the stream a had open to it
+    // was closed when the drain began; a asks on a new one).
+    let args = r#"{"name": "drainee", "n": 50}"#;
+    let added = a.submit(&testkit, &["--fn", "add_to_named", "--args", args]);
+    assert_eq!(added.json()["result"], 50, "{added:?}");
     // ...but b finishes the task it has and hands the result back, then
     // leaves.
     let out = a.fabric(&["logs", "--follow", &job]);

@@ -246,7 +246,7 @@ pub fn watch(
 
 /// Stops a spawned task when dropped.
 #[derive(Debug)]
-pub struct AbortOnDrop(tokio::task::AbortHandle);
+pub struct AbortOnDrop(pub tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -673,8 +673,10 @@ pub(crate) fn release_elsewhere(host: &Arc<HostInner>) {
 
 /// Pins `tenant`'s object `id` wherever it is kept, and what it names
 /// wherever that is (see [`super::ObjectStore::pin`]); `unpin` undoes it.
-/// `strict`: the object must exist and (to unpin) be pinned; a part that
-/// is gone (freed before, its host left) is skipped.
+/// `strict`: the object must exist and (to unpin) be pinned. A part that is
+/// gone (freed, or its host left: `not-found`) is skipped; any other
+/// failure fails a pin, taking back the pins it made, so that nothing is
+/// left half pinned (an unpin goes on with the other parts and then fails).
 ///
 /// This host walks the whole graph, each object once: a peer pins only its
 /// own part and answers with what that names on other hosts, so ids naming
@@ -688,18 +690,34 @@ pub async fn set_pinned(
 ) -> Result<(), FabricError> {
     let mut seen = std::collections::HashSet::from([id]);
     let mut work = vec![(id, strict)];
-    while let Some((id, strict)) = work.pop() {
-        let parts = match pin_part(host, tenant, id, pin, strict).await {
-            Ok(parts) => parts,
-            Err(error) if strict => return Err(error),
-            Err(error) => {
-                tracing::debug!(object = %id, "a part of a pinned object was not (un)pinned: {}", error.message);
-                continue;
+    let mut done = Vec::new();
+    let mut failure = None;
+    while let Some((part, strict)) = work.pop() {
+        match pin_part(host, tenant, part, pin, strict).await {
+            Ok(parts) => {
+                done.push(part);
+                work.extend(parts.into_iter().filter(|part| seen.insert(*part)).map(|part| (part, false)));
             }
-        };
-        work.extend(parts.into_iter().filter(|part| seen.insert(*part)).map(|part| (part, false)));
+            Err(error) if !strict && error.kind == ErrorKind::NotFound => {
+                tracing::debug!(object = %part, "a part of a pinned object is gone: {}", error.message);
+            }
+            Err(error) => {
+                failure.get_or_insert(error);
+                if pin {
+                    break;
+                }
+            }
+        }
     }
-    Ok(())
+    let Some(error) = failure else { return Ok(()) };
+    if pin {
+        for part in done {
+            if let Err(undo) = pin_part(host, tenant, part, false, false).await {
+                tracing::warn!(object = %part, "a pin that failed could not be taken back: {}", undo.message);
+            }
+        }
+    }
+    Err(error)
 }
 
 /// Pins (or unpins) object `id` where it is kept, with what it names on

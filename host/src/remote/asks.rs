@@ -17,13 +17,21 @@
 //! connection's stream limit). It is retired under the map's lock, and asks
 //! are queued under that lock too, so no ask can land on a stream being
 //! retired: the next ask opens a new stream, and every earlier ask has its
-//! answer by then. If the stream fails (the peer is lost, or it closed the
-//! stream), the asks still outstanding on it fail with `actor-dead` saying
-//! why, and the next ask opens a new stream.
+//! answer by then.
+//!
+//! A peer finishes a stream only after answering every ask it took (it
+//! does so when it starts draining, and while draining once the stream is
+//! idle for 100 ms, so streams do not hold up its shutdown while its
+//! actors still serve): the asks outstanding then were never taken, and are
+//! asked again, in order, on a new stream. If the stream fails instead (the
+//! peer is lost, a frame does not decode), it is reset so the peer takes
+//! nothing more from it, the asks outstanding on it fail with `actor-dead`
+//! saying why, and the next ask opens a new stream.
 
 use super::actors::{ask_here, home_of, lost, too_large, Ask, MAX_INLINE_ANSWER};
 use crate::actors::ActorId;
 use crate::hostfns::Encoding;
+use crate::objects::transfer::AbortOnDrop;
 use crate::objects::{Cell, ObjectId};
 use crate::HostInner;
 use fabric_proto::{read_frame, write_frame, ActorAsk, ErrorKind, FabricError, Request, Response, MAX_FRAME};
@@ -34,6 +42,11 @@ use tokio::sync::mpsc;
 
 /// How long a stream to an actor stays open with nothing asked.
 pub const IDLE: Duration = Duration::from_secs(10);
+
+/// How long a draining host keeps a stream open with nothing asked: its
+/// actors serve until it leaves, but an idle stream must not hold up its
+/// shutdown.
+const DRAINING_IDLE: Duration = Duration::from_millis(100);
 
 type Queued = (Ask, Arc<Cell>);
 type Key = (Arc<str>, ActorId);
@@ -87,9 +100,17 @@ pub(crate) fn ask_remote(host: &Arc<HostInner>, tenant: &Arc<str>, id: ActorId, 
 enum End {
     /// Nothing asked for [`IDLE`]: retired.
     Idle,
+    /// The host finished the stream, having answered every ask it took
+    /// (it is draining, say): those outstanding were never taken, so they
+    /// can be asked again, in order, on a new stream.
+    Closed,
     /// It failed; what is outstanding fails with this.
     Failed(String),
 }
+
+/// Times in a row a host may finish a stream without answering anything
+/// before the asks outstanding on it fail.
+const REOPENS: u32 = 3;
 
 /// Sends the asks queued for one actor down one stream and fills their
 /// cells with the answers, in order, until the stream idles out or fails.
@@ -102,61 +123,101 @@ async fn run_stream(
     let Some(strong) = host.upgrade() else { return };
     // The answers fill their objects through the store (which counts them).
     let objects = strong.objects.clone();
+    drop(strong);
     let (tenant, id) = (key.0.clone(), key.1);
-    let mut outstanding: VecDeque<Arc<Cell>> = VecDeque::new();
-    let end = match open(&strong, &tenant, id).await {
-        Err(why) => End::Failed(why),
-        Ok((mut send, recv)) => {
-            drop(strong);
-            // Answers are read on a task of their own: reading a frame is
-            // not safe to abandon midway, as a `select!` branch would.
-            let (answers_in, mut answers) = mpsc::unbounded_channel();
-            let reader = tokio::spawn(read_answers(recv, answers_in));
-            let end = loop {
-                tokio::select! {
-                    queued = queue.recv() => {
-                        let Some((ask, cell)) = queued else { break End::Idle };
-                        outstanding.push_back(cell);
-                        if let Err(e) = write_frame(&mut send, &frame(ask)).await {
-                            break End::Failed(format!("the stream to its host failed: {e}"));
-                        }
-                    }
-                    answer = answers.recv() => match answer {
-                        Some(Ok(outcome)) => match outstanding.pop_front() {
-                            Some(cell) => objects.fill(&cell, outcome),
-                            None => break End::Failed("its host answered an ask never made".into()),
-                        },
-                        Some(Err(why)) => break End::Failed(why),
-                        None => break End::Failed("its host closed the stream".into()),
-                    },
-                    _ = tokio::time::sleep(IDLE), if outstanding.is_empty() => {
-                        if retire(&host, &key, &sender, &mut queue) {
-                            break End::Idle;
-                        }
-                    }
-                }
-            };
-            let _ = send.finish();
-            reader.abort();
-            end
+    // Asked and not answered yet, in order, with their frames to ask again.
+    let mut outstanding: VecDeque<(ActorAsk, Arc<Cell>)> = VecDeque::new();
+    let mut reopens = 0;
+    let why = loop {
+        let Some(strong) = host.upgrade() else { return };
+        match serve_stream(&strong, &host, &key, &sender, &mut queue, &mut outstanding, &objects).await {
+            End::Idle => return,
+            End::Failed(why) => break why,
+            End::Closed if outstanding.is_empty() => reopens = 0,
+            End::Closed if reopens < REOPENS => reopens += 1,
+            End::Closed => break format!("its host closed {REOPENS} streams in a row without taking an ask"),
         }
+        if outstanding.is_empty() && retire(&host, &key, &sender, &mut queue) {
+            return;
+        }
+        tracing::debug!(actor = %id, tenant = %tenant, "asking again on a new stream");
     };
-    if let End::Failed(why) = end {
-        if let Some(host) = host.upgrade() {
-            let mut streams = host.actor_asks.lock();
-            if streams.get(&key).is_some_and(|queued| queued.same_channel(&sender)) {
-                streams.remove(&key);
-            }
-        }
-        // No ask can join the queue once closed: fail what is in it.
-        queue.close();
-        while let Ok((_, cell)) = queue.try_recv() {
-            outstanding.push_back(cell);
-        }
-        for cell in outstanding {
-            objects.fill(&cell, Err(lost(id, &why)));
+    if let Some(host) = host.upgrade() {
+        let mut streams = host.actor_asks.lock();
+        if streams.get(&key).is_some_and(|queued| queued.same_channel(&sender)) {
+            streams.remove(&key);
         }
     }
+    // No ask can join the queue once closed: fail what is in it.
+    queue.close();
+    while let Ok((_, cell)) = queue.try_recv() {
+        objects.fill(&cell, Err(lost(id, &why)));
+    }
+    for (_, cell) in outstanding {
+        objects.fill(&cell, Err(lost(id, &why)));
+    }
+}
+
+/// One stream of [`run_stream`]: asks again what is outstanding, then
+/// what is queued.
+async fn serve_stream(
+    strong: &Arc<HostInner>,
+    host: &std::sync::Weak<HostInner>,
+    key: &Key,
+    sender: &mpsc::UnboundedSender<Queued>,
+    queue: &mut mpsc::UnboundedReceiver<Queued>,
+    outstanding: &mut VecDeque<(ActorAsk, Arc<Cell>)>,
+    objects: &crate::objects::ObjectStore,
+) -> End {
+    let (mut send, recv) = match open(strong, &key.0, key.1).await {
+        Ok(stream) => stream,
+        Err(why) => return End::Failed(why),
+    };
+    // Answers are read on a task of their own: reading a frame is not safe
+    // to abandon midway, as a `select!` branch would.
+    let (answers_in, mut answers) = mpsc::unbounded_channel();
+    let reader = AbortOnDrop(tokio::spawn(read_answers(recv, answers_in)).abort_handle());
+    for (frame, _) in outstanding.iter() {
+        if let Err(e) = write_frame(&mut send, frame).await {
+            return failed(&mut send, format!("the stream to its host failed: {e}"));
+        }
+    }
+    let end = loop {
+        tokio::select! {
+            queued = queue.recv() => {
+                let Some((ask, cell)) = queued else { break End::Idle };
+                let frame = frame(ask);
+                let written = write_frame(&mut send, &frame).await;
+                outstanding.push_back((frame, cell));
+                if let Err(e) = written {
+                    return failed(&mut send, format!("the stream to its host failed: {e}"));
+                }
+            }
+            answer = answers.recv() => match answer {
+                Some(Ok(outcome)) => match outstanding.pop_front() {
+                    Some((_, cell)) => objects.fill(&cell, outcome),
+                    None => return failed(&mut send, "its host answered an ask never made".into()),
+                },
+                Some(Err(why)) => return failed(&mut send, why),
+                None => break End::Closed,
+            },
+            _ = tokio::time::sleep(IDLE), if outstanding.is_empty() => {
+                if retire(host, key, sender, queue) {
+                    break End::Idle;
+                }
+            }
+        }
+    };
+    let _ = send.finish();
+    drop(reader);
+    end
+}
+
+/// Ends a stream that failed: reset, so the host takes no more asks from it
+/// (they fail here, and must not run later).
+fn failed(send: &mut quinn::SendStream, why: String) -> End {
+    let _ = send.reset(0u32.into());
+    End::Failed(why)
 }
 
 /// Takes the stream out of the map if nothing is queued on it; `false` if
@@ -230,18 +291,29 @@ pub(crate) async fn serve(
     let job: Arc<str> = format!("asks-{:012x}", rand::random::<u64>() >> 16).into();
     let (asked, mut answering) = mpsc::unbounded_channel::<(ObjectId, Arc<Cell>)>();
     let (tenant_here, job_here) = (&tenant, &job);
-    // Ends when the caller finishes the stream, sends a bad frame, or this
-    // host starts draining; then drops `asked`, so the answers to what it
-    // enqueued go out and the stream ends.
+    // Ends when the caller finishes the stream or sends a bad frame, when
+    // this host starts draining, and while it drains once no ask came for
+    // DRAINING_IDLE; then drops `asked`, so the answers to what it took go
+    // out and the stream finishes. The caller asks again on a new stream
+    // whatever this one did not take (a frame cut off here included).
     let enqueue = async move {
         let outcome = loop {
-            let ask = tokio::select! {
-                frame = read_frame::<_, ActorAsk>(recv, MAX_FRAME) => match frame {
-                    Ok(Some(ask)) => ask,
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(FabricError::new(ErrorKind::InvalidArgument, format!("bad ask frame: {e}"))),
-                },
-                _ = host.drain.started() => break Ok(()),
+            let read = read_frame::<_, ActorAsk>(recv, MAX_FRAME);
+            let frame = if host.drain.is_draining() {
+                match tokio::time::timeout(DRAINING_IDLE, read).await {
+                    Ok(frame) => frame,
+                    Err(_) => break Ok(()),
+                }
+            } else {
+                tokio::select! {
+                    frame = read => frame,
+                    _ = host.drain.started() => break Ok(()),
+                }
+            };
+            let ask = match frame {
+                Ok(Some(ask)) => ask,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(FabricError::new(ErrorKind::InvalidArgument, format!("bad ask frame: {e}"))),
             };
             let ask = match ask {
                 ActorAsk::Call { method, args, json } => {

@@ -866,6 +866,26 @@ fn snapshot_across(
     Ok((probe.host()?.get()?, state.value, state.history, lengths, too_large, probe.add(1)?.get()?))
 }
 
+/// Makes a detached probe named `name` on a host labelled `key=value`;
+/// returns where it lives.
+#[fabric::task]
+fn place_named_probe(name: String, key: String, value: String) -> fabric::Result<String> {
+    Probe::new(0).name(name).label(key, value).detached().remote()?.host()?.get()
+}
+
+/// Asks the probe named `name` to add 1 `n` times without waiting, then
+/// waits for every answer; returns the last.
+#[fabric::task]
+fn add_to_named(name: String, n: u64) -> fabric::Result<i64> {
+    let probe = ProbeHandle::lookup(&name)?;
+    let asked = (0..n).map(|_| probe.add(1)).collect::<fabric::Result<Vec<_>>>()?;
+    let mut last = 0;
+    for answer in &asked {
+        last = answer.get()?;
+    }
+    Ok(last)
+}
+
 /// Adds `by` through a handle stored in an object.
 #[fabric::task]
 fn add_via_object(stored: ObjectRef<ProbeHandle>, by: i64) -> fabric::Result<i64> {
