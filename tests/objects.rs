@@ -369,6 +369,23 @@ fn a_spilled_object_is_pulled_from_its_holders_disk() {
 }
 
 #[test]
+fn copies_of_another_hosts_objects_are_dropped_for_memory_and_pulled_again() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &["--object-memory-mib", "16"]);
+    let b = Up::host(etcd.endpoint(), MAKER);
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    // a reads 8 x 8 MiB held on b, whole, three times over: four times its
+    // object memory. Its copies are dropped (b has them), never written to
+    // a's disk, and read again from b.
+    let args = r#"{"n": 8, "len": 8388608, "key": "role", "value": "maker", "rounds": 3}"#;
+    assert_eq!(result_of(&a, "reread_elsewhere", args), true);
+    let a_store = store_of(&stores(&a, "default"), &a).clone();
+    assert_eq!(a_store["spills"], 0, "{a_store}");
+    assert!(a_store["dropped_copies"].as_u64().unwrap() >= 8, "{a_store}");
+    assert!(a_store["pulls"].as_u64().unwrap() > 8, "dropped copies are pulled again: {a_store}");
+}
+
+#[test]
 fn an_object_is_freed_when_its_last_reference_drops() {
     // A tenant may hold 6 MiB: 40 objects of 4 MiB made one after another
     // fit only if each goes when nothing refers to it any more.

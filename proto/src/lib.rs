@@ -316,6 +316,9 @@ pub struct HostObjects {
     pub spilled_bytes: u64,
     /// Objects spilled since the host started.
     pub spills: u64,
+    /// Copies of other hosts' objects dropped for memory (not spilled:
+    /// their holders have them) since the host started.
+    pub dropped_copies: u64,
     /// Bytes of objects (all tenants) this host sent to peers since it
     /// started.
     pub served_bytes: u64,

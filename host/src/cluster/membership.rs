@@ -111,6 +111,10 @@ async fn serve_lease(
                 Some(Ok(event)) => {
                     for (id, addr) in host.cluster.apply(event) {
                         host.peers.disconnect(&addr);
+                        // Its objects' copies here are the only ones left.
+                        if let Ok(node) = u64::from_str_radix(&id, 16) {
+                            host.objects.keep_copies_of(node);
+                        }
                         crate::remote::origin_left(host, &addr);
                         tokio::spawn(sweep_jobs_of(host.clone(), id));
                     }

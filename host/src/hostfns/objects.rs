@@ -46,7 +46,11 @@ impl TaskState {
         }
         if let Some(Value::Here(local)) = ready {
             let host = self.task()?.host.clone();
-            return host.objects.bytes(&local).await;
+            match host.objects.bytes(&local).await {
+                // A copy that went (dropped for memory, say): read it again (below).
+                Err(_) if local.copy_gone() => {}
+                read => return read,
+            }
         }
         self.waiting(|host, tenant, job| async move { transfer::bytes(&host, &tenant, &job, id).await }).await
     }
@@ -172,7 +176,12 @@ impl Host for TaskState {
         if let Some(Value::Here(local)) = self.ready_here(id)? {
             let range = transfer::range_of(local.len(), offset, len)?;
             let host = self.task()?.host.clone();
-            return Ok(host.objects.slice(&local, range).await.map(Vec::from)?);
+            match host.objects.slice(&local, range).await {
+                Ok(bytes) => return Ok(Vec::from(bytes)),
+                // A copy that went (dropped for memory, say): read the range off its holder.
+                Err(_) if local.copy_gone() => {}
+                Err(error) => return Err(error.into()),
+            }
         }
         Ok(self.waiting(|host, tenant, _| async move { transfer::read(&host, &tenant, id, offset, len).await }).await?)
     }

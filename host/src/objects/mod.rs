@@ -21,7 +21,9 @@
 //! Memory: each host keeps its objects' bytes within a memory budget. Past
 //! it, the least recently used objects that no reader holds right now go to
 //! local disk ([`spill`]), pinned ones only when nothing else can, and come
-//! back on the next whole read; a slice read
+//! back on the next whole read (copies of other hosts' objects are dropped
+//! instead: their holders have them, and the next read pulls them again);
+//! a slice read
 //! of a spilled object reads only that range from disk. An object built with
 //! a [`writer::ObjectWriter`] larger than a quarter of the budget goes to
 //! disk as it is written, so an object larger than the whole budget streams
@@ -149,6 +151,8 @@ pub struct Local {
     tenant: Arc<str>,
     /// Its id, to find its references (pinned objects spill last).
     id: ObjectId,
+    /// For a copy of another host's object, the job it is listed under.
+    copy_for: Option<Arc<str>>,
     place: Mutex<Place>,
 }
 
@@ -163,12 +167,18 @@ struct Place {
     tick: u64,
     /// Freed: a spill finishing after this throws its file away.
     freed: bool,
+    /// Read at least once (a copy is dropped for memory only once read,
+    /// so the reader that pulled it cannot lose it before it gets it).
+    read: bool,
+    /// A copy that is the only one left (rebuilt through lineage, or its
+    /// holder left the cluster): it spills rather than being dropped.
+    only_copy: bool,
 }
 
 impl Local {
     fn new(cell: &Cell, len: u64, memory: Option<ObjectBytes>, disk: Option<Arc<SpillFile>>) -> Self {
-        let place = Mutex::new(Place { memory, disk, tick: 0, freed: false });
-        Local { len, tenant: cell.tenant.clone(), id: cell.id, place }
+        let place = Mutex::new(Place { memory, disk, ..Place::default() });
+        Local { len, tenant: cell.tenant.clone(), id: cell.id, copy_for: None, place }
     }
 
     /// Its size in bytes.
@@ -188,6 +198,12 @@ impl Local {
     /// Whether its bytes are in memory now.
     pub fn in_memory(&self) -> bool {
         self.place().memory.is_some()
+    }
+
+    /// Whether it is a copy of another host's object that left the store
+    /// (dropped for memory, or its job ended): read the object again.
+    pub fn copy_gone(&self) -> bool {
+        self.copy_for.is_some() && self.place().freed
     }
 }
 
@@ -352,7 +368,7 @@ struct Inner {
     by_job: HashMap<JobKey, HashSet<ObjectId>>,
     /// What keeps each object made here alive before its job ends (tenant
     /// -> id). Copies of other hosts' objects have none: they go with
-    /// their job.
+    /// their job, or sooner when dropped for memory.
     refs: HashMap<Arc<str>, HashMap<ObjectId, Refs>>,
     /// Objects freed here whose bytes another host keeps for them (a task
     /// result left on the peer that ran it): to be released there.
@@ -376,6 +392,8 @@ struct Inner {
     tick: u64,
     /// Objects spilled since the host started.
     spills: u64,
+    /// Copies of other hosts' objects dropped for memory since it started.
+    dropped_copies: u64,
     /// Why the last spill failed, until one succeeds.
     spill_error: Option<String>,
     /// Over budget with nothing that can spill now (every object in memory
@@ -428,6 +446,22 @@ impl Inner {
         }
         self.bytes -= local.len;
         self.unreserve(&local.tenant, local.len);
+    }
+
+    /// Drops copy `local` (listed under `job`) to bring memory back under
+    /// the budget: it leaves the store, and its readers read the object
+    /// again from its holder.
+    fn drop_copy(&mut self, local: &Arc<Local>, job: &Arc<str>) {
+        let listed = self
+            .objects
+            .get(&local.tenant)
+            .and_then(|objects| objects.get(&local.id))
+            .is_some_and(|cell| matches!(cell.peek(), Some(Ok(Value::Here(listed))) if Arc::ptr_eq(listed, local)));
+        if listed {
+            self.unlist(&local.tenant, job, local.id);
+        }
+        self.release(local);
+        self.dropped_copies += 1;
     }
 
     /// Frees the object in `cell` (if it holds bytes here) and fills it with
@@ -588,6 +622,8 @@ pub struct Footprint {
     pub memory_budget: u64,
     /// Objects spilled since the host started.
     pub spills: u64,
+    /// Copies of other hosts' objects dropped for memory since it started.
+    pub dropped_copies: u64,
 }
 
 impl ObjectStore {
@@ -933,8 +969,13 @@ impl ObjectStore {
     /// Fills a copy slot with the pulled bytes; over the tenant's limit the
     /// copy is given up (its readers get the error, the next one tries
     /// again).
-    pub fn fill_copy(&self, job: &Arc<str>, id: ObjectId, cell: &Arc<Cell>, data: Vec<u8>) {
-        self.fill_ok(cell, aligned(data));
+    /// `held_elsewhere`: its holder still has it, so under memory pressure
+    /// the copy (once read) may be dropped rather than spilled.
+    pub fn fill_copy(&self, job: &Arc<str>, id: ObjectId, cell: &Arc<Cell>, data: Vec<u8>, held_elsewhere: bool) {
+        let data = aligned(data);
+        let local = Local { copy_for: Some(job.clone()), ..Local::new(cell, data.len() as u64, Some(data), None) };
+        local.place().only_copy = !held_elsewhere;
+        self.fill_local(cell, Arc::new(local), false);
         if let Some(Err(error)) = cell.peek() {
             let error = error.clone();
             self.abandon_copy(&cell.tenant.clone(), job, id, cell, error);
@@ -949,6 +990,19 @@ impl ObjectStore {
             inner.unlist(tenant, job, id);
         }
         cell.fill(Err(error));
+    }
+
+    /// Marks the copies here of objects host `node` made as the only ones
+    /// left (it left the cluster): they spill rather than being dropped.
+    pub fn keep_copies_of(&self, node: u64) {
+        let inner = self.lock();
+        for cell in inner.objects.values().flat_map(|objects| objects.values()) {
+            if let Some(Ok(Value::Here(local))) = cell.peek() {
+                if local.id.hi == node && local.copy_for.is_some() {
+                    local.place().only_copy = true;
+                }
+            }
+        }
     }
 
     /// Waits for object `id`, which must be here, and returns its bytes
@@ -970,6 +1024,7 @@ impl ObjectStore {
         let file = {
             let mut inner = self.lock();
             let mut place = local.place();
+            place.read = true;
             if let Some(bytes) = place.memory.clone() {
                 inner.touch(local, &mut place);
                 return Ok(bytes);
@@ -1010,6 +1065,7 @@ impl ObjectStore {
         let file = {
             let mut inner = self.lock();
             let mut place = local.place();
+            place.read = true;
             if let Some(bytes) = place.memory.clone() {
                 inner.touch(local, &mut place);
                 return Ok(bytes::Bytes::from_owner(SharedBytes(bytes)).slice(range));
@@ -1192,6 +1248,7 @@ impl ObjectStore {
             spilled_bytes: inner.spilled,
             memory_budget: self.shared.limits.memory_budget,
             spills: inner.spills,
+            dropped_copies: inner.dropped_copies,
         }
     }
 
@@ -1544,6 +1601,53 @@ mod tests {
         }
         assert!(store.footprint().memory_bytes <= budget);
         // Freeing them lets their files go.
+        store.drop_job(&t, &j);
+        let footprint = store.footprint();
+        assert_eq!((footprint.bytes, footprint.memory_bytes, footprint.spilled_bytes), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn copies_of_other_hosts_objects_are_dropped_for_memory_not_spilled() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 64 << 10;
+        let store = store(3, 1 << 20, budget, dir.path());
+        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        // 32 copies of host 4's objects and one the holder is gone for
+        // (rebuilt here: it must spill instead).
+        let mut locals = Vec::new();
+        for i in 0..33u64 {
+            let id = ObjectId { hi: 4, lo: i };
+            let (cell, new) = store.copy_slot(&t, &j, id);
+            assert!(new);
+            store.fill_copy(&j, id, &cell, pattern(i as usize, 8 << 10), i != 0);
+            // Read once, as its reader would (an unread copy is not dropped).
+            let Some(Ok(Value::Here(local))) = cell.peek().cloned() else { panic!() };
+            assert_eq!(store.bytes(&local).await.unwrap().len(), 8 << 10);
+            store.room().await.unwrap();
+            assert!(store.footprint().memory_bytes <= budget, "{:?}", store.footprint());
+            locals.push((id, local));
+        }
+        let footprint = store.footprint();
+        assert!(footprint.dropped_copies >= 32 - 8, "{footprint:?}");
+        assert_eq!(footprint.spilled_bytes, 8 << 10, "only the rebuilt copy spilled: {footprint:?}");
+        // Host 4 left: the copies of its objects still here are the only
+        // ones left, and spill from now on.
+        store.keep_copies_of(4);
+        for i in 0..16 {
+            store.put(&t, &j, pattern(i, 8 << 10)).unwrap();
+            store.room().await.unwrap();
+        }
+        let after = store.footprint();
+        assert_eq!(after.dropped_copies, footprint.dropped_copies, "{after:?}");
+        assert!(after.spilled_bytes >= footprint.spilled_bytes + (8 << 10), "{after:?}");
+        // A dropped copy is gone from the store (the next read pulls it
+        // again) and says so to a reader that held it; the rest read back.
+        for (id, local) in &locals {
+            match store.bytes(local).await {
+                Ok(bytes) => assert_eq!(&bytes[..], &pattern(id.lo as usize, 8 << 10)[..]),
+                Err(_) => assert!(local.copy_gone() && store.lookup("t", *id).is_none()),
+            }
+        }
         store.drop_job(&t, &j);
         let footprint = store.footprint();
         assert_eq!((footprint.bytes, footprint.memory_bytes, footprint.spilled_bytes), (0, 0, 0));

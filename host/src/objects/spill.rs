@@ -1,5 +1,6 @@
 //! Spilling: keeping a host's objects within its memory budget by moving the
-//! least recently used ones to local disk.
+//! least recently used ones to local disk (or, for copies of other hosts'
+//! objects, dropping them: their holders have them).
 //!
 //! Why a thread of its own: disk writes block, and the producers that push
 //! the store over its budget (a task's `put`, a result coming back, a pulled
@@ -211,7 +212,13 @@ impl Shared {
             let Some(local) = inner.lru.remove(&tick) else { continue };
             let mut place = local.place();
             place.tick = 0;
-            if place.disk.is_some() {
+            if let Some(job) = local.copy_for.as_ref().filter(|_| place.read && !place.only_copy) {
+                // A copy of another host's object, read already: its holder
+                // has it, so it goes rather than costing a write (read
+                // again, it is pulled again).
+                drop(place);
+                inner.drop_copy(&local, job);
+            } else if place.disk.is_some() {
                 if place.memory.take().is_some() {
                     inner.resident -= local.len;
                 }

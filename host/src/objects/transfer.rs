@@ -11,7 +11,8 @@
 //! is asked for again ([`RANGE_ATTEMPTS`] attempts in all), so a bad transfer is
 //! detected and repaired, never handed to a guest. The copy lands in this
 //! host's store under the object's id, owned by the reader's job: every
-//! reader here shares one pull and later reads are local.
+//! reader here shares one pull and later reads are local (until the copy is
+//! dropped for memory: see `spill`).
 //!
 //! The holder is found from the id, so no lookup service is involved; when
 //! membership no longer lists it, the object is lost and readers are told
@@ -77,71 +78,80 @@ fn broken(addr: &str, what: impl std::fmt::Display) -> PeerError {
 
 /// The bytes of object `id` for a reader of `tenant`'s job `job` on this
 /// host: local ones without a copy; another host's pulled once into a local
-/// copy that `job` owns.
+/// copy that `job` owns (pulled again if that copy went before it was
+/// read: dropped for memory, or its job ended).
 pub async fn bytes(
     host: &Arc<HostInner>,
     tenant: &Arc<str>,
     job: &Arc<str>,
     id: ObjectId,
 ) -> Result<ObjectBytes, FabricError> {
-    let mut id = id;
-    let mut lineage = None;
-    for _ in 0..MAX_HOPS {
-        match host.objects.lookup(tenant, id) {
-            Some(cell) => match cell.ready().await {
-                Ok(Value::Here(local)) => return host.objects.bytes(local).await,
-                Ok(Value::Elsewhere { id: held, lineage: how, .. }) => {
-                    id = *held;
-                    lineage = how.clone();
-                }
-                Err(error) => return Err(error.clone()),
-            },
+    let (mut id, mut lineage, mut hops, mut drops) = (id, None, 0, 0);
+    loop {
+        let cell = match host.objects.lookup(tenant, id) {
+            Some(cell) => cell,
             None if host.objects.minted_here(id) => return Err(host.objects.missing(tenant, id)),
-            None => return pull_copy(host, tenant, job, id, lineage).await,
+            None => copy_slot(host, tenant, job, id, lineage.clone()),
+        };
+        match cell.ready().await {
+            Ok(Value::Here(local)) => match host.objects.bytes(local).await {
+                Err(_) if local.copy_gone() && drops < MAX_DROPS => drops += 1,
+                read => return read,
+            },
+            Ok(Value::Elsewhere { id: held, lineage: how, .. }) if hops < MAX_HOPS => {
+                hops += 1;
+                id = *held;
+                lineage = how.clone();
+            }
+            Ok(Value::Elsewhere { .. }) => {
+                return Err(FabricError::new(
+                    ErrorKind::Internal,
+                    format!("object {id} was redirected more than {MAX_HOPS} times"),
+                ))
+            }
+            Err(error) => return Err(error.clone()),
         }
     }
-    Err(FabricError::new(ErrorKind::Internal, format!("object {id} was redirected more than {MAX_HOPS} times")))
 }
 
-/// Pulls another host's object into a local copy, once however many readers
-/// ask at the same time; if its holder is gone and `lineage` says how, the
-/// copy is made by running its task again instead. The pull runs on its own
-/// task, so a reader that gives up does not strand the others.
-async fn pull_copy(
+/// Times a reader pulls an object again whose copy went (dropped for
+/// memory, or its job ended) before it could read it, before giving up.
+const MAX_DROPS: u32 = 8;
+
+/// The slot of a local copy of another host's object, its pull started if
+/// it is new: once however many readers ask at the same time; if its holder
+/// is gone and `lineage` says how, the copy is made by running its task
+/// again instead. The pull runs on its own task, so a reader that gives up
+/// does not strand the others.
+fn copy_slot(
     host: &Arc<HostInner>,
     tenant: &Arc<str>,
     job: &Arc<str>,
     id: ObjectId,
     lineage: Option<Arc<crate::remote::Lineage>>,
-) -> Result<ObjectBytes, FabricError> {
+) -> Arc<Cell> {
     let (cell, new) = host.objects.copy_slot(tenant, job, id);
     if new {
         let (host, tenant, job, cell) = (host.clone(), tenant.clone(), job.clone(), cell.clone());
         tokio::spawn(async move {
+            // A rebuilt copy is the only one left: it spills rather than
+            // being dropped for memory.
             let pulled = match pull(&host, &tenant, id, 0, Want::Rest).await {
-                Ok((data, _)) => Ok(data),
+                Ok((data, _)) => Ok((data, true)),
                 Err(error) => match lineage {
                     Some(lineage) if host.cluster.addr_of(&id.holder()).is_none() => {
-                        crate::remote::rebuild(&host, &lineage, id, error).await
+                        crate::remote::rebuild(&host, &lineage, id, error).await.map(|data| (data, false))
                     }
                     _ => Err(error),
                 },
             };
             match pulled {
-                Ok(data) => {
-                    host.objects.fill_copy(&job, id, &cell, data);
-                }
+                Ok((data, held_elsewhere)) => host.objects.fill_copy(&job, id, &cell, data, held_elsewhere),
                 Err(error) => host.objects.abandon_copy(&tenant, &job, id, &cell, error),
             }
         });
     }
-    match cell.ready().await {
-        Ok(Value::Here(local)) => host.objects.bytes(local).await,
-        Ok(Value::Elsewhere { .. }) => {
-            Err(FabricError::new(ErrorKind::Internal, format!("copy of object {id} is not here")))
-        }
-        Err(error) => Err(error.clone()),
-    }
+    cell
 }
 
 /// The size of object `id`, waiting until it is ready, without moving its
@@ -180,7 +190,12 @@ async fn read_at(
         match cell.ready().await.clone()? {
             Value::Here(local) => {
                 let range = range_of(local.len(), offset, want.len_within(local.len(), offset))?;
-                return Ok((host.objects.slice(&local, range).await?, local.len()));
+                match host.objects.slice(&local, range).await {
+                    Ok(bytes) => return Ok((bytes, local.len())),
+                    // A copy that went (dropped for memory, say): read the range off its holder.
+                    Err(_) if local.copy_gone() => {}
+                    Err(error) => return Err(error),
+                }
             }
             Value::Elsewhere { id: held, .. } => at = held,
         }
@@ -620,6 +635,7 @@ pub fn local_usage(host: &HostInner, tenant: &str) -> fabric_proto::HostObjects 
         memory_budget: footprint.memory_budget,
         spilled_bytes: footprint.spilled_bytes,
         spills: footprint.spills,
+        dropped_copies: footprint.dropped_copies,
         served_bytes: host.transfers.served_bytes.load(Ordering::Relaxed),
     }
 }

@@ -518,6 +518,29 @@ fn put_blob(len: u64, seed: u64) -> fabric::Result<(fabric::ArrayRef<u8>, u64, S
     Ok((fabric::put_bytes(&data)?, digest(&data), fabric::context().host))
 }
 
+/// Has a host labelled `key=value` put `n` patterns of `len` bytes, then
+/// reads each whole here, `rounds` times over, and a slice of each; whether
+/// every read matched.
+#[fabric::task]
+fn reread_elsewhere(n: u64, len: u64, key: String, value: String, rounds: u64) -> fabric::Result<bool> {
+    // The task results go once read: only the arrays' copies take memory.
+    let made = {
+        let results = (0..n)
+            .map(|seed| put_blob.remote_with(&on_label(&key, &value), len, seed))
+            .collect::<fabric::Result<Vec<_>>>()?;
+        results.iter().map(|r| r.get()).collect::<fabric::Result<Vec<_>>>()?
+    };
+    let mut matched = true;
+    for _ in 0..rounds {
+        for (seed, (array, expected, _)) in made.iter().enumerate() {
+            // Read whole as an object (an array's `get` reads a range).
+            matched &= digest(&ObjectRef::<()>::from_id(array.id()).get_bytes()?) == *expected;
+            matched &= array.slice(8..16)? == pattern(len, seed as u64)[8..16];
+        }
+    }
+    Ok(matched)
+}
+
 /// Has a host labelled `key=value` return a `len`-byte pattern as its
 /// result, then reads it here: its size, a slice, and the whole. Returns
 /// the producer, the reader, and whether every read matched.
