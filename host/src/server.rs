@@ -210,9 +210,8 @@ async fn respond(
         Request::PeerPin { tenant, id, pin } => {
             crate::validate_name("tenant", &tenant)?;
             let parts = crate::objects::transfer::pin_here(&host.0, &tenant.into(), id.into(), pin, false)?;
-            let parts: Vec<fabric_proto::WireObjectId> = parts.into_iter().map(Into::into).collect();
-            for part in parts.chunks(fabric_proto::MAX_IDS_PER_FRAME) {
-                reply(send, &Response::PinParts(part.to_vec())).await?;
+            for frame in crate::objects::id_frames(parts, Response::PinParts) {
+                reply(send, &frame).await?;
             }
             reply(send, &Response::Done).await
         }

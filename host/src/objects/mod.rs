@@ -94,6 +94,16 @@ impl From<fabric_proto::WireObjectId> for ObjectId {
     }
 }
 
+/// `ids` as frames of at most [`MAX_IDS_PER_FRAME`](fabric_proto::MAX_IDS_PER_FRAME)
+/// ids each, made by `frame` (`Response::Borrowed`, say).
+pub(crate) fn id_frames(
+    ids: impl IntoIterator<Item = ObjectId>,
+    frame: fn(Vec<fabric_proto::WireObjectId>) -> fabric_proto::Response,
+) -> Vec<fabric_proto::Response> {
+    let ids: Vec<fabric_proto::WireObjectId> = ids.into_iter().map(Into::into).collect();
+    ids.chunks(fabric_proto::MAX_IDS_PER_FRAME).map(|part| frame(part.to_vec())).collect()
+}
+
 /// A ready object.
 #[derive(Clone, Debug)]
 pub enum Value {
@@ -1352,6 +1362,18 @@ fn aligned(data: Vec<u8>) -> ObjectBytes {
 mod tests {
     use super::*;
 
+    /// Tenant `t`, job `j`.
+    fn tenant_and_job() -> (Arc<str>, Arc<str>) {
+        ("t".into(), "j".into())
+    }
+
+    /// Ends `j`'s job and checks its store holds nothing anywhere after.
+    fn assert_job_end_frees_all(store: &ObjectStore, t: &Arc<str>, j: &Arc<str>) {
+        store.drop_job(t, j);
+        let footprint = store.footprint();
+        assert_eq!((footprint.bytes, footprint.memory_bytes, footprint.spilled_bytes), (0, 0, 0));
+    }
+
     fn store(node: u64, max_object_bytes: u64, memory_budget: u64, spill_dir: &std::path::Path) -> ObjectStore {
         let limits = StoreLimits {
             max_object_bytes,
@@ -1433,7 +1455,7 @@ mod tests {
     async fn pins_count_and_outlive_the_job_until_taken_back() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(11, 1 << 20, 1 << 20, dir.path());
-        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let (t, j) = tenant_and_job();
         // Two pinned pairs name one array.
         let array = store.put(&t, &j, vec![1; 100]).unwrap();
         store.retain("t", array);
@@ -1464,7 +1486,7 @@ mod tests {
     async fn readers_are_sent_to_earlier_readers_copies_one_hop_away() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(12, 1 << 20, 1 << 20, dir.path());
-        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let (t, j) = tenant_and_job();
         let id = store.put(&t, &j, vec![1; 100]).unwrap();
         let sources: Vec<Option<Arc<str>>> =
             ["r1", "r2", "r3", "r4"].iter().map(|reader| store.copy_source("t", id, reader)).collect();
@@ -1479,7 +1501,7 @@ mod tests {
     async fn a_tasks_references_are_counted_once_and_end_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(store(10, 1 << 20, 1 << 20, dir.path()));
-        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let (t, j) = tenant_and_job();
         let mut holds = holds::Holds::default();
         holds.bind(&store, &t);
         let id = store.put(&t, &j, vec![1; 10]).unwrap();
@@ -1522,7 +1544,7 @@ mod tests {
     async fn readers_wait_for_a_pending_object() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(store(1, 1 << 20, 1 << 20, dir.path()));
-        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let (t, j) = tenant_and_job();
         let (id, cell) = store.reserve(&t, &j);
         let reader = {
             let store = store.clone();
@@ -1582,7 +1604,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let budget = 64 << 10;
         let store = store(3, 1 << 20, budget, dir.path());
-        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let (t, j) = tenant_and_job();
         let mut ids = Vec::new();
         for i in 0..32 {
             ids.push(store.put(&t, &j, pattern(i, 8 << 10)).unwrap());
@@ -1601,9 +1623,7 @@ mod tests {
         }
         assert!(store.footprint().memory_bytes <= budget);
         // Freeing them lets their files go.
-        store.drop_job(&t, &j);
-        let footprint = store.footprint();
-        assert_eq!((footprint.bytes, footprint.memory_bytes, footprint.spilled_bytes), (0, 0, 0));
+        assert_job_end_frees_all(&store, &t, &j);
     }
 
     #[tokio::test]
@@ -1611,7 +1631,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let budget = 64 << 10;
         let store = store(3, 1 << 20, budget, dir.path());
-        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let (t, j) = tenant_and_job();
         // 32 copies of host 4's objects and one the holder is gone for
         // (rebuilt here: it must spill instead).
         let mut locals = Vec::new();
@@ -1648,16 +1668,14 @@ mod tests {
                 Err(_) => assert!(local.copy_gone() && store.lookup("t", *id).is_none()),
             }
         }
-        store.drop_job(&t, &j);
-        let footprint = store.footprint();
-        assert_eq!((footprint.bytes, footprint.memory_bytes, footprint.spilled_bytes), (0, 0, 0));
+        assert_job_end_frees_all(&store, &t, &j);
     }
 
     #[tokio::test]
     async fn an_object_read_by_a_reader_is_not_spilled_from_under_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(4, 1 << 20, 10 << 10, dir.path());
-        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let (t, j) = tenant_and_job();
         let held = store.put(&t, &j, pattern(1, 8 << 10)).unwrap();
         let reading = store.get("t", held).await.unwrap();
         for i in 2..6 {
@@ -1674,7 +1692,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let budget = 64 << 10;
         let store = store(6, 1 << 20, budget, dir.path());
-        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let (t, j) = tenant_and_job();
         let in_memory = |id| {
             let Some(Ok(Value::Here(local))) = store.cell("t", id).unwrap().peek().cloned() else { panic!() };
             local.in_memory()
@@ -1705,7 +1723,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let budget = 16 << 10;
         let store = store(5, 1 << 20, budget, dir.path());
-        let (t, j): (Arc<str>, Arc<str>) = ("t".into(), "j".into());
+        let (t, j) = tenant_and_job();
         let mut writer = store.writer(t.clone(), j.clone());
         for i in 0..16 {
             store.write(&mut writer, pattern(i, 4 << 10)).await.unwrap();

@@ -76,24 +76,18 @@ pub(crate) fn ask_remote(host: &Arc<HostInner>, tenant: &Arc<str>, id: ActorId, 
     let key = (tenant.clone(), id);
     let mut streams = host.actor_asks.lock();
     let mut queued = (ask, cell);
-    // A stream that failed has closed its queue: open another.
-    for _ in 0..2 {
-        let sender = streams.entry(key.clone()).or_insert_with(|| {
-            let (sender, queue) = mpsc::unbounded_channel();
-            tokio::spawn(run_stream(Arc::downgrade(host), key.clone(), sender.clone(), queue));
-            sender
-        });
+    if let Some(sender) = streams.get(&key) {
         match sender.send(queued) {
             Ok(()) => return,
-            Err(mpsc::error::SendError(back)) => {
-                streams.remove(&key);
-                queued = back;
-            }
+            // That stream failed and closed its queue: open another.
+            Err(mpsc::error::SendError(back)) => queued = back,
         }
     }
-    let (_, cell) = queued;
-    let error = FabricError::new(ErrorKind::Internal, format!("no stream to actor {id} could be opened"));
-    host.objects.fill(&cell, Err(error));
+    let (sender, queue) = mpsc::unbounded_channel();
+    // Cannot fail: the queue is alive (it goes to the stream's task).
+    let _ = sender.send(queued);
+    tokio::spawn(run_stream(Arc::downgrade(host), key.clone(), sender.clone(), queue));
+    streams.insert(key, sender);
 }
 
 /// Why a stream ended.
@@ -129,8 +123,16 @@ async fn run_stream(
     let mut outstanding: VecDeque<(ActorAsk, Arc<Cell>)> = VecDeque::new();
     let mut reopens = 0;
     let why = loop {
-        let Some(strong) = host.upgrade() else { return };
-        match serve_stream(&strong, &host, &key, &sender, &mut queue, &mut outstanding, &objects).await {
+        // Only the open holds the host: a stream idling must not keep it.
+        let opened = match host.upgrade() {
+            Some(strong) => open(&strong, &tenant, id).await,
+            None => return,
+        };
+        let end = match opened {
+            Ok(stream) => serve_stream(stream, &host, &key, &sender, &mut queue, &mut outstanding, &objects).await,
+            Err(why) => End::Failed(why),
+        };
+        match end {
             End::Idle => return,
             End::Failed(why) => break why,
             End::Closed if outstanding.is_empty() => reopens = 0,
@@ -158,10 +160,10 @@ async fn run_stream(
     }
 }
 
-/// One stream of [`run_stream`]: asks again what is outstanding, then
-/// what is queued.
+/// One open stream of [`run_stream`]: asks again what is outstanding,
+/// then what is queued.
 async fn serve_stream(
-    strong: &Arc<HostInner>,
+    (mut send, recv): (quinn::SendStream, quinn::RecvStream),
     host: &std::sync::Weak<HostInner>,
     key: &Key,
     sender: &mpsc::UnboundedSender<Queued>,
@@ -169,10 +171,6 @@ async fn serve_stream(
     outstanding: &mut VecDeque<(ActorAsk, Arc<Cell>)>,
     objects: &crate::objects::ObjectStore,
 ) -> End {
-    let (mut send, recv) = match open(strong, &key.0, key.1).await {
-        Ok(stream) => stream,
-        Err(why) => return End::Failed(why),
-    };
     // Answers are read on a task of their own: reading a frame is not safe
     // to abandon midway, as a `select!` branch would.
     let (answers_in, mut answers) = mpsc::unbounded_channel();

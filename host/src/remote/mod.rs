@@ -291,9 +291,8 @@ pub(crate) async fn serve_run(
         let _ = write_frame_to(send, &Response::Log(chunk.to_vec())).await;
     }
     if outcome.is_ok() {
-        let borrowed: Vec<fabric_proto::WireObjectId> = shadow.borrowed().into_iter().map(Into::into).collect();
-        for part in borrowed.chunks(fabric_proto::MAX_IDS_PER_FRAME) {
-            write_frame_to(send, &Response::Borrowed(part.to_vec())).await?;
+        for frame in crate::objects::id_frames(shadow.borrowed(), Response::Borrowed) {
+            write_frame_to(send, &frame).await?;
         }
     }
     match outcome {
@@ -305,10 +304,10 @@ pub(crate) async fn serve_run(
         {
             // What it names goes where this host cannot count it; its
             // holder lists it.
-            let names: Vec<fabric_proto::WireObjectId> = named.ids().iter().copied().map(Into::into).collect();
+            let names = crate::objects::id_frames(named.ids().iter().copied(), Response::ResultNames);
             named.settle();
-            for part in names.chunks(fabric_proto::MAX_IDS_PER_FRAME) {
-                write_frame_to(send, &Response::ResultNames(part.to_vec())).await?;
+            for frame in names {
+                write_frame_to(send, &frame).await?;
             }
             write_frame_to(send, &Response::Output(bytes)).await
         }

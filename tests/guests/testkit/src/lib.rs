@@ -244,17 +244,27 @@ fn timing(mut samples: Vec<Duration>, total: Duration) -> Timing {
     Timing { n: samples.len() as u64, p50_us: at(0.5), p99_us: at(0.99), total_s: total.as_secs_f64() }
 }
 
-/// Sequential round trips: submit a no-op and wait for it, `n` times.
-#[fabric::task]
-fn bench_rtt(n: u64) -> fabric::Result<Timing> {
+/// Runs `once` `n` times in a row, timing each.
+fn sequential(n: u64, mut once: impl FnMut() -> fabric::Result<()>) -> fabric::Result<Timing> {
     let start = Instant::now();
     let mut samples = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let t = Instant::now();
-        noop.remote()?.get()?;
+        once()?;
         samples.push(t.elapsed());
     }
     Ok(timing(samples, start.elapsed()))
+}
+
+/// A throughput's timing: `n` done since `start` (no latencies).
+fn throughput(n: u64, start: Instant) -> Timing {
+    Timing { n, p50_us: 0.0, p99_us: 0.0, total_s: start.elapsed().as_secs_f64() }
+}
+
+/// Sequential round trips: submit a no-op and wait for it, `n` times.
+#[fabric::task]
+fn bench_rtt(n: u64) -> fabric::Result<Timing> {
+    sequential(n, || noop.remote()?.get())
 }
 
 /// Sequential round trips to another host: a no-op that must run on a host
@@ -262,14 +272,7 @@ fn bench_rtt(n: u64) -> fabric::Result<Timing> {
 #[fabric::task]
 fn bench_remote_rtt(n: u64, key: String, value: String) -> fabric::Result<Timing> {
     let options = fabric::TaskOptions::default().label(key, value);
-    let start = Instant::now();
-    let mut samples = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let t = Instant::now();
-        noop.remote_with(&options)?.get()?;
-        samples.push(t.elapsed());
-    }
-    Ok(timing(samples, start.elapsed()))
+    sequential(n, || noop.remote_with(&options)?.get())
 }
 
 /// Calls of an actor on a host labelled `key=value`: `n` sequential round
@@ -279,21 +282,15 @@ fn bench_remote_rtt(n: u64, key: String, value: String) -> fabric::Result<Timing
 fn bench_remote_actor(n: u64, key: String, value: String, pipelined: bool) -> fabric::Result<Timing> {
     let probe = Probe::new(0).label(key, value).remote()?;
     probe.get()?.get()?;
+    if !pipelined {
+        return sequential(n, || probe.get()?.get().map(drop));
+    }
     let start = Instant::now();
-    if pipelined {
-        let calls = (0..n).map(|_| probe.add(1)).collect::<fabric::Result<Vec<_>>>()?;
-        for call in &calls {
-            call.get()?;
-        }
-        return Ok(Timing { n, p50_us: 0.0, p99_us: 0.0, total_s: start.elapsed().as_secs_f64() });
+    let calls = (0..n).map(|_| probe.add(1)).collect::<fabric::Result<Vec<_>>>()?;
+    for call in &calls {
+        call.get()?;
     }
-    let mut samples = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let t = Instant::now();
-        probe.get()?.get()?;
-        samples.push(t.elapsed());
-    }
-    Ok(timing(samples, start.elapsed()))
+    Ok(throughput(n, start))
 }
 
 /// Throughput across the cluster: `n` no-ops spread over every host, then
@@ -306,7 +303,7 @@ fn bench_spread_async(n: u64) -> fabric::Result<Timing> {
     for r in &refs {
         r.get()?;
     }
-    Ok(Timing { n, p50_us: 0.0, p99_us: 0.0, total_s: start.elapsed().as_secs_f64() })
+    Ok(throughput(n, start))
 }
 
 /// Throughput: submit `n` no-ops, then wait for all.
@@ -317,8 +314,7 @@ fn bench_async(n: u64) -> fabric::Result<Timing> {
     for r in &refs {
         r.get()?;
     }
-    let total = start.elapsed();
-    Ok(Timing { n, p50_us: 0.0, p99_us: 0.0, total_s: total.as_secs_f64() })
+    Ok(throughput(n, start))
 }
 
 /// Put then get `mib` MiB from inside a guest, `rounds` times.
@@ -1022,14 +1018,7 @@ fn find_actors(prefix: String) -> fabric::Result<(bool, Option<i64>)> {
 fn bench_actor_rtt(n: u64) -> fabric::Result<Timing> {
     let probe = Probe::new(0).remote()?;
     probe.get()?.get()?; // constructed
-    let start = Instant::now();
-    let mut samples = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let t = Instant::now();
-        probe.get()?.get()?;
-        samples.push(t.elapsed());
-    }
-    Ok(timing(samples, start.elapsed()))
+    sequential(n, || probe.get()?.get().map(drop))
 }
 
 /// Creation of an actor to its first method's result, `n` times.
@@ -1057,7 +1046,7 @@ fn bench_actor_async(n: u64) -> fabric::Result<Timing> {
     for r in &refs {
         r.get()?;
     }
-    Ok(Timing { n, p50_us: 0.0, p99_us: 0.0, total_s: start.elapsed().as_secs_f64() })
+    Ok(throughput(n, start))
 }
 
 /// One caller's share of the n:n benchmark: `calls` rounds over all actors.
@@ -1087,7 +1076,7 @@ fn bench_actor_nn(callers: u64, actors: u64, calls: u64) -> fabric::Result<Timin
     let start = Instant::now();
     let runs = (0..callers).map(|_| nn_caller.remote(probes.clone(), calls)).collect::<fabric::Result<Vec<_>>>()?;
     let total: u64 = fabric::get_all(&runs)?.into_iter().sum();
-    Ok(Timing { n: total, p50_us: 0.0, p99_us: 0.0, total_s: start.elapsed().as_secs_f64() })
+    Ok(throughput(total, start))
 }
 
 /// Creates `n` detached probes named `idle-<i>`, each constructed by one call;
