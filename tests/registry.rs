@@ -166,7 +166,8 @@ fn deployment(tenant: &str, name: &str, route: Option<&str>) -> Deployment {
 }
 
 /// What every backend must do with deployments: versions count up per
-/// name, routes are unique across tenants, removal frees the route.
+/// name, routes are unique and tenants' routes do not nest, removal frees
+/// the route.
 async fn deployments_behave(registry: &dyn Registry) {
     assert!(registry.deployments(None).await.unwrap().is_empty());
     let first = registry.put_deployment(&deployment("a", "web", Some("/web"))).await.unwrap();
@@ -178,7 +179,21 @@ async fn deployments_behave(registry: &dyn Registry) {
 
     let taken = registry.put_deployment(&deployment("b", "other", Some("/web"))).await.unwrap_err();
     assert_eq!(taken.kind, fabric_host::ErrorKind::InvalidArgument);
-    assert!(taken.message.contains("a/web"), "{taken}");
+    assert!(taken.message.contains("another tenant's deployment"), "{taken}");
+    assert!(!taken.message.contains("a/web"), "another tenant's deployment is not named: {taken}");
+    let twin = registry.put_deployment(&deployment("a", "twin", Some("/web"))).await.unwrap_err();
+    assert!(twin.message.contains("already served by deployment a/web"), "{twin}");
+
+    // One tenant's routes never nest in another's, either way round; a
+    // tenant nests its own, and routes that only share letters are apart.
+    let under = registry.put_deployment(&deployment("b", "under", Some("/web/admin"))).await.unwrap_err();
+    assert!(under.message.contains("lies under route /web"), "{under}");
+    let over = registry.put_deployment(&deployment("b", "root", Some("/"))).await.unwrap_err();
+    assert!(over.message.contains("would take the paths of route"), "{over}");
+    registry.put_deployment(&deployment("a", "admin", Some("/web/admin"))).await.unwrap();
+    registry.put_deployment(&deployment("b", "webby", Some("/webby"))).await.unwrap();
+    assert!(registry.remove_deployment("a", "admin").await.unwrap());
+    assert!(registry.remove_deployment("b", "webby").await.unwrap());
 
     let names: Vec<String> = registry.deployments(Some("a")).await.unwrap().into_iter().map(|d| d.spec.name).collect();
     assert_eq!(names, ["api", "web"], "one tenant, by name");
@@ -230,6 +245,14 @@ fn etcd_registry_behaves_and_is_shared() {
         let second = Etcd::connect(&endpoints).await.unwrap();
         assert_eq!(second.jobs(None).await.unwrap().len(), 4);
         assert_eq!(second.job("a", "j1").await.unwrap().unwrap().state, JobState::Failed);
+        // Two hosts deploying nested routes of two tenants at once: exactly
+        // one wins, whichever reads first.
+        for i in 0..5 {
+            let outer = deployment("x", &format!("r{i}"), Some(&format!("/race{i}")));
+            let inner = deployment("y", &format!("r{i}"), Some(&format!("/race{i}/in")));
+            let (a, b) = tokio::join!(first.put_deployment(&outer), second.put_deployment(&inner));
+            assert!(a.is_ok() != b.is_ok(), "race {i}: {a:?} / {b:?}");
+        }
     });
 }
 

@@ -5,7 +5,9 @@
 //!   it reads the registry every [`SYNC_EVERY`] (and at once after a deploy
 //!   through itself), so any host serves any deployment's route, with no
 //!   ingress node. Routes are unique in the cluster (the registry refuses a
-//!   second deployment on a route).
+//!   second deployment on a route), and one tenant's routes never nest in
+//!   another's (the longest route wins, so a nested route would take the
+//!   other tenant's requests: see `registry::route_conflict`).
 //! - On each host a deployment version runs as [`Deployed`]: its loaded
 //!   component (fetched from the host it was deployed through if this one
 //!   lacks it), its [`replicas::Replicas`] (the gate, the queue and the idle
@@ -173,7 +175,7 @@ pub struct Deployments {
 }
 
 /// Whether `route` serves `path`: the same, or a prefix ending at a `/`.
-fn serves(route: &str, path: &str) -> bool {
+pub(crate) fn route_serves(route: &str, path: &str) -> bool {
     route == "/"
         || path == route
         || (path.starts_with(route) && (route.ends_with('/') || path.as_bytes().get(route.len()) == Some(&b'/')))
@@ -190,7 +192,7 @@ impl Deployments {
 
     /// The deployment whose route serves `path`, longest route first.
     pub fn route(&self, path: &str) -> Option<Arc<Deployed>> {
-        self.table().routes.iter().find(|(route, _)| serves(route, path)).map(|(_, d)| d.clone())
+        self.table().routes.iter().find(|(route, _)| route_serves(route, path)).map(|(_, d)| d.clone())
     }
 
     /// The deployment `name` of `tenant`.
@@ -448,12 +450,12 @@ mod tests {
 
     #[test]
     fn routes_match_whole_segments() {
-        assert!(serves("/hello", "/hello"));
-        assert!(serves("/hello", "/hello/world"));
-        assert!(!serves("/hello", "/helloworld"));
-        assert!(serves("/api", "/api/x"));
-        assert!(serves("/", "/anything"));
-        assert!(!serves("/hello/x", "/hello"));
+        assert!(route_serves("/hello", "/hello"));
+        assert!(route_serves("/hello", "/hello/world"));
+        assert!(!route_serves("/hello", "/helloworld"));
+        assert!(route_serves("/api", "/api/x"));
+        assert!(route_serves("/", "/anything"));
+        assert!(!route_serves("/hello/x", "/hello"));
     }
 
     fn host(capacity: &[(&str, u64)], pool: Option<&str>) -> HostInfo {

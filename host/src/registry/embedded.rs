@@ -6,7 +6,7 @@
 //! its members are that process's host(s), and leases expire on the same
 //! clock etcd's would (checked on every read and by each watch's ticker).
 
-use super::{route_owner, route_taken, sort_newest_first, BoxFuture, CaPem, LeaseId, MemberWatch, Registry};
+use super::{route_conflict, route_owner, sort_newest_first, BoxFuture, CaPem, LeaseId, MemberWatch, Registry};
 use crate::cluster::view::MemberEvent;
 use fabric_proto::{ActorLocation, Deployment, ErrorKind, FabricError, HostInfo, JobRecord};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -358,8 +358,10 @@ impl Registry for Embedded {
                     let other: Deployment = fabric_proto::decode(v.value()).map_err(storage)?;
                     if k.value() == own {
                         previous = other.version;
-                    } else if other.spec.route.is_some() && other.spec.route == deployment.spec.route {
-                        return Err(route_taken(other.spec.route.as_deref().unwrap_or(""), &route_owner(&other)));
+                    } else if let Some(held) = &other.spec.route {
+                        if let Some(conflict) = route_conflict(deployment, held, &route_owner(&other)) {
+                            return Err(conflict);
+                        }
                     }
                 }
                 let mut recorded = deployment.clone();

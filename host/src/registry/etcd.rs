@@ -4,14 +4,16 @@
 //! Keys: `/fabric/jobs/<tenant>/<id>`, `/fabric/hosts/<id>` (attached to
 //! the member's lease, so etcd deletes it when the lease expires),
 //! `/fabric/deployments/<tenant>/<name>` with `/fabric/routes/<hex route>`
-//! naming the deployment that holds each route (etcd compares single keys
-//! in a transaction, so the route key is what makes routes unique), and
+//! naming the deployment that holds each route (a deploy reads every route
+//! key and writes only if none changed since, compared over their range in
+//! its transaction: that is what keeps routes unique and tenants' routes
+//! apart), and
 //! `/fabric/ca/{cert,key}`. Values are rkyv archives of the protocol's
 //! records, validated when read, as in the embedded backend. The client is
 //! cloned per call (it is a cheap handle over one channel, which reconnects
 //! by itself when etcd comes back).
 
-use super::{route_owner, route_taken, sort_newest_first, BoxFuture, CaPem, LeaseId, MemberWatch, Registry};
+use super::{route_conflict, route_owner, sort_newest_first, BoxFuture, CaPem, LeaseId, MemberWatch, Registry};
 use crate::cluster::view::MemberEvent;
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 use fabric_proto::{ActorLocation, Deployment, ErrorKind, FabricError, HostInfo, JobRecord};
@@ -47,8 +49,17 @@ fn deployment_key(tenant: &str, name: &str) -> String {
     format!("{ROOT}/deployments/{tenant}/{name}")
 }
 
+/// Where route keys live: `ROUTES` then the route in hex.
+const ROUTES: &str = "/fabric/routes/";
+
 fn route_key(route: &str) -> String {
-    format!("{ROOT}/routes/{}", hex::encode(route))
+    format!("{ROUTES}{}", hex::encode(route))
+}
+
+/// The route a route key names (`None` for a key no host wrote).
+fn route_of_key(key: &[u8]) -> Option<String> {
+    let hex = key.strip_prefix(ROUTES.as_bytes())?;
+    String::from_utf8(hex::decode(hex).ok()?).ok()
 }
 
 /// Transactions a deploy retries when another deploy of the same name or
@@ -375,18 +386,26 @@ impl Registry for Etcd {
                 let mut when = vec![Compare::mod_revision(key.clone(), CompareOp::Equal, revision)];
                 let mut then = vec![TxnOp::put(key.clone(), value, None)];
                 if let Some(route) = &deployment.spec.route {
-                    let rkey = route_key(route);
-                    let held = client.get(rkey.clone(), None).await.map_err(unavailable)?;
-                    let held = held
-                        .kvs()
-                        .first()
-                        .map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.mod_revision()));
-                    match &held {
-                        Some((holder, _)) if *holder != owner => return Err(route_taken(route, holder)),
-                        _ => {}
+                    // Every route held, read at one revision: the write goes
+                    // through only if no route key changed since, so two
+                    // deploys racing for the same or nested routes cannot
+                    // both win.
+                    let options = GetOptions::new().with_prefix();
+                    let held = client.get(ROUTES, Some(options)).await.map_err(unavailable)?;
+                    let mut ours = false;
+                    for kv in held.kvs() {
+                        let Some(other) = route_of_key(kv.key()) else { continue };
+                        let holder = String::from_utf8_lossy(kv.value());
+                        if let Some(conflict) = route_conflict(deployment, &other, &holder) {
+                            return Err(conflict);
+                        }
+                        ours |= other == *route && holder == owner;
                     }
-                    when.push(Compare::mod_revision(rkey.clone(), CompareOp::Equal, held.map_or(0, |h| h.1)));
-                    then.push(TxnOp::put(rkey, owner.clone(), None));
+                    let revision = held.header().map_or(0, |header| header.revision());
+                    when.push(Compare::mod_revision(ROUTES, CompareOp::Less, revision + 1).with_prefix());
+                    if !ours {
+                        then.push(TxnOp::put(route_key(route), owner.clone(), None));
+                    }
                 }
                 // A redeploy that moves to another route frees the old one.
                 if let Some(old) = previous.as_ref().and_then(|p| p.spec.route.clone()) {

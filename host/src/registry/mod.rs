@@ -112,7 +112,8 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Records `deployment` as the newest version of its name (the version
     /// it carries is replaced by the previous one's plus one) and returns
-    /// it as recorded. Refused if another deployment serves the same route.
+    /// it as recorded. Refused when its route conflicts with another's
+    /// ([`route_conflict`]).
     fn put_deployment<'a>(&'a self, deployment: &'a Deployment) -> BoxFuture<'a, Result<Deployment, FabricError>>;
     /// Every deployment of `tenant` (all tenants when `None`), by tenant
     /// and name.
@@ -137,7 +138,32 @@ pub(crate) fn route_owner(deployment: &Deployment) -> String {
     format!("{}/{}", deployment.tenant, deployment.spec.name)
 }
 
-/// The error for a route another deployment serves.
-pub(crate) fn route_taken(route: &str, owner: &str) -> FabricError {
-    FabricError::new(ErrorKind::InvalidArgument, format!("route {route} is already served by deployment {owner}"))
+/// Why `deployment` may not take its route while deployment `holder`
+/// (`tenant/name`) serves route `held`; `None` if it may.
+///
+/// Two deployments never share a route. Across tenants, neither route may
+/// lie under the other either: a route serves every path under it and the
+/// longest route wins, so a tenant nesting a route in another's (or
+/// wrapping one, `/` included) would take requests meant for it. Within a
+/// tenant nesting is how an app splits its paths, and allowed. Another
+/// tenant's deployment is not named.
+pub(crate) fn route_conflict(deployment: &Deployment, held: &str, holder: &str) -> Option<FabricError> {
+    let route = deployment.spec.route.as_deref()?;
+    if holder == route_owner(deployment) {
+        return None;
+    }
+    let same_tenant = holder.split_once('/').map(|(tenant, _)| tenant) == Some(deployment.tenant.as_str());
+    let why = match (route == held, same_tenant) {
+        (true, true) => format!("route {route} is already served by deployment {holder}"),
+        (true, false) => format!("route {route} is already served by another tenant's deployment"),
+        (false, true) => return None,
+        (false, false) if crate::deployments::route_serves(held, route) => {
+            format!("route {route} lies under route {held}, which another tenant's deployment serves")
+        }
+        (false, false) if crate::deployments::route_serves(route, held) => {
+            format!("route {route} would take the paths of route {held}, which another tenant's deployment serves")
+        }
+        (false, false) => return None,
+    };
+    Some(FabricError::new(ErrorKind::InvalidArgument, why))
 }
