@@ -88,6 +88,11 @@ fn wasi_http_and_task_components_are_served_over_http() {
     assert!(deploy_refused(&host, &hello_wasm, &["--name", "bare"]).contains("give it a route"));
     assert!(deploy_refused(&host, &hello_wasm, &["--name", "twin", "--route", "/hello"])
         .contains("route /hello is already served by deployment default/hello"));
+    let hello_path = hello_wasm.to_string_lossy().into_owned();
+    let nested = ["--tenant", "other", "deploy", &hello_path, "--name", "under", "--route", "/hello/admin"];
+    let nested = host.fabric(&nested);
+    assert_ne!(nested.code, 0, "{nested:?}");
+    assert!(nested.stderr.contains("lies under route /hello, which another tenant's deployment serves"), "{nested:?}");
     assert!(deploy_refused(&host, &hello_wasm, &["--name", "x", "--route", "/v1/x"]).contains("/v1/"));
     assert!(deploy_refused(&host, &hello_wasm, &["--name", "x", "--route", "no-slash"]).contains("invalid route"));
     assert!(deploy_refused(&host, &hello_wasm, &["--name", "x", "--route", "/x", "--min", "5", "--max", "2"])
