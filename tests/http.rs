@@ -26,6 +26,18 @@ fn deploy_refused(host: &Up, wasm: &std::path::Path, args: &[&str]) -> String {
     out.stderr
 }
 
+/// `GET path` from `gateway` on a thread of its own: the answer once it
+/// comes (for requests a test runs something beside).
+fn get_in_background(
+    gateway: std::net::SocketAddr,
+    path: &'static str,
+) -> std::thread::JoinHandle<anyhow::Result<fabric::http::Answer>> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(fabric::http::request(gateway, "GET", path, &[], ""))
+    })
+}
+
 /// The deployment `name` as `fabric deployments -o json` shows it.
 fn listed(host: &Up, name: &str) -> Option<Value> {
     let out = host.fabric(&["deployments", "--output", "json"]);
@@ -157,15 +169,12 @@ fn misbehaving_requests_get_statuses_and_the_host_keeps_serving() {
     // requests keep being served meanwhile.
     let looping = {
         let gateway = host.gateway();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(fabric::http::request(gateway, "GET", "/kit/loop", &[], "")).unwrap()
-        })
+        get_in_background(gateway, "/kit/loop")
     };
     for _ in 0..20 {
         assert_eq!(host.http("GET", "/kit/other", "").status, 200);
     }
-    let looped = looping.join().unwrap();
+    let looped = looping.join().unwrap().expect("an answer");
     assert_eq!(looped.status, 504, "{}", looped.text());
     assert!(looped.text().contains("timeout"), "{}", looped.text());
 
@@ -391,10 +400,7 @@ fn a_full_host_sends_its_overflow_to_a_peer() {
 
     // A's one replica is busy...
     let gateway = a.gateway();
-    let slow = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(fabric::http::request(gateway, "GET", "/kit/sleep?ms=3000", &[], "")).unwrap()
-    });
+    let slow = get_in_background(gateway, "/kit/sleep?ms=3000");
     eventually(Duration::from_secs(10), "A's replica to be busy", || {
         (replicas_on(&a, "kit", &a.id())["busy"].as_u64() == Some(1)).then_some(())
     });
@@ -402,7 +408,7 @@ fn a_full_host_sends_its_overflow_to_a_peer() {
     let quick = a.http("GET", "/kit/quick", "");
     assert_eq!(quick.status, 200, "{}", quick.text());
     assert_eq!(quick.header("x-fabric-host"), Some(b.id()));
-    let slow = slow.join().unwrap();
+    let slow = slow.join().unwrap().expect("an answer");
     assert_eq!(slow.status, 200);
     assert_eq!(slow.header("x-fabric-host"), Some(a.id()));
     // Free again, A serves its own requests.
@@ -412,15 +418,44 @@ fn a_full_host_sends_its_overflow_to_a_peer() {
     // gives up on reaching it before reading the body and serves the
     // request itself once its replica is free.
     b.kill9();
-    let slow = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(fabric::http::request(gateway, "GET", "/kit/sleep?ms=1500", &[], "")).unwrap()
-    });
+    let slow = get_in_background(gateway, "/kit/sleep?ms=1500");
     std::thread::sleep(Duration::from_millis(300));
     let fallback = a.http("GET", "/kit/fallback", "");
     assert_eq!(fallback.status, 200, "{}", fallback.text());
     assert_eq!(fallback.header("x-fabric-host"), Some(a.id()));
-    assert_eq!(slow.join().unwrap().status, 200);
+    assert_eq!(slow.join().unwrap().expect("an answer").status, 200);
+}
+
+#[test]
+fn forwarding_passes_over_a_peer_whose_answer_said_it_is_busy() {
+    let etcd = Etcd::start();
+    let [a, b, c] = cluster(&etcd, [&[], &[], &[]]);
+    deploy(&a, &http_kit(), &["--name", "kit", "--route", "/kit", "--max", "2"]);
+    // A breaks ties between peers it knows nothing of by id.
+    let (first, second) = if b.id() < c.id() { (&b, &c) } else { (&c, &b) };
+    eventually(Duration::from_secs(10), "the first peer to serve the route", || {
+        (first.http("GET", "/kit/ready", "").status == 200).then_some(())
+    });
+    // One of its two replicas is busy with its own client's request; both of A's are busy.
+    let own = get_in_background(first.gateway(), "/kit/sleep?ms=5000");
+    eventually(Duration::from_secs(10), "the first peer's replica to be busy", || {
+        (replicas_on(first, "kit", &first.id())["busy"].as_u64() == Some(1)).then_some(())
+    });
+    let a_busy =
+        [get_in_background(a.gateway(), "/kit/sleep?ms=5000"), get_in_background(a.gateway(), "/kit/sleep?ms=5000")];
+    eventually(Duration::from_secs(10), "A's replicas to be busy", || {
+        (replicas_on(&a, "kit", &a.id())["busy"].as_u64() == Some(2)).then_some(())
+    });
+    // A forwards to the first peer, whose answer says it has a request
+    // besides; so A sends the next to the other (counting only what it
+    // forwarded itself, it would pick the first again).
+    let one = a.http("GET", "/kit/one", "");
+    assert_eq!((one.status, one.header("x-fabric-host")), (200, Some(first.id())), "{}", one.text());
+    let two = a.http("GET", "/kit/two", "");
+    assert_eq!((two.status, two.header("x-fabric-host")), (200, Some(second.id())), "{}", two.text());
+    for slow in a_busy.into_iter().chain([own]) {
+        assert_eq!(slow.join().unwrap().expect("an answer").status, 200);
+    }
 }
 
 #[test]
@@ -541,10 +576,7 @@ fn a_stopping_host_answers_the_requests_it_has_begun() {
     let mut host = Up::start();
     deploy(&host, &http_kit(), &["--name", "kit", "--route", "/kit"]);
     let gateway = host.gateway();
-    let slow = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(fabric::http::request(gateway, "GET", "/kit/sleep?ms=1500", &[], String::new()))
-    });
+    let slow = get_in_background(gateway, "/kit/sleep?ms=1500");
     eventually(Duration::from_secs(10), "the request to be under way", || {
         (listed(&host, "kit")?["replicas"][0]["busy"].as_u64() == Some(1)).then_some(())
     });

@@ -959,6 +959,10 @@ mod messages {
             status: u16,
             /// The end-to-end headers.
             headers: Vec<HttpHeader>,
+            /// The deployment's requests busy or queued on the peer as it
+            /// sent this head: its load, which the forwarder weighs its
+            /// next choices by.
+            load: u32,
         },
         /// The request failed.
         Error(FabricError),

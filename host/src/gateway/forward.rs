@@ -9,11 +9,16 @@
 //!   every request; one that is full forwards its overflow, which makes the
 //!   peer's autoscaler add replicas there: scaling spreads across hosts.
 //! - **Where.** Among the members that can run replicas, the one with the
-//!   lowest share of its cap taken by what this host has forwarded to it and
-//!   not yet seen answered (load reports lag; like task placement, a host
-//!   counts what it sent). When every peer is as full as this host knows,
-//!   the request queues here instead (or, with no replica here at all, on
-//!   the least loaded peer).
+//!   lowest share of its cap taken, as this host knows it: what it has
+//!   forwarded there and not yet seen answered, plus the rest of the load
+//!   the peer reported with its last answer to this host (every forwarded
+//!   answer's head carries the peer's busy and queued requests of the
+//!   deployment), for [`REPORT_FRESH`] after it. So a peer busy with its own
+//!   clients' requests, or another host's, is passed over once it has said
+//!   so, without a round trip to ask (membership's load reports are
+//!   per-host resources, and lag). When every peer is as full as this host
+//!   knows, the request queues here instead (or, with no replica here at
+//!   all, on the least loaded peer).
 //! - **How.** One QUIC stream per request ([`Request::PeerHttp`]): the head
 //!   as a frame, then the request body raw until the stream's end; back
 //!   comes [`Response::HttpHead`] and the response body raw. Both bodies
@@ -35,7 +40,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::StatusCode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long past the deployment's timeout a forwarder waits for the peer's
 /// answer before it gives up on the peer (the peer answers 504 itself first).
@@ -61,13 +66,40 @@ pub enum Route {
     Nowhere,
 }
 
-/// Requests this host has forwarded and not yet seen answered, by peer id
-/// and deployment (each deployment has its own cap there).
+/// How long a load a peer reported counts in this host's choices.
+pub const REPORT_FRESH: Duration = Duration::from_secs(1);
+
+/// What this host knows of peers' load, by peer id and deployment (each
+/// deployment has its own cap there): the requests it forwarded and has not
+/// yet seen answered, and the rest of the load each peer last reported.
 #[derive(Clone, Default)]
-pub struct InFlight(Arc<Mutex<HashMap<PeerDeployment, u32>>>);
+pub struct InFlight(Arc<Mutex<HashMap<PeerDeployment, PeerLoad>>>);
 
 /// A peer's id, a tenant and a deployment name.
 type PeerDeployment = (String, String, String);
+
+/// One peer's load of one deployment, as this host knows it.
+#[derive(Clone, Copy, Default)]
+struct PeerLoad {
+    /// Forwarded by this host, not yet answered.
+    sent: u32,
+    /// The requests besides this host's that the peer last reported busy
+    /// or queued, and when.
+    others: Option<(u32, Instant)>,
+}
+
+impl PeerLoad {
+    /// The requests the peer has, as far as this host knows at `now`.
+    fn estimate(&self, now: Instant) -> u32 {
+        let others = self.others.filter(|(_, at)| now.duration_since(*at) < REPORT_FRESH).map_or(0, |(n, _)| n);
+        self.sent.saturating_add(others)
+    }
+
+    /// Whether it says nothing any more.
+    fn spent(&self, now: Instant) -> bool {
+        self.sent == 0 && self.estimate(now) == 0
+    }
+}
 
 /// One forwarded request, counted until dropped (when its response body
 /// ended).
@@ -79,9 +111,9 @@ struct Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         let mut map = self.inflight.lock();
-        if let Some(n) = map.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(load) = map.get_mut(&self.key) {
+            load.sent = load.sent.saturating_sub(1);
+            if load.spent(Instant::now()) {
                 map.remove(&self.key);
             }
         }
@@ -89,7 +121,7 @@ impl Drop for Counted {
 }
 
 impl InFlight {
-    fn lock(&self) -> MutexGuard<'_, HashMap<PeerDeployment, u32>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<PeerDeployment, PeerLoad>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -99,12 +131,26 @@ impl InFlight {
 
     fn count(&self, peer: &str, deployed: &Deployed) -> Counted {
         let key = Self::key(peer, deployed);
-        *self.lock().entry(key.clone()).or_default() += 1;
+        self.lock().entry(key.clone()).or_default().sent += 1;
         Counted { inflight: self.clone(), key }
     }
 
-    fn of(&self, peer: &str, deployed: &Deployed) -> u32 {
-        self.lock().get(&Self::key(peer, deployed)).copied().unwrap_or(0)
+    /// The requests of `deployed` that `peer` has, as far as this host knows.
+    fn estimate(&self, peer: &str, deployed: &Deployed) -> u32 {
+        self.lock().get(&Self::key(peer, deployed)).map_or(0, |load| load.estimate(Instant::now()))
+    }
+
+    /// Takes in the `load` `peer` reported with an answer to a request this
+    /// host forwarded (still counted in what it sent): what this host's
+    /// other requests there do not account for is the rest of the peer's
+    /// load. Reports gone stale are dropped meanwhile.
+    fn report(&self, peer: &str, deployed: &Deployed, load: u32) {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let entry = map.entry(Self::key(peer, deployed)).or_default();
+        let ours = entry.sent.saturating_sub(1);
+        entry.others = Some((load.saturating_sub(ours), now));
+        map.retain(|_, load| !load.spent(now));
     }
 }
 
@@ -122,16 +168,16 @@ pub fn choose(host: &HostInner, deployed: &Deployed) -> Route {
         .filter(|member| member.id != local.id)
         .filter_map(|member| {
             let cap = replica_cap(&deployed.record.spec, &member);
-            let sent = host.forwarded.of(&member.id, deployed);
-            (cap > 0).then_some((member, cap, sent))
+            let load = host.forwarded.estimate(&member.id, deployed);
+            (cap > 0).then_some((member, cap, load))
         })
         .collect();
-    // Lowest share sent/cap first (compared without division), then id.
+    // Lowest share load/cap first (compared without division), then id.
     let best = peers.into_iter().min_by(|a, b| {
         (u64::from(a.2) * u64::from(b.1)).cmp(&(u64::from(b.2) * u64::from(a.1))).then_with(|| a.0.id.cmp(&b.0.id))
     });
     match best {
-        Some((peer, cap, sent)) if deployed.cap == 0 || sent < cap => Route::Peer(peer),
+        Some((peer, cap, load)) if deployed.cap == 0 || load < cap => Route::Peer(peer),
         _ if deployed.cap > 0 => Route::Here,
         _ => Route::Nowhere,
     }
@@ -183,7 +229,8 @@ pub async fn to_peer(
     let pump = AbortOnDrop(pump);
     let wait = deployed.timeout().saturating_add(PEER_SLACK);
     match tokio::time::timeout(wait, read_frame::<_, Response>(&mut recv, MAX_FRAME)).await {
-        Ok(Ok(Some(Response::HttpHead { status, headers }))) => {
+        Ok(Ok(Some(Response::HttpHead { status, headers, load }))) => {
+            host.forwarded.report(&peer.id, deployed, load);
             let mut response = hyper::Response::new(quic_body(recv, (counted, pump)));
             *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             restore(&headers, response.headers_mut());
@@ -235,18 +282,22 @@ pub async fn serve(host: &Arc<HostInner>, head: PeerRequest, mut send: quinn::Se
             text(status, error.message)
         }
     };
-    let response = match request_from(&method, &uri, &headers, recv) {
+    let (response, load) = match request_from(&method, &uri, &headers, recv) {
         Ok(request) => match deployed_here(host, &tenant, &name).await {
             // Its view of the deployment or of this host differs: say so
             // rather than queue where no replica can run.
-            Ok(deployed) if deployed.cap == 0 => nowhere(&deployed),
-            Ok(deployed) => super::serve_here(host, deployed, request).await,
-            Err(e) => refuse(status_of(&e), e),
+            Ok(deployed) if deployed.cap == 0 => (nowhere(&deployed), 0),
+            Ok(deployed) => {
+                let response = super::serve_here(host, deployed.clone(), request).await;
+                let counts = deployed.replicas.counts();
+                (response, counts.busy.saturating_add(counts.queued))
+            }
+            Err(e) => (refuse(status_of(&e), e), 0),
         },
-        Err(e) => refuse(StatusCode::BAD_REQUEST, e),
+        Err(e) => (refuse(StatusCode::BAD_REQUEST, e), 0),
     };
     let (parts, body) = response.into_parts();
-    let head = Response::HttpHead { status: parts.status.as_u16(), headers: end_to_end(&parts.headers) };
+    let head = Response::HttpHead { status: parts.status.as_u16(), headers: end_to_end(&parts.headers), load };
     if write_frame(&mut send, &head).await.is_err() {
         return;
     }
