@@ -168,8 +168,8 @@ struct Table {
 #[derive(Default)]
 pub struct Deployments {
     table: RwLock<Arc<Table>>,
-    /// One reconciliation at a time.
-    syncing: tokio::sync::Mutex<()>,
+    /// One reconciliation at a time; when the last one began.
+    syncing: tokio::sync::Mutex<Option<Instant>>,
     /// Versions that failed to start here (each is logged once).
     failed: Mutex<HashMap<(String, String), u64>>,
 }
@@ -218,11 +218,63 @@ impl Deployments {
     }
 }
 
+/// Least time between two syncs that requests naming a deployment this host
+/// does not know make ([`sync_after`]).
+pub const ON_DEMAND_GAP: Duration = Duration::from_millis(100);
+
 /// Brings this host's table in line with the registry: starts versions it
 /// lacks (readied before they are switched to), drops removed ones.
 pub async fn sync(host: &Arc<HostInner>) -> Result<(), FabricError> {
+    let mut last = host.deployments.syncing.lock().await;
+    sync_locked(host, &mut last).await
+}
+
+/// Syncs for a request that named a deployment this host did not know at
+/// `asked`, unless a sync begun since then ran (it saw every deployment
+/// recorded before the request was sent, so another adds nothing).
+/// Such syncs are [`ON_DEMAND_GAP`] apart: a stream of requests naming a
+/// deployment that exists nowhere (a peer's stale table, a client guessing)
+/// costs the registry one read per gap, not one per request, and a request
+/// for a deployment made a moment ago waits for the next one rather than
+/// being refused.
+pub async fn sync_after(host: &Arc<HostInner>, asked: Instant) -> Result<(), FabricError> {
+    loop {
+        let mut last = host.deployments.syncing.lock().await;
+        match on_demand(*last, asked, Instant::now()) {
+            OnDemand::Synced => return Ok(()),
+            OnDemand::WaitUntil(when) => {
+                drop(last);
+                tokio::time::sleep_until(when.into()).await;
+            }
+            OnDemand::Sync => return sync_locked(host, &mut last).await,
+        }
+    }
+}
+
+/// What a request for an unknown deployment does about syncing.
+#[derive(Debug, PartialEq, Eq)]
+enum OnDemand {
+    /// Nothing: a sync began after it was asked.
+    Synced,
+    /// Waits for the gap since the last sync to pass, then looks again.
+    WaitUntil(Instant),
+    /// Syncs now.
+    Sync,
+}
+
+/// [`sync_after`]'s choice at `now`, the last sync having begun at `last`.
+fn on_demand(last: Option<Instant>, asked: Instant, now: Instant) -> OnDemand {
+    match last {
+        Some(began) if began >= asked => OnDemand::Synced,
+        Some(began) if now < began + ON_DEMAND_GAP => OnDemand::WaitUntil(began + ON_DEMAND_GAP),
+        _ => OnDemand::Sync,
+    }
+}
+
+/// [`sync`] under the sync lock, whose `last` it sets to when it began.
+async fn sync_locked(host: &Arc<HostInner>, last: &mut Option<Instant>) -> Result<(), FabricError> {
     let deployments = &host.deployments;
-    let _one = deployments.syncing.lock().await;
+    *last = Some(Instant::now());
     let records = host.registry.deployments(None).await?;
     let current = deployments.table();
     let mut next = Table::default();
@@ -447,6 +499,22 @@ fn validate_route(route: &str) -> Result<(), FabricError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_for_unknown_deployments_share_spaced_syncs() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // Never synced: sync.
+        assert_eq!(on_demand(None, t0, t0), OnDemand::Sync);
+        // A sync that began after the request was asked saw what it names.
+        assert_eq!(on_demand(Some(ms(5)), ms(3), ms(10)), OnDemand::Synced);
+        assert_eq!(on_demand(Some(ms(5)), ms(5), ms(10)), OnDemand::Synced);
+        // One that began before may have missed it: sync again, but not
+        // sooner than the gap after it.
+        assert_eq!(on_demand(Some(ms(5)), ms(6), ms(10)), OnDemand::WaitUntil(ms(5) + ON_DEMAND_GAP));
+        let after_gap = ms(5) + ON_DEMAND_GAP;
+        assert_eq!(on_demand(Some(ms(5)), ms(6), after_gap), OnDemand::Sync);
+    }
 
     #[test]
     fn routes_match_whole_segments() {

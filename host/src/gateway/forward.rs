@@ -353,13 +353,16 @@ impl Drop for Sending {
 }
 
 /// The deployment a forwarded request names; a host that has not seen it
-/// yet (its last sync was before the deploy) reads the registry once.
+/// (its last sync was before the deploy) reads the registry first, at most
+/// once per [`ON_DEMAND_GAP`](crate::deployments::ON_DEMAND_GAP) however
+/// many requests ask.
 async fn deployed_here(host: &Arc<HostInner>, tenant: &str, name: &str) -> Result<Arc<Deployed>, FabricError> {
     crate::validate_name("tenant", tenant)?;
+    let asked = Instant::now();
     if let Some(deployed) = host.deployments.named(tenant, name) {
         return Ok(deployed);
     }
-    crate::deployments::sync(host).await?;
+    crate::deployments::sync_after(host, asked).await?;
     host.deployments
         .named(tenant, name)
         .ok_or_else(|| FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no deployment `{name}`")))
