@@ -418,7 +418,7 @@ fn an_actor_on_another_host_writes_to_its_jobs_log() {
 }
 
 #[test]
-fn an_actor_on_another_host_takes_asks_in_order_and_answers_within_a_frame() {
+fn an_actor_on_another_host_takes_asks_in_order_and_keeps_a_large_answer_for_its_caller() {
     let etcd = Etcd::start();
     let [a, b] = cluster(&etcd, [&[], &["--label", "role=b"]]);
     // 200 records and a snapshot asked without waiting: each runs after the
@@ -427,17 +427,23 @@ fn an_actor_on_another_host_takes_asks_in_order_and_answers_within_a_frame() {
     let out = a.submit(&fabric_tests::testkit(), &["--fn", "snapshot_across", "--args", args]);
     let v = out.json();
     assert_eq!(v["state"], "succeeded", "{out:?}");
-    let [host, value, history, lengths, too_large, after] = [0, 1, 2, 3, 4, 5].map(|i| v["result"][i].clone());
+    let [host, value, history, lengths, large, after] = [0, 1, 2, 3, 4, 5].map(|i| v["result"][i].clone());
     assert_eq!(host, b.id().as_str(), "{v}");
     let in_order: Vec<u64> = (1..=200).collect();
     assert_eq!(
         (value, &history, &lengths),
         (Value::from(5), &serde_json::json!(in_order), &serde_json::json!(in_order))
     );
-    // An answer over one frame is a clear error; the actor goes on.
-    let too_large = too_large.as_str().unwrap_or_default();
-    assert!(too_large.contains("resource limit") && too_large.contains("at most"), "{too_large}");
+    // An answer over one frame is kept on b for the job and read from
+    // there; the actor goes on, and once the job ended b keeps nothing.
+    assert_eq!(large, "20 MiB of zeros", "{v}");
     assert_eq!(after, 6, "the actor keeps serving: {v}");
+    eventually(SETTLE, "b to free what it kept for the job", || {
+        let out = a.fabric(&["objects", "--output", "json"]);
+        let stores = out.json();
+        let b_store = stores.as_array()?.iter().find(|s| s["host"] == b.id().as_str())?.clone();
+        (b_store["jobs"] == serde_json::json!([]) && b_store["memory_bytes"] == 0).then_some(())
+    });
 }
 
 #[test]

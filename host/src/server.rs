@@ -181,9 +181,9 @@ async fn respond(
             .await?;
             reply(send, &answer).await
         }
-        Request::PeerActorAsks { tenant, actor } => {
+        Request::PeerActorAsks { tenant, actor, origin } => {
             let id = crate::remote::actors::parse_id(&actor)?;
-            crate::remote::asks::serve(&host.0, &tenant, id, send, recv).await
+            crate::remote::asks::serve(&host.0, &tenant, id, &origin, send, recv).await
         }
         Request::PeerActorKill { tenant, actor } => {
             crate::validate_name("tenant", &tenant)?;

@@ -660,13 +660,18 @@ mod messages {
         /// Host to host: opens a stream of asks of an actor here, in order.
         /// [`ActorAsk`] frames follow, each enqueued in the actor's mailbox
         /// as it arrives; each is answered, in the same order, with
-        /// [`Response::Output`] or [`Response::Error`]. The caller ends the
-        /// stream when it has nothing more to ask.
+        /// [`Response::Output`], [`Response::Stored`] (an answer too large
+        /// to send inline, kept here for the asking job) or
+        /// [`Response::Error`]. The caller ends the stream when it has
+        /// nothing more to ask.
         PeerActorAsks {
             /// Whose actor.
             tenant: String,
             /// Its id (32 hex digits).
             actor: String,
+            /// The address of the asking host (whose jobs' answers are kept
+            /// here until it says they ended).
+            origin: String,
         },
         /// Host to host: kill an actor here.
         PeerActorKill {
@@ -846,6 +851,9 @@ mod messages {
     }
 
     /// One thing asked of an actor on a [`Request::PeerActorAsks`] stream.
+    /// `job`: the asking job, which a large answer is kept here for
+    /// ([`Response::Stored`]); without one (a client's call) every answer
+    /// comes inline, up to a frame.
     #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
     pub enum ActorAsk {
         /// Call a method.
@@ -856,9 +864,14 @@ mod messages {
             args: Vec<u8>,
             /// JSON (from the CLI) rather than binary.
             json: bool,
+            /// The asking job.
+            job: Option<String>,
         },
         /// A snapshot of its state, after the calls asked before.
-        Snapshot,
+        Snapshot {
+            /// The asking job.
+            job: Option<String>,
+        },
     }
 
     /// A host's response frames.
@@ -904,7 +917,8 @@ mod messages {
         /// when there are some, in frames of at most [`MAX_IDS_PER_FRAME`].
         Borrowed(Vec<WireObjectId>),
         /// A task's result kept on the host that ran it (ends a
-        /// [`Request::PeerRun`] whose result is too large to send inline).
+        /// [`Request::PeerRun`] whose result is too large to send inline),
+        /// or an actor's answer kept on the actor's host.
         Stored {
             /// The object holding it there.
             id: WireObjectId,

@@ -72,7 +72,7 @@ impl TaskState {
         let task = self.task()?;
         let (host, tenant) = (&task.host, &task.job.tenant);
         let (id, cell) = host.objects.reserve(tenant, &task.job.id);
-        if let Err(error) = crate::remote::actors::ask(host, tenant, actor.into(), ask, cell.clone()) {
+        if let Err(error) = crate::remote::actors::ask(host, Some(&task.job), actor.into(), ask, cell.clone()) {
             host.objects.fill(&cell, Err(error.clone()));
             host.objects.release(tenant, &[id]);
             return Err(error.into());

@@ -232,6 +232,16 @@ impl Cell {
         Cell { tenant, id, value: OnceLock::new(), filled: Notify::new() }
     }
 
+    /// Whose object it is.
+    pub fn tenant(&self) -> &Arc<str> {
+        &self.tenant
+    }
+
+    /// Its id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
     /// The value if it is there.
     pub fn peek(&self) -> Option<&ObjectResult> {
         self.value.get()

@@ -224,21 +224,28 @@ pub(crate) enum Ask {
     Snapshot,
 }
 
-/// Asks `ask` of actor `id` wherever it lives; the result fills `cell`. An
-/// actor on another host gets this host's asks in the order they were made
-/// (see [`super::asks`]) and answers inline, up to [`MAX_INLINE_ANSWER`]
-/// bytes.
+/// Asks `ask` of actor `id` wherever it lives, for `job` (a client's call
+/// has none); the result fills `cell`. An actor on another host gets this
+/// host's asks in the order they were made (see [`super::asks`]); it answers
+/// inline up to [`INLINE_MAX`](crate::objects::transfer::INLINE_MAX) bytes
+/// and keeps a larger answer for `job` (read from there, like a large task
+/// result), or, without a job, answers inline up to [`MAX_INLINE_ANSWER`].
 pub(crate) fn ask(
     host: &Arc<HostInner>,
-    tenant: &Arc<str>,
+    job: Option<&crate::jobs::Job>,
     id: ActorId,
     ask: Ask,
     cell: Arc<crate::objects::Cell>,
 ) -> Result<(), FabricError> {
+    let tenant = cell.tenant().clone();
     if host.actors.is_local(id) {
-        return ask_here(host, tenant, id, ask, cell);
+        return ask_here(host, &tenant, id, ask, cell);
     }
-    super::asks::ask_remote(host, tenant, id, ask, cell);
+    if let (Some(job), Some(addr)) = (job, host.cluster.addr_of(&home_of(id))) {
+        // What it keeps for the job there goes when the job ends.
+        job.reached(&addr);
+    }
+    super::asks::ask_remote(host, &tenant, id, ask, cell, job.map(|job| job.id.clone()));
     Ok(())
 }
 
@@ -256,15 +263,16 @@ pub(crate) fn ask_here(
     }
 }
 
-/// The largest answer an actor sends to a caller on another host.
+/// The largest answer an actor sends for a call without a job (a client's:
+/// it travels back in one frame).
 pub const MAX_INLINE_ANSWER: usize = fabric_proto::MAX_FRAME - 1024;
 
-/// The error for an answer too large to send to a caller on another host.
+/// The error for an answer too large for a client's call.
 pub(crate) fn too_large(id: ActorId, len: usize) -> FabricError {
     FabricError::new(
         ErrorKind::ResourceLimit,
         format!(
-            "the answer of actor {id} is {len} bytes; an actor answers a caller on another host with at most \
+            "the answer of actor {id} is {len} bytes; a client's call is answered with at most \
              {MAX_INLINE_ANSWER} bytes (return a reference to an object for more)"
         ),
     )
@@ -281,7 +289,7 @@ pub(crate) async fn ask_and_wait(
     let tenant: Arc<str> = tenant.into();
     let job: Arc<str> = format!("call-{:012x}", rand::random::<u64>() >> 16).into();
     let (result, cell) = host.objects.reserve(&tenant, &job);
-    let outcome = match ask(host, &tenant, id, what, cell) {
+    let outcome = match ask(host, None, id, what, cell) {
         Ok(()) => crate::objects::transfer::bytes(host, &tenant, &job, result).await.map(|bytes| bytes.to_vec()),
         Err(error) => Err(error),
     };

@@ -27,11 +27,19 @@
 //! peer is lost, a frame does not decode), it is reset so the peer takes
 //! nothing more from it, the asks outstanding on it fail with `actor-dead`
 //! saying why, and the next ask opens a new stream.
+//!
+//! Answers up to [`INLINE_MAX`] come inline; a larger one is kept on the
+//! actor's host for the asking job ([`Response::Stored`], as a large task
+//! result is) and read from there when the caller reads it, so a large
+//! answer neither holds up the answers behind it on the stream nor is
+//! bounded by a frame. The actor's host keeps it until the caller lets it
+//! go or the job ends (the job notes that it reached that host).
 
 use super::actors::{ask_here, home_of, lost, too_large, Ask, MAX_INLINE_ANSWER};
 use crate::actors::ActorId;
 use crate::hostfns::Encoding;
 use crate::objects::transfer::AbortOnDrop;
+use crate::objects::transfer::INLINE_MAX;
 use crate::objects::{Cell, ObjectId};
 use crate::HostInner;
 use fabric_proto::{read_frame, write_frame, ActorAsk, ErrorKind, FabricError, Request, Response, MAX_FRAME};
@@ -48,7 +56,8 @@ pub const IDLE: Duration = Duration::from_secs(10);
 /// shutdown.
 const DRAINING_IDLE: Duration = Duration::from_millis(100);
 
-type Queued = (Ask, Arc<Cell>);
+/// An ask, the cell its answer fills, and the job it is for.
+type Queued = (Ask, Arc<Cell>, Option<Arc<str>>);
 type Key = (Arc<str>, ActorId);
 type Streams = HashMap<Key, mpsc::UnboundedSender<Queued>>;
 
@@ -70,12 +79,19 @@ impl AskStreams {
     }
 }
 
-/// Queues `ask` of `tenant`'s actor `id` on another host, after every ask
-/// this host made of it before; its answer fills `cell`.
-pub(crate) fn ask_remote(host: &Arc<HostInner>, tenant: &Arc<str>, id: ActorId, ask: Ask, cell: Arc<Cell>) {
+/// Queues `ask` of `tenant`'s actor `id` on another host for `job`, after
+/// every ask this host made of it before; its answer fills `cell`.
+pub(crate) fn ask_remote(
+    host: &Arc<HostInner>,
+    tenant: &Arc<str>,
+    id: ActorId,
+    ask: Ask,
+    cell: Arc<Cell>,
+    job: Option<Arc<str>>,
+) {
     let key = (tenant.clone(), id);
     let mut streams = host.actor_asks.lock();
-    let mut queued = (ask, cell);
+    let mut queued = (ask, cell, job);
     if let Some(sender) = streams.get(&key) {
         match sender.send(queued) {
             Ok(()) => return,
@@ -152,7 +168,7 @@ async fn run_stream(
     }
     // No ask can join the queue once closed: fail what is in it.
     queue.close();
-    while let Ok((_, cell)) = queue.try_recv() {
+    while let Ok((_, cell, _)) = queue.try_recv() {
         objects.fill(&cell, Err(lost(id, &why)));
     }
     for (_, cell) in outstanding {
@@ -183,8 +199,8 @@ async fn serve_stream(
     let end = loop {
         tokio::select! {
             queued = queue.recv() => {
-                let Some((ask, cell)) = queued else { break End::Idle };
-                let frame = frame(ask);
+                let Some((ask, cell, job)) = queued else { break End::Idle };
+                let frame = frame(ask, job.as_deref());
                 let written = write_frame(&mut send, &frame).await;
                 outstanding.push_back((frame, cell));
                 if let Err(e) = written {
@@ -193,7 +209,13 @@ async fn serve_stream(
             }
             answer = answers.recv() => match answer {
                 Some(Ok(outcome)) => match outstanding.pop_front() {
-                    Some((_, cell)) => objects.fill(&cell, outcome),
+                    Some((_, cell)) => match outcome {
+                        Ok(Answered::Inline(bytes)) => objects.fill(&cell, Ok(bytes)),
+                        Ok(Answered::Kept { id: kept, len }) => {
+                            objects.fill_elsewhere(Some(cell.id()), &cell, kept.into(), len, None)
+                        }
+                        Err(error) => objects.fill(&cell, Err(error)),
+                    },
                     None => return failed(&mut send, "its host answered an ask never made".into()),
                 },
                 Some(Err(why)) => return failed(&mut send, why),
@@ -244,24 +266,35 @@ async fn open(
     id: ActorId,
 ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
     let addr = host.cluster.addr_of(&home_of(id)).ok_or("its host is not in the cluster")?;
-    let request = Request::PeerActorAsks { tenant: tenant.to_string(), actor: id.to_string() };
+    let request =
+        Request::PeerActorAsks { tenant: tenant.to_string(), actor: id.to_string(), origin: host.local_addr() };
     host.peers.open_stream(&addr, &request).await.map_err(|e| e.into_error().message)
 }
 
-fn frame(ask: Ask) -> ActorAsk {
+fn frame(ask: Ask, job: Option<&str>) -> ActorAsk {
+    let job = job.map(str::to_string);
     match ask {
-        Ask::Call { method, args, encoding } => ActorAsk::Call { method, args, json: encoding == Encoding::Json },
-        Ask::Snapshot => ActorAsk::Snapshot,
+        Ask::Call { method, args, encoding } => ActorAsk::Call { method, args, json: encoding == Encoding::Json, job },
+        Ask::Snapshot => ActorAsk::Snapshot { job },
     }
 }
 
-type Answer = Result<Result<Vec<u8>, FabricError>, String>;
+/// An answer that came.
+enum Answered {
+    /// Its bytes.
+    Inline(Vec<u8>),
+    /// Kept on the actor's host as object `id` there, `len` bytes.
+    Kept { id: fabric_proto::WireObjectId, len: u64 },
+}
+
+type Answer = Result<Result<Answered, FabricError>, String>;
 
 /// Reads the answers of a stream until it ends or a frame is not one.
 async fn read_answers(mut recv: quinn::RecvStream, answers: mpsc::UnboundedSender<Answer>) {
     loop {
         let answer = match read_frame::<_, Response>(&mut recv, MAX_FRAME).await {
-            Ok(Some(Response::Output(bytes))) => Ok(Ok(bytes)),
+            Ok(Some(Response::Output(bytes))) => Ok(Ok(Answered::Inline(bytes))),
+            Ok(Some(Response::Stored { id, len })) => Ok(Ok(Answered::Kept { id, len })),
             Ok(Some(Response::Error(error))) => Ok(Err(error)),
             Ok(Some(other)) => Err(format!("its host sent an answer that is none: {other:?}")),
             Ok(None) => return,
@@ -274,27 +307,32 @@ async fn read_answers(mut recv: quinn::RecvStream, answers: mpsc::UnboundedSende
     }
 }
 
-/// Serves a [`Request::PeerActorAsks`] stream: enqueues each ask in the
-/// actor's mailbox as it arrives and answers each, in order, once done.
+/// Serves a [`Request::PeerActorAsks`] stream from the host at `origin`:
+/// enqueues each ask in the actor's mailbox as it arrives and answers each,
+/// in order, once done.
 pub(crate) async fn serve(
     host: &Arc<HostInner>,
     tenant: &str,
     id: ActorId,
+    origin: &str,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), FabricError> {
     crate::validate_name("tenant", tenant)?;
     let tenant: Arc<str> = tenant.into();
-    // The answers' objects belong to the stream, and go with it.
-    let job: Arc<str> = format!("asks-{:012x}", rand::random::<u64>() >> 16).into();
-    let (asked, mut answering) = mpsc::unbounded_channel::<(ObjectId, Arc<Cell>)>();
-    let (tenant_here, job_here) = (&tenant, &job);
+    // The answers of asks without a job belong to the stream, and go with
+    // it; those of a job belong to it here (a visiting job), so an answer
+    // kept for it lasts until the job ends or its caller lets it go.
+    let stream_job: Arc<str> = format!("asks-{:012x}", rand::random::<u64>() >> 16).into();
+    let (asked, mut answering) = mpsc::unbounded_channel::<(ObjectId, Arc<Cell>, bool)>();
+    let (tenant_here, stream_job_here) = (&tenant, &stream_job);
     // Ends when the caller finishes the stream or sends a bad frame, when
     // this host starts draining, and while it drains once no ask came for
     // DRAINING_IDLE; then drops `asked`, so the answers to what it took go
     // out and the stream finishes. The caller asks again on a new stream
     // whatever this one did not take (a frame cut off here included).
     let enqueue = async move {
+        let mut visiting: Option<Arc<str>> = None;
         let outcome = loop {
             let read = read_frame::<_, ActorAsk>(recv, MAX_FRAME);
             let frame = if host.drain.is_draining() {
@@ -313,18 +351,32 @@ pub(crate) async fn serve(
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(FabricError::new(ErrorKind::InvalidArgument, format!("bad ask frame: {e}"))),
             };
-            let ask = match ask {
-                ActorAsk::Call { method, args, json } => {
+            let (ask, job) = match ask {
+                ActorAsk::Call { method, args, json, job } => {
                     let encoding = if json { Encoding::Json } else { Encoding::Binary };
-                    Ask::Call { method, args, encoding }
+                    (Ask::Call { method, args, encoding }, job)
                 }
-                ActorAsk::Snapshot => Ask::Snapshot,
+                ActorAsk::Snapshot { job } => (Ask::Snapshot, job),
             };
+            let owner = match job.map(|job| crate::validate_name("job", &job).map(|()| job)).transpose() {
+                Ok(Some(job)) => {
+                    // Noted once per run of asks of one job.
+                    if visiting.as_deref() != Some(job.as_str()) {
+                        host.visiting.arrive(tenant_here, &job, origin);
+                        visiting = Some(job.into());
+                    }
+                    Ok(visiting.clone())
+                }
+                Ok(None) => Ok(None),
+                Err(error) => Err(error),
+            };
+            let keeps = matches!(owner, Ok(Some(_)));
+            let job_here = owner.as_ref().ok().and_then(Option::as_ref).unwrap_or(stream_job_here);
             let (result, cell) = host.objects.reserve(tenant_here, job_here);
-            if let Err(error) = ask_here(host, tenant_here, id, ask, cell.clone()) {
+            if let Err(error) = owner.and_then(|_| ask_here(host, tenant_here, id, ask, cell.clone())) {
                 host.objects.fill(&cell, Err(error));
             }
-            if asked.send((result, cell)).is_err() {
+            if asked.send((result, cell, keeps)).is_err() {
                 break Ok(());
             }
         };
@@ -332,14 +384,20 @@ pub(crate) async fn serve(
         outcome
     };
     let answer = async {
-        while let Some((result, _cell)) = answering.recv().await {
-            let outcome = crate::objects::transfer::bytes(host, &tenant, &job, result).await;
-            host.objects.release(&tenant, &[result]);
+        while let Some((result, _cell, keeps)) = answering.recv().await {
+            let outcome = crate::objects::transfer::bytes(host, &tenant, &stream_job, result).await;
             let response = match outcome {
+                // Kept for the asking job: its caller reads it from here.
+                Ok(bytes) if bytes.len() > INLINE_MAX && keeps => {
+                    Response::Stored { id: result.into(), len: bytes.len() as u64 }
+                }
                 Ok(bytes) if bytes.len() > MAX_INLINE_ANSWER => Response::Error(too_large(id, bytes.len())),
                 Ok(bytes) => Response::Output(bytes.to_vec()),
                 Err(error) => Response::Error(error),
             };
+            if !matches!(response, Response::Stored { .. }) {
+                host.objects.release(&tenant, &[result]);
+            }
             write_frame(send, &response)
                 .await
                 .map_err(|e| FabricError::new(ErrorKind::Unavailable, format!("ask stream failed: {e}")))?;
@@ -347,6 +405,6 @@ pub(crate) async fn serve(
         Ok::<(), FabricError>(())
     };
     let (enqueued, answered) = tokio::join!(enqueue, answer);
-    host.objects.drop_job(&tenant, &job);
+    host.objects.drop_job(&tenant, &stream_job);
     answered.and(enqueued)
 }
