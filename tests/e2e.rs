@@ -597,7 +597,12 @@ fn host_to_host_requests_without_a_cluster_certificate_are_refused() {
             },
             Request::FetchComponent { tenant: "default".into(), sha256: "0".repeat(64) },
             Request::PeerActorAsks { tenant: "default".into(), actor: "0".repeat(32), origin: "127.0.0.1:1".into() },
-            Request::PeerPin { tenant: "default".into(), id: fabric_proto::WireObjectId { hi: 1, lo: 1 }, pin: true },
+            Request::PeerPin {
+                tenant: "default".into(),
+                ids: vec![fabric_proto::WireObjectId { hi: 1, lo: 1 }],
+                pin: true,
+                strict: true,
+            },
             Request::PeerActorKill { tenant: "default".into(), actor: "0".repeat(32) },
             Request::PeerJobEnded { tenant: "default".into(), job: "job-x".into() },
             Request::PeerActors { tenant: "default".into() },

@@ -537,6 +537,26 @@ fn a_pin_keeps_what_a_value_names_on_other_hosts() {
 }
 
 #[test]
+fn a_pin_of_a_value_naming_many_objects_on_another_host_keeps_them_all() {
+    let etcd = Etcd::start();
+    let [a, b] = cluster(&etcd, [&[], MAKER]);
+    // A result on a naming 3000 numbers put on b (pinned a wave at a time:
+    // the numbers go to b in one request).
+    let id = result_of(&a, "pin_numbers_across", r#"{"key": "role", "value": "maker", "n": 3000}"#);
+    let id = id.as_str().unwrap().to_string();
+    let sum = 3000 * 2999 / 2;
+    for host in [&a, &b] {
+        assert_eq!(result_of(host, "sum_pinned_numbers", &format!(r#"{{"hex": "{id}"}}"#)), sum);
+    }
+    let b_store = store_of(&stores(&a, "default"), &b).clone();
+    assert_eq!((&b_store["jobs"][0]["job"], &b_store["jobs"][0]["objects"]), (&"(pinned)".into(), &3000.into()));
+    assert_eq!(a.fabric(&["unpin", &id]).code, 0);
+    eventually(SETTLE, "every number to be freed once unpinned", || {
+        stores(&a, "default").iter().all(|s| s["jobs"].as_array().is_some_and(|j| j.is_empty())).then_some(())
+    });
+}
+
+#[test]
 fn a_later_reader_pulls_from_an_earlier_readers_copy() {
     let etcd = Etcd::start();
     let holder = Up::host(etcd.endpoint(), &[]);

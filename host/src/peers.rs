@@ -191,15 +191,20 @@ impl Peers {
     }
 
     /// Sends [`Request::PeerPin`] to the peer at `addr`; returns the ids its
-    /// [`Response::PinParts`] frames list.
-    pub async fn pin(&self, addr: &str, request: &Request) -> Result<Vec<WireObjectId>, PeerError> {
+    /// [`Response::PinParts`] frames list, and the error it ended with
+    /// instead of [`Response::Done`], if any.
+    pub async fn pin(
+        &self,
+        addr: &str,
+        request: &Request,
+    ) -> Result<(Vec<WireObjectId>, Option<FabricError>), PeerError> {
         let (_send, mut recv) = self.open(addr, request).await?;
         let mut parts = Vec::new();
         loop {
             match read_frame::<_, Response>(&mut recv, MAX_FRAME).await {
                 Ok(Some(Response::PinParts(ids))) => parts.extend(ids),
-                Ok(Some(Response::Done)) => return Ok(parts),
-                Ok(Some(Response::Error(e))) => return Err(PeerError::Answered(e)),
+                Ok(Some(Response::Done)) => return Ok((parts, None)),
+                Ok(Some(Response::Error(e))) => return Ok((parts, Some(e))),
                 Ok(Some(other)) => return Err(lost(addr, format!("unexpected answer to a pin: {other:?}"))),
                 Ok(None) => return Err(lost(addr, "the stream ended without an answer")),
                 Err(e) => return Err(lost(addr, e)),

@@ -207,13 +207,23 @@ async fn respond(
             host.0.objects.release(&tenant.into(), &ids);
             reply(send, &Response::Done).await
         }
-        Request::PeerPin { tenant, id, pin } => {
+        Request::PeerPin { tenant, ids, pin, strict } => {
             crate::validate_name("tenant", &tenant)?;
-            let parts = crate::objects::transfer::pin_here(&host.0, &tenant.into(), id.into(), pin, false)?;
-            for frame in crate::objects::id_frames(parts, Response::PinParts) {
+            if ids.len() > fabric_proto::MAX_IDS_PER_FRAME {
+                return Err(FabricError::new(
+                    ErrorKind::InvalidArgument,
+                    format!("a pin names at most {} objects", fabric_proto::MAX_IDS_PER_FRAME),
+                ));
+            }
+            let ids: Vec<crate::objects::ObjectId> = ids.into_iter().map(Into::into).collect();
+            let group = crate::objects::transfer::pin_here(&host.0, &tenant.into(), &ids, pin, strict);
+            for frame in crate::objects::id_frames(group.parts, Response::PinParts) {
                 reply(send, &frame).await?;
             }
-            reply(send, &Response::Done).await
+            match group.error {
+                Some(error) => Err(error),
+                None => reply(send, &Response::Done).await,
+            }
         }
         Request::Unpin { tenant, id } => {
             crate::validate_name("tenant", &tenant)?;

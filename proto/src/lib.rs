@@ -812,17 +812,22 @@ mod messages {
             /// Which.
             ids: Vec<WireObjectId>,
         },
-        /// Host to host: pin (or unpin) an object of this host, and what it
-        /// names here; answered with [`Response::PinParts`] frames listing
-        /// what it names that other hosts keep (for the asker to pin there),
-        /// then [`Response::Done`].
+        /// Host to host: pin (or unpin) objects of this host, and what they
+        /// name here; answered with [`Response::PinParts`] frames listing
+        /// what they name that other hosts keep (for the asker to pin
+        /// there), then [`Response::Done`], or [`Response::Error`] (a pin
+        /// that fails takes back what it pinned; an unpin goes on with the
+        /// rest, lists their parts, then fails).
         PeerPin {
-            /// Whose object.
+            /// Whose objects.
             tenant: String,
-            /// Which.
-            id: WireObjectId,
+            /// Which (at most [`MAX_IDS_PER_FRAME`]).
+            ids: Vec<WireObjectId>,
             /// Pin, or unpin.
             pin: bool,
+            /// The objects must exist (and, to unpin, be pinned); else one
+            /// that is gone is skipped.
+            strict: bool,
         },
         /// Let a pinned object go back to its ordinary lifetime (freed now
         /// if its job has ended), wherever it is kept; answered with

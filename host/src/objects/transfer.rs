@@ -694,9 +694,14 @@ pub(crate) fn release_elsewhere(host: &Arc<HostInner>) {
 /// failure fails a pin, taking back the pins it made, so that nothing is
 /// left half pinned (an unpin goes on with the other parts and then fails).
 ///
-/// This host walks the whole graph, each object once: a peer pins only its
-/// own part and answers with what that names on other hosts, so ids naming
-/// each other across hosts cannot make pins bounce between them.
+/// This host walks the whole graph, each object once, a wave at a time: the
+/// parts of a wave are grouped by the host keeping them, each host pins its
+/// own (one [`Request::PeerPin`] per host and up to
+/// [`MAX_IDS_PER_FRAME`](fabric_proto::MAX_IDS_PER_FRAME) parts) and answers
+/// with what they name on other hosts, the next wave. So a value naming
+/// thousands of objects on one host costs one round trip there, not one
+/// per object, and ids naming each other across hosts cannot make pins
+/// bounce between hosts.
 pub async fn set_pinned(
     host: &Arc<HostInner>,
     tenant: &Arc<str>,
@@ -705,69 +710,132 @@ pub async fn set_pinned(
     strict: bool,
 ) -> Result<(), FabricError> {
     let mut seen = std::collections::HashSet::from([id]);
-    let mut work = vec![(id, strict)];
+    let (mut wave, mut strict) = (vec![id], strict);
     let mut done = Vec::new();
     let mut failure = None;
-    while let Some((part, strict)) = work.pop() {
-        match pin_part(host, tenant, part, pin, strict).await {
-            Ok(parts) => {
-                done.push(part);
-                work.extend(parts.into_iter().filter(|part| seen.insert(*part)).map(|part| (part, false)));
-            }
-            Err(error) if !strict && error.kind == ErrorKind::NotFound => {
-                tracing::debug!(object = %part, "a part of a pinned object is gone: {}", error.message);
-            }
-            Err(error) => {
+    'walk: while !wave.is_empty() {
+        let mut next = Vec::new();
+        for (holder, ids) in by_holder(std::mem::take(&mut wave)) {
+            let group = pin_group(host, tenant, &holder, ids, pin, strict).await;
+            done.extend(group.done);
+            next.extend(group.parts.into_iter().filter(|part| seen.insert(*part)));
+            if let Some(error) = group.error {
                 failure.get_or_insert(error);
                 if pin {
-                    break;
+                    break 'walk;
                 }
             }
         }
+        // Only the object asked for must exist.
+        (wave, strict) = (next, false);
     }
     let Some(error) = failure else { return Ok(()) };
     if pin {
-        for part in done {
-            if let Err(undo) = pin_part(host, tenant, part, false, false).await {
-                tracing::warn!(object = %part, "a pin that failed could not be taken back: {}", undo.message);
+        for (holder, ids) in by_holder(done) {
+            if let Some(undo) = pin_group(host, tenant, &holder, ids, false, false).await.error {
+                tracing::warn!(host = %holder, "a pin that failed could not be taken back: {}", undo.message);
             }
         }
     }
     Err(error)
 }
 
-/// Pins (or unpins) object `id` where it is kept, with what it names on
-/// that host; returns what it names that other hosts keep.
-async fn pin_part(
-    host: &Arc<HostInner>,
-    tenant: &Arc<str>,
-    id: ObjectId,
-    pin: bool,
-    strict: bool,
-) -> Result<Vec<ObjectId>, FabricError> {
-    if host.objects.minted_here(id) {
-        return pin_here(host, tenant, id, pin, strict);
+/// `ids` grouped by the host that keeps them.
+fn by_holder(ids: Vec<ObjectId>) -> std::collections::BTreeMap<String, Vec<ObjectId>> {
+    let mut groups: std::collections::BTreeMap<String, Vec<ObjectId>> = Default::default();
+    for id in ids {
+        groups.entry(id.holder()).or_default().push(id);
     }
-    // No member minted it: as good as never existed.
-    let addr = host.cluster.addr_of(&id.holder()).ok_or_else(|| host.objects.missing(tenant, id))?;
-    let request = Request::PeerPin { tenant: tenant.to_string(), id: id.into(), pin };
-    let parts = host.peers.pin(&addr, &request).await.map_err(PeerError::into_error)?;
-    Ok(parts.into_iter().map(ObjectId::from).collect())
+    groups
 }
 
-/// [`pin_part`] of an object this host minted.
-pub fn pin_here(
-    host: &HostInner,
+/// What pinning (or unpinning) a group of parts on one host did.
+#[derive(Debug, Default)]
+pub struct PinGroup {
+    /// The parts it pinned (a failed pin takes its own back: none).
+    pub done: Vec<ObjectId>,
+    /// What they name that other hosts keep.
+    pub parts: Vec<ObjectId>,
+    /// Why it failed, if it did.
+    pub error: Option<FabricError>,
+}
+
+/// Pins (or unpins) `ids`, all kept by host `holder`, there: here, or with
+/// one request per [`MAX_IDS_PER_FRAME`](fabric_proto::MAX_IDS_PER_FRAME)
+/// of them to that host.
+async fn pin_group(
+    host: &Arc<HostInner>,
     tenant: &Arc<str>,
-    id: ObjectId,
+    holder: &str,
+    ids: Vec<ObjectId>,
     pin: bool,
     strict: bool,
-) -> Result<Vec<ObjectId>, FabricError> {
-    if pin {
-        host.objects.pin(tenant, id)
-    } else {
-        host.objects.unpin(tenant, id, strict)
+) -> PinGroup {
+    if holder == host.id {
+        return pin_here(host, tenant, &ids, pin, strict);
     }
+    let Some(addr) = host.cluster.addr_of(holder) else {
+        // No member minted them: as good as never existed.
+        let error = strict.then(|| ids.first().map(|id| host.objects.missing(tenant, *id))).flatten();
+        return PinGroup { error, ..PinGroup::default() };
+    };
+    let mut group = PinGroup::default();
+    for chunk in ids.chunks(fabric_proto::MAX_IDS_PER_FRAME) {
+        let request = Request::PeerPin {
+            tenant: tenant.to_string(),
+            ids: chunk.iter().copied().map(Into::into).collect(),
+            pin,
+            strict,
+        };
+        match host.peers.pin(&addr, &request).await {
+            Ok((parts, error)) => {
+                group.parts.extend(parts.into_iter().map(ObjectId::from));
+                match error {
+                    // Nothing of a failed pin stays pinned there.
+                    Some(error) if pin => group.error = Some(error),
+                    error => {
+                        group.done.extend_from_slice(chunk);
+                        group.error = group.error.or(error);
+                    }
+                }
+            }
+            Err(error) => group.error = Some(error.into_error()),
+        }
+        if pin && group.error.is_some() {
+            break;
+        }
+    }
+    group
+}
+
+/// [`pin_group`] of objects this host minted (serves [`Request::PeerPin`]):
+/// a part that is gone is skipped unless `strict`; a pin that fails takes
+/// back what it pinned of the group, an unpin goes on and fails after.
+pub fn pin_here(host: &HostInner, tenant: &Arc<str>, ids: &[ObjectId], pin: bool, strict: bool) -> PinGroup {
+    let mut group = PinGroup::default();
+    for &id in ids {
+        let outcome = if pin { host.objects.pin(tenant, id) } else { host.objects.unpin(tenant, id, strict) };
+        match outcome {
+            Ok(parts) => {
+                group.done.push(id);
+                group.parts.extend(parts);
+            }
+            Err(error) if !strict && error.kind == ErrorKind::NotFound => {
+                tracing::debug!(object = %id, "a part of a pinned object is gone: {}", error.message);
+            }
+            Err(error) if pin => {
+                for &pinned in &group.done {
+                    // Cannot fail: not strict.
+                    let _ = host.objects.unpin(tenant, pinned, false);
+                }
+                return PinGroup { error: Some(error), ..PinGroup::default() };
+            }
+            Err(error) => {
+                group.error.get_or_insert(error);
+            }
+        }
+    }
+    group
 }
 
 /// An object id from its 32 hex digits.

@@ -1584,6 +1584,28 @@ fn pin_across(key: String, value: String, result: bool) -> fabric::Result<String
     Ok(wrapped.id().to_string())
 }
 
+/// Puts the numbers `0..n` here; returns references to them.
+#[fabric::task]
+fn put_numbers(n: u64) -> fabric::Result<Vec<ObjectRef<u64>>> {
+    (0..n).map(|i| fabric::put(&i)).collect()
+}
+
+/// Has a host labelled `key=value` put `n` numbers, pins the task's result
+/// (here, naming the `n` objects there) and returns its id.
+#[fabric::task]
+fn pin_numbers_across(key: String, value: String, n: u64) -> fabric::Result<String> {
+    let made = put_numbers.remote_with(&on_label(&key, &value), n)?;
+    made.pin()?;
+    Ok(made.id().to_string())
+}
+
+/// The sum of the numbers the result [`pin_numbers_across`] pinned names.
+#[fabric::task]
+fn sum_pinned_numbers(hex: String) -> fabric::Result<u64> {
+    let refs = ObjectRef::<Vec<ObjectRef<u64>>>::from_id(parse_id(&hex)?).get()?;
+    refs.iter().map(|number| number.get()).sum()
+}
+
 /// Reads what [`pin_across`] pinned, by its id: the array's length and
 /// first byte.
 #[fabric::task]
