@@ -26,15 +26,17 @@ fn deploy_refused(host: &Up, wasm: &std::path::Path, args: &[&str]) -> String {
     out.stderr
 }
 
-/// `GET path` from `gateway` on a thread of its own: the answer once it
-/// comes (for requests a test runs something beside).
-fn get_in_background(
+/// `method path` with `body` from `gateway` on a thread of its own: the
+/// answer once it comes (for requests a test runs something beside).
+fn in_background(
     gateway: std::net::SocketAddr,
+    method: &'static str,
     path: &'static str,
+    body: &'static str,
 ) -> std::thread::JoinHandle<anyhow::Result<fabric::http::Answer>> {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        runtime.block_on(fabric::http::request(gateway, "GET", path, &[], ""))
+        runtime.block_on(fabric::http::request(gateway, method, path, &[], body))
     })
 }
 
@@ -169,7 +171,7 @@ fn misbehaving_requests_get_statuses_and_the_host_keeps_serving() {
     // requests keep being served meanwhile.
     let looping = {
         let gateway = host.gateway();
-        get_in_background(gateway, "/kit/loop")
+        in_background(gateway, "GET", "/kit/loop", "")
     };
     for _ in 0..20 {
         assert_eq!(host.http("GET", "/kit/other", "").status, 200);
@@ -400,7 +402,7 @@ fn a_full_host_sends_its_overflow_to_a_peer() {
 
     // A's one replica is busy...
     let gateway = a.gateway();
-    let slow = get_in_background(gateway, "/kit/sleep?ms=3000");
+    let slow = in_background(gateway, "GET", "/kit/sleep?ms=3000", "");
     eventually(Duration::from_secs(10), "A's replica to be busy", || {
         (replicas_on(&a, "kit", &a.id())["busy"].as_u64() == Some(1)).then_some(())
     });
@@ -418,7 +420,7 @@ fn a_full_host_sends_its_overflow_to_a_peer() {
     // gives up on reaching it before reading the body and serves the
     // request itself once its replica is free.
     b.kill9();
-    let slow = get_in_background(gateway, "/kit/sleep?ms=1500");
+    let slow = in_background(gateway, "GET", "/kit/sleep?ms=1500", "");
     std::thread::sleep(Duration::from_millis(300));
     let fallback = a.http("GET", "/kit/fallback", "");
     assert_eq!(fallback.status, 200, "{}", fallback.text());
@@ -437,12 +439,14 @@ fn forwarding_passes_over_a_peer_whose_answer_said_it_is_busy() {
         (first.http("GET", "/kit/ready", "").status == 200).then_some(())
     });
     // One of its two replicas is busy with its own client's request; both of A's are busy.
-    let own = get_in_background(first.gateway(), "/kit/sleep?ms=5000");
+    let own = in_background(first.gateway(), "GET", "/kit/sleep?ms=5000", "");
     eventually(Duration::from_secs(10), "the first peer's replica to be busy", || {
         (replicas_on(first, "kit", &first.id())["busy"].as_u64() == Some(1)).then_some(())
     });
-    let a_busy =
-        [get_in_background(a.gateway(), "/kit/sleep?ms=5000"), get_in_background(a.gateway(), "/kit/sleep?ms=5000")];
+    let a_busy = [
+        in_background(a.gateway(), "GET", "/kit/sleep?ms=5000", ""),
+        in_background(a.gateway(), "GET", "/kit/sleep?ms=5000", ""),
+    ];
     eventually(Duration::from_secs(10), "A's replicas to be busy", || {
         (replicas_on(&a, "kit", &a.id())["busy"].as_u64() == Some(2)).then_some(())
     });
@@ -456,6 +460,32 @@ fn forwarding_passes_over_a_peer_whose_answer_said_it_is_busy() {
     for slow in a_busy.into_iter().chain([own]) {
         assert_eq!(slow.join().unwrap().expect("an answer").status, 200);
     }
+}
+
+#[test]
+fn a_request_whose_peer_is_lost_before_answering_is_served_by_another() {
+    let etcd = Etcd::start();
+    let special: &[&str] = &["--resources", "special=1"];
+    let [a, mut b, mut c] = cluster(&etcd, [&[], special, special]);
+    deploy(&a, &http_kit(), &["--name", "kit", "--route", "/kit", "--resources", "special=1"]);
+    // A runs no replica: it forwards a POST with a small body to b or c...
+    let slow = in_background(a.gateway(), "POST", "/kit/sleep?ms=2000", "a small body");
+    let (b_id, c_id) = (b.id(), c.id());
+    let busy = eventually(Duration::from_secs(10), "the request to be under way on a peer", || {
+        let replicas = listed(&a, "kit")?["replicas"].as_array()?.clone();
+        replicas.iter().find(|r| r["busy"] == 1).and_then(|r| r["host"].as_str()).map(String::from)
+    });
+    // ...which dies before answering: A sends it to the other.
+    let other = if busy == b_id {
+        b.kill9();
+        c_id
+    } else {
+        c.kill9();
+        b_id
+    };
+    let answer = slow.join().unwrap().expect("an answer");
+    assert_eq!((answer.status, answer.text()), (200, "slept 2000 ms".to_string()));
+    assert_eq!(answer.header("x-fabric-host"), Some(other));
 }
 
 #[test]
@@ -576,7 +606,7 @@ fn a_stopping_host_answers_the_requests_it_has_begun() {
     let mut host = Up::start();
     deploy(&host, &http_kit(), &["--name", "kit", "--route", "/kit"]);
     let gateway = host.gateway();
-    let slow = get_in_background(gateway, "/kit/sleep?ms=1500");
+    let slow = in_background(gateway, "GET", "/kit/sleep?ms=1500", "");
     eventually(Duration::from_secs(10), "the request to be under way", || {
         (listed(&host, "kit")?["replicas"][0]["busy"].as_u64() == Some(1)).then_some(())
     });

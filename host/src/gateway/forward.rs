@@ -25,8 +25,14 @@
 //!   stream: neither side buffers a whole body. A forwarded request is
 //!   served on the peer and never forwarded again, so a request crosses at
 //!   most one hop. The peer applies the deployment's limits as if the
-//!   request came to it (413, 429, 504 travel back as they are); a peer lost
-//!   mid-request gives 502.
+//!   request came to it (413, 429, 504 travel back as they are).
+//! - **Loss.** A request whose peer cannot be reached, or is lost before its
+//!   answer's head comes, is served by another host (here, or the next
+//!   peer chosen without the lost ones) when it can be sent again: nothing
+//!   of it was sent, or its body was small enough ([`REPLAYABLE_BODY`]) to
+//!   be read whole before it went (a handler may thus run twice for one
+//!   request, as with any retry after a lost host). A larger, streaming
+//!   body, or a peer lost mid-answer, gives 502.
 
 use super::{failure, status_of, text, Body};
 use crate::deployments::{replica_cap, Deployed};
@@ -156,6 +162,11 @@ impl InFlight {
 
 /// Where `deployed`'s next request should be served.
 pub fn choose(host: &HostInner, deployed: &Deployed) -> Route {
+    choose_avoiding(host, deployed, &[])
+}
+
+/// [`choose`] among peers other than `avoid` (hosts a request was lost on).
+fn choose_avoiding(host: &HostInner, deployed: &Deployed, avoid: &[String]) -> Route {
     let counts = deployed.replicas.counts();
     if deployed.cap > 0 && counts.busy + counts.queued < deployed.cap {
         return Route::Here;
@@ -165,7 +176,7 @@ pub fn choose(host: &HostInner, deployed: &Deployed) -> Route {
         .cluster
         .members(&local)
         .into_iter()
-        .filter(|member| member.id != local.id)
+        .filter(|member| member.id != local.id && !avoid.contains(&member.id))
         .filter_map(|member| {
             let cap = replica_cap(&deployed.record.spec, &member);
             let load = host.forwarded.estimate(&member.id, deployed);
@@ -193,13 +204,80 @@ pub fn nowhere(deployed: &Deployed) -> hyper::Response<Body> {
     failure(deployed, StatusCode::SERVICE_UNAVAILABLE, &FabricError::new(ErrorKind::Unavailable, why))
 }
 
-/// Serves `request` on `peer` and streams its answer back.
+/// Request bodies up to this size are read whole before they are
+/// forwarded, so that a request whose peer is lost before answering can be
+/// served elsewhere (as one without a body always can).
+pub const REPLAYABLE_BODY: u64 = 64 << 10;
+
+/// Serves `request` on `peer` and streams its answer back. A peer lost
+/// before it answers (or that cannot be reached) leaves the request to
+/// another host, chosen as at first but never a host it was lost on, when
+/// nothing of its body was sent or the body was small enough to keep
+/// ([`REPLAYABLE_BODY`]); otherwise the answer is 502.
 pub async fn to_peer(
     host: &Arc<HostInner>,
     deployed: &Arc<Deployed>,
     peer: HostInfo,
     request: hyper::Request<Body>,
 ) -> hyper::Response<Body> {
+    let replayable = hyper::body::Body::size_hint(request.body()).upper().is_some_and(|n| n <= REPLAYABLE_BODY);
+    let (mut request, kept) = if replayable {
+        let (parts, body) = request.into_parts();
+        let collected = tokio::time::timeout(deployed.timeout(), body.collect()).await;
+        let bytes = match collected {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) => return text(StatusCode::BAD_REQUEST, format!("the request body broke off: {e}")),
+            Err(_) => {
+                let why = format!("the request body did not arrive within the timeout of {:?}", deployed.timeout());
+                return failure(deployed, StatusCode::GATEWAY_TIMEOUT, &FabricError::new(ErrorKind::TimedOut, why));
+            }
+        };
+        let head = hyper::Request::from_parts(parts, ());
+        (with_body(&head, bytes.clone()), Some((head, bytes)))
+    } else {
+        (request, None)
+    };
+    let mut peer = peer;
+    let mut lost_on: Vec<String> = Vec::new();
+    loop {
+        let (again, why) = match forward_once(host, deployed, &peer, request).await {
+            Forwarded::Answered(response) => return response,
+            Forwarded::Unsent(request, why) => (Some(request), why),
+            Forwarded::Lost(why) => (kept.as_ref().map(|(head, bytes)| with_body(head, bytes.clone())), why),
+        };
+        let Some(again) = again else {
+            return failure(deployed, StatusCode::BAD_GATEWAY, &FabricError::new(ErrorKind::Unavailable, why));
+        };
+        tracing::debug!(host = %peer.id, "serving a forwarded request elsewhere: {why}");
+        lost_on.push(peer.id.clone());
+        match choose_avoiding(host, deployed, &lost_on) {
+            Route::Here => return super::serve_here(host, deployed.clone(), again).await,
+            Route::Peer(next) => (peer, request) = (next, again),
+            Route::Nowhere => {
+                return failure(deployed, StatusCode::BAD_GATEWAY, &FabricError::new(ErrorKind::Unavailable, why))
+            }
+        }
+    }
+}
+
+/// How one forwarding of a request went.
+enum Forwarded {
+    /// The peer answered (or this host answers for it: a timeout, an
+    /// unexpected frame).
+    Answered(hyper::Response<Body>),
+    /// No stream to the peer: nothing of the request was sent.
+    Unsent(hyper::Request<Body>, String),
+    /// The peer was lost before its answer's head came.
+    Lost(String),
+}
+
+/// Sends `request` to `peer` once and streams its answer back.
+async fn forward_once(
+    host: &Arc<HostInner>,
+    deployed: &Arc<Deployed>,
+    peer: &HostInfo,
+    request: hyper::Request<Body>,
+) -> Forwarded {
     let head = Request::PeerHttp {
         tenant: deployed.record.tenant.clone(),
         name: deployed.record.spec.name.clone(),
@@ -207,25 +285,16 @@ pub async fn to_peer(
         uri: request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into()),
         headers: with_host(request.headers(), request.uri()),
     };
-    let broke = |e: &dyn std::fmt::Display| {
-        let why = format!("host {} (serving {}) broke off: {e}", peer.id, deployed.describe());
-        failure(deployed, StatusCode::BAD_GATEWAY, &FabricError::new(ErrorKind::Unavailable, why))
-    };
-    let opened = tokio::time::timeout(PEER_CONNECT, host.peers.open_stream(&peer.addr, &head)).await;
-    let (send, mut recv) = match opened {
+    let broke =
+        |e: &dyn std::fmt::Display| format!("host {} (serving {}) broke off: {e}", peer.id, deployed.describe());
+    let (send, mut recv) = match tokio::time::timeout(PEER_CONNECT, host.peers.open_stream(&peer.addr, &head)).await {
         Ok(Ok(streams)) => streams,
-        // Nothing of the body was read: serve it here if this host can.
-        _ if deployed.cap > 0 => return super::serve_here(host, deployed.clone(), request).await,
-        Ok(Err(e)) => return broke(&e.into_error()),
-        Err(_) => return broke(&format!("no stream to it within {PEER_CONNECT:?}")),
+        Ok(Err(e)) => return Forwarded::Unsent(request, broke(&e.into_error())),
+        Err(_) => return Forwarded::Unsent(request, broke(&format!("no stream to it within {PEER_CONNECT:?}"))),
     };
     let counted = host.forwarded.count(&peer.id, deployed);
-    // A request without a body can be served here still if the peer is
-    // lost before it answers.
-    let replay = hyper::body::Body::is_end_stream(request.body()).then(|| without_body(&request));
-    let body = request.into_body();
     // The request body goes out while the answer comes back.
-    let pump = tokio::spawn(pump(body, send));
+    let pump = tokio::spawn(pump(request.into_body(), send));
     let pump = AbortOnDrop(pump);
     let wait = deployed.timeout().saturating_add(PEER_SLACK);
     match tokio::time::timeout(wait, read_frame::<_, Response>(&mut recv, MAX_FRAME)).await {
@@ -234,23 +303,26 @@ pub async fn to_peer(
             let mut response = hyper::Response::new(quic_body(recv, (counted, pump)));
             *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             restore(&headers, response.headers_mut());
-            response
+            Forwarded::Answered(response)
         }
-        Ok(Ok(Some(Response::Error(e)))) => failure(deployed, status_of(&e), &e),
-        Ok(Ok(Some(other))) => broke(&format!("unexpected answer {other:?}")),
-        Ok(lost) => match replay {
-            Some(request) if deployed.cap > 0 => {
-                drop((counted, pump));
-                super::serve_here(host, deployed.clone(), request).await
-            }
-            _ => match lost {
-                Ok(_) => broke(&"the stream ended without an answer"),
-                Err(e) => broke(&e),
-            },
-        },
+        Ok(Ok(Some(Response::Error(e)))) => Forwarded::Answered(failure(deployed, status_of(&e), &e)),
+        Ok(Ok(Some(other))) => {
+            let why = broke(&format!("unexpected answer {other:?}"));
+            Forwarded::Answered(failure(
+                deployed,
+                StatusCode::BAD_GATEWAY,
+                &FabricError::new(ErrorKind::Unavailable, why),
+            ))
+        }
+        Ok(Ok(None)) => Forwarded::Lost(broke(&"the stream ended without an answer")),
+        Ok(Err(e)) => Forwarded::Lost(broke(&e)),
         Err(_) => {
             let why = format!("host {} did not answer for {} within {wait:?}", peer.id, deployed.describe());
-            failure(deployed, StatusCode::GATEWAY_TIMEOUT, &FabricError::new(ErrorKind::TimedOut, why))
+            Forwarded::Answered(failure(
+                deployed,
+                StatusCode::GATEWAY_TIMEOUT,
+                &FabricError::new(ErrorKind::TimedOut, why),
+            ))
         }
     }
 }
@@ -304,13 +376,13 @@ pub async fn serve(host: &Arc<HostInner>, head: PeerRequest, mut send: quinn::Se
     pump(body, send).await;
 }
 
-/// The same request with an empty body.
-fn without_body(request: &hyper::Request<Body>) -> hyper::Request<Body> {
-    let mut copy = hyper::Request::new(super::full(bytes::Bytes::new()));
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
+/// A request with `head`'s method, URI, version and headers, and `body`.
+fn with_body(head: &hyper::Request<()>, body: bytes::Bytes) -> hyper::Request<Body> {
+    let mut copy = hyper::Request::new(super::full(body));
+    *copy.method_mut() = head.method().clone();
+    *copy.uri_mut() = head.uri().clone();
+    *copy.version_mut() = head.version();
+    *copy.headers_mut() = head.headers().clone();
     copy
 }
 
