@@ -978,8 +978,8 @@ mod messages {
             status: u16,
             /// The end-to-end headers.
             headers: Vec<HttpHeader>,
-            /// The deployment's requests busy or queued on the peer as it
-            /// sent this head: its load, which the forwarder weighs its
+            /// The deployment's other requests busy or queued on the peer
+            /// when this one came: its load, which the forwarder weighs its
             /// next choices by.
             load: u32,
         },

@@ -168,8 +168,9 @@ struct Table {
 #[derive(Default)]
 pub struct Deployments {
     table: RwLock<Arc<Table>>,
-    /// One reconciliation at a time; when the last one began.
-    syncing: tokio::sync::Mutex<Option<Instant>>,
+    /// One reconciliation at a time; when the last one began, and why it
+    /// failed if it did.
+    syncing: tokio::sync::Mutex<Option<(Instant, Option<FabricError>)>>,
     /// Versions that failed to start here (each is logged once).
     failed: Mutex<HashMap<(String, String), u64>>,
 }
@@ -237,11 +238,13 @@ pub async fn sync(host: &Arc<HostInner>) -> Result<(), FabricError> {
 /// costs the registry one read per gap, not one per request, and a request
 /// for a deployment made a moment ago waits for the next one rather than
 /// being refused.
+/// A sync that failed answers the requests that waited for it with its
+/// error.
 pub async fn sync_after(host: &Arc<HostInner>, asked: Instant) -> Result<(), FabricError> {
     loop {
         let mut last = host.deployments.syncing.lock().await;
-        match on_demand(*last, asked, Instant::now()) {
-            OnDemand::Synced => return Ok(()),
+        match on_demand(last.as_ref().map(|(began, _)| *began), asked, Instant::now()) {
+            OnDemand::Synced => return last.as_ref().and_then(|(_, failed)| failed.clone()).map_or(Ok(()), Err),
             OnDemand::WaitUntil(when) => {
                 drop(last);
                 tokio::time::sleep_until(when.into()).await;
@@ -271,10 +274,21 @@ fn on_demand(last: Option<Instant>, asked: Instant, now: Instant) -> OnDemand {
     }
 }
 
-/// [`sync`] under the sync lock, whose `last` it sets to when it began.
-async fn sync_locked(host: &Arc<HostInner>, last: &mut Option<Instant>) -> Result<(), FabricError> {
+/// [`sync`] under the sync lock, whose `last` it sets to when it began and
+/// how it ended.
+async fn sync_locked(
+    host: &Arc<HostInner>,
+    last: &mut Option<(Instant, Option<FabricError>)>,
+) -> Result<(), FabricError> {
+    let began = Instant::now();
+    let outcome = reconcile(host).await;
+    *last = Some((began, outcome.as_ref().err().cloned()));
+    outcome
+}
+
+/// The work of [`sync`].
+async fn reconcile(host: &Arc<HostInner>) -> Result<(), FabricError> {
     let deployments = &host.deployments;
-    *last = Some(Instant::now());
     let records = host.registry.deployments(None).await?;
     let current = deployments.table();
     let mut next = Table::default();

@@ -13,7 +13,8 @@
 //!   forwarded there and not yet seen answered, plus the rest of the load
 //!   the peer reported with its last answer to this host (every forwarded
 //!   answer's head carries the peer's busy and queued requests of the
-//!   deployment), for [`REPORT_FRESH`] after it. So a peer busy with its own
+//!   deployment besides that one, as it found them), for [`REPORT_FRESH`]
+//!   after it. So a peer busy with its own
 //!   clients' requests, or another host's, is passed over once it has said
 //!   so, without a round trip to ask (membership's load reports are
 //!   per-host resources, and lag). When every peer is as full as this host
@@ -32,7 +33,8 @@
 //!   of it was sent, or its body was small enough ([`REPLAYABLE_BODY`]) to
 //!   be read whole before it went (a handler may thus run twice for one
 //!   request, as with any retry after a lost host). A larger, streaming
-//!   body, or a peer lost mid-answer, gives 502.
+//!   body is not kept: a peer lost before answering it gives 502 (one lost
+//!   once its answer has begun leaves the client a body cut short).
 
 use super::{failure, status_of, text, Body};
 use crate::deployments::{replica_cap, Deployed};
@@ -147,7 +149,8 @@ impl InFlight {
     }
 
     /// Takes in the `load` `peer` reported with an answer to a request this
-    /// host forwarded (still counted in what it sent): what this host's
+    /// host forwarded (the requests it had besides that one when it came;
+    /// that one is still counted in what this host sent): what this host's
     /// other requests there do not account for is the rest of the peer's
     /// load. Reports gone stale are dropped meanwhile.
     fn report(&self, peer: &str, deployed: &Deployed, load: u32) {
@@ -220,13 +223,19 @@ pub async fn to_peer(
     peer: HostInfo,
     request: hyper::Request<Body>,
 ) -> hyper::Response<Body> {
+    // One deadline for reading a kept body and for the answer.
+    let deadline =
+        tokio::time::Instant::now().checked_add(deployed.timeout()).unwrap_or_else(tokio::time::Instant::now);
     let replayable = hyper::body::Body::size_hint(request.body()).upper().is_some_and(|n| n <= REPLAYABLE_BODY);
     let (mut request, kept) = if replayable {
         let (parts, body) = request.into_parts();
-        let collected = tokio::time::timeout(deployed.timeout(), body.collect()).await;
+        let collected = tokio::time::timeout_at(deadline, body.collect()).await;
         let bytes = match collected {
             Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) => return text(StatusCode::BAD_REQUEST, format!("the request body broke off: {e}")),
+            Ok(Err(e)) => {
+                let why = FabricError::new(ErrorKind::InvalidArgument, format!("the request body broke off: {e}"));
+                return failure(deployed, StatusCode::BAD_REQUEST, &why);
+            }
             Err(_) => {
                 let why = format!("the request body did not arrive within the timeout of {:?}", deployed.timeout());
                 return failure(deployed, StatusCode::GATEWAY_TIMEOUT, &FabricError::new(ErrorKind::TimedOut, why));
@@ -240,7 +249,7 @@ pub async fn to_peer(
     let mut peer = peer;
     let mut lost_on: Vec<String> = Vec::new();
     loop {
-        let (again, why) = match forward_once(host, deployed, &peer, request).await {
+        let (again, why) = match forward_once(host, deployed, &peer, request, deadline).await {
             Forwarded::Answered(response) => return response,
             Forwarded::Unsent(request, why) => (Some(request), why),
             Forwarded::Lost(why) => (kept.as_ref().map(|(head, bytes)| with_body(head, bytes.clone())), why),
@@ -271,12 +280,15 @@ enum Forwarded {
     Lost(String),
 }
 
-/// Sends `request` to `peer` once and streams its answer back.
+/// Sends `request` to `peer` once and streams its answer back, waiting for
+/// its head until `deadline` and [`PEER_SLACK`] after (the peer answers 504
+/// itself first).
 async fn forward_once(
     host: &Arc<HostInner>,
     deployed: &Arc<Deployed>,
     peer: &HostInfo,
     request: hyper::Request<Body>,
+    deadline: tokio::time::Instant,
 ) -> Forwarded {
     let head = Request::PeerHttp {
         tenant: deployed.record.tenant.clone(),
@@ -296,7 +308,7 @@ async fn forward_once(
     // The request body goes out while the answer comes back.
     let pump = tokio::spawn(pump(request.into_body(), send));
     let pump = AbortOnDrop(pump);
-    let wait = deployed.timeout().saturating_add(PEER_SLACK);
+    let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).saturating_add(PEER_SLACK);
     match tokio::time::timeout(wait, read_frame::<_, Response>(&mut recv, MAX_FRAME)).await {
         Ok(Ok(Some(Response::HttpHead { status, headers, load }))) => {
             host.forwarded.report(&peer.id, deployed, load);
@@ -315,7 +327,17 @@ async fn forward_once(
             ))
         }
         Ok(Ok(None)) => Forwarded::Lost(broke(&"the stream ended without an answer")),
-        Ok(Err(e)) => Forwarded::Lost(broke(&e)),
+        Ok(Err(e @ fabric_proto::WireError::Io(_))) => Forwarded::Lost(broke(&e)),
+        // It answered, with a head this host cannot read: the request ran
+        // there, so it is not sent again.
+        Ok(Err(e)) => {
+            let why = broke(&format!("its answer cannot be read: {e}"));
+            Forwarded::Answered(failure(
+                deployed,
+                StatusCode::BAD_GATEWAY,
+                &FabricError::new(ErrorKind::Unavailable, why),
+            ))
+        }
         Err(_) => {
             let why = format!("host {} did not answer for {} within {wait:?}", peer.id, deployed.describe());
             Forwarded::Answered(failure(
@@ -360,8 +382,11 @@ pub async fn serve(host: &Arc<HostInner>, head: PeerRequest, mut send: quinn::Se
             // rather than queue where no replica can run.
             Ok(deployed) if deployed.cap == 0 => (nowhere(&deployed), 0),
             Ok(deployed) => {
-                let response = super::serve_here(host, deployed.clone(), request).await;
+                // Its load besides this request, as the request found it
+                // (measured after, a request still streaming its answer
+                // would count itself).
                 let counts = deployed.replicas.counts();
+                let response = super::serve_here(host, deployed.clone(), request).await;
                 (response, counts.busy.saturating_add(counts.queued))
             }
             Err(e) => (refuse(status_of(&e), e), 0),

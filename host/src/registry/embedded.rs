@@ -352,18 +352,24 @@ impl Registry for Embedded {
             let recorded = {
                 let mut table = txn.open_table(DEPLOYMENTS).map_err(storage)?;
                 let own = key(&deployment.tenant, &deployment.spec.name);
-                let mut previous = 0;
+                let previous = match table.get(own.as_str()).map_err(storage)? {
+                    Some(v) => Some(fabric_proto::decode::<Deployment>(v.value()).map_err(storage)?),
+                    None => None,
+                };
+                let previous_route = previous.as_ref().and_then(|p| p.spec.route.as_deref());
                 for entry in table.iter().map_err(storage)? {
                     let (k, v) = entry.map_err(storage)?;
-                    let other: Deployment = fabric_proto::decode(v.value()).map_err(storage)?;
                     if k.value() == own {
-                        previous = other.version;
-                    } else if let Some(held) = &other.spec.route {
-                        if let Some(conflict) = route_conflict(deployment, held, &route_owner(&other)) {
+                        continue;
+                    }
+                    let other: Deployment = fabric_proto::decode(v.value()).map_err(storage)?;
+                    if let Some(held) = &other.spec.route {
+                        if let Some(conflict) = route_conflict(deployment, previous_route, held, &route_owner(&other)) {
                             return Err(conflict);
                         }
                     }
                 }
+                let previous = previous.map_or(0, |p| p.version);
                 let mut recorded = deployment.clone();
                 recorded.version = previous + 1;
                 let value = fabric_proto::encode(&recorded).map_err(storage)?;

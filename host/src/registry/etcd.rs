@@ -5,9 +5,10 @@
 //! the member's lease, so etcd deletes it when the lease expires),
 //! `/fabric/deployments/<tenant>/<name>` with `/fabric/routes/<hex route>`
 //! naming the deployment that holds each route (a deploy reads every route
-//! key and writes only if none changed since, compared over their range in
-//! its transaction: that is what keeps routes unique and tenants' routes
-//! apart), and
+//! key and writes only if none that could conflict changed since: its own,
+//! those of the routes above it, and the range of those under it, compared
+//! in its transaction; that is what keeps routes unique and tenants'
+//! routes apart), and
 //! `/fabric/ca/{cert,key}`. Values are rkyv archives of the protocol's
 //! records, validated when read, as in the embedded backend. The client is
 //! cloned per call (it is a cheap handle over one channel, which reconnects
@@ -54,6 +55,21 @@ const ROUTES: &str = "/fabric/routes/";
 
 fn route_key(route: &str) -> String {
     format!("{ROUTES}{}", hex::encode(route))
+}
+
+/// What a deploy of `route` that read the route keys at `revision` must
+/// find unchanged: the keys of the routes it lies under and its own, and
+/// the range of the routes under it (hex keeps prefixes). Any route that
+/// could conflict with it is among them; deploys elsewhere do not touch
+/// them.
+fn conflict_compares(route: &str, revision: i64) -> Vec<Compare> {
+    let unchanged = |key: String| Compare::mod_revision(key, CompareOp::Less, revision + 1);
+    let mut compares: Vec<Compare> =
+        super::routes_above(route).into_iter().map(|above| unchanged(route_key(above))).collect();
+    compares.push(unchanged(route_key(route)));
+    let under = if route == "/" { route_key(route) } else { route_key(&format!("{route}/")) };
+    compares.push(unchanged(under).with_prefix());
+    compares
 }
 
 /// The route a route key names (`None` for a key no host wrote).
@@ -392,17 +408,18 @@ impl Registry for Etcd {
                     // both win.
                     let options = GetOptions::new().with_prefix();
                     let held = client.get(ROUTES, Some(options)).await.map_err(unavailable)?;
+                    let previous_route = previous.as_ref().and_then(|p| p.spec.route.as_deref());
                     let mut ours = false;
                     for kv in held.kvs() {
                         let Some(other) = route_of_key(kv.key()) else { continue };
                         let holder = String::from_utf8_lossy(kv.value());
-                        if let Some(conflict) = route_conflict(deployment, &other, &holder) {
+                        if let Some(conflict) = route_conflict(deployment, previous_route, &other, &holder) {
                             return Err(conflict);
                         }
                         ours |= other == *route && holder == owner;
                     }
                     let revision = held.header().map_or(0, |header| header.revision());
-                    when.push(Compare::mod_revision(ROUTES, CompareOp::Less, revision + 1).with_prefix());
+                    when.extend(conflict_compares(route, revision));
                     if !ours {
                         then.push(TxnOp::put(route_key(route), owner.clone(), None));
                     }
@@ -417,6 +434,9 @@ impl Registry for Etcd {
                 if client.txn(txn).await.map_err(unavailable)?.succeeded() {
                     return Ok(recorded);
                 }
+                // Another deploy of the same name or a route in the way won:
+                // read again after a moment, racers staggered.
+                tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 20)).await;
             }
             Err(unavailable(format!("deployment {owner}: too many concurrent deploys, try again")))
         })

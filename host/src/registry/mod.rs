@@ -133,23 +133,39 @@ pub(crate) fn sort_newest_first(jobs: &mut [JobRecord]) {
     jobs.sort_by(|a, b| b.submitted_ms.cmp(&a.submitted_ms).then_with(|| b.id.cmp(&a.id)));
 }
 
+/// The routes `route` lies under (`/`, then each longer prefix ending
+/// before a `/`), shortest first.
+pub(crate) fn routes_above(route: &str) -> Vec<&str> {
+    if route == "/" {
+        return Vec::new();
+    }
+    std::iter::once("/").chain(route.match_indices('/').skip(1).map(|(at, _)| &route[..at])).collect()
+}
+
 /// Who holds a route, as both backends record it: `tenant/name`.
 pub(crate) fn route_owner(deployment: &Deployment) -> String {
     format!("{}/{}", deployment.tenant, deployment.spec.name)
 }
 
 /// Why `deployment` may not take its route while deployment `holder`
-/// (`tenant/name`) serves route `held`; `None` if it may.
+/// (`tenant/name`) serves route `held`; `None` if it may. `previous`: the
+/// route its name served before this deploy, if any.
 ///
 /// Two deployments never share a route. Across tenants, neither route may
 /// lie under the other either: a route serves every path under it and the
 /// longest route wins, so a tenant nesting a route in another's (or
 /// wrapping one, `/` included) would take requests meant for it. Within a
-/// tenant nesting is how an app splits its paths, and allowed. Another
-/// tenant's deployment is not named.
-pub(crate) fn route_conflict(deployment: &Deployment, held: &str, holder: &str) -> Option<FabricError> {
+/// tenant nesting is how an app splits its paths, and allowed. A redeploy
+/// that keeps its route is not refused for nesting (routes recorded before
+/// the rule stay deployable). Another tenant's deployment is not named.
+pub(crate) fn route_conflict(
+    deployment: &Deployment,
+    previous: Option<&str>,
+    held: &str,
+    holder: &str,
+) -> Option<FabricError> {
     let route = deployment.spec.route.as_deref()?;
-    if holder == route_owner(deployment) {
+    if holder == route_owner(deployment) || (previous == Some(route) && held != route) {
         return None;
     }
     let same_tenant = holder.split_once('/').map(|(tenant, _)| tenant) == Some(deployment.tenant.as_str());
@@ -166,4 +182,19 @@ pub(crate) fn route_conflict(deployment: &Deployment, held: &str, holder: &str) 
         (false, false) => return None,
     };
     Some(FabricError::new(ErrorKind::InvalidArgument, why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_routes_above_a_route_are_its_whole_segment_prefixes() {
+        assert!(routes_above("/").is_empty());
+        assert_eq!(routes_above("/a"), ["/"]);
+        assert_eq!(routes_above("/a/bc/d"), ["/", "/a", "/a/bc"]);
+        for route in ["/a", "/a/bc/d"] {
+            assert!(routes_above(route).iter().all(|above| crate::deployments::route_serves(above, route)));
+        }
+    }
 }

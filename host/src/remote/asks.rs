@@ -387,8 +387,10 @@ pub(crate) async fn serve(
         while let Some((result, _cell, keeps)) = answering.recv().await {
             let outcome = crate::objects::transfer::bytes(host, &tenant, &stream_job, result).await;
             let response = match outcome {
-                // Kept for the asking job: its caller reads it from here.
-                Ok(bytes) if bytes.len() > INLINE_MAX && keeps => {
+                // Kept for the asking job: its caller reads it from here
+                // (not on a host about to leave: it goes back inline, as far
+                // as a frame carries, as a draining host's task results do).
+                Ok(bytes) if bytes.len() > INLINE_MAX && keeps && !host.drain.is_draining() => {
                     Response::Stored { id: result.into(), len: bytes.len() as u64 }
                 }
                 Ok(bytes) if bytes.len() > MAX_INLINE_ANSWER => Response::Error(too_large(id, bytes.len())),
