@@ -540,9 +540,12 @@ fn a_pin_keeps_what_a_value_names_on_other_hosts() {
 fn a_pin_of_a_value_naming_many_objects_on_another_host_keeps_them_all() {
     let etcd = Etcd::start();
     let [a, b] = cluster(&etcd, [&[], MAKER]);
-    // A result on a naming 3000 numbers put on b (pinned a wave at a time:
-    // the numbers go to b in one request).
+    // A result on a naming 3000 numbers put on b, pinned a wave at a time:
+    // the numbers go to b in one request.
+    let pin_requests = |host: &Up| store_of(&stores(&a, "default"), host)["pin_requests"].as_u64().unwrap();
+    let before = pin_requests(&b);
     let id = result_of(&a, "pin_numbers_across", r#"{"key": "role", "value": "maker", "n": 3000}"#);
+    assert_eq!(pin_requests(&b) - before, 1, "one request pinned all 3000 on b");
     let id = id.as_str().unwrap().to_string();
     let sum = 3000 * 2999 / 2;
     for host in [&a, &b] {

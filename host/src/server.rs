@@ -216,7 +216,7 @@ async fn respond(
                 ));
             }
             let ids: Vec<crate::objects::ObjectId> = ids.into_iter().map(Into::into).collect();
-            let group = crate::objects::transfer::pin_here(&host.0, &tenant.into(), &ids, pin, strict);
+            let group = crate::objects::transfer::serve_pin(&host.0, &tenant.into(), &ids, pin, strict);
             for frame in crate::objects::id_frames(group.parts, Response::PinParts) {
                 reply(send, &frame).await?;
             }

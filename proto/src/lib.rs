@@ -322,6 +322,10 @@ pub struct HostObjects {
     /// Bytes of objects (all tenants) this host sent to peers since it
     /// started.
     pub served_bytes: u64,
+    /// Pin and unpin requests (each for up to [`MAX_IDS_PER_FRAME`]
+    /// objects) peers sent this host since it started.
+    #[serde(default)]
+    pub pin_requests: u64,
 }
 
 /// What a deployment's component is, which decides how the gateway calls it.

@@ -52,6 +52,7 @@ pub struct Transfers {
     pulled_bytes: AtomicU64,
     served_bytes: AtomicU64,
     retried_ranges: AtomicU64,
+    pin_requests: AtomicU64,
 }
 
 impl Transfers {
@@ -637,6 +638,7 @@ pub fn local_usage(host: &HostInner, tenant: &str) -> fabric_proto::HostObjects 
         spills: footprint.spills,
         dropped_copies: footprint.dropped_copies,
         served_bytes: host.transfers.served_bytes.load(Ordering::Relaxed),
+        pin_requests: host.transfers.pin_requests.load(Ordering::Relaxed),
     }
 }
 
@@ -808,9 +810,15 @@ async fn pin_group(
     group
 }
 
-/// [`pin_group`] of objects this host minted (serves [`Request::PeerPin`]):
-/// a part that is gone is skipped unless `strict`; a pin that fails takes
-/// back what it pinned of the group, an unpin goes on and fails after.
+/// Serves a peer's [`Request::PeerPin`]: [`pin_here`], counted.
+pub fn serve_pin(host: &HostInner, tenant: &Arc<str>, ids: &[ObjectId], pin: bool, strict: bool) -> PinGroup {
+    host.transfers.pin_requests.fetch_add(1, Ordering::Relaxed);
+    pin_here(host, tenant, ids, pin, strict)
+}
+
+/// [`pin_group`] of objects this host minted: a part that is gone is
+/// skipped unless `strict`; a pin that fails takes back what it pinned of
+/// the group, an unpin goes on and fails after.
 pub fn pin_here(host: &HostInner, tenant: &Arc<str>, ids: &[ObjectId], pin: bool, strict: bool) -> PinGroup {
     let mut group = PinGroup::default();
     for &id in ids {
