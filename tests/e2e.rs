@@ -34,6 +34,18 @@ fn hello_runs_and_prints_its_log() {
 }
 
 #[test]
+fn a_host_runs_on_as_many_worker_threads_as_asked() {
+    let one = Up::start_with(&["--workers", "1"]);
+    assert_serving(&one);
+    assert!(one.up_log().contains("with 1 workers"), "{}", one.up_log());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let default = Up::start();
+    assert!(default.up_log().contains(&format!("with {cores} workers")), "{}", default.up_log());
+    let refused = fabric(&["up", "--workers", "0"]);
+    assert!(refused.code != 0 && refused.stderr.contains("--workers"), "{refused:?}");
+}
+
+#[test]
 fn fanout_estimates_pi_with_a_thousand_tasks() {
     let up = Up::start();
     let v = up.submit(&example("fanout"), &["--args", r#"{"tasks": 1000, "samples": 2000}"#]).json();

@@ -20,7 +20,8 @@ pub fn run(report: &Report, fabric: &std::path::Path) -> anyhow::Result<()> {
     placement(report);
     // The harness starts hosts with this binary.
     std::env::set_var("FABRIC_BIN", fabric);
-    remote(report)
+    remote(report)?;
+    remote_one_worker(report)
 }
 
 fn resource(name: &str, amount: u64) -> Resource {
@@ -102,6 +103,25 @@ fn result_of(host: &Up, function: &str, args: &str) -> anyhow::Result<Value> {
         anyhow::bail!("{function} failed: {v}");
     }
     Ok(v["result"].clone())
+}
+
+/// The no-op round trip between two hosts that each run one worker thread
+/// (`--workers 1`): with every host on the same two vCPUs, a share of the
+/// cores each is how co-located hosts should run.
+fn remote_one_worker(report: &Report) -> anyhow::Result<()> {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &["--workers", "1", "--label", "role=a1"]);
+    let b = Up::host(etcd.endpoint(), &["--workers", "1", "--label", "role=b1"]);
+    eventually(Duration::from_secs(30), "the one-worker hosts to join", || {
+        let ids = member_ids(&a)?;
+        (ids.contains(&a.id()) && ids.contains(&b.id())).then_some(())
+    });
+    let args = |n: u32| format!(r#"{{"n": {n}, "key": "role", "value": "b1"}}"#);
+    result_of(&a, "bench_remote_rtt", &args(100))?;
+    let timing = result_of(&a, "bench_remote_rtt", &args(5000))?;
+    report.guest_timing(SUITE, "remote_noop_rtt_1_worker", &timing, "(the same, two hosts with --workers 1)");
+    drop((a, b, etcd));
+    Ok(())
 }
 
 fn remote(report: &Report) -> anyhow::Result<()> {

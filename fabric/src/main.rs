@@ -226,6 +226,11 @@ struct UpArgs {
     /// Tasks that may run at once (default: CPU count).
     #[arg(long)]
     slots: Option<usize>,
+    /// Threads that run the host's work, guest code included (default: CPU
+    /// count). Hosts sharing a machine do better with a share of its cores
+    /// each: their threads then wake each other less.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
     /// Largest object a task may create, in MiB.
     #[arg(long)]
     max_object_mib: Option<u64>,
@@ -348,7 +353,15 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FABRIC_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let workers = match &cli.command {
+        Command::Up(serve) | Command::Host(HostArgs { serve, .. }) => serve.workers,
+        _ => None,
+    };
+    if let Some(workers) = workers {
+        builder.worker_threads(usize::from(workers));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -524,7 +537,12 @@ async fn serve(
     }
     fabric_host::components::write_atomic(&addr_file(data_dir), local.to_string().as_bytes())?;
     host.join(endpoint.clone(), &reachable.to_string());
-    eprintln!("fabric: host {} listening on {local} (data dir {})", host.id(), data_dir.display());
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    eprintln!(
+        "fabric: host {} listening on {local} with {workers} workers (data dir {})",
+        host.id(),
+        data_dir.display()
+    );
     let server = tokio::spawn(fabric_host::server::serve(host.clone(), endpoint.clone()));
     let mut signals = Signals::new()?;
     signals.next().await;
