@@ -168,9 +168,9 @@ struct Table {
 #[derive(Default)]
 pub struct Deployments {
     table: RwLock<Arc<Table>>,
-    /// One reconciliation at a time; when the last one began, and why it
-    /// failed if it did.
-    syncing: tokio::sync::Mutex<Option<(Instant, Option<FabricError>)>>,
+    /// One reconciliation at a time; when the last one began, and how it
+    /// ended.
+    syncing: tokio::sync::Mutex<Option<(Instant, Result<(), FabricError>)>>,
     /// Versions that failed to start here (each is logged once).
     failed: Mutex<HashMap<(String, String), u64>>,
 }
@@ -244,7 +244,7 @@ pub async fn sync_after(host: &Arc<HostInner>, asked: Instant) -> Result<(), Fab
     loop {
         let mut last = host.deployments.syncing.lock().await;
         match on_demand(last.as_ref().map(|(began, _)| *began), asked, Instant::now()) {
-            OnDemand::Synced => return last.as_ref().and_then(|(_, failed)| failed.clone()).map_or(Ok(()), Err),
+            OnDemand::Synced => return last.as_ref().map_or(Ok(()), |(_, outcome)| outcome.clone()),
             OnDemand::WaitUntil(when) => {
                 drop(last);
                 tokio::time::sleep_until(when.into()).await;
@@ -278,11 +278,11 @@ fn on_demand(last: Option<Instant>, asked: Instant, now: Instant) -> OnDemand {
 /// how it ended.
 async fn sync_locked(
     host: &Arc<HostInner>,
-    last: &mut Option<(Instant, Option<FabricError>)>,
+    last: &mut Option<(Instant, Result<(), FabricError>)>,
 ) -> Result<(), FabricError> {
     let began = Instant::now();
     let outcome = reconcile(host).await;
-    *last = Some((began, outcome.as_ref().err().cloned()));
+    *last = Some((began, outcome.clone()));
     outcome
 }
 

@@ -103,9 +103,9 @@ impl PeerLoad {
         self.sent.saturating_add(others)
     }
 
-    /// Whether it says nothing any more.
+    /// Whether it says nothing any more (nothing sent, no fresh report).
     fn spent(&self, now: Instant) -> bool {
-        self.sent == 0 && self.estimate(now) == 0
+        self.estimate(now) == 0
     }
 }
 
@@ -137,9 +137,20 @@ impl InFlight {
         (peer.to_string(), deployed.record.tenant.clone(), deployed.record.spec.name.clone())
     }
 
+    /// Counts a request forwarded to `peer` until the returned guard drops.
+    /// A pair counted for the first time (since its last went) first drops
+    /// the pairs that say nothing any more (stale reports of idle pairs),
+    /// so the map stays as small as what is in use, without a walk per
+    /// request.
     fn count(&self, peer: &str, deployed: &Deployed) -> Counted {
         let key = Self::key(peer, deployed);
-        self.lock().entry(key.clone()).or_default().sent += 1;
+        let mut map = self.lock();
+        if !map.contains_key(&key) {
+            let now = Instant::now();
+            map.retain(|_, load| !load.spent(now));
+        }
+        map.entry(key.clone()).or_default().sent += 1;
+        drop(map);
         Counted { inflight: self.clone(), key }
     }
 
@@ -152,14 +163,13 @@ impl InFlight {
     /// host forwarded (the requests it had besides that one when it came;
     /// that one is still counted in what this host sent): what this host's
     /// other requests there do not account for is the rest of the peer's
-    /// load. Reports gone stale are dropped meanwhile.
+    /// load.
     fn report(&self, peer: &str, deployed: &Deployed, load: u32) {
         let now = Instant::now();
         let mut map = self.lock();
         let entry = map.entry(Self::key(peer, deployed)).or_default();
         let ours = entry.sent.saturating_sub(1);
         entry.others = Some((load.saturating_sub(ours), now));
-        map.retain(|_, load| !load.spent(now));
     }
 }
 
@@ -205,6 +215,11 @@ pub fn nowhere(deployed: &Deployed) -> hyper::Response<Body> {
         crate::deployments::describe_demand(&deployed.record.spec.demand)
     );
     failure(deployed, StatusCode::SERVICE_UNAVAILABLE, &FabricError::new(ErrorKind::Unavailable, why))
+}
+
+/// 502 saying why the hop to a peer failed, in the caller's shape.
+fn bad_gateway(deployed: &Deployed, why: String) -> hyper::Response<Body> {
+    failure(deployed, StatusCode::BAD_GATEWAY, &FabricError::new(ErrorKind::Unavailable, why))
 }
 
 /// Request bodies up to this size are read whole before they are
@@ -255,16 +270,14 @@ pub async fn to_peer(
             Forwarded::Lost(why) => (kept.as_ref().map(|(head, bytes)| with_body(head, bytes.clone())), why),
         };
         let Some(again) = again else {
-            return failure(deployed, StatusCode::BAD_GATEWAY, &FabricError::new(ErrorKind::Unavailable, why));
+            return bad_gateway(deployed, why);
         };
         tracing::debug!(host = %peer.id, "serving a forwarded request elsewhere: {why}");
         lost_on.push(peer.id.clone());
         match choose_avoiding(host, deployed, &lost_on) {
             Route::Here => return super::serve_here(host, deployed.clone(), again).await,
             Route::Peer(next) => (peer, request) = (next, again),
-            Route::Nowhere => {
-                return failure(deployed, StatusCode::BAD_GATEWAY, &FabricError::new(ErrorKind::Unavailable, why))
-            }
+            Route::Nowhere => return bad_gateway(deployed, why),
         }
     }
 }
@@ -320,11 +333,7 @@ async fn forward_once(
         Ok(Ok(Some(Response::Error(e)))) => Forwarded::Answered(failure(deployed, status_of(&e), &e)),
         Ok(Ok(Some(other))) => {
             let why = broke(&format!("unexpected answer {other:?}"));
-            Forwarded::Answered(failure(
-                deployed,
-                StatusCode::BAD_GATEWAY,
-                &FabricError::new(ErrorKind::Unavailable, why),
-            ))
+            Forwarded::Answered(bad_gateway(deployed, why))
         }
         Ok(Ok(None)) => Forwarded::Lost(broke(&"the stream ended without an answer")),
         Ok(Err(e @ fabric_proto::WireError::Io(_))) => Forwarded::Lost(broke(&e)),
@@ -332,11 +341,7 @@ async fn forward_once(
         // there, so it is not sent again.
         Ok(Err(e)) => {
             let why = broke(&format!("its answer cannot be read: {e}"));
-            Forwarded::Answered(failure(
-                deployed,
-                StatusCode::BAD_GATEWAY,
-                &FabricError::new(ErrorKind::Unavailable, why),
-            ))
+            Forwarded::Answered(bad_gateway(deployed, why))
         }
         Err(_) => {
             let why = format!("host {} did not answer for {} within {wait:?}", peer.id, deployed.describe());

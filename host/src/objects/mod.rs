@@ -1384,6 +1384,14 @@ mod tests {
         assert_eq!((footprint.bytes, footprint.memory_bytes, footprint.spilled_bytes), (0, 0, 0));
     }
 
+    /// The object memory of [`budgeted`] stores.
+    const BUDGET: u64 = 64 << 10;
+
+    /// Host `node`'s store with objects up to 1 MiB and [`BUDGET`] of memory.
+    fn budgeted(node: u64, spill_dir: &std::path::Path) -> ObjectStore {
+        store(node, 1 << 20, BUDGET, spill_dir)
+    }
+
     fn store(node: u64, max_object_bytes: u64, memory_budget: u64, spill_dir: &std::path::Path) -> ObjectStore {
         let limits = StoreLimits {
             max_object_bytes,
@@ -1612,18 +1620,17 @@ mod tests {
     #[tokio::test]
     async fn a_working_set_four_times_the_budget_spills_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
-        let budget = 64 << 10;
-        let store = store(3, 1 << 20, budget, dir.path());
+        let store = budgeted(3, dir.path());
         let (t, j) = tenant_and_job();
         let mut ids = Vec::new();
         for i in 0..32 {
             ids.push(store.put(&t, &j, pattern(i, 8 << 10)).unwrap());
             store.room().await.unwrap();
-            assert!(store.footprint().memory_bytes <= budget, "{:?}", store.footprint());
+            assert!(store.footprint().memory_bytes <= BUDGET, "{:?}", store.footprint());
         }
         let footprint = store.footprint();
         assert_eq!(footprint.bytes, 32 * (8 << 10));
-        assert!(footprint.spilled_bytes >= footprint.bytes - budget, "{footprint:?}");
+        assert!(footprint.spilled_bytes >= footprint.bytes - BUDGET, "{footprint:?}");
         // Every object reads back whole, and any slice of it.
         for (i, id) in ids.iter().enumerate() {
             let Some(Ok(Value::Here(local))) = store.cell("t", *id).unwrap().peek().cloned() else { panic!() };
@@ -1631,7 +1638,7 @@ mod tests {
             assert_eq!(&store.get("t", *id).await.unwrap()[..], &pattern(i, 8 << 10)[..]);
             store.room().await.unwrap();
         }
-        assert!(store.footprint().memory_bytes <= budget);
+        assert!(store.footprint().memory_bytes <= BUDGET);
         // Freeing them lets their files go.
         assert_job_end_frees_all(&store, &t, &j);
     }
@@ -1639,8 +1646,7 @@ mod tests {
     #[tokio::test]
     async fn copies_of_other_hosts_objects_are_dropped_for_memory_not_spilled() {
         let dir = tempfile::tempdir().unwrap();
-        let budget = 64 << 10;
-        let store = store(3, 1 << 20, budget, dir.path());
+        let store = budgeted(3, dir.path());
         let (t, j) = tenant_and_job();
         // 32 copies of host 4's objects and one the holder is gone for
         // (rebuilt here: it must spill instead).
@@ -1654,7 +1660,7 @@ mod tests {
             let Some(Ok(Value::Here(local))) = cell.peek().cloned() else { panic!() };
             assert_eq!(store.bytes(&local).await.unwrap().len(), 8 << 10);
             store.room().await.unwrap();
-            assert!(store.footprint().memory_bytes <= budget, "{:?}", store.footprint());
+            assert!(store.footprint().memory_bytes <= BUDGET, "{:?}", store.footprint());
             locals.push((id, local));
         }
         let footprint = store.footprint();
@@ -1700,8 +1706,7 @@ mod tests {
     #[tokio::test]
     async fn pinned_objects_spill_only_when_nothing_else_can() {
         let dir = tempfile::tempdir().unwrap();
-        let budget = 64 << 10;
-        let store = store(6, 1 << 20, budget, dir.path());
+        let store = budgeted(6, dir.path());
         let (t, j) = tenant_and_job();
         let in_memory = |id| {
             let Some(Ok(Value::Here(local))) = store.cell("t", id).unwrap().peek().cloned() else { panic!() };
@@ -1717,13 +1722,13 @@ mod tests {
         }
         assert!(in_memory(pinned));
         assert!(!in_memory(others[0]));
-        assert!(store.footprint().memory_bytes <= budget, "{:?}", store.footprint());
+        assert!(store.footprint().memory_bytes <= BUDGET, "{:?}", store.footprint());
         // Pinned objects beyond the budget spill too, rather than outgrow it.
         for &id in &others {
             store.pin("t", id).unwrap();
             store.get("t", id).await.unwrap();
             store.room().await.unwrap();
-            assert!(store.footprint().memory_bytes <= budget, "{:?}", store.footprint());
+            assert!(store.footprint().memory_bytes <= BUDGET, "{:?}", store.footprint());
         }
         assert_eq!(&store.get("t", pinned).await.unwrap()[..], &pattern(0, 8 << 10)[..]);
     }

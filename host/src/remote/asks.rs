@@ -358,22 +358,17 @@ pub(crate) async fn serve(
                 }
                 ActorAsk::Snapshot { job } => (Ask::Snapshot, job),
             };
-            let owner = match job.map(|job| crate::validate_name("job", &job).map(|()| job)).transpose() {
-                Ok(Some(job)) => {
-                    // Noted once per run of asks of one job.
-                    if visiting.as_deref() != Some(job.as_str()) {
-                        host.visiting.arrive(tenant_here, &job, origin);
-                        visiting = Some(job.into());
-                    }
-                    Ok(visiting.clone())
-                }
-                Ok(None) => Ok(None),
-                Err(error) => Err(error),
+            let (owner, refused) = match answer_owner(host, tenant_here, origin, job, &mut visiting) {
+                Ok(owner) => (owner, None),
+                Err(error) => (None, Some(error)),
             };
-            let keeps = matches!(owner, Ok(Some(_)));
-            let job_here = owner.as_ref().ok().and_then(Option::as_ref).unwrap_or(stream_job_here);
-            let (result, cell) = host.objects.reserve(tenant_here, job_here);
-            if let Err(error) = owner.and_then(|_| ask_here(host, tenant_here, id, ask, cell.clone())) {
+            let keeps = owner.is_some();
+            let (result, cell) = host.objects.reserve(tenant_here, owner.as_ref().unwrap_or(stream_job_here));
+            let taken = match refused {
+                Some(error) => Err(error),
+                None => ask_here(host, tenant_here, id, ask, cell.clone()),
+            };
+            if let Err(error) = taken {
                 host.objects.fill(&cell, Err(error));
             }
             if asked.send((result, cell, keeps)).is_err() {
@@ -409,4 +404,23 @@ pub(crate) async fn serve(
     let (enqueued, answered) = tokio::join!(enqueue, answer);
     host.objects.drop_job(&tenant, &stream_job);
     answered.and(enqueued)
+}
+
+/// The job an ask's answer belongs to here: the asking job, a visiting job
+/// of the host at `origin` (noted once per run of asks of one job, which
+/// `visiting` remembers), or none for a client's call.
+fn answer_owner(
+    host: &HostInner,
+    tenant: &str,
+    origin: &str,
+    job: Option<String>,
+    visiting: &mut Option<Arc<str>>,
+) -> Result<Option<Arc<str>>, FabricError> {
+    let Some(job) = job else { return Ok(None) };
+    crate::validate_name("job", &job)?;
+    if visiting.as_deref() != Some(job.as_str()) {
+        host.visiting.arrive(tenant, &job, origin);
+        *visiting = Some(job.into());
+    }
+    Ok(visiting.clone())
 }
