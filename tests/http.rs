@@ -47,6 +47,19 @@ fn listed(host: &Up, name: &str) -> Option<Value> {
     out.json().as_array()?.iter().find(|d| d["deployment"]["spec"]["name"] == name).cloned()
 }
 
+/// A POST to `/kit/echo` that announces 100 bytes of body and sends 10:
+/// the whole answer.
+fn stalled_body(host: &Up) -> String {
+    let mut stream = std::net::TcpStream::connect(host.gateway()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = "POST /kit/echo HTTP/1.1\r\nHost: fabric\r\nContent-Length: 100\r\nConnection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&[b'x'; 10]).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
 #[test]
 fn wasi_http_and_task_components_are_served_over_http() {
     let host = Up::start();
@@ -358,6 +371,10 @@ fn a_host_forwards_requests_to_the_hosts_that_can_run_replicas() {
     let looped = a.http("GET", "/kit/loop", "");
     assert_eq!(looped.status, 504, "{}", looped.text());
     assert_eq!(a.http("GET", "/kit/after", "").text(), "kit /kit/after");
+    // A small body A reads whole before forwarding that stops coming is a
+    // 504 within the deployment's timeout.
+    let stalled = stalled_body(&a);
+    assert!(stalled.starts_with("HTTP/1.1 504") && stalled.contains("did not arrive within"), "{stalled}");
     // Only B holds replicas: A's cap is zero.
     let on_a = replicas_on(&a, "kit", &a.id());
     assert_eq!((on_a["desired"].as_u64(), on_a["instances"].as_u64()), (Some(0), Some(0)), "{on_a}");
