@@ -119,5 +119,6 @@ pub fn add_to_linker(linker: &mut wasmtime::component::Linker<crate::sandbox::Ta
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     bindings::Task::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |state| state)?;
     objects::add_zero_copy_get(linker)?;
+    objects::add_recycling_put(linker)?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use crate::sandbox::TaskState;
 use crate::HostInner;
 use fabric_proto::FabricError;
 use std::sync::Arc;
-use wasmtime::component::{Linker, Resource};
+use wasmtime::component::{Linker, Resource, WasmList};
 use wasmtime::StoreContextMut;
 
 impl TaskState {
@@ -100,8 +100,35 @@ pub(crate) fn add_zero_copy_get(linker: &mut Linker<TaskState>) -> wasmtime::Res
     Ok(())
 }
 
-impl Host for TaskState {
-    async fn put(&mut self, data: Vec<u8>) -> Result<WitObjectId, WitError> {
+/// Redefines `objects.put` to copy the guest's bytes straight from its
+/// memory into a buffer of the store's: the generated binding would lift
+/// them into a new `Vec<u8>`, whose pages are fresh (faulted in one by one
+/// as the copy touches them), while the store may have a buffer of that
+/// size mapped already ([`crate::objects::recycle`]).
+pub(crate) fn add_recycling_put(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut objects = linker.instance("fabric:core/objects@0.1.0")?;
+    objects.func_wrap_async("put", |mut store: StoreContextMut<'_, TaskState>, (data,): (WasmList<u8>,)| {
+        Box::new(async move {
+            let copied = match store.data_mut().task() {
+                Ok(task) => task.host.clone().objects.copy_in(data.as_le_slice(&store)),
+                Err(e) => Err(e),
+            };
+            let result = match copied {
+                Ok(data) => store.data_mut().put_object(data).await,
+                Err(e) => Err(e),
+            };
+            Ok((result.map_err(WitError::from),))
+        })
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+impl TaskState {
+    /// Stores `data` as a new object of the task's job, naming what the
+    /// guest declared, and hands it to the guest.
+    async fn put_object(&mut self, data: Vec<u8>) -> Result<WitObjectId, FabricError> {
         let named = self.holds()?.take_declared();
         let task = self.task()?;
         let (host, tenant, job) = (task.host.clone(), task.job.tenant.clone(), task.job.id.clone());
@@ -113,6 +140,13 @@ impl Host for TaskState {
         let id = self.adopt(id)?;
         let _ = host.objects.room().await;
         Ok(id)
+    }
+}
+
+impl Host for TaskState {
+    /// Shadowed by [`add_recycling_put`]; kept for the generated trait.
+    async fn put(&mut self, data: Vec<u8>) -> Result<WitObjectId, WitError> {
+        Ok(self.put_object(data).await?)
     }
 
     async fn pin(&mut self, id: WitObjectId) -> Result<(), WitError> {

@@ -8,7 +8,9 @@
 //! 16-byte aligned, so an rkyv archive stored as an object can be accessed in
 //! place; host-side reads hand out a reference and never copy, and a guest's
 //! `get` is lowered straight from it into guest memory (one copy in all).
-//! A `put` keeps the vector wasmtime lifted from the guest: one copy too.
+//! A `put` copies the guest's bytes into a buffer of the store's, one kept
+//! from a freed object of about that size when there is one ([`recycle`]):
+//! one copy too.
 //!
 //! An object lives on the host that created it: its id carries that host's
 //! id in the high half. A task that ran on a peer leaves a large result
@@ -35,12 +37,15 @@
 //! Locks: the store's `inner` before an object's `place`, never the other
 //! way round; no lock is held across disk IO.
 
+pub mod copy;
 pub mod holds;
+pub mod recycle;
 pub mod spill;
 pub mod transfer;
 pub mod writer;
 
 use fabric_proto::{ErrorKind, FabricError};
+use recycle::Recycler;
 use spill::SpillFile;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -419,6 +424,8 @@ struct Inner {
     /// Over budget with nothing that can spill now (every object in memory
     /// is being read): producers go on rather than wait.
     stuck: bool,
+    /// Buffers of large objects that left memory, for the next puts.
+    recycler: Recycler,
 }
 
 impl Inner {
@@ -456,8 +463,8 @@ impl Inner {
             self.lru.remove(&place.tick);
             place.tick = 0;
         }
-        if place.memory.take().is_some() {
-            self.resident -= local.len;
+        if let Some(bytes) = place.memory.take() {
+            self.leave_memory(local.len, bytes);
         }
         if place.disk.take().is_some() {
             self.spilled -= local.len;
@@ -466,6 +473,24 @@ impl Inner {
         }
         self.bytes -= local.len;
         self.unreserve(&local.tenant, local.len);
+    }
+
+    /// Uncounts the `len` bytes of memory an object no longer holds, and
+    /// keeps its buffer for a later put when no reader shares it.
+    fn leave_memory(&mut self, len: u64, bytes: ObjectBytes) {
+        self.resident -= len;
+        if let Ok(buffer) = Arc::try_unwrap(bytes) {
+            drop(self.recycler.keep(buffer, self.resident, std::time::Instant::now()));
+        }
+    }
+
+    /// Counts `len` more bytes of objects in memory; returns the kept
+    /// buffers that no longer fit beside them, to be dropped once the lock
+    /// is let go.
+    #[must_use = "the buffers are to be dropped outside the store's lock"]
+    fn enter_memory(&mut self, len: u64) -> Vec<Vec<u8>> {
+        self.resident += len;
+        self.recycler.trim(self.resident, std::time::Instant::now())
     }
 
     /// Drops copy `local` (listed under `job`) to bring memory back under
@@ -649,9 +674,10 @@ pub struct Footprint {
 impl ObjectStore {
     /// A store whose ids carry `node` in their high half.
     pub fn new(node: u64, limits: StoreLimits) -> Self {
+        let inner = Inner { recycler: Recycler::new(limits.memory_budget), ..Inner::default() };
         let shared = Arc::new(Shared {
             limits,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(inner),
             room: Notify::new(),
             released: Notify::new(),
             spiller: spill::Wake::default(),
@@ -684,6 +710,21 @@ impl ObjectStore {
     /// creator). Async callers then wait for [`room`](Self::room).
     pub fn put(&self, tenant: &Arc<str>, job: &Arc<str>, data: Vec<u8>) -> Result<ObjectId, FabricError> {
         self.put_naming(tenant, job, data, Vec::new())
+    }
+
+    /// A copy of `data` to [`put`](Self::put), in a recycled buffer when one
+    /// of about its size is kept (its pages are mapped already: see
+    /// [`recycle`]). Refused before any copy when it is over the object
+    /// size limit.
+    pub fn copy_in(&self, data: &[u8]) -> Result<Vec<u8>, FabricError> {
+        self.check_len(data.len() as u64)?;
+        let mut buffer = self.lock().recycler.take(data.len()).unwrap_or_default();
+        if buffer.capacity() < data.len() {
+            // At least the alignment's size, so it starts aligned.
+            buffer = Vec::with_capacity(data.len().max(OBJECT_ALIGN));
+        }
+        copy::append(&mut buffer, data);
+        Ok(buffer)
     }
 
     /// [`put`](Self::put) of a value that names the objects `contains`,
@@ -904,6 +945,7 @@ impl ObjectStore {
     /// tenant's limit allows.
     fn fill_local(&self, cell: &Cell, local: Arc<Local>, reserved: bool) {
         let len = local.len;
+        let mut unkept = Vec::new();
         let over = {
             let mut inner = self.lock();
             if !reserved {
@@ -927,11 +969,12 @@ impl ObjectStore {
                 inner.spilled += len;
             }
             if place.memory.is_some() {
-                inner.resident += len;
+                unkept = inner.enter_memory(len);
                 inner.touch(&local, &mut place);
             }
             inner.resident > self.shared.limits.memory_budget
         };
+        drop(unkept);
         if over {
             self.shared.spiller.wake();
         }
@@ -1052,26 +1095,26 @@ impl ObjectStore {
             place.disk.clone().ok_or_else(|| freed_while_read(local))?
         };
         let len = usize::try_from(local.len).map_err(|_| too_big_here(local.len))?;
-        let bytes = read_spilled(file, 0, len).await?;
+        let buffer = self.lock().recycler.take(len).unwrap_or_default();
+        let bytes = read_spilled(file, 0, len, buffer).await?;
         let bytes = aligned(bytes);
         if local.len <= self.shared.limits.memory_budget / 2 {
-            let over = {
+            let (over, unkept) = {
                 let mut inner = self.lock();
                 let mut place = local.place();
                 if place.freed {
                     return Ok(bytes);
                 }
-                match &place.memory {
+                if let Some(theirs) = &place.memory {
                     // Another reader brought it back first: share theirs.
-                    Some(theirs) => return Ok(theirs.clone()),
-                    None => {
-                        place.memory = Some(bytes.clone());
-                        inner.resident += local.len;
-                        inner.touch(local, &mut place);
-                    }
+                    return Ok(theirs.clone());
                 }
-                inner.resident > self.shared.limits.memory_budget
+                place.memory = Some(bytes.clone());
+                let unkept = inner.enter_memory(local.len);
+                inner.touch(local, &mut place);
+                (inner.resident > self.shared.limits.memory_budget, unkept)
             };
+            drop(unkept);
             if over {
                 self.shared.spiller.wake();
             }
@@ -1093,7 +1136,7 @@ impl ObjectStore {
             place.disk.clone().ok_or_else(|| freed_while_read(local))?
         };
         let len = range.len();
-        read_spilled(file, range.start as u64, len).await.map(bytes::Bytes::from)
+        read_spilled(file, range.start as u64, len, Vec::new()).await.map(bytes::Bytes::from)
     }
 
     /// Waits while this host's objects take more memory than the budget and
@@ -1340,8 +1383,10 @@ fn too_big_here(len: u64) -> FabricError {
 }
 
 /// Reads `len` bytes at `offset` of a spill file off the async workers.
-async fn read_spilled(file: Arc<SpillFile>, offset: u64, len: usize) -> Result<Vec<u8>, FabricError> {
-    spill::blocking("cannot read a spilled object back", move || file.read_at(offset, len)).await
+/// Reads `len` bytes of a spilled object at `offset` into `buffer` (empty:
+/// a recycled one, or a new one).
+async fn read_spilled(file: Arc<SpillFile>, offset: u64, len: usize, buffer: Vec<u8>) -> Result<Vec<u8>, FabricError> {
+    spill::blocking("cannot read a spilled object back", move || file.read_at(offset, len, buffer)).await
 }
 
 /// An object's bytes as a `Bytes` that shares them (quinn sends it without
@@ -1401,6 +1446,35 @@ mod tests {
             max_spill_bytes: u64::MAX,
         };
         ObjectStore::new(node, limits)
+    }
+
+    #[tokio::test]
+    async fn a_freed_objects_buffer_serves_the_next_put_of_its_size_unless_a_reader_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(3, 1 << 30, 64 << 20, dir.path());
+        let (t, j) = tenant_and_job();
+        let first = store.put(&t, &j, store.copy_in(&[1; 4 << 20]).unwrap()).unwrap();
+        let address = store.get("t", first).await.unwrap().as_ptr();
+        store.release(&t, &[first]);
+        assert_eq!(store.footprint().memory_bytes, 0);
+        assert_eq!(store.lock().recycler.bytes(), 4 << 20, "the freed object's buffer is kept");
+        let data = store.copy_in(&[2; (4 << 20) - 100]).unwrap();
+        assert_eq!(store.lock().recycler.bytes(), 0);
+        assert_eq!(data.as_ptr(), address, "the freed object's buffer is used again");
+        assert!(data.iter().all(|byte| *byte == 2) && data.len() == (4 << 20) - 100);
+        let second = store.put(&t, &j, data).unwrap();
+        // A reader holds the bytes as the object is freed: they are not
+        // handed to the next put, and stay as they were for the reader.
+        let held = store.get("t", second).await.unwrap();
+        store.release(&t, &[second]);
+        assert_eq!(store.lock().recycler.bytes(), 0, "a buffer a reader holds is not kept");
+        let third = store.copy_in(&[3; (4 << 20) - 100]).unwrap();
+        assert_ne!(third.as_ptr(), held.as_ptr());
+        assert!(held.iter().all(|byte| *byte == 2));
+        // Over the object size limit: refused before any copy.
+        let limited = self::store(4, 10, 1 << 20, dir.path());
+        let error = limited.copy_in(&[0; 11]).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::ResourceLimit);
     }
 
     #[tokio::test]

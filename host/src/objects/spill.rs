@@ -42,9 +42,16 @@ impl SpillFile {
         self.file.write_all_at(data, offset)
     }
 
-    /// Reads exactly `len` bytes at `offset`.
-    pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let mut buffer = vec![0u8; len];
+    /// Reads exactly `len` bytes at `offset` into `buffer` (emptied first;
+    /// a new one when it has too little room).
+    pub fn read_at(&self, offset: u64, len: usize, mut buffer: Vec<u8>) -> io::Result<Vec<u8>> {
+        if buffer.capacity() < len {
+            // Zeroed by the OS as its pages are first touched, not here.
+            buffer = vec![0u8; len];
+        } else {
+            buffer.clear();
+            buffer.resize(len, 0);
+        }
         self.file.read_exact_at(&mut buffer, offset)?;
         Ok(buffer)
     }
@@ -125,7 +132,13 @@ pub(super) fn start(shared: Weak<Shared>, wake: Wake) -> io::Result<()> {
         while wake.wait(if over { STUCK_RETRY } else { IDLE_CHECK }) {
             let Some(shared) = shared.upgrade() else { return };
             let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.spill_round()));
-            over = shared.lock().stuck;
+            let unused = {
+                let mut inner = shared.lock();
+                over = inner.stuck;
+                let resident = inner.resident;
+                inner.recycler.trim(resident, std::time::Instant::now())
+            };
+            drop(unused);
             if round.is_err() {
                 // Producers over the budget get an error rather than wait
                 // for a spiller that is gone.
@@ -219,8 +232,8 @@ impl Shared {
                 drop(place);
                 inner.drop_copy(&local, job);
             } else if place.disk.is_some() {
-                if place.memory.take().is_some() {
-                    inner.resident -= local.len;
+                if let Some(bytes) = place.memory.take() {
+                    inner.leave_memory(local.len, bytes);
                 }
             } else if let Some(bytes) = place.memory.clone() {
                 drop(place);
@@ -245,8 +258,10 @@ impl Shared {
                 inner.spills += 1;
                 inner.spill_error = None;
                 // Read again while being written: it stays in memory.
-                if place.tick == 0 && place.memory.take().is_some() {
-                    inner.resident -= local.len;
+                if place.tick == 0 {
+                    if let Some(bytes) = place.memory.take() {
+                        inner.leave_memory(local.len, bytes);
+                    }
                 }
                 true
             }
