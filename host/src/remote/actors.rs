@@ -362,7 +362,8 @@ pub(crate) async fn serve_create(
         return Ok(Response::Refused(why));
     }
     let component = super::component_from(host, tenant, component, origin).await?;
-    host.visiting.arrive(tenant, job, origin);
+    // An actor created as the job ends goes with it.
+    let _arrival = super::arrive(host, tenant, job, origin)?;
     let log = JobLog::in_memory(host.config.echo_logs);
     forward_log(host, &log, origin, tenant, job);
     let creator = Job::new(job, tenant, TaskLimits::default(), log);

@@ -371,6 +371,12 @@ pub(crate) async fn serve(
             if let Err(error) = taken {
                 host.objects.fill(&cell, Err(error));
             }
+            if let Some(job) = &owner {
+                // Its job ended as it came: the answer it was to keep is
+                // freed now (and the caller told so) rather than kept for
+                // no one.
+                super::after_arrival(host, tenant_here, job);
+            }
             if asked.send((result, cell, keeps)).is_err() {
                 break Ok(());
             }
@@ -408,7 +414,7 @@ pub(crate) async fn serve(
 
 /// The job an ask's answer belongs to here: the asking job, a visiting job
 /// of the host at `origin` (noted once per run of asks of one job, which
-/// `visiting` remembers), or none for a client's call.
+/// `visiting` remembers), or none for a client's call or a job that ended.
 fn answer_owner(
     host: &HostInner,
     tenant: &str,
@@ -419,7 +425,12 @@ fn answer_owner(
     let Some(job) = job else { return Ok(None) };
     crate::validate_name("job", &job)?;
     if visiting.as_deref() != Some(job.as_str()) {
-        host.visiting.arrive(tenant, &job, origin);
+        if host.visiting.note(tenant, &job, origin).is_err() {
+            // Its job ended (a detached actor's asks name the job that made
+            // it): answered as a client's call is, inline, since nothing
+            // would ever free an answer kept for it.
+            return Ok(None);
+        }
         *visiting = Some(job.into());
     }
     Ok(visiting.clone())

@@ -29,7 +29,7 @@ use crate::peers::{PeerError, RunOutput};
 use crate::runtime::{run_task_naming, TaskSpec};
 use crate::HostInner;
 use fabric_proto::{Demand, ErrorKind, FabricError, Request, Response, TaskLimits};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Retries after host loss when a task does not say.
@@ -254,7 +254,8 @@ pub(crate) async fn serve_run(
         return write_frame_to(send, &Response::Refused(why)).await;
     }
     let component = component_from(inner, &request.tenant, &request.component, &request.origin).await?;
-    inner.visiting.arrive(&request.tenant, &request.job, &request.origin);
+    // Whatever it stores here is freed when it is done, should the job end meanwhile.
+    let _arrival = arrive(inner, &request.tenant, &request.job, &request.origin)?;
     let log = JobLog::in_memory(inner.config.echo_logs);
     let shadow = Job::shadow(&request.job, &request.tenant, request.limits.clone(), log.clone());
     let (_, mut chunks) = log.subscribe();
@@ -371,11 +372,33 @@ pub(crate) async fn component_from(
     loaded
 }
 
-/// Jobs of other hosts that left objects or actors here.
+/// Jobs of other hosts that left objects or actors here, and those whose
+/// end came lately.
+///
+/// Why remember ended ones: a job's end and its last work travel on
+/// different streams, so work can arrive after the end (an ask, a task, an
+/// actor to create). What it left would have no job to free it. A task or
+/// an actor of an ended job is refused ([`arrive`]), and an ask of one is
+/// answered inline, keeping nothing; work that arrived before the end but
+/// stores what it makes after it (a result, an actor, an answer kept)
+/// frees it when it sees the end ([`Arrival`], [`after_arrival`]).
 #[derive(Debug, Default)]
 pub(crate) struct Visiting {
-    jobs: Mutex<HashMap<(String, String), VisitingJob>>,
+    state: Mutex<VisitState>,
 }
+
+#[derive(Debug, Default)]
+struct VisitState {
+    jobs: HashMap<(String, String), VisitingJob>,
+    /// tenant -> jobs whose end came here, at most [`ENDED_REMEMBERED`]
+    /// (the oldest forgotten first, in `ended_order`).
+    ended: HashMap<String, HashSet<String>>,
+    ended_order: VecDeque<(String, String)>,
+}
+
+/// How many ended visiting jobs a host remembers (a few MiB at most): far
+/// more than can end while work of theirs is still on its way.
+const ENDED_REMEMBERED: usize = 16_384;
 
 #[derive(Debug)]
 struct VisitingJob {
@@ -386,15 +409,27 @@ struct VisitingJob {
 }
 
 impl Visiting {
-    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), VisitingJob>> {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, VisitState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Notes that `origin` sent work of `tenant`'s `job` here.
-    pub(crate) fn arrive(&self, tenant: &str, job: &str, origin: &str) {
-        self.lock()
+    /// Notes that `origin` sent work of `tenant`'s `job` here; an error if
+    /// the job has ended.
+    fn note(&self, tenant: &str, job: &str, origin: &str) -> Result<(), FabricError> {
+        let mut state = self.lock();
+        if state.has_ended(tenant, job) {
+            return Err(ended(job));
+        }
+        state
+            .jobs
             .entry((tenant.to_string(), job.to_string()))
             .or_insert_with(|| VisitingJob { origin: origin.to_string(), peers: Vec::new() });
+        Ok(())
+    }
+
+    /// Whether `tenant`'s `job` ended (its host said so).
+    pub(crate) fn has_ended(&self, tenant: &str, job: &str) -> bool {
+        self.lock().has_ended(tenant, job)
     }
 
     /// Notes the peers a task of the visiting job reached from here.
@@ -402,7 +437,7 @@ impl Visiting {
         if peers.is_empty() {
             return;
         }
-        if let Some(visit) = self.lock().get_mut(&(tenant.to_string(), job.to_string())) {
+        if let Some(visit) = self.lock().jobs.get_mut(&(tenant.to_string(), job.to_string())) {
             for peer in peers {
                 if !visit.peers.contains(&peer) {
                     visit.peers.push(peer);
@@ -411,17 +446,74 @@ impl Visiting {
         }
     }
 
-    /// Forgets the visiting job; returns the peers to tell.
-    fn leave(&self, tenant: &str, job: &str) -> Vec<String> {
-        self.lock().remove(&(tenant.to_string(), job.to_string())).map(|v| v.peers).unwrap_or_default()
+    /// Forgets the visiting job, remembering that it ended when `ended`;
+    /// returns the peers to tell.
+    fn leave(&self, tenant: &str, job: &str, ended: bool) -> Vec<String> {
+        let mut state = self.lock();
+        if ended && !state.has_ended(tenant, job) {
+            if state.ended_order.len() == ENDED_REMEMBERED {
+                if let Some((tenant, job)) = state.ended_order.pop_front() {
+                    if let Some(jobs) = state.ended.get_mut(&tenant) {
+                        jobs.remove(&job);
+                        if jobs.is_empty() {
+                            state.ended.remove(&tenant);
+                        }
+                    }
+                }
+            }
+            state.ended.entry(tenant.to_string()).or_default().insert(job.to_string());
+            state.ended_order.push_back((tenant.to_string(), job.to_string()));
+        }
+        state.jobs.remove(&(tenant.to_string(), job.to_string())).map(|v| v.peers).unwrap_or_default()
     }
 
     /// Forgets every job `origin` sent; returns them with the peers to tell.
     fn leave_all_from(&self, origin: &str) -> Vec<(String, String, Vec<String>)> {
-        let mut jobs = self.lock();
+        let jobs = &mut self.lock().jobs;
         let gone: Vec<(String, String)> =
             jobs.iter().filter(|(_, v)| v.origin == origin).map(|(k, _)| k.clone()).collect();
         gone.into_iter().filter_map(|key| jobs.remove(&key).map(|v| (key.0, key.1, v.peers))).collect()
+    }
+}
+
+impl VisitState {
+    fn has_ended(&self, tenant: &str, job: &str) -> bool {
+        self.ended.get(tenant).is_some_and(|jobs| jobs.contains(job))
+    }
+}
+
+/// The error for work of a job that has ended.
+fn ended(job: &str) -> FabricError {
+    FabricError::new(ErrorKind::Cancelled, format!("job {job} has ended: its work is not taken"))
+}
+
+/// Work of a visiting job under way here (see [`Visiting`]): once it is
+/// over (dropped), what the job left here is freed if its end came
+/// meanwhile, since the end freed only what was here when it came.
+pub(crate) struct Arrival {
+    host: Arc<HostInner>,
+    tenant: String,
+    job: String,
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        after_arrival(&self.host, &self.tenant, &self.job);
+    }
+}
+
+/// Notes that `origin` sent work of `tenant`'s `job` here, to run while the
+/// returned [`Arrival`] lives; an error if the job has ended.
+pub(crate) fn arrive(host: &Arc<HostInner>, tenant: &str, job: &str, origin: &str) -> Result<Arrival, FabricError> {
+    host.visiting.note(tenant, job, origin)?;
+    Ok(Arrival { host: host.clone(), tenant: tenant.to_string(), job: job.to_string() })
+}
+
+/// Frees what `tenant`'s `job` left here if its end came already: called by
+/// work that arrived before the end once it has stored what it made.
+pub(crate) fn after_arrival(host: &Arc<HostInner>, tenant: &str, job: &str) {
+    if host.visiting.has_ended(tenant, job) {
+        free_visit(host, tenant, job);
     }
 }
 
@@ -453,8 +545,10 @@ pub(crate) fn tell(host: &Arc<HostInner>, addr: String, request: Request, what: 
 /// A visiting job ended (its host said so): its actors and objects here go,
 /// and the peers it reached from here are told in turn.
 pub(crate) fn visit_ended(host: &Arc<HostInner>, tenant: &str, job: &str) {
+    // Noted as ended before what it left is freed: work of its that stores
+    // something after this frees it itself (`after_arrival`).
+    let peers = host.visiting.leave(tenant, job, !host.is_live(tenant, job));
     free_visit(host, tenant, job);
-    let peers = host.visiting.leave(tenant, job);
     tell_ended(host, tenant, job, peers);
 }
 
@@ -516,4 +610,57 @@ pub(crate) async fn ask_members(host: &Arc<HostInner>, request: &Request) -> Vec
         }
     });
     futures_util::future::join_all(asks).await.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_of_a_job_whose_end_came_is_refused_and_ends_are_remembered_within_a_bound() {
+        let visiting = Visiting::default();
+        visiting.note("t", "j", "a").unwrap();
+        assert!(!visiting.has_ended("t", "j"));
+        visiting.leave("t", "j", true);
+        let error = visiting.note("t", "j", "a").unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Cancelled);
+        assert!(error.message.contains("job j has ended"), "{}", error.message);
+        // Another tenant's job of that name, and a job whose host left (not
+        // ended), are not refused.
+        visiting.note("u", "j", "a").unwrap();
+        visiting.note("t", "k", "gone").unwrap();
+        assert_eq!(visiting.leave_all_from("gone").len(), 1);
+        visiting.note("t", "k", "gone").unwrap();
+        // The oldest end is forgotten once ENDED_REMEMBERED more came.
+        for n in 0..ENDED_REMEMBERED {
+            visiting.leave("t", &format!("e{n}"), true);
+        }
+        visiting.note("t", "j", "a").unwrap();
+        assert!(visiting.has_ended("t", "e0") && visiting.has_ended("t", &format!("e{}", ENDED_REMEMBERED - 1)));
+        assert_eq!(visiting.lock().ended_order.len(), ENDED_REMEMBERED);
+    }
+
+    #[tokio::test]
+    async fn what_work_stores_after_its_jobs_end_is_freed_when_the_work_is_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = crate::Host::new(crate::HostConfig::new(dir.path())).await.unwrap();
+        let inner = &host.0;
+        let (tenant, job): (Arc<str>, Arc<str>) = ("t".into(), "visiting".into());
+        let arrival = arrive(inner, "t", "visiting", "127.0.0.1:9").unwrap();
+        inner.objects.put(&tenant, &job, vec![1; 10]).unwrap();
+        // Its end frees what is here, and refuses what comes after.
+        visit_ended(inner, "t", "visiting");
+        assert_eq!(inner.objects.footprint().objects, 0);
+        assert_eq!(arrive(inner, "t", "visiting", "127.0.0.1:9").err().map(|e| e.kind), Some(ErrorKind::Cancelled));
+        // Work under way stores its result after the end: freed as it ends.
+        inner.objects.put(&tenant, &job, vec![2; 10]).unwrap();
+        assert_eq!(inner.objects.footprint().objects, 1);
+        drop(arrival);
+        assert_eq!(inner.objects.footprint().objects, 0);
+        // Work of a job that has not ended leaves its objects with it.
+        let own = arrive(inner, "t", "other", "127.0.0.1:9").unwrap();
+        inner.objects.put(&tenant, &"other".into(), vec![3; 10]).unwrap();
+        drop(own);
+        assert_eq!(inner.objects.footprint().objects, 1, "a job that did not end keeps its objects");
+    }
 }
