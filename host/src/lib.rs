@@ -173,9 +173,12 @@ impl HostInner {
     /// its actors (here and on peers) and its objects go.
     pub(crate) fn end_job(self: &Arc<Self>, job: &Arc<Job>, why: &str) {
         job.cancel(FabricError::new(ErrorKind::Cancelled, why));
+        // Noted as ended before what it left goes (see `remote::Visiting`):
+        // its work that a peer sends back here later is refused.
+        let came_back = remote::own_job_ending(self, job);
         self.actors.kill_owned_by(&job.tenant, &job.id);
         self.objects.drop_job(&job.tenant, &job.id);
-        remote::job_ended(self, job);
+        remote::job_ended(self, job, came_back);
     }
 
     /// Records where the gateway listens.

@@ -116,7 +116,14 @@ pub(crate) fn add_recycling_put(linker: &mut Linker<TaskState>) -> wasmtime::Res
             };
             let result = match copied {
                 Ok(data) => store.data_mut().put_object(data).await,
-                Err(e) => Err(e),
+                Err(e) => {
+                    // The references declared for this value go with it, as
+                    // when a put fails later.
+                    if let Ok(holds) = store.data_mut().holds() {
+                        drop(holds.take_declared());
+                    }
+                    Err(e)
+                }
             };
             Ok((result.map_err(WitError::from),))
         })

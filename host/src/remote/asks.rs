@@ -426,9 +426,8 @@ fn answer_owner(
     crate::validate_name("job", &job)?;
     if visiting.as_deref() != Some(job.as_str()) {
         if host.visiting.note(tenant, &job, origin).is_err() {
-            // Its job ended (a detached actor's asks name the job that made
-            // it): answered as a client's call is, inline, since nothing
-            // would ever free an answer kept for it.
+            // Its job ended: answered as a client's call is, inline, since
+            // nothing would ever free an answer kept for it.
             return Ok(None);
         }
         *visiting = Some(job.into());

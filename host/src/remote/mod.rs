@@ -284,7 +284,12 @@ pub(crate) async fn serve_run(
     // Stragglers stop with the task; what it left here stays with the
     // visiting job.
     shadow.cancel(FabricError::new(ErrorKind::Cancelled, "the task ended"));
-    inner.visiting.reached(&request.tenant, &request.job, shadow.peers());
+    if inner.visiting.has_ended(&request.tenant, &request.job) {
+        // The end came while it ran: the peers it reached hear it from here.
+        tell_ended(inner, &request.tenant, &request.job, shadow.peers());
+    } else {
+        inner.visiting.reached(&request.tenant, &request.job, shadow.peers());
+    }
     let Some(outcome) = outcome else {
         return Ok(());
     };
@@ -517,10 +522,22 @@ pub(crate) fn after_arrival(host: &Arc<HostInner>, tenant: &str, job: &str) {
     }
 }
 
-/// Tells every peer `job` reached that it ended, so they free what it left
-/// there.
-pub(crate) fn job_ended(host: &Arc<HostInner>, job: &Job) {
-    tell_ended(host, &job.tenant, &job.id, job.peers());
+/// Notes that `job`, of this host, is ending; returns the peers its work
+/// that came back here from a peer reached from here.
+pub(crate) fn own_job_ending(host: &HostInner, job: &Job) -> Vec<String> {
+    host.visiting.leave(&job.tenant, &job.id, true)
+}
+
+/// Tells every peer `job` reached (itself, or its work that came back here,
+/// `came_back`) that it ended, so they free what it left there.
+pub(crate) fn job_ended(host: &Arc<HostInner>, job: &Job, came_back: Vec<String>) {
+    let mut peers = job.peers();
+    for peer in came_back {
+        if !peers.contains(&peer) {
+            peers.push(peer);
+        }
+    }
+    tell_ended(host, &job.tenant, &job.id, peers);
 }
 
 fn tell_ended(host: &Arc<HostInner>, tenant: &str, job: &str, peers: Vec<String>) {
@@ -564,7 +581,9 @@ pub(crate) fn origin_left(host: &Arc<HostInner>, origin: &str) {
 /// Frees what a visiting job left here, unless the job also lives here (a
 /// job's own host may be told of its end by a peer its tasks reached).
 fn free_visit(host: &Arc<HostInner>, tenant: &str, job: &str) {
-    if host.is_live(tenant, job) {
+    // A job of this host that is ending is still listed live a moment
+    // (while its record is written), but has ended.
+    if host.is_live(tenant, job) && !host.visiting.has_ended(tenant, job) {
         return;
     }
     host.actors.kill_owned_by(tenant, job);
@@ -662,5 +681,11 @@ mod tests {
         inner.objects.put(&tenant, &"other".into(), vec![3; 10]).unwrap();
         drop(own);
         assert_eq!(inner.objects.footprint().objects, 1, "a job that did not end keeps its objects");
+        // A job of this host's own that ended: its work that a peer sends
+        // back later is refused.
+        let log = JobLog::in_memory(false);
+        let job = Job::new("mine", "t", TaskLimits::default(), log);
+        inner.end_job(&job, "the job ended");
+        assert_eq!(arrive(inner, "t", "mine", "127.0.0.1:9").err().map(|e| e.kind), Some(ErrorKind::Cancelled));
     }
 }
