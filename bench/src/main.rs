@@ -194,7 +194,7 @@ fn core(report: &Report) -> anyhow::Result<()> {
         //    varies from one second to the next).
         let before = memcpy_gbps(1 << 30, 5);
         let limits = TaskLimits { memory_bytes: Some(3 << 30), ..Default::default() };
-        let pg = call("bench_put_get", "[1024, 5]".into(), limits).await?;
+        let pg = call("bench_put_get", "[1024, 3]".into(), limits).await?;
         let memcpy = before.max(memcpy_gbps(1 << 30, 5));
         let bytes = pg["bytes"].as_f64().unwrap_or(0.0);
         let best = |key: &str| {
