@@ -242,8 +242,9 @@ async fn respond(
             host.0.append_to_log(&tenant, &job, &chunk)?;
             reply(send, &Response::Done).await
         }
-        Request::PeerObjectRead { tenant, id, offset, len, reader } => {
-            crate::objects::transfer::serve_read(&host.0, &tenant, id, offset, len, &reader, send).await
+        Request::PeerObjectRead { tenant, id, offset, len, reader, no_copy_at } => {
+            let asker = crate::objects::transfer::Asker { reader: &reader, no_copy_at: &no_copy_at };
+            crate::objects::transfer::serve_read(&host.0, &tenant, id, offset, len, asker, send).await
         }
         Request::PeerObjects { tenant } => {
             crate::validate_name("tenant", &tenant)?;

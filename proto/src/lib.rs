@@ -726,6 +726,10 @@ mod messages {
             /// The reading host's id when it pulls the whole object and
             /// may be sent to a host that copied it (empty otherwise).
             reader: String,
+            /// A host this reader was sent to whose copy was gone or could
+            /// not be read (empty: none): the holder sends no more readers
+            /// there.
+            no_copy_at: String,
         },
         /// The end of a deployment's log on every member (from where a
         /// follower left off, for the hosts and versions in `since`).

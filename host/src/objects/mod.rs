@@ -804,6 +804,15 @@ impl ObjectStore {
         None
     }
 
+    /// Sends no more readers of `tenant`'s object `id` to `peer`: a reader
+    /// sent there found its copy gone (dropped for memory, or its job
+    /// ended) or could not read it.
+    pub fn forget_copy(&self, tenant: &str, id: ObjectId, peer: &str) {
+        if let Some(refs) = self.lock().refs_mut(tenant, id) {
+            refs.copies.retain(|(copy, _)| &**copy != peer);
+        }
+    }
+
     /// Lets the copy a peer keeps of `tenant`'s object `kept` go (a result
     /// this host no longer needs it for).
     pub fn release_kept(&self, tenant: &Arc<str>, kept: ObjectId) {
@@ -1587,6 +1596,23 @@ mod tests {
         // copy's own pull never waits on another copy).
         assert_eq!(store.copy_source("t", id, "r1"), None);
         assert_eq!(store.copy_source("t", id, "r3"), None);
+    }
+
+    #[tokio::test]
+    async fn a_copy_a_reader_found_gone_gets_no_more_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(13, 1 << 20, 1 << 20, dir.path());
+        let (t, j) = tenant_and_job();
+        let id = store.put(&t, &j, vec![1; 100]).unwrap();
+        let sources: Vec<Option<Arc<str>>> =
+            ["r1", "r2", "r3", "r4"].iter().map(|reader| store.copy_source("t", id, reader)).collect();
+        assert_eq!(sources, vec![None, Some("r1".into()), None, Some("r3".into())]);
+        // r1 and r3 have served one reader each: the next goes to r1 ...
+        store.forget_copy("t", id, "r1");
+        store.forget_copy("t", id, "unknown");
+        // ... unless a reader found r1's copy gone.
+        assert_eq!(store.copy_source("t", id, "r5"), Some("r3".into()));
+        assert_eq!(store.copy_source("t", id, "r6"), None);
     }
 
     #[tokio::test]

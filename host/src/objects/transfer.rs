@@ -45,6 +45,17 @@ const MAX_HOPS: usize = 4;
 /// without the holder sending it once per reader).
 pub const SHARE_COPIES_FROM: u64 = 16 << 20;
 
+/// Who asks a holder for a range, as far as the holder's copies go.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Asker<'a> {
+    /// The reading host's id when it pulls the whole object and may be
+    /// sent to a host that copied it (empty otherwise).
+    pub reader: &'a str,
+    /// A host the reader was sent to whose copy was gone or could not be
+    /// read (empty: none): the holder sends no more readers there.
+    pub no_copy_at: &'a str,
+}
+
 /// Counters of what this host pulled and served.
 #[derive(Debug, Default)]
 pub struct Transfers {
@@ -319,13 +330,16 @@ pub async fn pull(
     let whole = offset == 0 && want == Want::Rest;
     let mut id = id;
     let mut may_redirect = whole;
+    // A copy this pull was sent to that failed: the holder hears of it.
+    let mut no_copy_at = String::new();
     for _ in 0..MAX_HOPS {
         let holder = id.holder();
         if holder == host.id {
             return Err(host.objects.missing(tenant, id));
         }
         let reader = if std::mem::take(&mut may_redirect) { host.id.as_str() } else { "" };
-        let pulled = match pull_from(host, &holder, tenant, id, offset, want, reader, RANGE_ATTEMPTS).await? {
+        let asker = Asker { reader, no_copy_at: &no_copy_at };
+        let pulled = match pull_from(host, &holder, tenant, id, offset, want, asker, RANGE_ATTEMPTS).await? {
             Pulled::Moved(held) => {
                 id = held;
                 may_redirect = whole;
@@ -333,12 +347,17 @@ pub async fn pull(
             }
             // Never from itself (a copy here would have been read locally).
             Pulled::At(peer) if peer == host.id => continue,
-            Pulled::At(peer) => match pull_from(host, &peer, tenant, id, offset, want, "", 1).await {
+            Pulled::At(peer) => match pull_from(host, &peer, tenant, id, offset, want, Asker::default(), 1).await {
                 Ok(Pulled::Bytes(buffer, total)) => (buffer, total),
-                // That copy is gone or failed: read from the holder itself.
-                Ok(_) => continue,
+                // That copy is gone or failed: read from the holder itself,
+                // and tell it, so it sends no more readers there.
+                Ok(_) => {
+                    no_copy_at = peer;
+                    continue;
+                }
                 Err(error) => {
                     tracing::debug!(object = %id, host = %peer, "reading from the holder instead of a copy: {error}");
+                    no_copy_at = peer;
                     continue;
                 }
             },
@@ -373,13 +392,13 @@ async fn pull_from(
     id: ObjectId,
     offset: u64,
     want: Want,
-    reader: &str,
+    asker: Asker<'_>,
     attempts: u32,
 ) -> Result<Pulled, FabricError> {
     let mut attempt = 1;
     let (addr, first) = loop {
         let addr = host.cluster.addr_of(source).ok_or_else(|| lost_object(id, source))?;
-        match first_range(host, &addr, tenant, id, offset, want, reader).await {
+        match first_range(host, &addr, tenant, id, offset, want, asker).await {
             Ok(first) => break (addr, first),
             Err(error) => retry_or_fail(host, source, id, &mut attempt, attempts, error)?,
         }
@@ -440,13 +459,13 @@ async fn first_range(
     id: ObjectId,
     offset: u64,
     want: Want,
-    reader: &str,
+    asker: Asker<'_>,
 ) -> Result<First, PeerError> {
     let ask = match want {
         Want::Rest => FIRST_RANGE,
         Want::Exactly(len) | Want::UpTo(len) => len.min(FIRST_RANGE),
     };
-    let (mut recv, header) = open_range(host, addr, tenant, id, offset, ask, reader).await?;
+    let (mut recv, header) = open_range(host, addr, tenant, id, offset, ask, asker).await?;
     let (total, got, checksum) = match header {
         Header::Moved(held) => return Ok(First::Moved(held)),
         Header::At(peer) => return Ok(First::At(peer)),
@@ -515,7 +534,7 @@ async fn read_range(
     offset: u64,
     dest: &mut [u8],
 ) -> Result<(), PeerError> {
-    let (mut recv, header) = open_range(host, addr, tenant, id, offset, dest.len() as u64, "").await?;
+    let (mut recv, header) = open_range(host, addr, tenant, id, offset, dest.len() as u64, Asker::default()).await?;
     match header {
         Header::Range { len, checksum, .. } if len == dest.len() as u64 => {
             receive(addr, &mut recv, dest, checksum).await
@@ -539,10 +558,16 @@ async fn open_range(
     id: ObjectId,
     offset: u64,
     len: u64,
-    reader: &str,
+    asker: Asker<'_>,
 ) -> Result<(quinn::RecvStream, Header), PeerError> {
-    let request =
-        Request::PeerObjectRead { tenant: tenant.to_string(), id: id.into(), offset, len, reader: reader.to_string() };
+    let request = Request::PeerObjectRead {
+        tenant: tenant.to_string(),
+        id: id.into(),
+        offset,
+        len,
+        reader: asker.reader.to_string(),
+        no_copy_at: asker.no_copy_at.to_string(),
+    };
     let (_send, mut recv) = host.peers.open(addr, &request).await?;
     let header = match read_frame::<_, Response>(&mut recv, MAX_FRAME).await {
         Ok(Some(Response::ObjectMoved { id })) => Header::Moved(id.into()),
@@ -575,7 +600,7 @@ pub async fn serve_read(
     id: WireObjectId,
     offset: u64,
     len: u64,
-    reader: &str,
+    asker: Asker<'_>,
     send: &mut quinn::SendStream,
 ) -> Result<(), FabricError> {
     crate::validate_name("tenant", tenant)?;
@@ -592,8 +617,11 @@ pub async fn serve_read(
         Value::Elsewhere { id: held, .. } => return reply(send, &Response::ObjectMoved { id: held.into() }).await,
     };
     let total = local.len();
-    if offset == 0 && !reader.is_empty() && total >= SHARE_COPIES_FROM {
-        if let Some(peer) = host.objects.copy_source(tenant, id, reader) {
+    if !asker.no_copy_at.is_empty() {
+        host.objects.forget_copy(tenant, id, asker.no_copy_at);
+    }
+    if offset == 0 && !asker.reader.is_empty() && total >= SHARE_COPIES_FROM {
+        if let Some(peer) = host.objects.copy_source(tenant, id, asker.reader) {
             return reply(send, &Response::ObjectAt { host: peer.to_string() }).await;
         }
     }
