@@ -1391,9 +1391,8 @@ fn too_big_here(len: u64) -> FabricError {
     FabricError::new(ErrorKind::ResourceLimit, format!("object of {len} bytes does not fit this host's address space"))
 }
 
-/// Reads `len` bytes at `offset` of a spill file off the async workers.
-/// Reads `len` bytes of a spilled object at `offset` into `buffer` (empty:
-/// a recycled one, or a new one).
+/// Reads `len` bytes at `offset` of a spill file into `buffer` (a recycled
+/// one, or an empty one) off the async workers.
 async fn read_spilled(file: Arc<SpillFile>, offset: u64, len: usize, buffer: Vec<u8>) -> Result<Vec<u8>, FabricError> {
     spill::blocking("cannot read a spilled object back", move || file.read_at(offset, len, buffer)).await
 }
@@ -1583,15 +1582,22 @@ mod tests {
         assert_eq!(store.footprint().objects, 0);
     }
 
-    #[tokio::test]
-    async fn readers_are_sent_to_earlier_readers_copies_one_hop_away() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(12, 1 << 20, 1 << 20, dir.path());
+    /// A store holding one object that readers r1 to r4 read in turn: r1
+    /// and r3 were served by the holder, r2 and r4 sent to their copies.
+    fn read_by_four(node: u64, dir: &std::path::Path) -> (ObjectStore, ObjectId) {
+        let store = store(node, 1 << 20, 1 << 20, dir);
         let (t, j) = tenant_and_job();
         let id = store.put(&t, &j, vec![1; 100]).unwrap();
         let sources: Vec<Option<Arc<str>>> =
             ["r1", "r2", "r3", "r4"].iter().map(|reader| store.copy_source("t", id, reader)).collect();
         assert_eq!(sources, vec![None, Some("r1".into()), None, Some("r3".into())]);
+        (store, id)
+    }
+
+    #[tokio::test]
+    async fn readers_are_sent_to_earlier_readers_copies_one_hop_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, id) = read_by_four(12, dir.path());
         // A reader that copied it before is served by the holder (so a
         // copy's own pull never waits on another copy).
         assert_eq!(store.copy_source("t", id, "r1"), None);
@@ -1601,12 +1607,7 @@ mod tests {
     #[tokio::test]
     async fn a_copy_a_reader_found_gone_gets_no_more_readers() {
         let dir = tempfile::tempdir().unwrap();
-        let store = store(13, 1 << 20, 1 << 20, dir.path());
-        let (t, j) = tenant_and_job();
-        let id = store.put(&t, &j, vec![1; 100]).unwrap();
-        let sources: Vec<Option<Arc<str>>> =
-            ["r1", "r2", "r3", "r4"].iter().map(|reader| store.copy_source("t", id, reader)).collect();
-        assert_eq!(sources, vec![None, Some("r1".into()), None, Some("r3".into())]);
+        let (store, id) = read_by_four(13, dir.path());
         // r1 and r3 have served one reader each: the next goes to r1 ...
         store.forget_copy("t", id, "r1");
         store.forget_copy("t", id, "unknown");

@@ -75,8 +75,7 @@ impl Recycler {
 
     /// Keeps `buffer` (an object's bytes that left memory, objects now
     /// holding `resident` bytes) when it is large and there is room;
-    /// otherwise hands it back to be dropped (outside the store's lock, by
-    /// the caller, where it can).
+    /// otherwise hands it back to the caller, which drops it.
     pub fn keep(&mut self, buffer: Vec<u8>, resident: u64, now: Instant) -> Option<Vec<u8>> {
         let capacity = buffer.capacity() as u64;
         if buffer.capacity() < RECYCLE_MIN || self.bytes + capacity > self.room(resident) {
