@@ -479,30 +479,52 @@ fn forwarding_passes_over_a_peer_whose_answer_said_it_is_busy() {
     }
 }
 
+/// The host among `hosts` that `a` lists as busy with a request of `kit`.
+fn busy_host(a: &Up, hosts: &[&Up]) -> String {
+    let ids: Vec<String> = hosts.iter().map(|h| h.id()).collect();
+    eventually(Duration::from_secs(10), "a request to be under way on a peer", || {
+        let replicas = listed(a, "kit")?["replicas"].as_array()?.clone();
+        replicas
+            .iter()
+            .filter(|r| r["busy"] == 1)
+            .filter_map(|r| r["host"].as_str())
+            .find(|host| ids.iter().any(|id| id == host))
+            .map(String::from)
+    })
+}
+
 #[test]
 fn a_request_whose_peer_is_lost_before_answering_is_served_by_another() {
     let etcd = Etcd::start();
     let special: &[&str] = &["--resources", "special=1"];
-    let [a, mut b, mut c] = cluster(&etcd, [&[], special, special]);
+    let [a, b, c, d] = cluster(&etcd, [&[], special, special, special]);
     deploy(&a, &http_kit(), &["--name", "kit", "--route", "/kit", "--resources", "special=1"]);
-    // A runs no replica: it forwards a POST with a small body to b or c...
-    let slow = in_background(a.gateway(), "POST", "/kit/sleep?ms=2000", "a small body");
-    let (b_id, c_id) = (b.id(), c.id());
-    let busy = eventually(Duration::from_secs(10), "the request to be under way on a peer", || {
-        let replicas = listed(&a, "kit")?["replicas"].as_array()?.clone();
-        replicas.iter().find(|r| r["busy"] == 1).and_then(|r| r["host"].as_str()).map(String::from)
-    });
-    // ...which dies before answering: A sends it to the other.
-    let other = if busy == b_id {
-        b.kill9();
-        c_id
-    } else {
-        c.kill9();
-        b_id
+    let mut peers = vec![b, c, d];
+    let kill_busy = |peers: &mut Vec<Up>| {
+        let busy = busy_host(&a, &peers.iter().collect::<Vec<_>>());
+        let at = peers.iter().position(|p| p.id() == busy).expect("a peer");
+        peers.remove(at).kill9();
+        busy
     };
+
+    // A runs no replica: it forwards a body too large to keep (it streams
+    // through A) to a peer, which dies before answering: the body cannot
+    // be sent again, so the answer is 502, naming the host, although two
+    // other hosts could have served it.
+    let large: &'static str = "x".repeat(200 << 10).leak();
+    let streamed = in_background(a.gateway(), "POST", "/kit/sleep?ms=3000", large);
+    let lost = kill_busy(&mut peers);
+    let answer = streamed.join().unwrap().expect("an answer");
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    assert!(answer.text().contains(&format!("host {lost}")), "{}", answer.text());
+
+    // A small body is kept: its request, lost the same way, is served by
+    // the host left.
+    let slow = in_background(a.gateway(), "POST", "/kit/sleep?ms=2000", "a small body");
+    kill_busy(&mut peers);
     let answer = slow.join().unwrap().expect("an answer");
     assert_eq!((answer.status, answer.text()), (200, "slept 2000 ms".to_string()));
-    assert_eq!(answer.header("x-fabric-host"), Some(other));
+    assert_eq!(answer.header("x-fabric-host"), Some(peers[0].id()));
 }
 
 #[test]
