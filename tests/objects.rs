@@ -369,6 +369,33 @@ fn a_spilled_object_is_pulled_from_its_holders_disk() {
 }
 
 #[test]
+fn a_copy_larger_than_the_readers_object_memory_goes_to_its_disk_as_it_arrives() {
+    let etcd = Etcd::start();
+    let a = Up::host(etcd.endpoint(), &["--object-memory-mib", "32"]);
+    // b serves its first range corrupted and its second cut short.
+    let faults = [("FABRIC_INJECT_FAULTS", "corrupt-transfers:1,truncate-transfers:1")];
+    let b = Up::host_with_env(etcd.endpoint(), MAKER, &faults);
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
+    // a reads 96 MiB held on b whole: three times its object memory. The
+    // copy is written to a's disk range by range, never held in its store's
+    // memory, its bad ranges asked again, and read from there intact.
+    let v = result_of(&a, "pull_elsewhere", &args(96 << 20, 8));
+    assert_eq!(v[2], v[3], "a read what b put: {v}");
+    let a_store = store_of(&stores(&a, "default"), &a).clone();
+    assert_eq!(a_store["disk_copies"], 1, "{a_store}");
+    assert!(a_store["retried_ranges"].as_u64().unwrap() >= 2, "{a_store}");
+    assert!(a_store["pulled_bytes"].as_u64().unwrap() >= 96 << 20, "{a_store}");
+    // Smaller copies stay in memory; the large one went with its job.
+    assert_eq!(result_of(&a, "pull_elsewhere", &args(4 << 20, 9))[0], Value::String(b.id()));
+    let a_store = store_of(&stores(&a, "default"), &a).clone();
+    assert_eq!(a_store["disk_copies"], 1, "{a_store}");
+    eventually(SETTLE, "the copy's file to go with its job", || {
+        let a_store = store_of(&stores(&a, "default"), &a).clone();
+        (a_store["spilled_bytes"] == 0).then_some(())
+    });
+}
+
+#[test]
 fn copies_of_another_hosts_objects_are_dropped_for_memory_and_pulled_again() {
     let etcd = Etcd::start();
     let a = Up::host(etcd.endpoint(), &["--object-memory-mib", "16"]);

@@ -1033,18 +1033,19 @@ fn print_objects(stores: &[fabric_proto::HostObjects]) {
     }
     println!();
     println!(
-        "{:<18} {:>10} {:>10} {:>10} {:>8} {:>8} {:>7} {:>10} {:>8} {:>10}",
-        "HOST", "MEMORY", "BUDGET", "SPILLED", "SPILLS", "DROPPED", "PULLS", "PULLED", "RETRIED", "SENT"
+        "{:<18} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9} {:>7} {:>10} {:>8} {:>10}",
+        "HOST", "MEMORY", "BUDGET", "SPILLED", "SPILLS", "DROPPED", "TO-DISK", "PULLS", "PULLED", "RETRIED", "SENT"
     );
     for store in stores {
         println!(
-            "{:<18} {:>10} {:>10} {:>10} {:>8} {:>8} {:>7} {:>10} {:>8} {:>10}",
+            "{:<18} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9} {:>7} {:>10} {:>8} {:>10}",
             store.host,
             binary_units(store.memory_bytes),
             binary_units(store.memory_budget),
             binary_units(store.spilled_bytes),
             store.spills,
             store.dropped_copies,
+            store.disk_copies,
             store.pulls,
             binary_units(store.pulled_bytes),
             store.retried_ranges,

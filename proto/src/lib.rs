@@ -319,6 +319,10 @@ pub struct HostObjects {
     /// Copies of other hosts' objects dropped for memory (not spilled:
     /// their holders have them) since the host started.
     pub dropped_copies: u64,
+    /// Copies of other hosts' objects too large to keep in memory, written
+    /// to disk as they arrived, since the host started.
+    #[serde(default)]
+    pub disk_copies: u64,
     /// Bytes of objects (all tenants) this host sent to peers since it
     /// started.
     pub served_bytes: u64,

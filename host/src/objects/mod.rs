@@ -44,6 +44,30 @@ pub mod spill;
 pub mod transfer;
 pub mod writer;
 
+/// Where a pulled copy's bytes landed.
+#[derive(Debug)]
+pub enum Landed {
+    /// In memory.
+    Memory(Vec<u8>),
+    /// In a spill file (too large to hold in memory).
+    Disk(writer::DiskCopy),
+}
+
+impl Landed {
+    /// The copy's size.
+    pub fn len(&self) -> u64 {
+        match self {
+            Landed::Memory(data) => data.len() as u64,
+            Landed::Disk(copy) => copy.len(),
+        }
+    }
+
+    /// Whether the copy is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 use fabric_proto::{ErrorKind, FabricError};
 use recycle::Recycler;
 use spill::SpillFile;
@@ -331,6 +355,13 @@ impl StoreLimits {
     fn stream_threshold(&self) -> u64 {
         (self.memory_budget / 4).max(1)
     }
+
+    /// Whether an object of `len` bytes read back from disk (or pulled
+    /// from a peer) stays in memory for the next reader; a larger one is
+    /// read for each reader alone.
+    fn stays_in_memory(&self, len: u64) -> bool {
+        len <= self.memory_budget / 2
+    }
 }
 
 impl Inner {
@@ -419,6 +450,9 @@ struct Inner {
     spills: u64,
     /// Copies of other hosts' objects dropped for memory since it started.
     dropped_copies: u64,
+    /// Copies of other hosts' objects written to disk as they arrived (too
+    /// large to keep in memory) since it started.
+    disk_copies: u64,
     /// Why the last spill failed, until one succeeds.
     spill_error: Option<String>,
     /// Over budget with nothing that can spill now (every object in memory
@@ -669,6 +703,9 @@ pub struct Footprint {
     pub spills: u64,
     /// Copies of other hosts' objects dropped for memory since it started.
     pub dropped_copies: u64,
+    /// Copies of other hosts' objects written to disk as they arrived
+    /// since it started.
+    pub disk_copies: u64,
 }
 
 impl ObjectStore {
@@ -1043,9 +1080,19 @@ impl ObjectStore {
     /// again).
     /// `held_elsewhere`: its holder still has it, so under memory pressure
     /// the copy (once read) may be dropped rather than spilled.
-    pub fn fill_copy(&self, job: &Arc<str>, id: ObjectId, cell: &Arc<Cell>, data: Vec<u8>, held_elsewhere: bool) {
-        let data = aligned(data);
-        let local = Local { copy_for: Some(job.clone()), ..Local::new(cell, data.len() as u64, Some(data), None) };
+    pub fn fill_copy(&self, job: &Arc<str>, id: ObjectId, cell: &Arc<Cell>, landed: Landed, held_elsewhere: bool) {
+        let local = match landed {
+            Landed::Memory(data) => {
+                let data = aligned(data);
+                Local::new(cell, data.len() as u64, Some(data), None)
+            }
+            Landed::Disk(copy) => {
+                self.lock().disk_copies += 1;
+                let len = copy.len();
+                Local::new(cell, len, None, Some(copy.into_file()))
+            }
+        };
+        let local = Local { copy_for: Some(job.clone()), ..local };
         local.place().only_copy = !held_elsewhere;
         self.fill_local(cell, Arc::new(local), false);
         if let Some(Err(error)) = cell.peek() {
@@ -1107,7 +1154,7 @@ impl ObjectStore {
         let buffer = self.lock().recycler.take(len).unwrap_or_default();
         let bytes = read_spilled(file, 0, len, buffer).await?;
         let bytes = aligned(bytes);
-        if local.len <= self.shared.limits.memory_budget / 2 {
+        if self.limits().stays_in_memory(local.len) {
             let (over, unkept) = {
                 let mut inner = self.lock();
                 let mut place = local.place();
@@ -1321,6 +1368,7 @@ impl ObjectStore {
             memory_budget: self.shared.limits.memory_budget,
             spills: inner.spills,
             dropped_copies: inner.dropped_copies,
+            disk_copies: inner.disk_copies,
         }
     }
 
@@ -1756,7 +1804,7 @@ mod tests {
             let id = ObjectId { hi: 4, lo: i };
             let (cell, new) = store.copy_slot(&t, &j, id);
             assert!(new);
-            store.fill_copy(&j, id, &cell, pattern(i as usize, 8 << 10), i != 0);
+            store.fill_copy(&j, id, &cell, Landed::Memory(pattern(i as usize, 8 << 10)), i != 0);
             // Read once, as its reader would (an unread copy is not dropped).
             let Some(Ok(Value::Here(local))) = cell.peek().cloned() else { panic!() };
             assert_eq!(store.bytes(&local).await.unwrap().len(), 8 << 10);

@@ -6,7 +6,9 @@
 //! pulls it with [`Request::PeerObjectRead`] range requests: the first asks
 //! for up to [`FIRST_RANGE`] bytes and learns the size; the rest is split
 //! over up to [`STREAMS`] streams on the one connection to that peer, each
-//! reading straight into its part of the final, aligned buffer. Each range
+//! reading straight into its part of the final, aligned buffer (or, for a
+//! copy larger than half the memory budget, writing its part of a spill
+//! file as it arrives, see `writer::DiskCopy`). Each range
 //! carries an xxh3-64 checksum; a range cut short or whose bytes do not match
 //! is asked for again ([`RANGE_ATTEMPTS`] attempts in all), so a bad transfer is
 //! detected and repaired, never handed to a guest. The copy lands in this
@@ -18,13 +20,14 @@
 //! membership no longer lists it, the object is lost and readers are told
 //! which host it was on.
 
-use super::{Cell, ObjectBytes, ObjectId, Value, OBJECT_ALIGN};
+use super::writer::DiskCopy;
+use super::{Cell, Landed, ObjectBytes, ObjectId, Value, OBJECT_ALIGN};
 use crate::peers::PeerError;
 use crate::HostInner;
 use fabric_proto::{read_frame, ErrorKind, FabricError, Request, Response, WireObjectId, MAX_FRAME};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 /// Task results up to this size travel back with the task's end; larger ones
 /// stay on the host that produced them until read.
@@ -35,6 +38,8 @@ pub const FIRST_RANGE: u64 = 4 << 20;
 pub const STREAMS: usize = 4;
 /// Smallest range worth a stream of its own.
 const MIN_PART: u64 = 8 << 20;
+/// Bytes of a range that goes to disk read before they are written.
+const DISK_CHUNK: u64 = 4 << 20;
 /// Times one range is asked for before the pull fails.
 pub const RANGE_ATTEMPTS: u32 = 3;
 /// Redirections followed before giving up (a result kept on a peer that
@@ -148,11 +153,13 @@ fn copy_slot(
         tokio::spawn(async move {
             // A rebuilt copy is the only one left: it spills rather than
             // being dropped for memory.
-            let pulled = match pull(&host, &tenant, id, 0, Want::Rest).await {
-                Ok((data, _)) => Ok((data, true)),
+            let pulled = match pull_copy(&host, &tenant, id).await {
+                Ok(landed) => Ok((landed, true)),
                 Err(error) => match lineage {
                     Some(lineage) if host.cluster.addr_of(&id.holder()).is_none() => {
-                        crate::remote::rebuild(&host, &lineage, id, error).await.map(|data| (data, false))
+                        crate::remote::rebuild(&host, &lineage, id, error)
+                            .await
+                            .map(|data| (Landed::Memory(data), false))
                     }
                     _ => Err(error),
                 },
@@ -326,6 +333,30 @@ pub async fn pull(
     offset: u64,
     want: Want,
 ) -> Result<(Vec<u8>, u64), FabricError> {
+    match pull_landing(host, tenant, id, offset, want, false).await? {
+        (Landed::Memory(data), total) => Ok((data, total)),
+        (Landed::Disk(_), _) => {
+            Err(FabricError::new(ErrorKind::Internal, format!("a read of object {id} into memory landed on disk")))
+        }
+    }
+}
+
+/// Pulls all of object `id` for a copy here: one too large to keep in
+/// memory (see [`ObjectStore::disk_copy`](super::ObjectStore::disk_copy))
+/// is written to a spill file as it arrives.
+pub async fn pull_copy(host: &Arc<HostInner>, tenant: &str, id: ObjectId) -> Result<Landed, FabricError> {
+    pull_landing(host, tenant, id, 0, Want::Rest, true).await.map(|(landed, _)| landed)
+}
+
+/// [`pull`], landing on disk when `may_spill` and the object is large.
+async fn pull_landing(
+    host: &Arc<HostInner>,
+    tenant: &str,
+    id: ObjectId,
+    offset: u64,
+    want: Want,
+    may_spill: bool,
+) -> Result<(Landed, u64), FabricError> {
     // A whole pull may be sent on to a host that copied the object.
     let whole = offset == 0 && want == Want::Rest;
     let mut id = id;
@@ -339,7 +370,8 @@ pub async fn pull(
         }
         let reader = if std::mem::take(&mut may_redirect) { host.id.as_str() } else { "" };
         let asker = Asker { reader, no_copy_at: &no_copy_at };
-        let pulled = match pull_from(host, &holder, tenant, id, offset, want, asker, RANGE_ATTEMPTS).await? {
+        let ask = Ask { tenant, id, offset, want, may_spill };
+        let pulled = match pull_from(host, &holder, ask, asker, RANGE_ATTEMPTS).await? {
             Pulled::Moved(held) => {
                 id = held;
                 may_redirect = whole;
@@ -347,7 +379,7 @@ pub async fn pull(
             }
             // Never from itself (a copy here would have been read locally).
             Pulled::At(peer) if peer == host.id => continue,
-            Pulled::At(peer) => match pull_from(host, &peer, tenant, id, offset, want, Asker::default(), 1).await {
+            Pulled::At(peer) => match pull_from(host, &peer, ask, Asker::default(), 1).await {
                 Ok(Pulled::Bytes(buffer, total)) => (buffer, total),
                 // That copy is gone or failed: read from the holder itself,
                 // and tell it, so it sends no more readers there.
@@ -365,17 +397,28 @@ pub async fn pull(
         };
         if want != Want::SIZE {
             host.transfers.pulls.fetch_add(1, Ordering::Relaxed);
-            host.transfers.pulled_bytes.fetch_add(pulled.0.len() as u64, Ordering::Relaxed);
+            host.transfers.pulled_bytes.fetch_add(pulled.0.len(), Ordering::Relaxed);
         }
         return Ok(pulled);
     }
     Err(FabricError::new(ErrorKind::Internal, format!("object {id} was redirected more than {MAX_HOPS} times")))
 }
 
+/// What a pull asks for.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    tenant: &'a str,
+    id: ObjectId,
+    offset: u64,
+    want: Want,
+    /// A large object may land on disk.
+    may_spill: bool,
+}
+
 /// What one host answered to a pull.
 enum Pulled {
     /// The bytes asked for, and the object's whole size.
-    Bytes(Vec<u8>, u64),
+    Bytes(Landed, u64),
     /// Another host holds the object, under this id.
     Moved(ObjectId),
     /// Read it from this host, which copied it.
@@ -384,35 +427,35 @@ enum Pulled {
 
 /// Pulls from host `source` (the holder, or a host with a copy), asking
 /// for each range up to `attempts` times.
-#[allow(clippy::too_many_arguments)]
 async fn pull_from(
     host: &Arc<HostInner>,
     source: &str,
-    tenant: &str,
-    id: ObjectId,
-    offset: u64,
-    want: Want,
+    ask: Ask<'_>,
     asker: Asker<'_>,
     attempts: u32,
 ) -> Result<Pulled, FabricError> {
     let mut attempt = 1;
     let (addr, first) = loop {
-        let addr = host.cluster.addr_of(source).ok_or_else(|| lost_object(id, source))?;
-        match first_range(host, &addr, tenant, id, offset, want, asker).await {
+        let addr = host.cluster.addr_of(source).ok_or_else(|| lost_object(ask.id, source))?;
+        match first_range(host, &addr, ask, asker).await {
             Ok(first) => break (addr, first),
-            Err(error) => retry_or_fail(host, source, id, &mut attempt, attempts, error)?,
+            Err(error) => retry_or_fail(host, source, ask.id, &mut attempt, attempts, error)?,
         }
     };
-    let (mut buffer, total, got) = match first {
+    let (mut landed, total, got) = match first {
         First::Moved(held) => return Ok(Pulled::Moved(held)),
         First::At(peer) => return Ok(Pulled::At(peer)),
-        First::Bytes { buffer, total, got } => (buffer, total, got),
+        First::Bytes { landed, total, got } => (landed, total, got),
     };
-    if got < buffer.len() {
-        let rest = &mut buffer[got..];
-        fill_rest(host, &addr, source, attempts, tenant, id, offset, rest, got as u64).await?;
+    if got < landed.len() {
+        let from = Source { addr: &addr, id: source, attempts };
+        let rest = match &mut landed {
+            Landed::Memory(buffer) => Rest::Memory(&mut buffer[got as usize..]),
+            Landed::Disk(copy) => Rest::Disk { copy, len: copy.len() - got },
+        };
+        fill_rest(host, from, ask, rest, got).await?;
     }
-    Ok(Pulled::Bytes(buffer, total))
+    Ok(Pulled::Bytes(landed, total))
 }
 
 /// Decides after a failed range: `Ok` to ask again, or the error to give.
@@ -448,19 +491,13 @@ enum First {
     At(String),
     /// The destination, sized for the whole read, with its first `got`
     /// bytes filled; `total` is the object's size.
-    Bytes { buffer: Vec<u8>, total: u64, got: usize },
+    Bytes { landed: Landed, total: u64, got: u64 },
 }
 
-/// Asks for the first range of a read and allocates the final buffer.
-async fn first_range(
-    host: &HostInner,
-    addr: &str,
-    tenant: &str,
-    id: ObjectId,
-    offset: u64,
-    want: Want,
-    asker: Asker<'_>,
-) -> Result<First, PeerError> {
+/// Asks for the first range of a read and makes the final destination: a
+/// buffer, or a spill file for a large copy.
+async fn first_range(host: &HostInner, addr: &str, ask: Ask<'_>, asker: Asker<'_>) -> Result<First, PeerError> {
+    let Ask { tenant, id, offset, want, may_spill } = ask;
     let ask = match want {
         Want::Rest => FIRST_RANGE,
         Want::Exactly(len) | Want::UpTo(len) => len.min(FIRST_RANGE),
@@ -485,61 +522,119 @@ async fn first_range(
     if got != wanted.min(ask) {
         return Err(broken(addr, format!("asked for {} bytes at {offset}, was offered {got}", wanted.min(ask))));
     }
+    if may_spill {
+        if let Some(copy) = host.objects.disk_copy(wanted).await {
+            receive(addr, &mut recv, Part::Disk { copy: &copy, at: 0, len: got }, checksum).await?;
+            return Ok(First::Bytes { landed: Landed::Disk(copy), total, got });
+        }
+    }
     // Zeroed pages come from the kernel untouched, and a buffer this size is
     // aligned by the allocator: the bytes land in their final place.
     let mut buffer = vec![0u8; wanted as usize];
     debug_assert!(buffer.len() < OBJECT_ALIGN || (buffer.as_ptr() as usize).is_multiple_of(OBJECT_ALIGN));
-    receive(addr, &mut recv, &mut buffer[..got as usize], checksum).await?;
-    Ok(First::Bytes { buffer, total, got: got as usize })
+    receive(addr, &mut recv, Part::Memory(&mut buffer[..got as usize]), checksum).await?;
+    Ok(First::Bytes { landed: Landed::Memory(buffer), total, got })
+}
+
+/// The host a pull reads from.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    /// Its address.
+    addr: &'a str,
+    /// Its id.
+    id: &'a str,
+    /// Times each range is asked for.
+    attempts: u32,
+}
+
+/// What is left to fill of a pull's destination after its first range.
+enum Rest<'a> {
+    /// This part of the buffer.
+    Memory(&'a mut [u8]),
+    /// The last `len` bytes of the copy's file.
+    Disk { copy: &'a DiskCopy, len: u64 },
+}
+
+/// Where one range's bytes go.
+enum Part<'a> {
+    /// Into this slice.
+    Memory(&'a mut [u8]),
+    /// Into the copy's file, `len` bytes at `at`.
+    Disk { copy: &'a DiskCopy, at: u64, len: u64 },
+}
+
+impl Part<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Part::Memory(dest) => dest.len() as u64,
+            Part::Disk { len, .. } => *len,
+        }
+    }
+
+    /// The same destination, borrowed again (for a range asked again).
+    fn again(&mut self) -> Part<'_> {
+        match self {
+            Part::Memory(dest) => Part::Memory(dest),
+            Part::Disk { copy, at, len } => Part::Disk { copy, at: *at, len: *len },
+        }
+    }
 }
 
 /// Reads the rest of a pull into `rest` (which starts `start` bytes into the
-/// read, itself at `offset` in the object), over up to [`STREAMS`] streams
-/// at once, each range asked again when it arrives short or corrupted.
-#[allow(clippy::too_many_arguments)]
+/// read, itself at the ask's offset in the object), over up to [`STREAMS`]
+/// streams at once, each range asked again when it arrives short or
+/// corrupted.
 async fn fill_rest(
     host: &Arc<HostInner>,
-    addr: &str,
-    source: &str,
-    attempts: u32,
-    tenant: &str,
-    id: ObjectId,
-    offset: u64,
-    rest: &mut [u8],
+    from: Source<'_>,
+    ask: Ask<'_>,
+    rest: Rest<'_>,
     start: u64,
 ) -> Result<(), FabricError> {
-    let parts = (rest.len() as u64 / MIN_PART).clamp(1, STREAMS as u64) as usize;
-    let part_len = rest.len().div_ceil(parts);
-    let reads = rest.chunks_mut(part_len).enumerate().map(|(i, part)| {
-        let at = offset + start + (i * part_len) as u64;
-        async move {
-            let mut attempt = 1;
-            loop {
-                match read_range(host, addr, tenant, id, at, part).await {
-                    Ok(()) => return Ok(()),
-                    Err(error) => retry_or_fail(host, source, id, &mut attempt, attempts, error)?,
-                }
+    let len = match &rest {
+        Rest::Memory(dest) => dest.len() as u64,
+        Rest::Disk { len, .. } => *len,
+    };
+    let parts = (len / MIN_PART).clamp(1, STREAMS as u64);
+    let part_len = len.div_ceil(parts);
+    let parts: Vec<(u64, Part<'_>)> = match rest {
+        Rest::Memory(dest) => dest
+            .chunks_mut(part_len as usize)
+            .enumerate()
+            .map(|(i, part)| (start + i as u64 * part_len, Part::Memory(part)))
+            .collect(),
+        Rest::Disk { copy, len } => (0..parts)
+            .map(|i| i * part_len)
+            .take_while(|&skip| skip < len)
+            .map(|skip| (start + skip, Part::Disk { copy, at: start + skip, len: part_len.min(len - skip) }))
+            .collect(),
+    };
+    let reads = parts.into_iter().map(|(at, mut part)| async move {
+        let mut attempt = 1;
+        loop {
+            match read_range(host, from.addr, ask.tenant, ask.id, ask.offset + at, part.again()).await {
+                Ok(()) => return Ok(()),
+                Err(error) => retry_or_fail(host, from.id, ask.id, &mut attempt, from.attempts, error)?,
             }
         }
     });
     futures_util::future::try_join_all(reads).await.map(|_| ())
 }
 
-/// Reads exactly `dest.len()` bytes of object `id` from `offset`.
+/// Reads exactly `part.len()` bytes of object `id` from `offset`.
 async fn read_range(
     host: &HostInner,
     addr: &str,
     tenant: &str,
     id: ObjectId,
     offset: u64,
-    dest: &mut [u8],
+    part: Part<'_>,
 ) -> Result<(), PeerError> {
-    let (mut recv, header) = open_range(host, addr, tenant, id, offset, dest.len() as u64, Asker::default()).await?;
+    let want = part.len();
+    let (mut recv, header) = open_range(host, addr, tenant, id, offset, want, Asker::default()).await?;
     match header {
-        Header::Range { len, checksum, .. } if len == dest.len() as u64 => {
-            receive(addr, &mut recv, dest, checksum).await
-        }
-        Header::Range { len, .. } => Err(broken(addr, format!("asked for {} bytes, was offered {len}", dest.len()))),
+        Header::Range { len, checksum, .. } if len == want => receive(addr, &mut recv, part, checksum).await,
+        Header::Range { len, .. } => Err(broken(addr, format!("asked for {want} bytes, was offered {len}"))),
         Header::Moved(_) | Header::At(_) => Err(broken(addr, "the object moved during the transfer")),
     }
 }
@@ -583,11 +678,33 @@ async fn open_range(
     Ok((recv, header))
 }
 
-/// Reads a range's bytes into `dest` and checks them against `checksum`.
-async fn receive(addr: &str, recv: &mut quinn::RecvStream, dest: &mut [u8], checksum: u64) -> Result<(), PeerError> {
-    recv.read_exact(dest).await.map_err(|e| broken(addr, format!("range of {} bytes cut short: {e}", dest.len())))?;
-    if xxh3_64(dest) != checksum {
-        return Err(broken(addr, format!("range of {} bytes arrived corrupted (checksum mismatch)", dest.len())));
+/// Reads a range's bytes into `part` and checks them against `checksum`.
+/// On disk, they go through a buffer of at most [`DISK_CHUNK`] bytes.
+async fn receive(addr: &str, recv: &mut quinn::RecvStream, part: Part<'_>, checksum: u64) -> Result<(), PeerError> {
+    let len = part.len();
+    let cut_short = |e: quinn::ReadExactError| broken(addr, format!("range of {len} bytes cut short: {e}"));
+    let arrived = match part {
+        Part::Memory(dest) => {
+            recv.read_exact(dest).await.map_err(cut_short)?;
+            xxh3_64(dest)
+        }
+        Part::Disk { copy, at, len } => {
+            let mut hasher = Xxh3::new();
+            let mut buffer = Vec::new();
+            let mut done = 0;
+            while done < len {
+                buffer.resize((len - done).min(DISK_CHUNK) as usize, 0);
+                recv.read_exact(&mut buffer).await.map_err(cut_short)?;
+                hasher.update(&buffer);
+                let written = buffer.len() as u64;
+                buffer = copy.write_at(buffer, at + done).await.map_err(PeerError::Answered)?;
+                done += written;
+            }
+            hasher.digest()
+        }
+    };
+    if arrived != checksum {
+        return Err(broken(addr, format!("range of {len} bytes arrived corrupted (checksum mismatch)")));
     }
     Ok(())
 }
@@ -665,6 +782,7 @@ pub fn local_usage(host: &HostInner, tenant: &str) -> fabric_proto::HostObjects 
         spilled_bytes: footprint.spilled_bytes,
         spills: footprint.spills,
         dropped_copies: footprint.dropped_copies,
+        disk_copies: footprint.disk_copies,
         served_bytes: host.transfers.served_bytes.load(Ordering::Relaxed),
         pin_requests: host.transfers.pin_requests.load(Ordering::Relaxed),
     }

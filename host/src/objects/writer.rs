@@ -11,6 +11,12 @@
 //! crosses, not after writing gigabytes. A task may hold at most
 //! [`MAX_OPEN_WRITERS`] at once (see `hostfns::objects`), which bounds what
 //! open writers keep in memory.
+//!
+//! A copy pulled from another host that is larger than half the memory
+//! budget goes to disk the same way ([`DiskCopy`]): its ranges are written
+//! to a spill file as they arrive, so pulling an object larger than the
+//! budget never holds it whole in the store's memory (each reader reads it
+//! from there, as it would a spilled object of that size).
 
 use super::spill::{blocking, SpillFile};
 use super::{Local, ObjectId, ObjectStore, Shared};
@@ -193,3 +199,85 @@ impl ObjectStore {
 }
 
 const WRITE_FAILED: &str = "cannot write the object to disk";
+
+/// A spill file a pulled copy is written into as it arrives, its room on
+/// disk reserved until the copy is stored ([`ObjectStore::fill_copy`]) or
+/// this is dropped (the pull failed).
+#[derive(Debug)]
+pub struct DiskCopy {
+    store: Arc<Shared>,
+    file: Arc<SpillFile>,
+    len: u64,
+    /// Bytes of the disk quota reserved for it.
+    reserved: u64,
+}
+
+impl DiskCopy {
+    /// The copy's size.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the copy is empty (never: only large copies go to disk).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes `data` at `offset` (off the async workers) and hands the
+    /// buffer back for the next range.
+    pub async fn write_at(&self, data: Vec<u8>, offset: u64) -> Result<Vec<u8>, FabricError> {
+        let file = self.file.clone();
+        blocking(WRITE_FAILED, move || file.write_at(&data, offset).map(|()| data)).await
+    }
+
+    /// Its file, its reservation given back (the store counts the file as
+    /// spilled once it holds the copy).
+    pub(super) fn into_file(mut self) -> Arc<SpillFile> {
+        self.release();
+        self.file.clone()
+    }
+
+    fn release(&mut self) {
+        if self.reserved > 0 {
+            let mut inner = self.store.lock();
+            inner.disk_reserved = inner.disk_reserved.saturating_sub(self.reserved);
+            self.reserved = 0;
+        }
+    }
+}
+
+impl Drop for DiskCopy {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl ObjectStore {
+    /// A spill file for a pulled copy of `len` bytes, when the copy is too
+    /// large to keep in memory (over half the budget: read back from disk,
+    /// it would be read for each reader alone) and the disk quota has room;
+    /// `None`: it lands in memory.
+    pub async fn disk_copy(&self, len: u64) -> Option<DiskCopy> {
+        if self.limits().stays_in_memory(len) {
+            return None;
+        }
+        {
+            let mut inner = self.lock();
+            if let Err(e) = inner.disk_room(self.limits(), len) {
+                tracing::debug!("a copy of {len} bytes lands in memory: {e}");
+                return None;
+            }
+            inner.disk_reserved += len;
+        }
+        let dir = self.limits().spill_dir.clone();
+        match blocking(WRITE_FAILED, move || SpillFile::create(&dir)).await {
+            Ok(file) => Some(DiskCopy { store: self.shared.clone(), file: Arc::new(file), len, reserved: len }),
+            Err(e) => {
+                let mut inner = self.lock();
+                inner.disk_reserved = inner.disk_reserved.saturating_sub(len);
+                tracing::warn!("a copy of {len} bytes lands in memory: {e}");
+                None
+            }
+        }
+    }
+}
