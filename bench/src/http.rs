@@ -5,7 +5,8 @@
 //! clients on kept-alive connections, slower than wrk): the `http-hello`
 //! wasi:http example and a `/v1/call` JSON round trip of the `http-json`
 //! example, a native hyper hello server measured the same way as the
-//! ceiling, `wasmtime serve` on the same component when a `wasmtime`
+//! ceiling, fabric's gateway alone (a route no deployment serves: 404, no
+//! wasm), `wasmtime serve` on the same component when a `wasmtime`
 //! binary is on the PATH, and the time from a deploy to its first 200.
 //! `bench/setup.sh` installs wrk and `wasmtime serve`.
 
@@ -272,6 +273,18 @@ pub fn run(report: &Report, fabric: &std::path::Path) -> anyhow::Result<()> {
     if peer.is_some() {
         report.rate(SUITE, "fabric_hello_32c_of_native", "req/s", hello.per_second, Some(ceiling), "(the ceiling)");
     }
+    // The gateway alone on the same connections: a route no deployment
+    // serves (404, no wasm runs). What `http-hello` would reach if its
+    // handler cost nothing, so the share of the time that goes to wasm.
+    let routing = load(gateway, "GET", "/no-such-route", "")?;
+    report.rate(
+        SUITE,
+        "fabric_gateway_404_32c",
+        "req/s",
+        routing.per_second,
+        Some(peer.unwrap_or(ceiling)),
+        "(no wasm: the gateway's own ceiling)",
+    );
     let call = load(gateway, "POST", "/v1/call/stats/summarize", r#"{"values": [3, 1, 4, 1, 5, 9, 2, 6]}"#)?;
     rate_and_latency(report, "fabric_v1_call_json_32c", &call, Some(ceiling), "");
 

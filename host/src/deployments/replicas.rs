@@ -115,6 +115,13 @@ impl Replicas {
                     format!("too many requests: {} already wait for a replica", gate.queued),
                 ));
             }
+            if gate.busy < desired && gate.queued == 1 {
+                // A replica is free and no request waits before this one:
+                // take it now (the common case; no waiting set up).
+                gate.queued -= 1;
+                gate.busy += 1;
+                return Ok(Turn { replicas: self.clone() });
+            }
             if desired > before {
                 // More replicas: wake the requests already waiting.
                 self.freed.notify_waiters();
