@@ -393,6 +393,15 @@ fn a_copy_larger_than_the_readers_object_memory_goes_to_its_disk_as_it_arrives()
         let a_store = store_of(&stores(&a, "default"), &a).clone();
         (a_store["spilled_bytes"] == 0).then_some(())
     });
+
+    // A reader whose disk quota has no room for the copy takes it in
+    // memory instead, and reads it all the same.
+    let c = Up::host(etcd.endpoint(), &["--object-memory-mib", "32", "--max-spill-mib", "8"]);
+    all_see(&[&a, &b, &c], &ids(&[&a, &b, &c]), "three hosts to see each other");
+    let v = result_of(&c, "pull_elsewhere", &args(96 << 20, 10));
+    assert_eq!(v[2], v[3], "c read what b put: {v}");
+    let c_store = store_of(&stores(&c, "default"), &c).clone();
+    assert_eq!(c_store["disk_copies"], 0, "{c_store}");
 }
 
 #[test]

@@ -119,7 +119,12 @@ fn remote_one_worker(report: &Report) -> anyhow::Result<()> {
     let args = |n: u32| format!(r#"{{"n": {n}, "key": "role", "value": "b1"}}"#);
     result_of(&a, "bench_remote_rtt", &args(100))?;
     let timing = result_of(&a, "bench_remote_rtt", &args(5000))?;
-    report.guest_timing(SUITE, "remote_noop_rtt_1_worker", &timing, "(the same, two hosts with --workers 1)");
+    report.guest_timing(
+        SUITE,
+        "remote_noop_rtt_1_worker",
+        &timing,
+        "(goal <= 100 us; the same, two hosts with --workers 1: a vCPU each)",
+    );
     drop((a, b, etcd));
     Ok(())
 }
@@ -152,7 +157,12 @@ fn remote(report: &Report) -> anyhow::Result<()> {
     report.latency(SUITE, "client_ping_rtt", pings, "(reference: one QUIC stream, request and answer)");
 
     let timing = result_of(&a, "bench_remote_rtt", r#"{"n": 5000, "key": "role", "value": "b"}"#)?;
-    report.guest_timing(SUITE, "remote_noop_rtt", &timing, "(goal <= 100 us; host a -> host b, loopback)");
+    report.guest_timing(
+        SUITE,
+        "remote_noop_rtt",
+        &timing,
+        "(host a -> host b, loopback; three hosts with a worker per vCPU each on 2 vCPUs)",
+    );
 
     let args = r#"{"n": 5000, "key": "role", "value": "b", "pipelined": false}"#;
     let timing = result_of(&a, "bench_remote_actor", args)?;

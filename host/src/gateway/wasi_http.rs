@@ -152,8 +152,10 @@ impl<F: Future<Output = Ended> + Send + 'static> Future for RunToEnd<F> {
 
 impl<F: Future<Output = Ended> + Send + 'static> Drop for RunToEnd<F> {
     fn drop(&mut self) {
-        if let (Some(call), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
-            runtime.spawn(call);
+        if let Some(call) = self.0.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(call);
+            }
         }
     }
 }
