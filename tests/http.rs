@@ -528,6 +528,22 @@ fn a_request_whose_peer_is_lost_before_answering_is_served_by_another() {
 }
 
 #[test]
+fn what_a_calls_actor_prints_on_a_peer_reaches_the_deployments_log() {
+    let etcd = Etcd::start();
+    let [a, b] = cluster(&etcd, [&[], &["--label", "role=b"]]);
+    deploy(&a, &testkit(), &["--name", "tk"]);
+    // Served on a; the actor it creates lives on b and prints there.
+    let args = r#"{"key": "role", "value": "b", "text": "a probe on b speaks", "hold_ms": 1000}"#;
+    let called = a.http("POST", "/v1/call/tk/actor_says", args);
+    assert_eq!(called.status, 200, "{}", called.text());
+    let placed: Value = serde_json::from_str(&called.text()).expect("a JSON result");
+    assert_eq!(placed, serde_json::json!(b.id()));
+    let out = a.fabric(&["logs", "--deployment", "tk"]);
+    assert!(out.stdout.contains("a probe on b speaks"), "the actor's output: {}", out.stdout);
+    assert!(out.stdout.contains(&format!("the probe lives on {}", b.id())), "the call's own: {}", out.stdout);
+}
+
+#[test]
 fn a_pipeline_of_deployments_calls_its_stages_through_the_fabric() {
     let host = Up::start();
     deploy(&host, &example("pipeline_router"), &["--name", "router"]);

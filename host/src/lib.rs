@@ -572,6 +572,12 @@ impl Host {
         let component = self.0.components.get(tenant, sha256).await?;
         let id = format!("call-{:012x}", rand::random::<u64>() >> 16);
         let job = Job::new(&id, tenant, limits.clone(), log);
+        // Live while it runs, as a submitted job: what its actors on peers
+        // print reaches its log (`PeerLog`), and a stopping host waits for
+        // it, then stops it. Its end closes `done` (it has no record).
+        let key = (tenant.to_string(), id.clone());
+        let (done_tx, done) = watch::channel(None);
+        self.0.live().insert(key.clone(), LiveJob { job: job.clone(), done });
         let spec = TaskSpec {
             component,
             function: function.to_string(),
@@ -586,6 +592,8 @@ impl Host {
         let task = tokio::spawn(async move {
             let outcome = run_task(&host, &job, spec).await;
             host.end_job(&job, "the call ended");
+            host.live().remove(&key);
+            drop(done_tx);
             outcome
         });
         task.await
