@@ -130,6 +130,30 @@ struct LiveJob {
     done: watch::Receiver<Option<JobRecord>>,
 }
 
+/// A job's place in the host's live jobs, taken back when dropped: at its
+/// end, and also if its task panics (a stopping host would otherwise wait
+/// on it for its whole drain).
+struct Listed {
+    host: Arc<HostInner>,
+    key: (String, String),
+}
+
+impl Listed {
+    /// Lists `job` live on `host` until the returned guard drops; `done`
+    /// says when it ended (with its record, or closed without one).
+    fn new(host: &Arc<HostInner>, job: &Arc<Job>, done: watch::Receiver<Option<JobRecord>>) -> Self {
+        let key = (job.tenant.to_string(), job.id.to_string());
+        host.live().insert(key.clone(), LiveJob { job: job.clone(), done });
+        Listed { host: host.clone(), key }
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.host.live().remove(&self.key);
+    }
+}
+
 /// A job's log as `fabric logs` reads it.
 pub struct LogFollow {
     /// Everything written so far.
@@ -503,7 +527,7 @@ impl Host {
         let _ = inner.registry.mark_running(&inner.id, tenant, &id).await;
         let (done_tx, done_rx) = watch::channel(None);
         let (_, log_rx) = log.subscribe();
-        inner.live().insert((tenant.to_string(), id.clone()), LiveJob { job: job.clone(), done: done_rx.clone() });
+        let listed = Listed::new(inner, &job, done_rx.clone());
 
         let host = self.0.clone();
         tokio::spawn(async move {
@@ -536,7 +560,7 @@ impl Host {
                 tracing::error!(job = %record.id, "cannot record the job's end: {e}");
             }
             let _ = host.registry.clear_running(&host.id, &record.tenant, &record.id).await;
-            host.live().remove(&(record.tenant.clone(), record.id.clone()));
+            drop(listed);
             let _ = done_tx.send(Some(record));
         });
         Ok(JobHandle::new(id, log_rx, done_rx))
@@ -575,9 +599,8 @@ impl Host {
         // Live while it runs, as a submitted job: what its actors on peers
         // print reaches its log (`PeerLog`), and a stopping host waits for
         // it, then stops it. Its end closes `done` (it has no record).
-        let key = (tenant.to_string(), id.clone());
         let (done_tx, done) = watch::channel(None);
-        self.0.live().insert(key.clone(), LiveJob { job: job.clone(), done });
+        let listed = Listed::new(&self.0, &job, done);
         let spec = TaskSpec {
             component,
             function: function.to_string(),
@@ -592,8 +615,7 @@ impl Host {
         let task = tokio::spawn(async move {
             let outcome = run_task(&host, &job, spec).await;
             host.end_job(&job, "the call ended");
-            host.live().remove(&key);
-            drop(done_tx);
+            drop((listed, done_tx));
             outcome
         });
         task.await
