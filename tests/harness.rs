@@ -337,6 +337,14 @@ fn free_port() -> u16 {
 impl Etcd {
     /// Starts etcd and waits until it answers.
     pub fn start() -> Etcd {
+        // A port picked free can be taken by another test before etcd binds
+        // it: etcd then exits, and is started again on other ports.
+        for _ in 0..4 {
+            let mut etcd = Self::unstarted();
+            if etcd.try_launch() {
+                return etcd;
+            }
+        }
         let mut etcd = Self::unstarted();
         etcd.launch();
         etcd
@@ -352,6 +360,18 @@ impl Etcd {
     }
 
     fn launch(&mut self) {
+        assert!(self.try_launch(), "etcd exited at start: {}", self.log_tail());
+    }
+
+    /// The end of etcd's log, for a failure's message.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+        log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Starts etcd on its ports and waits until it answers; `false` if it
+    /// exited first (its ports were taken).
+    fn try_launch(&mut self) -> bool {
         let (client, peer) = self.ports;
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
@@ -375,9 +395,14 @@ impl Etcd {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !etcd_healthy(client) {
-            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            if self.child.as_mut().is_some_and(|child| child.try_wait().ok().flatten().is_some()) {
+                self.child = None;
+                return false;
+            }
+            assert!(Instant::now() < deadline, "etcd did not become healthy: {}", self.log_tail());
             std::thread::sleep(Duration::from_millis(50));
         }
+        true
     }
 
     /// Stops etcd (SIGKILL), keeping its data.

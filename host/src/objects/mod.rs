@@ -367,6 +367,40 @@ impl StoreLimits {
 impl Inner {
     /// Whether `more` bytes fit on disk beside what is there (spilled, and
     /// what unfinished writers wrote).
+    /// [`Self::disk_room`], after giving up, if need be, copies of other
+    /// hosts' objects kept here on disk (`writer::DiskCopy`) that were read
+    /// already: their holders have them, and a later read pulls them again,
+    /// as for a copy dropped from memory. So copies never keep the host's
+    /// own objects off the disk.
+    fn make_disk_room(&mut self, limits: &StoreLimits, more: u64) -> Result<(), std::io::Error> {
+        if self.disk_room(limits, more).is_ok() {
+            return Ok(());
+        }
+        let copies: Vec<(Arc<Local>, Arc<str>)> = self
+            .objects
+            .values()
+            .flat_map(|objects| objects.values())
+            .filter_map(|cell| match cell.peek() {
+                Some(Ok(Value::Here(local))) => Some(local.clone()),
+                _ => None,
+            })
+            .filter_map(|local| {
+                let job = local.copy_for.clone()?;
+                let place = local.place();
+                let droppable = place.read && !place.only_copy && place.memory.is_none() && place.disk.is_some();
+                drop(place);
+                droppable.then_some((local, job))
+            })
+            .collect();
+        for (local, job) in copies {
+            if self.disk_room(limits, more).is_ok() {
+                break;
+            }
+            self.drop_copy(&local, &job);
+        }
+        self.disk_room(limits, more)
+    }
+
     fn disk_room(&self, limits: &StoreLimits, more: u64) -> Result<(), std::io::Error> {
         let used = self.spilled.saturating_add(self.disk_reserved);
         if used.saturating_add(more) > limits.max_spill_bytes {
@@ -1789,6 +1823,45 @@ mod tests {
         }
         assert!(store.footprint().memory_bytes <= BUDGET);
         // Freeing them lets their files go.
+        assert_job_end_frees_all(&store, &t, &j);
+    }
+
+    #[tokio::test]
+    async fn copies_kept_on_disk_give_way_when_the_disk_is_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut limits = budgeted(3, dir.path()).limits().clone();
+        limits.max_spill_bytes = 4 * BUDGET;
+        let store = ObjectStore::new(3, limits);
+        let (t, j) = tenant_and_job();
+        // Three copies of host 4's objects, each larger than half the
+        // budget: they go to disk and take three quarters of the quota.
+        let mut copies = Vec::new();
+        for i in 0..3u64 {
+            let id = ObjectId { hi: 4, lo: i };
+            let (cell, _) = store.copy_slot(&t, &j, id);
+            let copy = store.disk_copy(BUDGET).await.expect("room for a copy on disk");
+            let data = pattern(i as usize, BUDGET as usize);
+            drop(copy.write_at(data, 0).await.unwrap());
+            store.fill_copy(&j, id, &cell, Landed::Disk(copy), true);
+            let Some(Ok(Value::Here(local))) = cell.peek().cloned() else { panic!() };
+            // Read once, as its reader would (an unread copy stays).
+            assert_eq!(&store.bytes(&local).await.unwrap()[..], &pattern(i as usize, BUDGET as usize)[..]);
+            copies.push(local);
+        }
+        let footprint = store.footprint();
+        assert_eq!((footprint.disk_copies, footprint.spilled_bytes, footprint.memory_bytes), (3, 3 * BUDGET, 0));
+        // The host's own objects need the disk: copies give way, they spill.
+        for i in 0..32 {
+            store.put(&t, &j, pattern(i, 8 << 10)).unwrap();
+            store.room().await.unwrap();
+        }
+        let after = store.footprint();
+        assert!(after.dropped_copies >= 1, "{after:?}");
+        assert!(after.spills > 0 && after.spilled_bytes <= 4 * BUDGET, "{after:?}");
+        assert!(after.memory_bytes <= BUDGET, "{after:?}");
+        // A copy that gave way says so to a reader that held it.
+        let gone = copies.iter().find(|local| local.place().freed).expect("a dropped copy");
+        assert!(store.bytes(gone).await.is_err());
         assert_job_end_frees_all(&store, &t, &j);
     }
 

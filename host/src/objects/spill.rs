@@ -164,7 +164,7 @@ impl Shared {
             }
             let mut victims = victims.into_iter();
             while let Some((local, bytes)) = victims.next() {
-                let room = self.lock().disk_room(&self.limits, local.len);
+                let room = self.lock().make_disk_room(&self.limits, local.len);
                 let written = room.and_then(|()| SpillFile::create(&self.limits.spill_dir)).and_then(|file| {
                     file.write_at(&bytes, 0)?;
                     Ok(file)

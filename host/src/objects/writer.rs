@@ -122,7 +122,7 @@ impl ObjectStore {
             let to_disk = if writer.disk.is_some() { more } else { len };
             let room = {
                 let mut inner = self.lock();
-                let room = inner.disk_room(self.limits(), to_disk);
+                let room = inner.make_disk_room(self.limits(), to_disk);
                 if room.is_ok() {
                     inner.disk_reserved += to_disk;
                 }
@@ -263,7 +263,7 @@ impl ObjectStore {
         }
         {
             let mut inner = self.lock();
-            if let Err(e) = inner.disk_room(self.limits(), len) {
+            if let Err(e) = inner.make_disk_room(self.limits(), len) {
                 tracing::debug!("a copy of {len} bytes lands in memory: {e}");
                 return None;
             }
