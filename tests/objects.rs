@@ -624,6 +624,18 @@ fn a_later_reader_pulls_from_an_earlier_readers_copy() {
     assert_eq!(v, size);
     assert!(close_to(served(&holder), 3 * size), "the holder sent {} bytes", served(&holder));
     assert_eq!(served(&second), 0);
+
+    // An earlier reader whose copy went to its disk (larger than half its
+    // object memory) sends it on from there.
+    let on_disk = Up::host(etcd.endpoint(), &["--label", "d=1", "--object-memory-mib", "32"]);
+    let after = Up::host(etcd.endpoint(), &["--label", "d=2"]);
+    let all = [&holder, &first, &second, &on_disk, &after];
+    all_see(&all, &ids(&all), "five hosts to see each other");
+    let v = result_of(&holder, "read_in_turn", r#"{"mib": 32, "key": "d", "n": 2, "pin": false}"#);
+    assert_eq!(v[0], serde_json::json!([on_disk.id(), after.id()]));
+    assert_eq!(store_of(&stores(&holder, "default"), &on_disk)["disk_copies"], 1);
+    assert!(close_to(served(&holder), 4 * size), "the holder sent {} bytes", served(&holder));
+    assert!(close_to(served(&on_disk), size), "the reader with the copy on disk sent {} bytes", served(&on_disk));
 }
 
 #[test]
