@@ -339,13 +339,13 @@ impl Etcd {
     pub fn start() -> Etcd {
         // A port picked free can be taken by another test before etcd binds
         // it: etcd then exits, and is started again on other ports.
+        let mut etcd = Self::unstarted();
         for _ in 0..4 {
-            let mut etcd = Self::unstarted();
             if etcd.try_launch() {
                 return etcd;
             }
+            etcd = Self::unstarted();
         }
-        let mut etcd = Self::unstarted();
         etcd.launch();
         etcd
     }
@@ -366,7 +366,8 @@ impl Etcd {
     /// The end of etcd's log, for a failure's message.
     fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
-        log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
     }
 
     /// Starts etcd on its ports and waits until it answers; `false` if it

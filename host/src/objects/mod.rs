@@ -44,30 +44,6 @@ pub mod spill;
 pub mod transfer;
 pub mod writer;
 
-/// Where a pulled copy's bytes landed.
-#[derive(Debug)]
-pub enum Landed {
-    /// In memory.
-    Memory(Vec<u8>),
-    /// In a spill file (too large to hold in memory).
-    Disk(writer::DiskCopy),
-}
-
-impl Landed {
-    /// The copy's size.
-    pub fn len(&self) -> u64 {
-        match self {
-            Landed::Memory(data) => data.len() as u64,
-            Landed::Disk(copy) => copy.len(),
-        }
-    }
-
-    /// Whether the copy is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 use fabric_proto::{ErrorKind, FabricError};
 use recycle::Recycler;
 use spill::SpillFile;
@@ -331,6 +307,30 @@ struct Refs {
     job: Arc<str>,
 }
 
+/// Where a pulled copy's bytes landed.
+#[derive(Debug)]
+pub enum Landed {
+    /// In memory.
+    Memory(Vec<u8>),
+    /// In a spill file (too large to hold in memory).
+    Disk(writer::DiskCopy),
+}
+
+impl Landed {
+    /// The copy's size.
+    pub fn len(&self) -> u64 {
+        match self {
+            Landed::Memory(data) => data.len() as u64,
+            Landed::Disk(copy) => copy.len(),
+        }
+    }
+
+    /// Whether the copy is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// What bounds a host's objects.
 #[derive(Clone, Debug)]
 pub struct StoreLimits {
@@ -365,8 +365,6 @@ impl StoreLimits {
 }
 
 impl Inner {
-    /// Whether `more` bytes fit on disk beside what is there (spilled, and
-    /// what unfinished writers wrote).
     /// [`Self::disk_room`], after giving up, if need be, copies of other
     /// hosts' objects kept here on disk (`writer::DiskCopy`) that were read
     /// already: their holders have them, and a later read pulls them again,
@@ -401,6 +399,8 @@ impl Inner {
         self.disk_room(limits, more)
     }
 
+    /// Whether `more` bytes fit on disk beside what is there (spilled, and
+    /// what unfinished writers wrote).
     fn disk_room(&self, limits: &StoreLimits, more: u64) -> Result<(), std::io::Error> {
         let used = self.spilled.saturating_add(self.disk_reserved);
         if used.saturating_add(more) > limits.max_spill_bytes {
@@ -1121,17 +1121,19 @@ impl ObjectStore {
                 Local::new(cell, data.len() as u64, Some(data), None)
             }
             Landed::Disk(copy) => {
-                self.lock().disk_copies += 1;
                 let len = copy.len();
                 Local::new(cell, len, None, Some(copy.into_file()))
             }
         };
         let local = Local { copy_for: Some(job.clone()), ..local };
         local.place().only_copy = !held_elsewhere;
+        let on_disk = local.place().disk.is_some();
         self.fill_local(cell, Arc::new(local), false);
         if let Some(Err(error)) = cell.peek() {
             let error = error.clone();
             self.abandon_copy(&cell.tenant.clone(), job, id, cell, error);
+        } else if on_disk {
+            self.lock().disk_copies += 1;
         }
     }
 

@@ -450,8 +450,8 @@ async fn pull_from(
     if got < landed.len() {
         let from = Source { addr: &addr, id: source, attempts };
         let rest = match &mut landed {
-            Landed::Memory(buffer) => Rest::Memory(&mut buffer[got as usize..]),
-            Landed::Disk(copy) => Rest::Disk { copy, len: copy.len() - got },
+            Landed::Memory(buffer) => Part::Memory(&mut buffer[got as usize..]),
+            Landed::Disk(copy) => Part::Disk { copy, at: got, len: copy.len() - got },
         };
         fill_rest(host, from, ask, rest, got).await?;
     }
@@ -547,15 +547,7 @@ struct Source<'a> {
     attempts: u32,
 }
 
-/// What is left to fill of a pull's destination after its first range.
-enum Rest<'a> {
-    /// This part of the buffer.
-    Memory(&'a mut [u8]),
-    /// The last `len` bytes of the copy's file.
-    Disk { copy: &'a DiskCopy, len: u64 },
-}
-
-/// Where one range's bytes go.
+/// Where one range's bytes go (or, split into ranges, the rest of a pull's).
 enum Part<'a> {
     /// Into this slice.
     Memory(&'a mut [u8]),
@@ -588,25 +580,21 @@ async fn fill_rest(
     host: &Arc<HostInner>,
     from: Source<'_>,
     ask: Ask<'_>,
-    rest: Rest<'_>,
+    rest: Part<'_>,
     start: u64,
 ) -> Result<(), FabricError> {
-    let len = match &rest {
-        Rest::Memory(dest) => dest.len() as u64,
-        Rest::Disk { len, .. } => *len,
-    };
-    let parts = (len / MIN_PART).clamp(1, STREAMS as u64);
-    let part_len = len.div_ceil(parts);
+    let len = rest.len();
+    let part_len = len.div_ceil((len / MIN_PART).clamp(1, STREAMS as u64));
     let parts: Vec<(u64, Part<'_>)> = match rest {
-        Rest::Memory(dest) => dest
+        Part::Memory(dest) => dest
             .chunks_mut(part_len as usize)
             .enumerate()
             .map(|(i, part)| (start + i as u64 * part_len, Part::Memory(part)))
             .collect(),
-        Rest::Disk { copy, len } => (0..parts)
-            .map(|i| i * part_len)
-            .take_while(|&skip| skip < len)
-            .map(|skip| (start + skip, Part::Disk { copy, at: start + skip, len: part_len.min(len - skip) }))
+        // `at` is `start`: the file holds the read from its first byte.
+        Part::Disk { copy, at, len } => (0..len)
+            .step_by(part_len as usize)
+            .map(|skip| (at + skip, Part::Disk { copy, at: at + skip, len: part_len.min(len - skip) }))
             .collect(),
     };
     let reads = parts.into_iter().map(|(at, mut part)| async move {

@@ -443,11 +443,7 @@ impl Visiting {
             return;
         }
         if let Some(visit) = self.lock().jobs.get_mut(&(tenant.to_string(), job.to_string())) {
-            for peer in peers {
-                if !visit.peers.contains(&peer) {
-                    visit.peers.push(peer);
-                }
-            }
+            add_peers(&mut visit.peers, peers);
         }
     }
 
@@ -532,12 +528,17 @@ pub(crate) fn own_job_ending(host: &HostInner, job: &Job) -> Vec<String> {
 /// `came_back`) that it ended, so they free what it left there.
 pub(crate) fn job_ended(host: &Arc<HostInner>, job: &Job, came_back: Vec<String>) {
     let mut peers = job.peers();
-    for peer in came_back {
+    add_peers(&mut peers, came_back);
+    tell_ended(host, &job.tenant, &job.id, peers);
+}
+
+/// Adds to `peers` those of `more` it lacks.
+fn add_peers(peers: &mut Vec<String>, more: Vec<String>) {
+    for peer in more {
         if !peers.contains(&peer) {
             peers.push(peer);
         }
     }
-    tell_ended(host, &job.tenant, &job.id, peers);
 }
 
 fn tell_ended(host: &Arc<HostInner>, tenant: &str, job: &str, peers: Vec<String>) {
