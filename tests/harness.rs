@@ -140,9 +140,14 @@ impl Up {
         up
     }
 
+    /// The host process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a running host").id()
+    }
+
     /// The most memory the host process has had resident (VmHWM), in bytes.
     pub fn peak_memory_bytes(&self) -> u64 {
-        let pid = self.child.as_ref().expect("a running host").id();
+        let pid = self.pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the host's /proc status");
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
         let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmHWM in kB");

@@ -10,8 +10,10 @@
 //! - `objects`: 1 GiB pulled between hosts against raw quinn bulk throughput,
 //!   a guest's 64 MiB slice read, and 256 MiB read on three hosts at once.
 //! - `http`: the gateway at 32 connections (wasi:http hello, `/v1/call`
-//!   JSON) beside a native hyper server and `wasmtime serve`, and the time
-//!   from a deploy to its first 200.
+//!   JSON) beside a native hyper server and `wasmtime serve`, each server's
+//!   CPU per request, the gateway's own CPU per request with no connection
+//!   (also alone as `http-handler`), and the time from a deploy to its
+//!   first 200.
 //!
 //! Every figure prints as a table row, or with `--json` as one JSON line:
 //! `{"suite", "name", "unit", "p50", "p99", "n"}` for latencies, or
@@ -123,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             "cluster" => cluster::run(&report, &fabric_bin()?)?,
             "objects" => objects::run(&report, &fabric_bin()?)?,
             "http" => http::run(&report, &fabric_bin()?)?,
+            "http-handler" => http::handler_in_process(&report, &http::hello_wasm())?,
             other => bail!("unknown suite `{other}` (have: {})", SUITES.join(", ")),
         }
     }

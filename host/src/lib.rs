@@ -844,6 +844,14 @@ impl Host {
             .collect())
     }
 
+    /// Answers one HTTP request as this host's gateway would, with no
+    /// connection: routing, replicas, forwarding and failures as for a
+    /// request that came over TCP. For servers that embed a host, and for
+    /// measuring the gateway's own cost apart from the kernel's.
+    pub async fn answer_http(&self, request: hyper::Request<gateway::Body>) -> hyper::Response<gateway::Body> {
+        gateway::handle(&self.0, request).await
+    }
+
     /// The tenant's deployments with their replicas on every member.
     pub async fn deployments(&self, tenant: &str) -> Result<Vec<DeploymentInfo>, FabricError> {
         let mut replicas = self.local_replicas(tenant)?;
