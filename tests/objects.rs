@@ -402,6 +402,16 @@ fn a_copy_larger_than_the_readers_object_memory_goes_to_its_disk_as_it_arrives()
     assert_eq!(v[2], v[3], "c read what b put: {v}");
     let c_store = store_of(&stores(&c, "default"), &c).clone();
     assert_eq!(c_store["disk_copies"], 0, "{c_store}");
+
+    // A reader whose disk fails while the copy arrives pulls it again into
+    // memory, and reads it all the same.
+    let failing = [("FABRIC_INJECT_FAULTS", "fail-copy-writes:1")];
+    let d = Up::host_with_env(etcd.endpoint(), &["--object-memory-mib", "32"], &failing);
+    all_see(&[&a, &b, &c, &d], &ids(&[&a, &b, &c, &d]), "four hosts to see each other");
+    let v = result_of(&d, "pull_elsewhere", &args(96 << 20, 11));
+    assert_eq!(v[2], v[3], "d read what b put: {v}");
+    let d_store = store_of(&stores(&d, "default"), &d).clone();
+    assert_eq!(d_store["disk_copies"], 0, "{d_store}");
 }
 
 #[test]
@@ -626,16 +636,22 @@ fn a_later_reader_pulls_from_an_earlier_readers_copy() {
     assert_eq!(served(&second), 0);
 
     // An earlier reader whose copy went to its disk (larger than half its
-    // object memory) sends it on from there.
+    // object memory) sends it on from there. The later reader, sent to that
+    // copy, fails to write its own to disk: it reads the copy again into
+    // memory, and the copy is not blamed (the holder sends the object once).
     let on_disk = Up::host(etcd.endpoint(), &["--label", "d=1", "--object-memory-mib", "32"]);
-    let after = Up::host(etcd.endpoint(), &["--label", "d=2"]);
-    let all = [&holder, &first, &second, &on_disk, &after];
+    let failing = [("FABRIC_INJECT_FAULTS", "fail-copy-writes:1")];
+    let faulty = Up::host_with_env(etcd.endpoint(), &["--label", "d=2", "--object-memory-mib", "32"], &failing);
+    let all = [&holder, &first, &second, &on_disk, &faulty];
     all_see(&all, &ids(&all), "five hosts to see each other");
     let v = result_of(&holder, "read_in_turn", r#"{"mib": 32, "key": "d", "n": 2, "pin": false}"#);
-    assert_eq!(v[0], serde_json::json!([on_disk.id(), after.id()]));
-    assert_eq!(store_of(&stores(&holder, "default"), &on_disk)["disk_copies"], 1);
+    assert_eq!(v[0], serde_json::json!([on_disk.id(), faulty.id()]));
+    let all_stores = stores(&holder, "default");
+    assert_eq!(store_of(&all_stores, &on_disk)["disk_copies"], 1);
+    assert_eq!(store_of(&all_stores, &faulty)["disk_copies"], 0);
     assert!(close_to(served(&holder), 4 * size), "the holder sent {} bytes", served(&holder));
-    assert!(close_to(served(&on_disk), size), "the reader with the copy on disk sent {} bytes", served(&on_disk));
+    let sent_on = served(&on_disk);
+    assert!(sent_on >= size, "the reader with the copy on disk sent {sent_on} bytes");
 }
 
 #[test]

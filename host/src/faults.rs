@@ -4,6 +4,9 @@
 //!
 //! - `truncate-transfers:N`, `corrupt-transfers:N`: serve the next N object
 //!   ranges cut short or with a flipped byte (readers detect and retry).
+//! - `fail-copy-writes:N`: fail the next N writes of copies pulled from
+//!   peers to this host's disk, as a failing disk would (the pull lands in
+//!   memory instead, and the peer is not blamed).
 //! - `refuse-runs:N`: refuse the next N peers' tasks and new actors as a
 //!   draining host does, which a peer's stale view otherwise only rarely
 //!   shows (the sender places them elsewhere).
@@ -30,6 +33,8 @@ pub struct Faults {
     pub corrupt_transfers: Fault,
     /// Peers' tasks and new actors refused as if draining.
     pub refuse_runs: Fault,
+    /// Writes of pulled copies to this host's disk failed.
+    pub fail_copy_writes: Fault,
 }
 
 impl Faults {
@@ -45,6 +50,7 @@ impl Faults {
                 "truncate-transfers" => &faults.truncate_transfers,
                 "corrupt-transfers" => &faults.corrupt_transfers,
                 "refuse-runs" => &faults.refuse_runs,
+                "fail-copy-writes" => &faults.fail_copy_writes,
                 other => {
                     tracing::warn!("unknown fault `{other}` in FABRIC_INJECT_FAULTS");
                     continue;

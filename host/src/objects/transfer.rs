@@ -349,13 +349,16 @@ pub async fn pull_copy(host: &Arc<HostInner>, tenant: &str, id: ObjectId) -> Res
 }
 
 /// [`pull`], landing on disk when `may_spill` and the object is large.
+/// When writing the copy to this host's disk fails, the pull starts again
+/// into memory (as for a disk with no room), and the peer it read from is
+/// not blamed.
 async fn pull_landing(
     host: &Arc<HostInner>,
     tenant: &str,
     id: ObjectId,
     offset: u64,
     want: Want,
-    may_spill: bool,
+    mut may_spill: bool,
 ) -> Result<(Landed, u64), FabricError> {
     // A whole pull may be sent on to a host that copied the object.
     let whole = offset == 0 && want == Want::Rest;
@@ -371,7 +374,17 @@ async fn pull_landing(
         let reader = if std::mem::take(&mut may_redirect) { host.id.as_str() } else { "" };
         let asker = Asker { reader, no_copy_at: &no_copy_at };
         let ask = Ask { tenant, id, offset, want, may_spill };
-        let pulled = match pull_from(host, &holder, ask, asker, RANGE_ATTEMPTS).await? {
+        let from_holder = match pull_from(host, &holder, ask, asker, RANGE_ATTEMPTS).await {
+            Ok(pulled) => pulled,
+            Err(PullFailed::Here(error)) if may_spill => {
+                in_memory_instead(id, &holder, &error);
+                may_spill = false;
+                may_redirect = whole;
+                continue;
+            }
+            Err(failed) => return Err(failed.into_error()),
+        };
+        let pulled = match from_holder {
             Pulled::Moved(held) => {
                 id = held;
                 may_redirect = whole;
@@ -379,7 +392,7 @@ async fn pull_landing(
             }
             // Never from itself (a copy here would have been read locally).
             Pulled::At(peer) if peer == host.id => continue,
-            Pulled::At(peer) => match pull_from(host, &peer, ask, Asker::default(), 1).await {
+            Pulled::At(peer) => match from_copy(host, &peer, ask).await {
                 Ok(Pulled::Bytes(buffer, total)) => (buffer, total),
                 // That copy is gone or failed: read from the holder itself,
                 // and tell it, so it sends no more readers there.
@@ -387,7 +400,8 @@ async fn pull_landing(
                     no_copy_at = peer;
                     continue;
                 }
-                Err(error) => {
+                Err(failed) => {
+                    let error = failed.into_error();
                     tracing::debug!(object = %id, host = %peer, "reading from the holder instead of a copy: {error}");
                     no_copy_at = peer;
                     continue;
@@ -402,6 +416,61 @@ async fn pull_landing(
         return Ok(pulled);
     }
     Err(FabricError::new(ErrorKind::Internal, format!("object {id} was redirected more than {MAX_HOPS} times")))
+}
+
+/// Logs that a copy of `id` pulled from `source` could not be written to
+/// this host's disk (it is pulled again into memory).
+fn in_memory_instead(id: ObjectId, source: &str, error: &FabricError) {
+    tracing::warn!(object = %id, host = %source, "pulling the copy into memory instead: {error}");
+}
+
+/// Pulls from `peer`, which holds a copy; when writing it to this host's
+/// disk fails, pulls it from there again into memory (the copy is not to
+/// blame).
+async fn from_copy(host: &Arc<HostInner>, peer: &str, ask: Ask<'_>) -> Result<Pulled, PullFailed> {
+    match pull_from(host, peer, ask, Asker::default(), 1).await {
+        Err(PullFailed::Here(error)) if ask.may_spill => {
+            in_memory_instead(ask.id, peer, &error);
+            pull_from(host, peer, Ask { may_spill: false, ..ask }, Asker::default(), 1).await
+        }
+        pulled => pulled,
+    }
+}
+
+/// How a pull from one host failed.
+enum PullFailed {
+    /// There: the host answered with an error, or could not be read.
+    There(FabricError),
+    /// Here: what arrived could not be written to this host's disk.
+    Here(FabricError),
+}
+
+impl PullFailed {
+    fn into_error(self) -> FabricError {
+        match self {
+            PullFailed::There(error) | PullFailed::Here(error) => error,
+        }
+    }
+}
+
+impl From<FabricError> for PullFailed {
+    fn from(error: FabricError) -> Self {
+        PullFailed::There(error)
+    }
+}
+
+/// How reading one range failed.
+enum RangeError {
+    /// The request to the peer failed (as any request to a peer can).
+    Peer(PeerError),
+    /// Writing what arrived to this host's disk failed.
+    Here(FabricError),
+}
+
+impl From<PeerError> for RangeError {
+    fn from(error: PeerError) -> Self {
+        RangeError::Peer(error)
+    }
 }
 
 /// What a pull asks for.
@@ -433,7 +502,7 @@ async fn pull_from(
     ask: Ask<'_>,
     asker: Asker<'_>,
     attempts: u32,
-) -> Result<Pulled, FabricError> {
+) -> Result<Pulled, PullFailed> {
     let mut attempt = 1;
     let (addr, first) = loop {
         let addr = host.cluster.addr_of(source).ok_or_else(|| lost_object(ask.id, source))?;
@@ -465,15 +534,20 @@ fn retry_or_fail(
     id: ObjectId,
     attempt: &mut u32,
     attempts: u32,
-    error: PeerError,
-) -> Result<(), FabricError> {
+    error: RangeError,
+) -> Result<(), PullFailed> {
+    let error = match error {
+        RangeError::Here(error) => return Err(PullFailed::Here(error)),
+        RangeError::Peer(error) => error,
+    };
     match error {
-        PeerError::Answered(error) | PeerError::Refused(error) => Err(error),
-        PeerError::Lost(_) if host.cluster.addr_of(holder).is_none() => Err(lost_object(id, holder)),
+        PeerError::Answered(error) | PeerError::Refused(error) => Err(error.into()),
+        PeerError::Lost(_) if host.cluster.addr_of(holder).is_none() => Err(lost_object(id, holder).into()),
         PeerError::Lost(error) if *attempt >= attempts => Err(FabricError::new(
             ErrorKind::Unavailable,
             format!("object {id} could not be read from host {holder} after {attempts} attempts: {}", error.message),
-        )),
+        )
+        .into()),
         PeerError::Lost(error) => {
             tracing::warn!(object = %id, host = %holder, "asking again for a range: {}", error.message);
             host.transfers.retried_ranges.fetch_add(1, Ordering::Relaxed);
@@ -496,7 +570,7 @@ enum First {
 
 /// Asks for the first range of a read and makes the final destination: a
 /// buffer, or a spill file for a large copy.
-async fn first_range(host: &HostInner, addr: &str, ask: Ask<'_>, asker: Asker<'_>) -> Result<First, PeerError> {
+async fn first_range(host: &HostInner, addr: &str, ask: Ask<'_>, asker: Asker<'_>) -> Result<First, RangeError> {
     let Ask { tenant, id, offset, want, may_spill } = ask;
     let ask = match want {
         Want::Rest => FIRST_RANGE,
@@ -517,14 +591,17 @@ async fn first_range(host: &HostInner, addr: &str, ask: Ask<'_>, asker: Asker<'_
                 "object {id} of {wanted} bytes exceeds this host's limit of {} bytes",
                 host.config.max_object_bytes
             ),
-        )));
+        ))
+        .into());
     }
     if got != wanted.min(ask) {
-        return Err(broken(addr, format!("asked for {} bytes at {offset}, was offered {got}", wanted.min(ask))));
+        let offered = format!("asked for {} bytes at {offset}, was offered {got}", wanted.min(ask));
+        return Err(broken(addr, offered).into());
     }
     if may_spill {
         if let Some(copy) = host.objects.disk_copy(wanted).await {
-            receive(addr, &mut recv, Part::Disk { copy: &copy, at: 0, len: got }, checksum).await?;
+            let part = Part::Disk { copy: &copy, at: 0, len: got };
+            receive(host, addr, &mut recv, part, checksum).await?;
             return Ok(First::Bytes { landed: Landed::Disk(copy), total, got });
         }
     }
@@ -532,7 +609,7 @@ async fn first_range(host: &HostInner, addr: &str, ask: Ask<'_>, asker: Asker<'_
     // aligned by the allocator: the bytes land in their final place.
     let mut buffer = vec![0u8; wanted as usize];
     debug_assert!(buffer.len() < OBJECT_ALIGN || (buffer.as_ptr() as usize).is_multiple_of(OBJECT_ALIGN));
-    receive(addr, &mut recv, Part::Memory(&mut buffer[..got as usize]), checksum).await?;
+    receive(host, addr, &mut recv, Part::Memory(&mut buffer[..got as usize]), checksum).await?;
     Ok(First::Bytes { landed: Landed::Memory(buffer), total, got })
 }
 
@@ -582,7 +659,7 @@ async fn fill_rest(
     ask: Ask<'_>,
     rest: Part<'_>,
     start: u64,
-) -> Result<(), FabricError> {
+) -> Result<(), PullFailed> {
     let len = rest.len();
     let part_len = len.div_ceil((len / MIN_PART).clamp(1, STREAMS as u64));
     let parts: Vec<(u64, Part<'_>)> = match rest {
@@ -617,13 +694,13 @@ async fn read_range(
     id: ObjectId,
     offset: u64,
     part: Part<'_>,
-) -> Result<(), PeerError> {
+) -> Result<(), RangeError> {
     let want = part.len();
     let (mut recv, header) = open_range(host, addr, tenant, id, offset, want, Asker::default()).await?;
     match header {
-        Header::Range { len, checksum, .. } if len == want => receive(addr, &mut recv, part, checksum).await,
-        Header::Range { len, .. } => Err(broken(addr, format!("asked for {want} bytes, was offered {len}"))),
-        Header::Moved(_) | Header::At(_) => Err(broken(addr, "the object moved during the transfer")),
+        Header::Range { len, checksum, .. } if len == want => receive(host, addr, &mut recv, part, checksum).await,
+        Header::Range { len, .. } => Err(broken(addr, format!("asked for {want} bytes, was offered {len}")).into()),
+        Header::Moved(_) | Header::At(_) => Err(broken(addr, "the object moved during the transfer").into()),
     }
 }
 
@@ -668,7 +745,13 @@ async fn open_range(
 
 /// Reads a range's bytes into `part` and checks them against `checksum`.
 /// On disk, they go through a buffer of at most [`DISK_CHUNK`] bytes.
-async fn receive(addr: &str, recv: &mut quinn::RecvStream, part: Part<'_>, checksum: u64) -> Result<(), PeerError> {
+async fn receive(
+    host: &HostInner,
+    addr: &str,
+    recv: &mut quinn::RecvStream,
+    part: Part<'_>,
+    checksum: u64,
+) -> Result<(), RangeError> {
     let len = part.len();
     let cut_short = |e: quinn::ReadExactError| broken(addr, format!("range of {len} bytes cut short: {e}"));
     let arrived = match part {
@@ -685,14 +768,19 @@ async fn receive(addr: &str, recv: &mut quinn::RecvStream, part: Part<'_>, check
                 recv.read_exact(&mut buffer).await.map_err(cut_short)?;
                 hasher.update(&buffer);
                 let written = buffer.len() as u64;
-                buffer = copy.write_at(buffer, at + done).await.map_err(PeerError::Answered)?;
+                let written_here = if host.faults.fail_copy_writes.strikes() {
+                    Err(FabricError::new(ErrorKind::ResourceLimit, "cannot write the copy to disk: injected fault"))
+                } else {
+                    copy.write_at(buffer, at + done).await
+                };
+                buffer = written_here.map_err(RangeError::Here)?;
                 done += written;
             }
             hasher.digest()
         }
     };
     if arrived != checksum {
-        return Err(broken(addr, format!("range of {len} bytes arrived corrupted (checksum mismatch)")));
+        return Err(broken(addr, format!("range of {len} bytes arrived corrupted (checksum mismatch)")).into());
     }
     Ok(())
 }
