@@ -229,6 +229,15 @@ fn instances_are_reused_unless_the_deployment_isolates_requests() {
     deploy(&host, &http_kit(), &["--name", "pooled", "--route", "/kit", "--max", "1", "--isolate"]);
     let counts: Vec<String> = (0..3).map(|_| host.http("GET", "/kit/count", "").text()).collect();
     assert_eq!(counts, ["1", "1", "1"], "a fresh instance per request");
+
+    // The same for task functions called through `/v1/call`.
+    let calls = |host: &Up| -> Vec<String> {
+        (0..3).map(|_| host.http("POST", "/v1/call/tasks/instance_calls", "[]").text()).collect()
+    };
+    deploy(&host, &testkit(), &["--name", "tasks", "--max", "1"]);
+    assert_eq!(calls(&host), ["1", "2", "3"], "one warm instance served all three calls");
+    deploy(&host, &testkit(), &["--name", "tasks", "--max", "1", "--isolate"]);
+    assert_eq!(calls(&host), ["1", "1", "1"], "a fresh instance per call");
 }
 
 #[test]
@@ -306,18 +315,15 @@ fn any_host_serves_a_deployment_made_through_another() {
     let etcd = Etcd::start();
     let a = Up::host(etcd.endpoint(), &[]);
     let b = Up::host(etcd.endpoint(), &[]);
+    all_see(&[&a, &b], &ids(&[&a, &b]), "two hosts to see each other");
     deploy(&a, &example("http_hello"), &["--name", "hello", "--route", "/hello"]);
     deploy(&a, &example("http_json"), &["--name", "stats"]);
-    // B learns of them from the registry and fetches the component from A.
-    let answer = eventually(Duration::from_secs(15), "host B serves /hello", || {
-        let answer = b.http("GET", "/hello/from-b", "");
-        (answer.status == 200).then_some(answer)
-    });
+    // A deploy returns once B has read it from the registry (and fetched
+    // the component from A): B serves it at once.
+    let answer = b.http("GET", "/hello/from-b", "");
+    assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.text(), "Hello from fabric! You asked for /hello/from-b\n");
-    let summary = eventually(Duration::from_secs(15), "host B serves stats", || {
-        let answer = b.http("POST", "/v1/call/stats/summarize", r#"{"values": [1, 2]}"#);
-        (answer.status == 200).then_some(answer)
-    });
+    let summary = b.http("POST", "/v1/call/stats/summarize", r#"{"values": [1, 2]}"#);
     assert_eq!(summary.text(), r#"{"count":2,"mean":1.5,"min":1.0,"max":2.0}"#);
     // Both hosts' replicas show in the listing, from either host.
     let hello = listed(&b, "hello").unwrap();
@@ -325,11 +331,9 @@ fn any_host_serves_a_deployment_made_through_another() {
     let mut expected = vec![a.id(), b.id()];
     expected.sort();
     assert_eq!(hosts, expected);
-    // An undeploy through B reaches A.
+    // An undeploy through B reaches A before it returns.
     assert_eq!(b.fabric(&["undeploy", "hello"]).code, 0);
-    eventually(Duration::from_secs(15), "host A stops serving /hello", || {
-        (a.http("GET", "/hello", "").status == 404).then_some(())
-    });
+    assert_eq!(a.http("GET", "/hello", "").status, 404);
 }
 
 /// The replicas `host` reports for deployment `name` on host `on`.

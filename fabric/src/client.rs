@@ -382,14 +382,26 @@ impl Client {
         }
     }
 
-    /// Where the host's HTTP gateway listens.
+    /// Where the host's HTTP gateway listens, as reached from here: a
+    /// gateway bound to every address (`0.0.0.0:8080`) is reached at the
+    /// address this client reached the host at.
     pub async fn gateway(&self) -> anyhow::Result<SocketAddr> {
-        match self.call(&Request::Gateway).await? {
+        let mut gateway: SocketAddr = match self.call(&Request::Gateway).await? {
             Response::Value(addr) => {
-                addr.parse().with_context(|| format!("the host named a bad gateway address {addr}"))
+                addr.parse().with_context(|| format!("the host named a bad gateway address {addr}"))?
             }
             other => bail!("unexpected answer: {other:?}"),
+        };
+        let host = self.connection.remote_address().ip();
+        if gateway.ip().is_unspecified() {
+            gateway.set_ip(host);
+        } else if gateway.ip().is_loopback() && !host.is_loopback() {
+            bail!(
+                "the host at {host} serves HTTP on {gateway} only, which cannot be reached from here \
+                 (start it with `--http 0.0.0.0:PORT` to serve other machines)"
+            );
         }
+        Ok(gateway)
     }
 
     /// A job's log into `on_log`; with `follow`, until the job ends (then its

@@ -23,6 +23,9 @@ pub struct Job {
     pub limits: TaskLimits,
     /// Its log.
     pub log: Arc<JobLog>,
+    /// Its tasks here each get a fresh instance, and none is kept for
+    /// reuse (the call of a deployment that isolates requests).
+    pub isolated: bool,
     cancel: watch::Sender<Option<FabricError>>,
     /// Peers its tasks ran on or its actors live on: told when it ends.
     peers: std::sync::Mutex<Vec<String>>,
@@ -36,6 +39,12 @@ impl Job {
     /// A new, running job.
     pub fn new(id: &str, tenant: &str, limits: TaskLimits, log: Arc<JobLog>) -> Arc<Self> {
         Arc::new(Job::build(id, tenant, limits, log, None))
+    }
+
+    /// A new, running job whose tasks here get fresh instances
+    /// ([`Job::isolated`]).
+    pub fn new_isolated(id: &str, tenant: &str, limits: TaskLimits, log: Arc<JobLog>) -> Arc<Self> {
+        Arc::new(Job { isolated: true, ..Job::build(id, tenant, limits, log, None) })
     }
 
     /// The stand-in for a peer's job while one of its tasks runs here: it
@@ -52,7 +61,7 @@ impl Job {
         borrowed: Option<std::sync::Mutex<std::collections::HashSet<ObjectId>>>,
     ) -> Job {
         let (cancel, peers) = (watch::channel(None).0, Default::default());
-        Job { id: id.into(), tenant: tenant.into(), limits, log, cancel, peers, borrowed }
+        Job { id: id.into(), tenant: tenant.into(), limits, log, isolated: false, cancel, peers, borrowed }
     }
 
     /// Notes that a task of this job kept other hosts' objects `ids` (a

@@ -578,11 +578,13 @@ impl Host {
         limits: TaskLimits,
     ) -> Result<Vec<u8>, FabricError> {
         let log = JobLog::in_memory(self.0.config.echo_logs);
-        self.call_logged(tenant, sha256, function, args, limits, log).await
+        self.call_logged(tenant, sha256, function, args, limits, log, false).await
     }
 
     /// [`call`](Self::call), writing what the call prints to `log` (a
-    /// deployment's, for calls over HTTP).
+    /// deployment's, for calls over HTTP); `isolated`: its tasks here get
+    /// fresh instances.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn call_logged(
         &self,
         tenant: &str,
@@ -591,11 +593,12 @@ impl Host {
         args: &str,
         limits: TaskLimits,
         log: Arc<JobLog>,
+        isolated: bool,
     ) -> Result<Vec<u8>, FabricError> {
         validate_name("tenant", tenant)?;
         let component = self.0.components.get(tenant, sha256).await?;
         let id = format!("call-{:012x}", rand::random::<u64>() >> 16);
-        let job = Job::new(&id, tenant, limits.clone(), log);
+        let job = if isolated { Job::new_isolated } else { Job::new }(&id, tenant, limits.clone(), log);
         // Live while it runs, as a submitted job: what its actors on peers
         // print reaches its log (`PeerLog`), and a stopping host waits for
         // it, then stops it. Its end closes `done` (it has no record).
@@ -716,8 +719,10 @@ impl Host {
     }
 
     /// Deploys (or redeploys) a component of `tenant` for HTTP. Returns
-    /// once this host serves the new version; the others follow within
-    /// [`deployments::SYNC_EVERY`].
+    /// once this host serves the new version and the other members have
+    /// read it ([`deployments::announce`]; one that does not answer within
+    /// [`deployments::ANNOUNCE_WAIT`] follows within
+    /// [`deployments::SYNC_EVERY`]).
     pub async fn deploy(&self, tenant: &str, spec: DeploymentSpec) -> Result<Deployment, FabricError> {
         validate_name("tenant", tenant)?;
         let component = self.0.components.get(tenant, &spec.component).await?;
@@ -742,6 +747,7 @@ impl Host {
             }
         };
         deployments::install(&self.0, trialled, recorded.clone()).await?;
+        deployments::announce(&self.0).await;
         match self.0.deployments.named(tenant, &recorded.spec.name) {
             Some(serving) if serving.record.version >= recorded.version => Ok(recorded),
             _ => Err(FabricError::new(
@@ -760,7 +766,9 @@ impl Host {
         if !self.0.registry.remove_deployment(tenant, name).await? {
             return Err(FabricError::new(ErrorKind::NotFound, format!("tenant `{tenant}` has no deployment `{name}`")));
         }
-        deployments::sync(&self.0).await
+        deployments::sync(&self.0).await?;
+        deployments::announce(&self.0).await;
+        Ok(())
     }
 
     /// The end of `tenant`'s deployment `name`'s log on this host (none if

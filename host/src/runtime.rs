@@ -97,7 +97,7 @@ async fn execute(host: &Arc<HostInner>, job: &Arc<Job>, spec: TaskSpec) -> Resul
     let memory_bytes = spec.limits.memory_bytes.unwrap_or(defaults.memory_bytes);
 
     let slot = host.slots.acquire(&job.tenant).await;
-    let reuse = host.config.reuse_instances;
+    let reuse = host.config.reuse_instances && !job.isolated;
     let warm = if reuse { host.instances.take(&job.tenant, &spec.component, memory_bytes) } else { None };
     let mut warm = match warm {
         Some(warm) => warm,

@@ -149,6 +149,7 @@ async fn respond(
         | Request::PeerActorAsks { .. }
         | Request::PeerActorKill { .. }
         | Request::PeerJobEnded { .. }
+        | Request::PeerDeploymentsChanged
         | Request::PeerLog { .. }
         | Request::PeerActors { .. }
         | Request::PeerObjectRead { .. }
@@ -233,6 +234,10 @@ async fn respond(
         }
         Request::ObjectRead { tenant, id, offset, len } => {
             crate::objects::transfer::serve_client_read(&host.0, &tenant, &id, offset, len, send).await
+        }
+        Request::PeerDeploymentsChanged => {
+            crate::deployments::sync(&host.0).await?;
+            reply(send, &Response::Done).await
         }
         Request::PeerJobEnded { tenant, job } => {
             crate::remote::visit_ended(&host.0, &tenant, &job);

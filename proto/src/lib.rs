@@ -693,6 +693,10 @@ mod messages {
             /// Whose actors.
             tenant: String,
         },
+        /// Host to host: the deployments changed (a deploy or undeploy
+        /// through the sender): read them from the registry now. Answered
+        /// with [`Response::Done`] once this host serves what it read.
+        PeerDeploymentsChanged,
         /// Host to host: a job ended; free what it left here (its actors
         /// and objects) and pass the news on to the hosts its tasks here
         /// reached.

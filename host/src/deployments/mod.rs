@@ -230,6 +230,29 @@ pub async fn sync(host: &Arc<HostInner>) -> Result<(), FabricError> {
     sync_locked(host, &mut last).await
 }
 
+/// How long a deploy or undeploy waits for the other hosts to read it.
+pub const ANNOUNCE_WAIT: Duration = Duration::from_secs(2);
+
+/// Tells every other member the deployments changed and waits (at most
+/// [`ANNOUNCE_WAIT`]) until each serves what it read: a deploy or undeploy
+/// returns once every host routes as it says, rather than within
+/// [`SYNC_EVERY`], so a request sent to any host right after it is served
+/// by the new version (or 404 after an undeploy). A host that does not
+/// answer in time catches up at its next sync.
+pub async fn announce(host: &Arc<HostInner>) {
+    let me = host.local_info();
+    let others = host.cluster.members(&me).into_iter().filter(|member| member.id != me.id);
+    let asks = others.map(|member| async move {
+        let request = fabric_proto::Request::PeerDeploymentsChanged;
+        match tokio::time::timeout(ANNOUNCE_WAIT, host.peers.ask(&member.addr, &request)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("cannot tell {} the deployments changed: {}", member.addr, e.into_error()),
+            Err(_) => tracing::warn!("{} did not read the deployments within {ANNOUNCE_WAIT:?}", member.addr),
+        }
+    });
+    futures_util::future::join_all(asks).await;
+}
+
 /// Syncs for a request that named a deployment this host did not know at
 /// `asked`, unless a sync begun since then ran (it saw every deployment
 /// recorded before the request was sent, so another adds nothing).

@@ -181,7 +181,8 @@ pub async fn invoke(
     limits.timeout_ms = Some((left.as_millis() as u64).max(1));
     let host = crate::Host(host.clone());
     let (tenant, sha256, log) = (&deployed.record.tenant, &deployed.component.sha256, deployed.log.clone());
-    let outcome = host.call_logged(tenant, sha256, function, args, limits, log).await;
+    let isolated = deployed.record.spec.isolate;
+    let outcome = host.call_logged(tenant, sha256, function, args, limits, log, isolated).await;
     drop(turn);
     if let Err(error) = &outcome {
         deployed.log.append(format!("[fabric] call of `{function}` failed: {error}\n").as_bytes());
