@@ -72,6 +72,13 @@ fn wasi_http_and_task_components_are_served_over_http() {
     assert_eq!(answer.text(), "Hello from fabric! You asked for /hello/world?x=1\n");
     assert_eq!(answer.header("x-fabric-version").as_deref(), Some("1"));
     assert_eq!(answer.header("content-type").as_deref(), Some("text/plain; charset=utf-8"));
+    // The same over HTTP/2 (cleartext), requests multiplexed on one
+    // connection.
+    let over_h2 = http2(&host, &[("GET", "/hello/h2", ""), ("GET", "/hello/again", ""), ("GET", "/nowhere", "")]);
+    let statuses: Vec<_> = over_h2.iter().map(|(status, version, ..)| (*status, *version)).collect();
+    assert_eq!(statuses, [(200, hyper::Version::HTTP_2), (200, hyper::Version::HTTP_2), (404, hyper::Version::HTTP_2)]);
+    assert_eq!(over_h2[0].3, "Hello from fabric! You asked for /hello/h2\n");
+    assert_eq!(over_h2[1].3, "Hello from fabric! You asked for /hello/again\n");
     // A route matches whole path segments only.
     let elsewhere = host.http("GET", "/helloworld", "");
     assert_eq!(elsewhere.status, 404);
@@ -139,13 +146,50 @@ fn wasi_http_and_task_components_are_served_over_http() {
 
     let listed_hello = listed(&host, "hello").expect("hello is listed");
     assert_eq!(listed_hello["deployment"]["spec"]["route"], "/hello");
-    assert_eq!(listed_hello["replicas"][0]["served"], 2);
+    // Two requests over HTTP/1.1, two over HTTP/2.
+    assert_eq!(listed_hello["replicas"][0]["served"], 4);
 
     let out = host.fabric(&["undeploy", "hello"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(host.http("GET", "/hello", "").status, 404);
     assert!(listed(&host, "hello").is_none());
     assert_ne!(host.fabric(&["undeploy", "hello"]).code, 0, "already gone");
+}
+
+/// What came back to one HTTP/2 request: status, protocol version, the
+/// `x-fabric-host` header, and the body as text.
+type Http2Answer = (u16, hyper::Version, Option<String>, String);
+
+/// Sends `requests` (method, path, body) all at once over one HTTP/2
+/// connection to `host`'s gateway (cleartext, prior knowledge: no upgrade)
+/// and returns the answers in order.
+fn http2(host: &Up, requests: &[(&str, &str, &str)]) -> Vec<Http2Answer> {
+    use http_body_util::{BodyExt, Full};
+    let gateway = host.gateway();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(connection);
+        let sent = requests.iter().map(|(method, path, body)| {
+            let mut sender = sender.clone();
+            let request = hyper::Request::builder()
+                .method(*method)
+                .uri(format!("http://{gateway}{path}"))
+                .body(Full::new(bytes::Bytes::from(body.to_string())))
+                .unwrap();
+            async move {
+                let response = sender.send_request(request).await.unwrap();
+                let (status, version) = (response.status().as_u16(), response.version());
+                let served_by = response.headers().get("x-fabric-host").map(|v| v.to_str().unwrap().to_string());
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                (status, version, served_by, String::from_utf8_lossy(&body).into_owned())
+            }
+        });
+        futures_util::future::join_all(sent).await
+    })
 }
 
 /// Sends a chunked request (no length up front) of `len` bytes to
@@ -217,6 +261,38 @@ fn misbehaving_requests_get_statuses_and_the_host_keeps_serving() {
     assert_eq!(host.http("GET", "/kit/still-here", "").status, 200);
     assert_eq!(host.http("GET", "/nowhere", "").status, 404);
     assert!(host.up_log().contains("listening"), "the host is up");
+}
+
+#[test]
+fn requests_beyond_the_replicas_queue_get_429_and_the_rest_are_served() {
+    let host = Up::start();
+    // One replica; 64 requests may wait behind it.
+    deploy(&host, &http_kit(), &["--name", "kit", "--route", "/kit", "--max", "1", "--timeout", "60"]);
+    let gateway = host.gateway();
+    // The replica is held by a long request while 79 short ones arrive.
+    let held = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(fabric::http::request(gateway, "GET", "/kit/sleep?ms=3000", &[], "")).unwrap().status
+    });
+    eventually(Duration::from_secs(10), "the long request to hold the replica", || {
+        (listed(&host, "kit")?["replicas"][0]["busy"] == 1).then_some(())
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let answers = runtime.block_on(async {
+        let sent = (0..79).map(|_| async move {
+            let answer = fabric::http::request(gateway, "GET", "/kit/sleep?ms=1", &[], "").await.unwrap();
+            (answer.status, answer.text())
+        });
+        futures_util::future::join_all(sent).await
+    });
+    assert_eq!(held.join().unwrap(), 200);
+    let refused: Vec<_> = answers.iter().filter(|(status, _)| *status == 429).collect();
+    let served = answers.iter().filter(|(status, _)| *status == 200).count();
+    // 64 wait their turn; the other 15 are refused at once.
+    assert_eq!(refused.len(), 15, "{answers:?}");
+    assert_eq!(served + refused.len(), answers.len(), "{answers:?}");
+    assert!(refused[0].1.contains("too many requests"), "{}", refused[0].1);
+    assert_eq!(host.http("GET", "/kit/after", "").status, 200);
 }
 
 #[test]
@@ -397,6 +473,16 @@ fn a_host_forwards_requests_to_the_hosts_that_can_run_replicas() {
     assert_eq!(summary.header("x-fabric-host"), Some(b.id()));
     // Unknown names are still the forwarder's own 404.
     assert_eq!(a.http("POST", "/v1/call/nothing/here", "{}").status, 404);
+    // HTTP/2 requests are forwarded as well (the peer gets the authority
+    // as the host).
+    let body = r#"{"values": [1, 2]}"#;
+    let over_h2 =
+        http2(&a, &[("GET", "/kit/h2", ""), ("POST", "/v1/call/stats/summarize", body), ("POST", "/kit/echo", "h2")]);
+    let b_id = Some(b.id());
+    assert_eq!(over_h2[0], (200, hyper::Version::HTTP_2, b_id.clone(), "kit /kit/h2".to_string()));
+    let summary = r#"{"count":2,"mean":1.5,"min":1.0,"max":2.0}"#.to_string();
+    assert_eq!(over_h2[1], (200, hyper::Version::HTTP_2, b_id.clone(), summary));
+    assert_eq!(over_h2[2], (200, hyper::Version::HTTP_2, b_id, "h2".to_string()));
 
     // With B gone, A has nowhere to send them: 503 saying why.
     drop(b);
