@@ -363,8 +363,9 @@ pub fn run(report: &Report, fabric: &std::path::Path) -> anyhow::Result<()> {
     let call = load(fabric, gateway, "POST", "/v1/call/stats/summarize", r#"{"values": [3, 1, 4, 1, 5, 9, 2, 6]}"#)?;
     rate_and_latency(report, "fabric_v1_call_json_32c", &call, Some(ceiling), None, "");
 
-    // From `fabric deploy` (the component already uploaded and compiled, as
-    // for any redeploy) to the first 200 through the gateway.
+    // From a deploy (the component already uploaded and compiled, as for
+    // any redeploy) to the first 200 through the gateway: through a client
+    // in this process, then through the `fabric deploy` command.
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let wasm = std::fs::read(&hello_wasm)?;
     let client = runtime.block_on(fabric::client::Client::connect(
@@ -403,6 +404,26 @@ pub fn run(report: &Report, fabric: &std::path::Path) -> anyhow::Result<()> {
         samples.push(t.elapsed());
     }
     report.latency(SUITE, "deploy_to_first_200", samples, "(goal <= 50 ms; Ray Serve ~1.2 s)");
+
+    // The same from the command line: a `fabric deploy` process (start,
+    // connect, hash and offer the component, which the host already has
+    // compiled) to the first 200.
+    let mut samples = Vec::new();
+    for i in 0..20 {
+        let route = format!("/cli{i}");
+        let t = Instant::now();
+        deploy(&hello_wasm, &["--name", &format!("cli{i}"), "--route", &route])?;
+        runtime.block_on(async {
+            loop {
+                let answer = fabric::http::request(gateway, "GET", &route, &[], Bytes::new()).await?;
+                if answer.status == 200 {
+                    return anyhow::Ok(());
+                }
+            }
+        })?;
+        samples.push(t.elapsed());
+    }
+    report.latency(SUITE, "deploy_cli_to_first_200", samples, "(goal <= 50 ms: the CLI process included)");
     Ok(())
 }
 
