@@ -269,10 +269,11 @@ fn requests_beyond_the_replicas_queue_get_429_and_the_rest_are_served() {
     // One replica; 64 requests may wait behind it.
     deploy(&host, &http_kit(), &["--name", "kit", "--route", "/kit", "--max", "1", "--timeout", "60"]);
     let gateway = host.gateway();
-    // The replica is held by a long request while 79 short ones arrive.
+    // The replica is held by a long request (long enough for the rest to
+    // arrive on a loaded machine) while 79 short ones arrive.
     let held = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(fabric::http::request(gateway, "GET", "/kit/sleep?ms=3000", &[], "")).unwrap().status
+        runtime.block_on(fabric::http::request(gateway, "GET", "/kit/sleep?ms=8000", &[], "")).unwrap().status
     });
     eventually(Duration::from_secs(10), "the long request to hold the replica", || {
         (listed(&host, "kit")?["replicas"][0]["busy"] == 1).then_some(())

@@ -394,12 +394,7 @@ pub fn run(report: &Report, fabric: &std::path::Path) -> anyhow::Result<()> {
         let t = Instant::now();
         runtime.block_on(async {
             client.deploy(&wasm, spec).await?;
-            loop {
-                let answer = fabric::http::request(gateway, "GET", &route, &[], Bytes::new()).await?;
-                if answer.status == 200 {
-                    return anyhow::Ok(());
-                }
-            }
+            first_200(gateway, &route).await
         })?;
         samples.push(t.elapsed());
     }
@@ -413,14 +408,7 @@ pub fn run(report: &Report, fabric: &std::path::Path) -> anyhow::Result<()> {
         let route = format!("/cli{i}");
         let t = Instant::now();
         deploy(&hello_wasm, &["--name", &format!("cli{i}"), "--route", &route])?;
-        runtime.block_on(async {
-            loop {
-                let answer = fabric::http::request(gateway, "GET", &route, &[], Bytes::new()).await?;
-                if answer.status == 200 {
-                    return anyhow::Ok(());
-                }
-            }
-        })?;
+        runtime.block_on(first_200(gateway, &route))?;
         samples.push(t.elapsed());
     }
     report.latency(SUITE, "deploy_cli_to_first_200", samples, "(goal <= 50 ms: the CLI process included)");
@@ -478,4 +466,16 @@ pub fn handler_in_process(report: &Report, wasm: &std::path::Path) -> anyhow::Re
     }))??;
     report.latency(SUITE, "fabric_hello_in_process", samples, "(the gateway's CPU per request, no kernel)");
     Ok(())
+}
+
+/// Asks `route` until it answers 200 (an error after 10 s).
+async fn first_200(gateway: SocketAddr, route: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = fabric::http::request(gateway, "GET", route, &[], Bytes::new()).await?;
+        if answer.status == 200 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{route} still answers {} after a deploy", answer.status);
+    }
 }

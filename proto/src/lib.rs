@@ -693,10 +693,6 @@ mod messages {
             /// Whose actors.
             tenant: String,
         },
-        /// Host to host: the deployments changed (a deploy or undeploy
-        /// through the sender): read them from the registry now. Answered
-        /// with [`Response::Done`] once this host serves what it read.
-        PeerDeploymentsChanged,
         /// Host to host: a job ended; free what it left here (its actors
         /// and objects) and pass the news on to the hosts its tasks here
         /// reached.
@@ -869,6 +865,10 @@ mod messages {
             /// Bytes wanted.
             len: u64,
         },
+        /// Host to host: the deployments changed (a deploy or undeploy
+        /// through the sender): read them from the registry now. Answered
+        /// with [`Response::Done`] once this host serves what it read.
+        PeerDeploymentsChanged,
     }
 
     /// One thing asked of an actor on a [`Request::PeerActorAsks`] stream.

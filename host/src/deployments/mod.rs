@@ -230,8 +230,9 @@ pub async fn sync(host: &Arc<HostInner>) -> Result<(), FabricError> {
     sync_locked(host, &mut last).await
 }
 
-/// How long a deploy or undeploy waits for the other hosts to read it.
-pub const ANNOUNCE_WAIT: Duration = Duration::from_secs(2);
+/// How long a deploy or undeploy waits for the other hosts to read it (a
+/// host that lacks the component fetches and compiles it first).
+pub const ANNOUNCE_WAIT: Duration = Duration::from_secs(5);
 
 /// Tells every other member the deployments changed and waits (at most
 /// [`ANNOUNCE_WAIT`]) until each serves what it read: a deploy or undeploy
