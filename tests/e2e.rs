@@ -618,6 +618,7 @@ fn host_to_host_requests_without_a_cluster_certificate_are_refused() {
             Request::PeerActorKill { tenant: "default".into(), actor: "0".repeat(32) },
             Request::PeerJobEnded { tenant: "default".into(), job: "job-x".into() },
             Request::PeerActors { tenant: "default".into() },
+            Request::PeerDeploymentsChanged,
         ];
         for request in peer_only {
             let (mut send, mut recv) = client.open_raw().await.unwrap();

@@ -18,6 +18,7 @@
 
 use crate::Report;
 use bytes::Bytes;
+use fabric_proto::DeploymentSpec;
 use fabric_tests::{example, Up};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -375,22 +376,9 @@ pub fn run(report: &Report, fabric: &std::path::Path) -> anyhow::Result<()> {
     ))?;
     let mut samples = Vec::new();
     for i in 0..30 {
-        let name = format!("d{i}");
         let route = format!("/d{i}");
-        let spec = fabric_proto::DeploymentSpec {
-            name,
-            component: String::new(),
-            route: Some(route.clone()),
-            min: 1,
-            max: 4,
-            target_concurrency: 1,
-            scale_down_delay_ms: 30_000,
-            isolate: false,
-            max_body_bytes: 1 << 20,
-            demand: Default::default(),
-            batch: None,
-            limits: Default::default(),
-        };
+        // The client fills in the component's hash.
+        let spec = DeploymentSpec { max: 4, ..route_spec(&format!("d{i}"), String::new(), &route) };
         let t = Instant::now();
         runtime.block_on(async {
             client.deploy(&wasm, spec).await?;
@@ -429,20 +417,8 @@ pub fn handler_in_process(report: &Report, wasm: &std::path::Path) -> anyhow::Re
     let samples = runtime.block_on(runtime.spawn(async move {
         let host = fabric_host::Host::new(config).await?;
         let sha = host.add_component("default", bytes, None).await?;
-        let spec = fabric_host::DeploymentSpec {
-            name: "hello".into(),
-            component: sha,
-            route: Some("/hello".into()),
-            min: 1,
-            max: 1,
-            target_concurrency: 1,
-            scale_down_delay_ms: 30_000,
-            isolate: false,
-            max_body_bytes: 1 << 20,
-            limits: fabric_host::TaskLimits { timeout_ms: Some(30_000), cpu_ms: None, memory_bytes: Some(64 << 20) },
-            demand: Default::default(),
-            batch: None,
-        };
+        let limits = fabric_host::TaskLimits { timeout_ms: Some(30_000), cpu_ms: None, memory_bytes: Some(64 << 20) };
+        let spec = DeploymentSpec { limits, ..route_spec("hello", sha, "/hello") };
         host.deploy("default", spec).await?;
         let mut samples = Vec::with_capacity(200_000);
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -466,6 +442,25 @@ pub fn handler_in_process(report: &Report, wasm: &std::path::Path) -> anyhow::Re
     }))??;
     report.latency(SUITE, "fabric_hello_in_process", samples, "(the gateway's CPU per request, no kernel)");
     Ok(())
+}
+
+/// A deployment `name` of `component` under `route`: one replica, bodies up
+/// to 1 MiB, the host's default limits.
+fn route_spec(name: &str, component: String, route: &str) -> DeploymentSpec {
+    DeploymentSpec {
+        name: name.into(),
+        component,
+        route: Some(route.into()),
+        min: 1,
+        max: 1,
+        target_concurrency: 1,
+        scale_down_delay_ms: 30_000,
+        isolate: false,
+        max_body_bytes: 1 << 20,
+        limits: Default::default(),
+        demand: Default::default(),
+        batch: None,
+    }
 }
 
 /// Asks `route` until it answers 200 (an error after 10 s).

@@ -126,7 +126,7 @@ fn main() -> anyhow::Result<()> {
             "objects" => objects::run(&report, &fabric_bin()?)?,
             "http" => http::run(&report, &fabric_bin()?)?,
             "http-handler" => http::handler_in_process(&report, &http::hello_wasm())?,
-            other => bail!("unknown suite `{other}` (have: {})", SUITES.join(", ")),
+            other => bail!("unknown suite `{other}` (have: {}, http-handler)", SUITES.join(", ")),
         }
     }
     Ok(())
